@@ -1,0 +1,1 @@
+"""The ``aiotrain`` command line (see ``aiotrain.cli.main``)."""
