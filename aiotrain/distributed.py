@@ -1,0 +1,136 @@
+"""torch.distributed helpers for runs launched by ``torchrun``.
+
+Every helper is safe to call in a single process that never initialised a process group: then
+``rank() == 0``, ``world_size() == 1`` and reductions return their input. That lets metrics,
+Checkpoint and tracking call them unconditionally.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = [
+    "all_gather_object",
+    "all_reduce",
+    "barrier",
+    "destroy",
+    "init",
+    "is_initialized",
+    "is_main",
+    "local_rank",
+    "rank",
+    "rank_zero_only",
+    "world_size",
+]
+
+
+def is_initialized() -> bool:
+    """True when a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init(backend: str | None = None, timeout_s: float = 300.0) -> bool:
+    """Join the process group described by torchrun's environment; returns True if one was joined.
+
+    Without ``WORLD_SIZE`` > 1 in the environment this does nothing (a plain single process).
+    The backend is NCCL when every local rank has a GPU of its own, Gloo otherwise.
+    """
+    if is_initialized():
+        return True
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with torchrun")
+    if backend is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        own_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+        backend = "nccl" if own_gpu else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def destroy() -> None:
+    """Leave the process group (no-op when none)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    if is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def local_rank() -> int:
+    """This process's rank on its node (torchrun's LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0: the process that writes checkpoints and tracking files."""
+    return rank() == 0
+
+
+def rank_zero_only(fn: F) -> F:
+    """Decorator: call ``fn`` on rank 0 only; other ranks get None."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if is_main() else None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "product": "PRODUCT"}
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce ``tensor`` across ranks in place and return it (the input itself when alone).
+
+    Gloo cannot reduce CUDA tensors and NCCL cannot reduce CPU ones, so the tensor is moved to
+    the backend's device for the collective and the result copied back.
+    """
+    if not is_initialized() or world_size() == 1:
+        return tensor
+    if op not in _OPS:
+        raise ValueError(f"all_reduce op must be one of {sorted(_OPS)}, got {op!r}")
+    want = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    work = tensor.to(want)
+    dist.all_reduce(work, op=getattr(dist.ReduceOp, _OPS[op]))
+    if work is not tensor:
+        tensor.copy_(work)
+    return tensor
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when alone)."""
+    if not is_initialized() or world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when alone)."""
+    if is_initialized() and world_size() > 1:
+        dist.barrier()
