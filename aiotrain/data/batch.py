@@ -1,0 +1,33 @@
+"""Moving and pinning nested batches (tensors inside tuples, lists, dicts, namedtuples)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["map_tensors", "move_batch", "pin_batch"]
+
+
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to every tensor in a nested batch, keeping the container types."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return type(batch)({k: map_tensors(v, fn) for k, v in batch.items()})
+    if isinstance(batch, list | tuple):
+        items = [map_tensors(v, fn) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    """Move a batch to ``device``; copies to CUDA are non-blocking (from pinned memory)."""
+    non_blocking = device.type == "cuda"
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))
+
+
+def pin_batch(batch: Any) -> Any:
+    """Page-lock a CPU batch so the host-to-device copy can overlap compute."""
+    return map_tensors(batch, lambda t: t.pin_memory() if t.device.type == "cpu" else t)
