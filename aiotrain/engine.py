@@ -339,7 +339,7 @@ class Engine:
             self._request_cancel()
             while not afut.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(afut)
+                    await asyncio.wait([afut])
             if not afut.cancelled():
                 exc = afut.exception()
                 if exc is not None and not isinstance(exc, _Cancelled):

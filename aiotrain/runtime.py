@@ -69,7 +69,7 @@ async def await_future(fut: cf.Future[T]) -> T:
         if not fut.cancel():
             while not afut.done():
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(afut)
+                    await asyncio.wait([afut])
             if not afut.cancelled():
                 afut.exception()  # mark the exception retrieved; the cancellation wins
         raise

@@ -1,0 +1,146 @@
+"""Events, filters and the EventBus's ordering rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiotrain import Engine, EventEnum, Events
+from aiotrain.events import EventsList
+
+
+def _run(engine: Engine, data, **kw):
+    return engine.run_sync(data, **kw)
+
+
+def _fired_at(filtered, n_iters=12):
+    engine = Engine(lambda e, b: None)
+    seen = []
+    engine.add_event_handler(filtered, lambda e: seen.append(e.state.iteration))
+    _run(engine, range(n_iters), max_epochs=1)
+    return seen
+
+
+def test_every_once_before_after_and_custom_filter():
+    assert _fired_at(Events.ITERATION_COMPLETED(every=4)) == [4, 8, 12]
+    assert _fired_at(Events.ITERATION_COMPLETED(once=5)) == [5]
+    assert _fired_at(Events.ITERATION_COMPLETED(once=[2, 7])) == [2, 7]
+    assert _fired_at(Events.ITERATION_COMPLETED(before=4)) == [1, 2, 3]
+    assert _fired_at(Events.ITERATION_COMPLETED(after=9)) == [10, 11, 12]
+    assert _fired_at(Events.ITERATION_COMPLETED(every=2, after=3, before=10)) == [4, 6, 8]
+    odd = Events.ITERATION_COMPLETED(event_filter=lambda e, n: n % 2 == 1)
+    assert _fired_at(odd) == [1, 3, 5, 7, 9, 11]
+
+
+def test_epoch_filters_count_epochs():
+    engine = Engine(lambda e, b: None)
+    seen = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED(every=2), lambda e: seen.append(e.state.epoch))
+    _run(engine, range(3), max_epochs=6)
+    assert seen == [2, 4, 6]
+
+
+def test_or_attaches_to_both():
+    engine = Engine(lambda e, b: None)
+    seen = []
+    ev = Events.STARTED | Events.COMPLETED | Events.ITERATION_COMPLETED(once=2)
+    assert isinstance(ev, EventsList)
+    engine.add_event_handler(ev, lambda e: seen.append(e.state.iteration))
+    _run(engine, range(3), max_epochs=1)
+    assert seen == [0, 2, 3]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"every": 0}, "every must be a positive integer"),
+    ({"every": -3}, "every must be a positive integer"),
+    ({"once": 2, "every": 3}, "once cannot be combined"),
+    ({}, "needs event_filter, every, once"),
+    ({"before": 0}, "before must be a positive integer"),
+])
+def test_bad_filter_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Events.ITERATION_COMPLETED(**kwargs)
+
+
+def test_priority_then_registration_order():
+    engine = Engine(lambda e, b: None)
+    order = []
+    engine.add_event_handler(Events.STARTED, lambda e: order.append("a0"))
+    engine.add_event_handler(Events.STARTED, lambda e: order.append("b10"), priority=10)
+    engine.add_event_handler(Events.STARTED, lambda e: order.append("c0"))
+    engine.add_event_handler(Events.STARTED, lambda e: order.append("d-5"), priority=-5)
+    engine.add_event_handler(Events.STARTED, lambda e: order.append("e10"), priority=10)
+    _run(engine, [0], max_epochs=1)
+    assert order == ["b10", "e10", "a0", "c0", "d-5"]
+
+
+def test_handler_of_wrong_shape_rejected_with_its_name():
+    engine = Engine(lambda e, b: None)
+
+    def needs_two(engine, required):
+        pass
+
+    with pytest.raises(ValueError, match="needs_two"):
+        engine.add_event_handler(Events.STARTED, needs_two)
+    with pytest.raises(ValueError, match="takes_nothing"):
+        def takes_nothing():
+            pass
+        engine.add_event_handler(Events.STARTED, takes_nothing)
+    engine.add_event_handler(Events.STARTED, needs_two, 5)  # extra arg supplied: fine
+    with pytest.raises(TypeError, match="must be callable"):
+        engine.add_event_handler(Events.STARTED, 42)
+
+
+def test_decorator_with_args_remove_and_has():
+    engine = Engine(lambda e, b: None)
+    seen = []
+
+    @engine.on(Events.EPOCH_COMPLETED, "tag")
+    def mark(e, tag):
+        seen.append(tag)
+
+    assert engine.has_event_handler(mark)
+    assert engine.has_event_handler(mark, Events.EPOCH_COMPLETED)
+    assert not engine.has_event_handler(mark, Events.STARTED)
+    _run(engine, [1], max_epochs=2)
+    assert seen == ["tag", "tag"]
+    engine.remove_event_handler(mark, Events.EPOCH_COMPLETED)
+    assert not engine.has_event_handler(mark)
+    with pytest.raises(ValueError, match="not attached"):
+        engine.remove_event_handler(mark, Events.EPOCH_COMPLETED)
+    handle = engine.add_event_handler(Events.EPOCH_COMPLETED, mark, "x")
+    handle.remove()
+    _run(engine, [1], max_epochs=1)
+    assert seen == ["tag", "tag"]
+
+
+class BackpropEvents(EventEnum):
+    BACKWARD_COMPLETED = "backward_completed"
+
+
+def test_custom_event_fired_from_sync_step_runs_on_loop_before_step_returns():
+    import threading
+
+    loop_thread = threading.get_ident()
+    calls = []
+
+    def step(engine, batch):
+        engine.fire_event(BackpropEvents.BACKWARD_COMPLETED)
+        calls.append(("step-after-fire", batch))
+        return batch
+
+    engine = Engine(step)
+    engine.register_events(*BackpropEvents)
+
+    @engine.on(BackpropEvents.BACKWARD_COMPLETED(every=2))
+    def on_backward(e):
+        calls.append(("handler", e.state.iteration, threading.get_ident() == loop_thread))
+
+    _run(engine, [10, 20, 30, 40], max_epochs=1)
+    assert calls == [("step-after-fire", 10), ("handler", 2, True), ("step-after-fire", 20),
+                     ("step-after-fire", 30), ("handler", 4, True), ("step-after-fire", 40)]
+
+
+def test_unregistered_custom_event_is_an_error():
+    engine = Engine(lambda e, b: None)
+    with pytest.raises(ValueError, match="register_events"):
+        engine.add_event_handler(BackpropEvents.BACKWARD_COMPLETED, lambda e: None)

@@ -1,0 +1,74 @@
+"""runtime: the compute worker, the I/O executor and aiotrain.run."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from aiotrain import runtime
+
+
+def test_compute_worker_runs_in_order_on_one_thread_and_joins():
+    seen = []
+    with runtime.ComputeWorker(name="aiotrain-compute-test") as worker:
+        futs = [worker.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+                for i in range(20)]
+        for f in futs:
+            f.result()
+        thread = worker._thread
+    assert [i for i, _ in seen] == list(range(20))
+    assert {name for _, name in seen} == {"aiotrain-compute-test"}
+    assert not thread.is_alive()
+
+
+def test_worker_exception_keeps_type_and_submit_needs_start():
+    worker = runtime.ComputeWorker()
+    with pytest.raises(RuntimeError, match="not running"):
+        worker.submit(print)
+
+    async def main():
+        async with runtime.ComputeWorker() as w:
+            with pytest.raises(KeyError, match="boom"):
+                await w.call(lambda: {}["boom"])
+
+    asyncio.run(main())
+
+
+def test_cancelled_call_waits_for_running_work():
+    finished = threading.Event()
+
+    def slow():
+        time.sleep(0.2)
+        finished.set()
+
+    async def main():
+        async with runtime.ComputeWorker() as w:
+            task = asyncio.create_task(w.call(slow))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert finished.is_set(), "cancellation returned before the running call ended"
+
+    asyncio.run(main())
+
+
+def test_to_io_and_run_drains_the_executor():
+    async def main():
+        return await runtime.to_io(lambda: threading.current_thread().name)
+
+    name = runtime.run(main)
+    assert name.startswith("aiotrain-io")
+    assert not [t for t in threading.enumerate() if t.name.startswith("aiotrain-io")]
+
+
+def test_spawn_daemon_is_abandonable():
+    gate = threading.Event()
+    fut = runtime.spawn_daemon(gate.wait)
+    with pytest.raises(TimeoutError):
+        fut.result(timeout=0.05)
+    gate.set()
+    assert fut.result(timeout=5) is True
