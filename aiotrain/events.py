@@ -268,7 +268,7 @@ def _flatten(event: Any) -> list[tuple[EventEnum, EventFilter | None]]:
 def _is_async(fn: Callable[..., Any]) -> bool:
     target = getattr(fn, "func", fn)  # functools.partial
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(type(target), "__call__", None))
+        getattr(type(target), "__call__", None))  # noqa: B004 - the method itself, not callability
 
 
 def _same(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
