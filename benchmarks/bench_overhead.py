@@ -73,7 +73,7 @@ def main() -> None:
     base = best(lambda: bare(n), a.repeats)
     for label, handlers, every in (("0", 0, None), ("10_filtered", 10, 100), ("10_every", 10, None)):
         for name, make, evs in (("ignite", IgniteEngine, IgniteEvents), ("aiotrain", Engine, Events)):
-            t = best(lambda: timed(make, evs, n, handlers, every), a.repeats)
+            t = best(lambda m=make, e=evs, h=handlers, ev=every: timed(m, e, n, h, ev), a.repeats)
             us[f"{name}_{label}_us"] = round((t - base) / n * 1e6, 2)
     us["bare_loop_us"] = round(base / n * 1e6, 3)
     m = a.step_iters

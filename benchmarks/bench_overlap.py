@@ -132,7 +132,7 @@ def serve(port_file: str) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        with open(port_file, "w") as f:
+        with open(port_file, "w") as f:  # noqa: ASYNC230 - once, at start-up
             f.write(str(port))
         await asyncio.Event().wait()
 
