@@ -1,0 +1,171 @@
+"""MmapDataset: fixed-size records of one or more binary files, served as zero-copy tensors.
+
+The files go through a ``CacheManager``: files it maps (``CacheMode.MMAP``) are served as views
+of the mapping (``__getitem__``) or as one gather over it (``__getitems__``); files it plans to
+read normally (too large for the memory limit) are served with one positioned read per record.
+Every access stats the file first (see ``aiotrain.data.cache`` for what that does and does not
+protect against when a file is truncated while mapped).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cache import CacheManager, CacheMode, PathLike
+
+__all__ = ["MmapDataset"]
+
+
+class MmapDataset(torch.utils.data.Dataset):
+    """Records of ``record_shape`` and ``dtype`` laid end to end in ``path_or_paths`` (in order).
+
+    ``dataset[i]`` is a zero-copy tensor of ``record_shape`` (for mapped files);
+    ``dataset.__getitems__(indices)`` returns one ``(B, *record_shape)`` tensor, the batched fetch
+    torch's DataLoader and aiotrain's AsyncLoader use. Files that are not a whole number of
+    records are an error. ``cache`` may be shared between datasets; without one the dataset makes
+    its own (default memory limit) and ``close()`` releases it. Pickling (DataLoader worker
+    processes) drops the cache: each process maps the files on its own.
+    """
+
+    def __init__(self, path_or_paths: PathLike | Sequence[PathLike],
+                 record_shape: int | Sequence[int], dtype: Any,
+                 cache: CacheManager | None = None) -> None:
+        if isinstance(path_or_paths, str | os.PathLike):
+            path_or_paths = [path_or_paths]
+        self.paths = [os.path.abspath(os.fspath(p)) for p in path_or_paths]
+        if not self.paths:
+            raise ValueError("MmapDataset needs at least one file")
+        self.record_shape = _record_shape(record_shape)
+        self.dtype = _torch_dtype(dtype)
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        self.record_bytes = math.prod(self.record_shape) * itemsize
+        self._own_cache = cache is None
+        self.cache = CacheManager() if cache is None else cache
+        self._open()
+
+    def _open(self) -> None:
+        untracked = [p for p in self.paths if self.cache.mode_of(p) is None]
+        if untracked:
+            missing = self.cache.scan_files(untracked)["missing"]
+            if missing:
+                raise FileNotFoundError(f"MmapDataset: no such data file: {missing[0]}")
+        self._counts = [self._record_count(p, os.stat(p).st_size) for p in self.paths]
+        self._starts = np.cumsum([0, *self._counts])
+        self._len = int(self._starts[-1])
+
+    def _record_count(self, path: str, size: int) -> int:
+        if size % self.record_bytes:
+            raise ValueError(f"{path}: {size} bytes is not a whole number of "
+                             f"{self.record_bytes}-byte records")
+        return size // self.record_bytes
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Record ``index`` (negative counts from the end): a view of the mapping when mapped."""
+        i = self._normalize(operator.index(index))
+        f = int(np.searchsorted(self._starts, i, side="right")) - 1
+        local = i - int(self._starts[f])
+        if self.cache.mode_of(self.paths[f]) is CacheMode.MMAP:
+            return self._file_tensor(f)[local]
+        return self._read_records(f, torch.tensor([local])).squeeze(0)
+
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Records ``indices`` as one ``(B, *record_shape)`` tensor: one gather per file touched."""
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        idx = torch.where(idx < 0, idx + self._len, idx)
+        bad = (idx < 0) | (idx >= self._len)
+        if bool(bad.any()):
+            raise IndexError(f"MmapDataset index {int(torch.as_tensor(indices).reshape(-1)[bad][0])} "
+                             f"out of range for {self._len} records")
+        if len(self.paths) == 1:
+            return self._gather(0, idx)
+        files = torch.from_numpy(np.searchsorted(self._starts, idx.numpy(), side="right") - 1)
+        out = torch.empty((len(idx), *self.record_shape), dtype=self.dtype)
+        for f in torch.unique(files).tolist():
+            pos = torch.nonzero(files == f).reshape(-1)
+            out[pos] = self._gather(f, idx[pos] - int(self._starts[f]))
+        return out
+
+    def _normalize(self, i: int) -> int:
+        j = i + self._len if i < 0 else i
+        if not 0 <= j < self._len:
+            raise IndexError(f"MmapDataset index {i} out of range for {self._len} records")
+        return j
+
+    def _gather(self, f: int, local: torch.Tensor) -> torch.Tensor:
+        if self.cache.mode_of(self.paths[f]) is CacheMode.MMAP:
+            return torch.index_select(self._file_tensor(f), 0, local)
+        return self._read_records(f, local)
+
+    def _file_tensor(self, f: int) -> torch.Tensor:
+        """The whole file ``f`` as a ``(records, *record_shape)`` view of its (checked) mapping."""
+        path, count = self.paths[f], self._counts[f]
+        data = self.cache.get(path)
+        if len(data) != count * self.record_bytes:
+            raise RuntimeError(f"{path} changed size since the dataset was opened "
+                               f"({count * self.record_bytes} -> {len(data)} bytes)")
+        return data.as_tensor(self.dtype, (count, *self.record_shape))
+
+    def _read_records(self, f: int, local: torch.Tensor) -> torch.Tensor:
+        """Positioned reads of the records ``local`` of file ``f`` (a file served without mmap)."""
+        path, size = self.paths[f], self.record_bytes
+        out = torch.empty((len(local), *self.record_shape), dtype=self.dtype)
+        raw = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for k, j in enumerate(local.tolist()):
+                if os.preadv(fd, [raw[k * size:(k + 1) * size]], j * size) != size:
+                    raise RuntimeError(f"{path}: short read at record {j}; the file shrank "
+                                       "since the dataset was opened")
+        finally:
+            os.close(fd)
+        return out
+
+    def close(self) -> None:
+        """Release the mappings when the dataset made its own cache (a shared one is left alone)."""
+        if self._own_cache:
+            self.cache.cleanup()
+
+    def __enter__(self) -> MmapDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"paths": self.paths, "record_shape": self.record_shape, "dtype": self.dtype}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["paths"], state["record_shape"], state["dtype"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (f"MmapDataset({len(self.paths)} file(s), {self._len} records of "
+                f"{tuple(self.record_shape)} {self.dtype})")
+
+
+def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
+        raise ValueError(f"record_shape must be positive ints, got {shape!r}")
+    return dims
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype:
+    """Accept a torch dtype, a numpy dtype or a name such as "float32"."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    try:
+        return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
+    except TypeError as exc:
+        raise TypeError(f"MmapDataset: unsupported dtype {dtype!r}") from exc
