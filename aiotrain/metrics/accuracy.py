@@ -7,7 +7,6 @@ from typing import Any
 import torch
 
 from .classification import ClassificationMetric
-from .metric import reduced
 
 __all__ = ["Accuracy"]
 
@@ -34,7 +33,4 @@ class Accuracy(ClassificationMetric):
         self._total += hits.numel()
 
     def compute(self) -> float:
-        correct, total = reduced(self._correct, self._total)
-        if total.item() == 0:
-            raise self._not_computable()
-        return correct.item() / total.item()
+        return self._global_ratio(self._correct, self._total)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .metric import Metric, reduced
+from .metric import Metric
 
 __all__ = ["Loss"]
 
@@ -48,10 +48,7 @@ class Loss(Metric):
         self._count += n
 
     def compute(self) -> float:
-        total, count = reduced(self._sum, self._count)
-        if count.item() == 0:
-            raise self._not_computable()
-        return total.item() / count.item()
+        return self._global_ratio(self._sum, self._count)
 
 
 def _unpack(output: Any) -> tuple[Any, Any, dict[str, Any]]:

@@ -136,6 +136,13 @@ class Metric(ABC):
         raise TypeError(f"{type(self).__name__}.update expects (y_pred, y), got {what}; "
                         "pass output_transform=... to pick them out of the step output")
 
+    def _global_ratio(self, num: torch.Tensor, den: torch.Tensor) -> float:
+        """``num / den`` with both summed over ranks; NotComputableError when ``den`` is 0."""
+        num, den = reduced(num, den)
+        if den.item() == 0:
+            raise self._not_computable()
+        return num.item() / den.item()
+
     def _not_computable(self, need: str = "at least one example (no update since reset)"
                         ) -> NotComputableError:
         return NotComputableError(f"{type(self).__name__} must have {need} before it can be computed")

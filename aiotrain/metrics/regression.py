@@ -51,10 +51,7 @@ class _ElementwiseMean(_Regression):
         self._count += y.numel()
 
     def compute(self) -> float:
-        total, count = reduced(self._sum, self._count)
-        if count.item() == 0:
-            raise self._not_computable()
-        return total.item() / count.item()
+        return self._global_ratio(self._sum, self._count)
 
     @abstractmethod
     def _error(self, diff: torch.Tensor) -> torch.Tensor:
