@@ -72,3 +72,13 @@ def test_spawn_daemon_is_abandonable():
         fut.result(timeout=0.05)
     gate.set()
     assert fut.result(timeout=5) is True
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_worker_owns_a_side_stream():
+    import torch
+
+    with runtime.ComputeWorker(device="cuda") as worker:
+        stream = worker.submit(torch.cuda.current_stream).result()
+        assert worker.stream is not None and stream == worker.stream
+        assert stream != torch.cuda.default_stream()

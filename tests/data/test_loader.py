@@ -247,3 +247,12 @@ def test_device_moves_batches():
     batches = asyncio.run(_collect(loader))
     assert batches == [[0, 1], [2, 3]]
     assert loader.pin_memory is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_pins_and_copies_non_blocking():
+    devices = []
+    loader = AsyncLoader(LatencyDataset(n=8, max_latency=0), 4, device="cuda")
+    assert loader.pin_memory is True
+    Engine(lambda e, b: devices.append(b.device.type), device="cuda").run_sync(loader)
+    assert devices == ["cuda", "cuda"]
