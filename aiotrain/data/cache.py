@@ -43,7 +43,8 @@ import torch
 
 from ..runtime import to_io
 
-__all__ = ["CacheManager", "CacheMode", "CacheValidator", "CachedData", "FileCacheEntry"]
+__all__ = ["CacheManager", "CacheMode", "CacheValidator", "CachedData", "FileCacheEntry",
+           "file_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,16 @@ class CachedData:
     bytes came from the cache (a mapping) rather than a fresh read.
     """
 
-    __slots__ = ("_buffer", "cached", "data", "mode", "path")
+    __slots__ = ("_buffer", "cached", "data", "mode", "path", "signature")
 
     def __init__(self, buffer: memoryview | bytearray, *, cached: bool, mode: CacheMode,
-                 path: str) -> None:
+                 path: str, signature: Signature | None = None) -> None:
         self._buffer = memoryview(buffer)
         self.data = self._buffer.toreadonly()
         self.cached = cached
         self.mode = mode
         self.path = path
+        self.signature = signature  # file_signature() of the file these bytes came from
 
     def __len__(self) -> int:
         return self._buffer.nbytes
@@ -105,7 +107,7 @@ class CachedData:
         The tensor keeps the mapping alive: it is unmapped when the last view is gone, even after
         ``cleanup()``.
         """
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if len(self) % itemsize:
             raise ValueError(f"{self.path}: {len(self)} bytes is not a whole number of {dtype} "
                              f"elements ({itemsize} bytes each)")
@@ -183,7 +185,7 @@ class CacheManager:
                     cached_size += st.st_size
                     cached_files += 1
                 self._entries[key] = FileCacheEntry(key, st.st_size, prio.get(key, DEFAULT_PRIORITY),
-                                                    mode, _signature(st), time.time())
+                                                    mode, file_signature(st), time.time())
             self._missing = sorted(set(self._missing) | set(missing))
         return {
             "total_files": len(files),
@@ -203,7 +205,9 @@ class CacheManager:
 
     def mode_of(self, path: PathLike) -> CacheMode | None:
         """The mode planned for ``path``, or None when it was never scanned."""
-        entry = self._entries.get(_key(path))
+        entry = self._entries.get(path) if isinstance(path, str) else None  # fast path: a key
+        if entry is None:
+            entry = self._entries.get(_key(path))
         return None if entry is None else entry.mode
 
     def set_cache_mode(self, path: PathLike, mode: CacheMode) -> None:
@@ -218,7 +222,7 @@ class CacheManager:
             entry = self._entries.get(key)
             if entry is None:
                 st = _stat_file(key)
-                entry = FileCacheEntry(key, st.st_size, DEFAULT_PRIORITY, mode, _signature(st),
+                entry = FileCacheEntry(key, st.st_size, DEFAULT_PRIORITY, mode, file_signature(st),
                                        time.time())
                 self._entries[key] = entry
             if mode is not CacheMode.MMAP:
@@ -236,22 +240,22 @@ class CacheManager:
         key = _key(path)
         entry = self._entries.get(key)
         if entry is None:
-            buf, _ = _read_file(key, drop_from_page_cache=False)
-            return CachedData(buf, cached=False, mode=CacheMode.NORMAL, path=key)
+            buf, sig = _read_file(key, drop_from_page_cache=False)
+            return CachedData(buf, cached=False, mode=CacheMode.NORMAL, path=key, signature=sig)
         st = _stat_file(key)
         entry.last_accessed = time.time()
         if entry.mode is CacheMode.MMAP:
             return self._get_mapped(entry, st)
         buf, sig = _read_file(key, drop_from_page_cache=entry.mode is not CacheMode.NORMAL)
         entry.signature, entry.size = sig, sig[2]
-        return CachedData(buf, cached=False, mode=entry.mode, path=key)
+        return CachedData(buf, cached=False, mode=entry.mode, path=key, signature=sig)
 
     async def aget(self, path: PathLike) -> CachedData:
         """``get`` with the stat, the mapping and any read done in the I/O executor."""
         return await to_io(self.get, path)
 
     def _get_mapped(self, entry: FileCacheEntry, st: os.stat_result) -> CachedData:
-        sig = _signature(st)
+        sig = file_signature(st)
         with self._lock:
             region = self._regions.get(entry.path)
             if region is None or region.signature != sig:
@@ -261,11 +265,13 @@ class CacheManager:
                 region = _map_file(entry.path)
                 if region is None:  # empty file: nothing to map
                     entry.signature, entry.size = sig, 0
-                    return CachedData(bytearray(), cached=True, mode=CacheMode.MMAP, path=entry.path)
+                    return CachedData(bytearray(), cached=True, mode=CacheMode.MMAP,
+                                      path=entry.path, signature=sig)
                 self._regions[entry.path] = region
             entry.signature, entry.size = region.signature, region.signature[2]
             view = memoryview(region.mm)
-        return CachedData(view, cached=True, mode=CacheMode.MMAP, path=entry.path)
+        return CachedData(view, cached=True, mode=CacheMode.MMAP, path=entry.path,
+                          signature=region.signature)
 
     # releasing ----------------------------------------------------------------------------
     def invalidate(self, path: PathLike) -> None:
@@ -279,7 +285,7 @@ class CacheManager:
                     st = os.stat(key)
                 except OSError:
                     return  # gone: check_source_changes keeps reporting it
-                entry.signature, entry.size = _signature(st), st.st_size
+                entry.signature, entry.size = file_signature(st), st.st_size
 
     def cleanup(self) -> None:
         """Release every mapping. Never raises because of live views: a mapping still exported
@@ -341,7 +347,7 @@ class CacheValidator:
         changed = []
         for entry in entries:
             try:
-                sig = _signature(os.stat(entry.path))
+                sig = file_signature(os.stat(entry.path))
             except OSError:
                 changed.append(entry.path)
                 continue
@@ -363,7 +369,8 @@ def _key(path: PathLike) -> str:
     return os.path.abspath(os.fspath(path))
 
 
-def _signature(st: os.stat_result) -> Signature:
+def file_signature(st: os.stat_result) -> Signature:
+    """What change detection compares: (st_dev, st_ino, size, mtime_ns, ctime_ns)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -404,7 +411,7 @@ def _map_file(path: str) -> _Region | None:
         _check_regular(path, st)
         if st.st_size == 0:
             return None
-        return _Region(mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY), _signature(st))
+        return _Region(mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY), file_signature(st))
     finally:
         os.close(fd)  # the mmap object keeps its own duplicate
 
@@ -431,4 +438,4 @@ def _read_file(path: str, *, drop_from_page_cache: bool) -> tuple[bytearray, Sig
         del buf[got:]
         if drop_from_page_cache and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return buf, _signature(st)
+    return buf, file_signature(st)

@@ -9,6 +9,7 @@ protect against when a file is truncated while mapped).
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import CacheManager, CacheMode, PathLike
+from .cache import CacheManager, CacheMode, PathLike, Signature, file_signature
 
 __all__ = ["MmapDataset"]
 
@@ -57,8 +58,9 @@ class MmapDataset(torch.utils.data.Dataset):
             if missing:
                 raise FileNotFoundError(f"MmapDataset: no such data file: {missing[0]}")
         self._counts = [self._record_count(p, os.stat(p).st_size) for p in self.paths]
-        self._starts = np.cumsum([0, *self._counts])
-        self._len = int(self._starts[-1])
+        self._starts = [0, *np.cumsum(self._counts).tolist()]
+        self._len = self._starts[-1]
+        self._views: dict[int, tuple[Signature, torch.Tensor]] = {}
 
     def _record_count(self, path: str, size: int) -> int:
         if size % self.record_bytes:
@@ -72,8 +74,8 @@ class MmapDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         """Record ``index`` (negative counts from the end): a view of the mapping when mapped."""
         i = self._normalize(operator.index(index))
-        f = int(np.searchsorted(self._starts, i, side="right")) - 1
-        local = i - int(self._starts[f])
+        f = bisect.bisect_right(self._starts, i) - 1
+        local = i - self._starts[f]
         if self.cache.mode_of(self.paths[f]) is CacheMode.MMAP:
             return self._file_tensor(f)[local]
         return self._read_records(f, torch.tensor([local])).squeeze(0)
@@ -81,18 +83,20 @@ class MmapDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Records ``indices`` as one ``(B, *record_shape)`` tensor: one gather per file touched."""
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
-        idx = torch.where(idx < 0, idx + self._len, idx)
-        bad = (idx < 0) | (idx >= self._len)
-        if bool(bad.any()):
-            raise IndexError(f"MmapDataset index {int(torch.as_tensor(indices).reshape(-1)[bad][0])} "
-                             f"out of range for {self._len} records")
+        if len(idx) and not _within(idx, self._len):
+            given = idx
+            idx = torch.where(idx < 0, idx + self._len, idx)
+            bad = (idx < 0) | (idx >= self._len)
+            if bool(bad.any()):
+                raise IndexError(f"MmapDataset index {int(given[bad][0])} out of range for "
+                                 f"{self._len} records")
         if len(self.paths) == 1:
             return self._gather(0, idx)
         files = torch.from_numpy(np.searchsorted(self._starts, idx.numpy(), side="right") - 1)
         out = torch.empty((len(idx), *self.record_shape), dtype=self.dtype)
         for f in torch.unique(files).tolist():
             pos = torch.nonzero(files == f).reshape(-1)
-            out[pos] = self._gather(f, idx[pos] - int(self._starts[f]))
+            out[pos] = self._gather(f, idx[pos] - self._starts[f])
         return out
 
     def _normalize(self, i: int) -> int:
@@ -107,13 +111,24 @@ class MmapDataset(torch.utils.data.Dataset):
         return self._read_records(f, local)
 
     def _file_tensor(self, f: int) -> torch.Tensor:
-        """The whole file ``f`` as a ``(records, *record_shape)`` view of its (checked) mapping."""
+        """The whole file ``f`` as a ``(records, *record_shape)`` view of its (checked) mapping.
+
+        The file is stat'ed on every call, as ``CacheManager.get`` does; while its signature is
+        the one the cached view was made from, the view is reused instead of asking the cache
+        for a new one (that costs more than the record itself).
+        """
         path, count = self.paths[f], self._counts[f]
+        sig = file_signature(os.stat(path))
+        hit = self._views.get(f)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
         data = self.cache.get(path)
         if len(data) != count * self.record_bytes:
             raise RuntimeError(f"{path} changed size since the dataset was opened "
                                f"({count * self.record_bytes} -> {len(data)} bytes)")
-        return data.as_tensor(self.dtype, (count, *self.record_shape))
+        tensor = data.as_tensor(self.dtype, (count, *self.record_shape))
+        self._views[f] = (data.signature, tensor)
+        return tensor
 
     def _read_records(self, f: int, local: torch.Tensor) -> torch.Tensor:
         """Positioned reads of the records ``local`` of file ``f`` (a file served without mmap)."""
@@ -131,7 +146,9 @@ class MmapDataset(torch.utils.data.Dataset):
         return out
 
     def close(self) -> None:
-        """Release the mappings when the dataset made its own cache (a shared one is left alone)."""
+        """Drop the dataset's views; release the mappings when it made its own cache (a shared
+        cache is left alone)."""
+        self._views.clear()
         if self._own_cache:
             self.cache.cleanup()
 
@@ -150,6 +167,11 @@ class MmapDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"MmapDataset({len(self.paths)} file(s), {self._len} records of "
                 f"{tuple(self.record_shape)} {self.dtype})")
+
+
+def _within(idx: torch.Tensor, n: int) -> bool:
+    lo, hi = torch.aminmax(idx)
+    return int(lo) >= 0 and int(hi) < n
 
 
 def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
