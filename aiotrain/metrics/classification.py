@@ -7,6 +7,9 @@ The kind is decided by shapes, as in Ignite:
   ``is_multilabel=True`` (then dim 1 is the label dimension, C > 1).
 Binary predictions must already be 0/1: threshold probabilities in ``output_transform``
 (Ignite's rule; a silent 0.5 threshold would hide logits passed by mistake).
+
+Value checks (0/1, class index range) run on CPU tensors only: on an accelerator they would
+force a device sync every step, so there the metric trusts its input, as Ignite does.
 """
 
 from __future__ import annotations
@@ -92,19 +95,23 @@ class ClassificationMetric(Metric):
 
 
 def _check_binary(t: torch.Tensor, what: str, name: str) -> None:
-    bad = t[(t != 0) & (t != 1)]
-    if bad.numel():
-        raise ValueError(f"{name}: binary/multilabel {what} must hold only 0s and 1s, found "
-                         f"{bad[0].item()!r}; threshold scores in output_transform, e.g. "
-                         "lambda out: ((out[0] > 0.5).long(), out[1])")
+    if t.device.type != "cpu" or torch.equal(t, t * t):  # 0 and 1 are the only x with x*x == x
+        return
+    bad = t[(t != 0) & (t != 1)][0].item()
+    raise ValueError(f"{name}: binary/multilabel {what} must hold only 0s and 1s, found {bad!r}; "
+                     "threshold scores in output_transform, e.g. "
+                     "lambda out: ((out[0] > 0.5).long(), out[1])")
 
 
 def _class_indices(y: torch.Tensor, num_classes: int, name: str) -> torch.Tensor:
     if y.is_floating_point() and not torch.equal(y, y.round()):
         raise ValueError(f"{name}: multiclass y must hold class indices, got non-integer values")
     y = y.reshape(-1).long()
-    bad = y[(y < 0) | (y >= num_classes)]
-    if bad.numel():
-        raise ValueError(f"{name}: y holds class index {bad[0].item()} outside [0, {num_classes}) "
+    if y.device.type != "cpu" or not len(y):
+        return y
+    low, high = torch.aminmax(y)
+    if low.item() < 0 or high.item() >= num_classes:
+        bad = low.item() if low.item() < 0 else high.item()
+        raise ValueError(f"{name}: y holds class index {bad} outside [0, {num_classes}) "
                          f"(y_pred has {num_classes} classes in dim 1)")
     return y

@@ -150,7 +150,10 @@ class Metric(ABC):
 
 def reduced(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Sum copies of ``tensors`` across ranks (the accumulators themselves stay local, so
-    ``compute`` can be called any number of times)."""
+    ``compute`` can be called any number of times). Alone, the tensors themselves: callers
+    only read them."""
+    if distributed.world_size() == 1:
+        return list(tensors)
     return [distributed.all_reduce(t.clone()) for t in tensors]
 
 
