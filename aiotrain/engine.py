@@ -49,10 +49,12 @@ class State:
     epoch_iteration: int = 0
     max_epochs: int | None = None
     epoch_length: int | None = None
-    output: Any = None
-    batch: Any = None
+    # repr=False: a State's repr (asyncio prints the result of the main task at Ctrl-C
+    # bookkeeping) must not format the whole data source or a batch of tensors
+    output: Any = field(default=None, repr=False)
+    batch: Any = field(default=None, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict)
-    dataloader: Any = None
+    dataloader: Any = field(default=None, repr=False)
     times: dict[str, float | None] = field(default_factory=dict)
     seed: int | None = None
 

@@ -335,3 +335,10 @@ def test_seed_makes_runs_repeatable():
         return out
 
     assert collect(7) == collect(7) != collect(8)
+
+
+def test_state_repr_does_not_format_the_data():
+    data = [torch.zeros(3)] * 50
+    state = Engine(lambda e, b: b).run_sync(data)
+    text = repr(state)
+    assert "tensor" not in text and "iteration=50" in text

@@ -1,0 +1,8 @@
+"""Handlers: Checkpoint, EarlyStopping, LRScheduler, Timer, ProgressBar, TrackingHandler."""
+
+from .early_stopping import EarlyStopping
+from .lr_scheduler import LRScheduler
+from .progress import ProgressBar
+from .timer import Timer
+
+__all__ = ["EarlyStopping", "LRScheduler", "ProgressBar", "Timer"]
