@@ -1,0 +1,173 @@
+"""Time to the first training step: model set-up and a large tokenizer load, one after the other
+vs overlapped with TokenizerCache.
+
+Model set-up is real CPU work on a ComputeWorker (building and orthogonally initialising an MLP,
+about ``--setup-s`` seconds); the tokenizer is a synthetic byte-level BPE (vocab.json +
+merges.txt) sized to load in about ``--load-s`` seconds. Both sizes are calibrated at start-up.
+torch runs one intra-op thread so the two sides each have one of the (two) cores.
+
+Two set-ups are measured, because the GIL decides how much can overlap: parsing a vocabulary is
+GIL-bound (Python loops, and Rust constructors that keep the GIL), so the set-up overlaps with it
+only while it runs GIL-free kernels. "wide" (few 1024-wide layers: long QR kernels) is
+kernel-bound, as initialising or loading large weights is; "narrow" (many 256-wide layers: many
+short ops, each waiting for the GIL) is Python-bound and shows the limit.
+
+Sequential: set up, then load, then step. Overlapped: create the TokenizerCache (it starts
+loading), set up, ``await wait_ready()``, step. Target (issue 4): overlapped <= 1.1x the longer
+of the two (plus the step itself). Prints one JSON line; the temporary files are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from aiotrain.data.tokenizer import TokenizerCache, _unicode_to_byte
+from aiotrain.runtime import ComputeWorker, run
+
+EMBED_ROWS = 4096
+TEXTS = ["the quick brown fox jumps over the lazy dog"] * 8
+
+
+def write_bpe(folder: str, n_merges: int, seed: int = 0) -> tuple[str, str]:
+    """A byte-level BPE vocabulary: the 256 byte symbols plus ``n_merges`` merged tokens."""
+    rng = np.random.default_rng(seed)
+    base = list(_unicode_to_byte())
+    tokens, vocab, merges = list(base), {t: i for i, t in enumerate(base)}, []
+    while len(merges) < n_merges:
+        a = tokens[int(rng.integers(len(tokens)))]
+        b = base[int(rng.integers(len(base)))]
+        if a + b in vocab or len(a) > 12:
+            continue
+        vocab[a + b] = len(tokens)
+        tokens.append(a + b)
+        merges.append(f"{a} {b}")
+    vocab_path, merges_path = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    with open(vocab_path, "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(merges_path, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_path, merges_path
+
+
+def build_model(layers: int, width: int) -> torch.nn.Module:
+    """Model set-up as real CPU work: every Linear orthogonally initialised (a QR each)."""
+    torch.manual_seed(0)
+    blocks: list[torch.nn.Module] = []
+    for _ in range(layers):
+        lin = torch.nn.Linear(width, width)
+        torch.nn.init.orthogonal_(lin.weight)
+        blocks += [lin, torch.nn.ReLU()]
+    return torch.nn.Sequential(torch.nn.Embedding(EMBED_ROWS, width), *blocks)
+
+
+def train_step(model: torch.nn.Module, ids: list[list[int]]) -> float:
+    width = max(len(x) for x in ids)
+    batch = torch.tensor([x + [0] * (width - len(x)) for x in ids]) % EMBED_ROWS
+    loss = model(batch).pow(2).mean()
+    loss.backward()
+    return float(loss.detach())
+
+
+async def timed_setup(worker: ComputeWorker, layers: int,
+                      width: int) -> tuple[torch.nn.Module, float]:
+    t0 = time.perf_counter()
+    model = await worker.call(build_model, layers, width)
+    return model, time.perf_counter() - t0
+
+
+async def timed_load(paths: tuple[str, str]) -> float:
+    t0 = time.perf_counter()
+    await TokenizerCache(*paths).wait_ready()
+    return time.perf_counter() - t0
+
+
+async def first_step(worker: ComputeWorker, layers: int, width: int, paths: tuple[str, str],
+                     overlapped: bool) -> float:
+    t0 = time.perf_counter()
+    if overlapped:
+        tc = TokenizerCache(*paths)  # starts loading now, in the background
+        model, _ = await timed_setup(worker, layers, width)
+        await tc.wait_ready()
+    else:
+        model, _ = await timed_setup(worker, layers, width)
+        tc = await TokenizerCache(*paths).wait_ready()
+    ids = [tc.encode(t) for t in TEXTS]
+    await worker.call(train_step, model, ids)
+    return time.perf_counter() - t0
+
+
+async def calibrate_layers(worker: ComputeWorker, width: int, setup_s: float) -> int:
+    await timed_setup(worker, 1, width)  # warm-up: first-call costs are not set-up work
+    probe, t = 1, 0.0
+    while t < 0.25 * setup_s:  # grow the probe until it is long enough to time
+        probe *= 2
+        _, t = await timed_setup(worker, probe, width)
+    return max(1, round(probe * setup_s / t))
+
+
+async def calibrate_bpe(folder: str, load_s: float) -> tuple[tuple[str, str], int]:
+    probe = 50_000
+    t = await timed_load(write_bpe(folder, probe))
+    n_merges = max(1000, round(probe * load_s / t))
+    return write_bpe(folder, n_merges), n_merges
+
+
+async def scenario(worker: ComputeWorker, width: int, paths: tuple[str, str],
+                   args: argparse.Namespace) -> dict:
+    """Set-up alone, load alone, sequential and overlapped, rounds interleaved; medians."""
+    layers = await calibrate_layers(worker, width, args.setup_s)
+    runs: dict[str, list[float]] = {"setup_s": [], "load_s": [], "sequential_s": [],
+                                    "overlapped_s": []}
+    for _ in range(args.rounds):
+        runs["setup_s"].append((await timed_setup(worker, layers, width))[1])
+        runs["load_s"].append(await timed_load(paths))
+        runs["sequential_s"].append(await first_step(worker, layers, width, paths, False))
+        runs["overlapped_s"].append(await first_step(worker, layers, width, paths, True))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    # the step itself is in both timings: the sequential run minus set-up and load
+    step = max(0.0, med["sequential_s"] - med["setup_s"] - med["load_s"])
+    longer = max(med["setup_s"], med["load_s"]) + step
+    return {
+        "width": width, "layers": layers, **{k: round(v, 3) for k, v in med.items()},
+        "step_s": round(step, 3),
+        "overlapped_vs_longer": round(med["overlapped_s"] / longer, 3),
+        "sequential_vs_overlapped": round(med["sequential_s"] / med["overlapped_s"], 3),
+        "target_met": med["overlapped_s"] <= 1.1 * longer,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="aiotrain-bench-tok-") as folder:
+        async with ComputeWorker() as worker:
+            paths, n_merges = await calibrate_bpe(folder, args.load_s)
+            wide = await scenario(worker, 1024, paths, args)
+            narrow = await scenario(worker, 256, paths, args)
+    return {
+        "bench": "tokenizer", "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "rounds": args.rounds, "vocab_size": 256 + n_merges, "merges": n_merges,
+        "target_overlapped_vs_longer": 1.1, "wide": wide, "narrow": narrow,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setup-s", type=float, default=1.0, help="model set-up time to aim for")
+    ap.add_argument("--load-s", type=float, default=1.0, help="tokenizer load time to aim for")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    print(json.dumps(run(main_async(args))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
