@@ -256,3 +256,22 @@ def test_cuda_device_pins_and_copies_non_blocking():
     assert loader.pin_memory is True
     Engine(lambda e, b: devices.append(b.device.type), device="cuda").run_sync(loader)
     assert devices == ["cuda", "cuda"]
+
+
+def test_mmap_dataset_batches_through_async_loader(tmp_path):
+    import numpy as np
+
+    from aiotrain.data import CacheManager, MmapDataset
+
+    records = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    path = tmp_path / "records.f32"
+    path.write_bytes(records.tobytes())
+    with CacheManager() as cache:
+        cache.scan_files([str(path)])
+        ds = MmapDataset(str(path), (3,), torch.float32, cache=cache)
+        loader = AsyncLoader(ds, 8, shuffle=True, seed=5)
+        order = loader.order(0)
+        seen = []
+        Engine(lambda e, b: seen.append(b.clone())).run_sync(loader)
+    assert [tuple(b.shape) for b in seen] == [(8, 3)] * 5
+    assert torch.equal(torch.cat(seen), torch.from_numpy(records)[order])
