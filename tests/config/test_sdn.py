@@ -1,0 +1,270 @@
+"""SDN reading and writing: the shared cases, round trips, hostile input, the document API."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiotrain.config import sdn
+from aiotrain.config.sdn import MAX_DEPTH, SdnDocument, SdnError, dumps, loads
+
+CASES = Path(os.environ.get("AIOTRAIN_SDN_CASES")
+             or Path(__file__).resolve().parents[2].parent / "shared" / "sdn-cases")
+
+
+def _same(a, b) -> bool:
+    """Equal values with equal types all the way down (``1`` is not ``1.0``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _cases(suffix: str) -> list[Path]:
+    return sorted(p for p in CASES.glob("*.sdn") if p.with_suffix(suffix).exists())
+
+
+def test_the_case_folder_is_there():
+    assert _cases(".json") and _cases(".err"), f"no SDN cases found in {CASES}"
+
+
+@pytest.mark.parametrize("case", _cases(".json"), ids=lambda p: p.stem)
+def test_case_value(case: Path):
+    expected = json.loads(case.with_suffix(".json").read_text(encoding="utf-8"))
+    got = loads(case.read_bytes())
+    assert _same(got, expected), got
+    assert _same(loads(dumps(got)), got)
+
+
+@pytest.mark.parametrize("case", _cases(".err"), ids=lambda p: p.stem)
+def test_case_error_line(case: Path):
+    line = int(case.with_suffix(".err").read_text().split()[0])
+    with pytest.raises(SdnError) as info:
+        loads(case.read_bytes())
+    assert info.value.line == line
+    assert str(info.value).startswith(f"line {line}, column {info.value.col}: ")
+
+
+# ---------------------------------------------------------------- precise rules
+
+@pytest.mark.parametrize("text, expected", [
+    ("a = 1, 2", {"a": "1, 2"}),
+    ("a: x  # c", {"a": "x"}),
+    ("a: x#y", {"a": "x#y"}),
+    ("color: #ff0000", {"color": None}),
+    ("a:\n\n   # indented comment\nb: 2", {"a": None, "b": 2}),
+    ("n: 007", {"n": 7}),
+    ("n: -0.5e3", {"n": -500.0}),
+    ("s: [1_000.5, +5, .5, 1.]", {"s": ["1_000.5", "+5", ".5", "1."]}),
+    ('e: "\\uD83D\\uDE00"', {"e": "\U0001F600"}),
+    ("\ufeffa: 1\r\nb: 2\r\n", {"a": 1, "b": 2}),
+    ("d = {x:1, \"y z\": [], w: {},}", {"d": {"x": 1, "y z": [], "w": {}}}),
+    ("a:\n  b:\n      c: 1\n  d: 2\ne: 3", {"a": {"b": {"c": 1}, "d": 2}, "e": 3}),
+    ("t: table{int, bool, str, float} = [(1, true, \"x\", 2), (null, false, y z, 1e3),]",
+     {"t": [[1, True, "x", 2.0], [None, False, "y z", 1000.0]]}),
+    ("t: table{i8}\n    -128\n    127", {"t": [[-128], [127]]}),
+    ("t: table{u8}\nnext: 1", {"t": [], "next": 1}),
+    ("t |a, \"b c\"|\n  null, \"q\"", {"t": [{"a": None, "b c": "q"}]}),
+    ("x: 27\" monitor", {"x": '27" monitor'}),
+    ("", {}),
+])
+def test_precise_rules(text, expected):
+    assert _same(loads(text), expected)
+
+
+@pytest.mark.parametrize("text, line, col", [
+    ("a: 1\n  b: 2", 2, 3),                   # indentation without a block
+    ("a:\n    b: 1\n  c: 2", 3, 3),            # dedent to no enclosing level
+    ("a:\n  x\n  b: 1", 3, 3),                 # mixing values and keys
+    ("a:\n  b: 1\n  x", 3, 3),
+    ("localhost:8080", 1, 1),
+    ("a =", 1, 4),
+    ("d = {a = 1}", 1, 8),
+    ('s: "bad \\q"', 1, 9),
+    ('s: "open', 1, 4),
+    ('s: "\\uD83D"', 1, 5),
+    ("f: 1e999", 1, 4),
+    ("t |a, b|\n  1,\n", 2, 5),
+    ("t |a, b|\n  1,,2\n", 2, 5),
+    ("t: table{i32, f64}\n  1, x", 2, 6),
+    ("t: table{u8}\n  1.5", 2, 3),
+    ("t: table{bool}\n  1", 2, 3),
+    ("t: table{nope}", 1, 10),
+    ("a: 1\rb: 2", 1, 5),
+    ("a: [1, 2] x", 1, 11),
+    ("a: [1, 2]]", 1, 10),
+])
+def test_errors_name_line_and_column(text, line, col):
+    with pytest.raises(SdnError) as info:
+        loads(text)
+    assert (info.value.line, info.value.col) == (line, col), str(info.value)
+
+
+def test_invalid_utf8_is_an_sdn_error():
+    with pytest.raises(SdnError) as info:
+        loads(b"a: 1\nb: \xff\xfe\n")
+    assert info.value.line == 2
+
+
+@pytest.mark.parametrize("opener, closer", [("[", "]"), ("{a: ", "}")])
+def test_deep_inline_nesting_is_an_error_not_a_recursion(opener, closer):
+    deep = 20_000
+    with pytest.raises(SdnError, match="nesting deeper"):
+        loads("x = " + opener * deep + "1" + closer * deep)
+    ok = MAX_DEPTH - 2
+    value = loads("x = " + "[" * ok + "]" * ok)["x"]
+    for _ in range(ok - 1):
+        value = value[0]
+    assert value == []
+
+
+def test_deep_block_nesting_is_an_error():
+    lines = [" " * i + f"k{i}:" for i in range(MAX_DEPTH + 5)]
+    with pytest.raises(SdnError, match="nesting deeper"):
+        loads("\n".join(lines) + "\n" + " " * (MAX_DEPTH + 5) + "v: 1")
+
+
+def test_huge_integer_literal_is_an_sdn_error():
+    with pytest.raises(SdnError, match="too long"):
+        loads("n: " + "9" * 20_000)
+
+
+# ---------------------------------------------------------------- writing
+
+def test_dumps_shapes():
+    text = dumps({"a": {"b": 1, "c": [1, "x y"]}, "rows": [{"k": 1, "v": "a"}, {"k": 2, "v": "b"}],
+                  "e": {}, "l": [], "s": "true", "n": None, "q": "a: b", "f": 1.0})
+    assert text.splitlines() == [
+        "a:", "    b: 1", "    c = [1, x y]",
+        "rows |k, v|", "    1, a", "    2, b",
+        "e = {}", "l = []", 's: "true"', "n: null", 'q: "a: b"', "f: 1.0"]
+
+
+@pytest.mark.parametrize("bad", [{"x": math.inf}, {"x": [math.nan]}, {1: 2}, [1], {"x": {1, 2}},
+                                 {"x": "\ud800"}])
+def test_dumps_rejects(bad):
+    with pytest.raises(SdnError):
+        dumps(bad)
+
+
+def test_dumps_deep_value_is_an_error_not_a_recursion():
+    v: list = []
+    for _ in range(5000):
+        v = [v]
+    with pytest.raises(SdnError, match="nesting deeper"):
+        dumps({"x": v})
+
+
+_keys = st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), st.text(max_size=8))
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(),
+                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)), max_leaves=20)
+_records = st.lists(st.fixed_dictionaries({"a": _scalars, "b": _values}), min_size=2, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_keys, st.one_of(_values, _records), max_size=6))
+def test_round_trip(value):
+    assert _same(loads(dumps(value)), value)
+
+
+_junk_alphabet = st.sampled_from(list(" \t\n\r:=|,#\"\\{}[]()-.0123456789eEtableu_abxyz\x00\ufeff"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(_junk_alphabet, max_size=80), st.text(max_size=80), st.binary(max_size=80)))
+def test_junk_only_raises_sdn_error(text):
+    try:
+        value = loads(text)
+    except SdnError as exc:
+        assert str(exc).startswith(f"line {exc.line}, column {exc.col}: ")
+        assert exc.line >= 1 and exc.col >= 1
+    else:
+        assert isinstance(value, dict)
+
+
+# ---------------------------------------------------------------- files and documents
+
+def test_load_and_dump_files(tmp_path):
+    p = tmp_path / "c.sdn"
+    sdn.dump({"a": [1, 2]}, p)
+    assert sdn.load(p) == {"a": [1, 2]}
+    assert sdn.load(str(p)) == {"a": [1, 2]}
+    with open(p) as fh:
+        assert sdn.load(fh) == {"a": [1, 2]}
+    p.write_text("a: 1\nb: [\n")
+    with pytest.raises(SdnError) as info:
+        sdn.load(p)
+    assert info.value.path == str(p) and info.value.line == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("text", ["a: 1", "a: [1, 2", "1, x"])
+def test_parse_value_matches_a_key_line(text):
+    try:
+        expected = loads("k = " + text)["k"]
+    except SdnError:
+        with pytest.raises(SdnError):
+            sdn.parse_value(text)
+    else:
+        assert sdn.parse_value(text) == expected
+
+
+DOC = """\
+# top comment
+train:
+    lr = 1e-3   # the learning rate
+    epochs: 10
+    layers:
+        - a
+    # trailing comment in train
+
+model:  # the model
+    name: "resnet"   # quoted
+rows |a, b|
+    1, 2
+    3, 4
+"""
+
+
+def test_document_set_keeps_comments_and_formatting():
+    doc = SdnDocument(DOC.replace("        - a\n", "        64\n        32\n"))
+    doc.set("train.lr", 5e-4)
+    doc.set("model.name", "vit b")
+    text = str(doc)
+    assert "    lr = 0.0005   # the learning rate\n" in text
+    assert '    name: vit b   # quoted\n' in text
+    assert text.startswith("# top comment\n") and "# trailing comment in train" in text
+    assert loads(text)["train"] == {"lr": 5e-4, "epochs": 10, "layers": [64, 32]}
+
+
+def test_document_set_blocks_new_keys_and_list_items():
+    doc = SdnDocument(DOC.replace("        - a\n", "        64\n        32\n"))
+    doc.set("train.layers.1", 16)
+    doc.set("train.opt", {"name": "adam", "betas": [0.9, 0.99]})
+    doc.set("rows.0.b", "x")
+    doc.set("extra.deep.key", True)
+    doc.set("model", {"name": "mlp"})
+    value = loads(str(doc))
+    assert value["train"]["layers"] == [64, 16]
+    assert value["train"]["opt"] == {"name": "adam", "betas": [0.9, 0.99]}
+    assert value["rows"] == [{"a": 1, "b": "x"}, {"a": 3, "b": 4}]
+    assert value["extra"] == {"deep": {"key": True}}
+    assert value["model"] == {"name": "mlp"}
+    assert "# trailing comment in train" in str(doc) and "# top comment" in str(doc)
+
+
+def test_document_keeps_crlf():
+    doc = SdnDocument("a: 1\r\nb: 2\r\n")
+    doc.set("b", 3)
+    assert str(doc) == "a: 1\r\nb: 3\r\n"
