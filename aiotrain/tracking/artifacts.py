@@ -1,0 +1,364 @@
+"""Artifacts: versioned, content-addressed files with lineage (W&B's ``wandb.Artifact``).
+
+Layout under the tracking root::
+
+    artifacts/objects/{sha[:2]}/{sha256}               file contents, stored once
+    artifacts/projects/{project}/{name}/index.json     versions, aliases, producer, consumers
+    artifacts/projects/{project}/{name}/.lock          fcntl.flock'ed around every index change
+    artifacts/projects/{project}/{name}/files/vN/      download() materializations
+    runs/{project}/{run_id}/artifacts/logged.jsonl     what a run logged ({"ref", "project"})
+    runs/{project}/{run_id}/artifacts/used.jsonl       what a run used
+
+A version's digest is the sha256 of its type and sorted (path, file sha256) list, so logging
+identical content again returns the existing version (with any new aliases) instead of a new
+one. ``latest`` moves to every new version; other aliases move to the version they are given
+to (one version per alias). Object files and the index are written atomically, and the index is
+changed only under an exclusive ``flock``, so concurrent processes logging the same name get
+distinct versions and an intact index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .store import check_name, get_dir, jsonable, read_json, write_json
+
+__all__ = ["Artifact", "lineage", "log_artifact", "use_artifact"]
+
+_VERSION = re.compile(r"^v(\d+)$")
+_CHUNK = 1 << 20
+
+
+class Artifact:
+    """A named, typed set of files: ``Artifact("mnist", type="dataset")`` then ``add_file`` /
+    ``add_dir`` and ``run.log_artifact(a)``. An artifact returned by ``log_artifact`` or
+    ``use_artifact`` has ``version`` (an int), ``ref`` (``"name:vN"``), ``aliases``,
+    ``manifest`` (path -> sha256 and size) and ``download()``."""
+
+    def __init__(self, name: str, type: str, description: str = "",
+                 metadata: dict[str, Any] | None = None) -> None:
+        check_name("artifact", name)
+        if ":" in name:
+            raise ValueError(f"artifact name {name!r} must not contain ':' (it separates the version)")
+        if not isinstance(type, str) or not type.strip():
+            raise ValueError(f"artifact type must be a non-empty string, got {type!r}")
+        self.name = name
+        self.type = type
+        self.description = str(description)
+        self.metadata: dict[str, Any] = jsonable(dict(metadata or {}))
+        self.version: int | None = None
+        self.project: str | None = None
+        self.aliases: list[str] = []
+        self.digest: str | None = None
+        self.manifest: dict[str, dict[str, Any]] = {}
+        self._sources: dict[str, Path] = {}
+        self._root: Path | None = None
+
+    @property
+    def ref(self) -> str:
+        """``name:vN`` once stored (``name`` before)."""
+        return self.name if self.version is None else f"{self.name}:v{self.version}"
+
+    def add_file(self, local_path: str | os.PathLike[str], name: str | None = None) -> None:
+        """Include one file, stored as ``name`` (default: its base name)."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"add_file: {path} is not a file")
+        self._add(_check_member(name or path.name), path)
+
+    def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None) -> None:
+        """Include every file under a folder, stored under ``name/`` (default: at the top)."""
+        root = Path(local_path)
+        if not root.is_dir():
+            raise NotADirectoryError(f"add_dir: {root} is not a directory")
+        prefix = _check_member(name) + "/" if name else ""
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            self._add(prefix + path.relative_to(root).as_posix(), path)
+
+    def _add(self, member: str, path: Path) -> None:
+        if self.version is not None:
+            raise RuntimeError(f"artifact {self.ref} is stored; create a new Artifact to change it")
+        self._sources[member] = path
+
+    def download(self, root: str | os.PathLike[str] | None = None) -> Path:
+        """A local folder holding this version's files (copies; editing them is safe).
+
+        Default: ``artifacts/projects/{project}/{name}/files/vN`` in the store, built once and
+        atomically; with ``root``, the files are copied there.
+        """
+        if self.version is None or self._root is None or self.project is None:
+            raise RuntimeError(f"artifact {self.name!r} has no stored version; log or use it first")
+        store = _Store(self._root)
+        if root is not None:
+            target = Path(root)
+            _materialize(store, self.manifest, target)
+            return target
+        target = store.folder(self.project, self.name) / "files" / f"v{self.version}"
+        if not _complete(target, self.manifest):
+            staging = Path(tempfile.mkdtemp(prefix=".files-", dir=target.parent.parent))
+            try:
+                _materialize(store, self.manifest, staging)
+                if target.exists():
+                    shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(staging, target)
+                except OSError:  # another process finished the same download first
+                    if not _complete(target, self.manifest):
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.ref!r}, type={self.type!r}, files={len(self.manifest or self._sources)})"
+
+
+def _check_member(name: str) -> str:
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"artifact file name {name!r} must be a relative path without '..'")
+    return Path(name).as_posix()
+
+
+class _Store:
+    """The artifact store under one tracking root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.base = root / "artifacts"
+
+    def object(self, digest: str) -> Path:
+        return self.base / "objects" / digest[:2] / digest
+
+    def folder(self, project: str, name: str) -> Path:
+        return self.base / "projects" / project / name
+
+    def put(self, source: Path) -> tuple[str, int]:
+        """Copy ``source`` into the object store (once per content); returns (sha256, size)."""
+        digest, size = _sha256(source)
+        target = self.object(digest)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".obj-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        return digest, size
+
+    @contextlib.contextmanager
+    def locked(self, project: str, name: str) -> Iterator[dict[str, Any]]:
+        """The index of ``project/name`` under an exclusive lock; changes are saved on exit."""
+        folder = self.folder(project, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                path = folder / "index.json"
+                index = read_json(path) if path.exists() else {"name": name, "project": project,
+                                                                "type": None, "versions": [], "aliases": {}}
+                before = msgspec.json.encode(index)
+                yield index
+                if msgspec.json.encode(index) != before:
+                    write_json(path, index)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def read(self, project: str, name: str) -> dict[str, Any] | None:
+        path = self.folder(project, name) / "index.json"
+        return read_json(path) if path.exists() else None
+
+    def projects_with(self, name: str) -> list[str]:
+        base = self.base / "projects"
+        return sorted(p.name for p in base.glob("*") if (p / name / "index.json").is_file())
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _digest(type_: str, manifest: dict[str, dict[str, Any]]) -> str:
+    h = hashlib.sha256(type_.encode())
+    for member in sorted(manifest):
+        h.update(f"\0{member}\0{manifest[member]['sha256']}".encode())
+    return h.hexdigest()
+
+
+def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+    return folder.is_dir() and all(
+        (folder / m).is_file() and (folder / m).stat().st_size == e["size"] for m, e in manifest.items())
+
+
+def _materialize(store: _Store, manifest: dict[str, dict[str, Any]], target: Path) -> None:
+    for member, entry in manifest.items():
+        dest = target / member
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.object(entry["sha256"]), dest)
+
+
+def _check_aliases(aliases: list[str]) -> list[str]:
+    for alias in aliases:
+        if not isinstance(alias, str) or not alias or ":" in alias or "/" in alias or _VERSION.match(alias):
+            raise ValueError(f"alias {alias!r} must be a non-empty name without ':' or '/', not like 'v3'")
+    return list(dict.fromkeys(aliases))
+
+
+def log_artifact(run: Any, artifact: Artifact, aliases: list[str]) -> Artifact:
+    """Store ``artifact``'s files as a version of ``run.project/artifact.name``, produced by ``run``."""
+    if not isinstance(artifact, Artifact):
+        raise TypeError(f"log_artifact expects a Track.Artifact, got {type(artifact).__name__}")
+    aliases = _check_aliases(aliases)
+    if run.disabled:
+        return artifact
+    if not artifact._sources:
+        raise ValueError(f"artifact {artifact.name!r} has no files; add_file / add_dir first")
+    store = _Store(run.root)
+    manifest = {}
+    for member, source in artifact._sources.items():
+        digest, size = store.put(source)
+        manifest[member] = {"sha256": digest, "size": size}
+    digest = _digest(artifact.type, manifest)
+    with store.locked(run.project, artifact.name) as index:
+        if index["type"] not in (None, artifact.type):
+            raise ValueError(f"artifact {artifact.name!r} has type {index['type']!r}, not {artifact.type!r}")
+        index["type"] = artifact.type
+        entry = next((v for v in index["versions"] if v["digest"] == digest), None)
+        if entry is None:
+            entry = {"version": len(index["versions"]), "digest": digest, "files": manifest,
+                     "description": artifact.description, "metadata": artifact.metadata,
+                     "created_at": time.time(), "producer": {"id": run.id, "project": run.project},
+                     "consumers": []}
+            index["versions"].append(entry)
+            index["aliases"]["latest"] = entry["version"]
+        for alias in aliases:
+            index["aliases"][alias] = entry["version"]
+        _fill(artifact, run.root, run.project, index, entry)
+    _record(run, "logged.jsonl", artifact)
+    return artifact
+
+
+def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
+    """The version ``ref`` names (``name``, ``name:vN``, ``name:latest``, ``name:alias``), with
+    ``run`` recorded as a consumer (unless the run is disabled)."""
+    name, spec = _parse_ref(ref)
+    project = check_name("project", project) if project is not None else run.project
+    store = _Store(run.root)
+    if store.read(project, name) is None:
+        raise LookupError(f"no artifact {name!r} in project {project!r} under {run.root}")
+    if run.disabled:
+        index = store.read(project, name)
+        entry = _resolve(index, spec, ref)
+    else:
+        with store.locked(project, name) as index:
+            entry = _resolve(index, spec, ref)
+            consumer = {"id": run.id, "project": run.project}
+            if consumer not in entry["consumers"]:
+                entry["consumers"].append(consumer)
+    artifact = Artifact(name, index["type"], entry["description"], entry["metadata"])
+    _fill(artifact, run.root, project, index, entry)
+    if not run.disabled:
+        _record(run, "used.jsonl", artifact)
+    return artifact
+
+
+def _parse_ref(ref: str) -> tuple[str, str]:
+    if not isinstance(ref, str):
+        raise TypeError(f"artifact reference must be a string, got {type(ref).__name__}")
+    name, _, spec = ref.partition(":")
+    check_name("artifact", name)
+    return name, spec or "latest"
+
+
+def _resolve(index: dict[str, Any], spec: str, ref: str) -> dict[str, Any]:
+    match = _VERSION.match(spec)
+    number = int(match.group(1)) if match else index["aliases"].get(spec)
+    if number is None or not 0 <= number < len(index["versions"]):
+        known = [f"v{v['version']}" for v in index["versions"]] + sorted(index["aliases"])
+        raise LookupError(f"artifact {ref!r} not found; known: {', '.join(known)}")
+    return index["versions"][number]
+
+
+def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], entry: dict[str, Any]) -> None:
+    artifact.version = entry["version"]
+    artifact.project = project
+    artifact.digest = entry["digest"]
+    artifact.manifest = entry["files"]
+    artifact.aliases = sorted(a for a, v in index["aliases"].items() if v == entry["version"])
+    artifact._root = root
+
+
+def _record(run: Any, filename: str, artifact: Artifact) -> None:
+    """Append a durable line to the run's artifacts/ log (the run folder is created if needed)."""
+    run._writer.open()
+    line = msgspec.json.encode({"ref": artifact.ref, "project": artifact.project}) + b"\n"
+    path = run.dir / "artifacts" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _run_refs(root: Path, run: dict[str, str], filename: str) -> list[str]:
+    path = root / "runs" / run["project"] / run["id"] / "artifacts" / filename
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    refs = []
+    for line in lines:
+        with contextlib.suppress(msgspec.DecodeError):  # a torn last line
+            refs.append(msgspec.json.decode(line)["ref"])
+    return refs
+
+
+def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``{"inputs": [...], "runs": [{"id", "role"}], "outputs": [...]}`` for one version: what its
+    producer consumed, the runs that made or used it, and what those consuming runs produced."""
+    store = _Store(Path(root) if root is not None else get_dir())
+    name, spec = _parse_ref(ref)
+    if project is None:
+        found = store.projects_with(name)
+        if not found:
+            raise LookupError(f"no artifact {name!r} under {store.root}")
+        if len(found) > 1:
+            raise ValueError(f"artifact {name!r} exists in projects {found}; pass project=")
+        project = found[0]
+    index = store.read(project, name)
+    if index is None:
+        raise LookupError(f"no artifact {name!r} in project {project!r}")
+    entry = _resolve(index, spec, ref)
+    producer = entry.get("producer")
+    runs = [{"id": producer["id"], "role": "producer"}] if producer else []
+    runs += [{"id": c["id"], "role": "consumer"} for c in entry["consumers"]]
+    inputs = _run_refs(store.root, producer, "used.jsonl") if producer else []
+    outputs: list[str] = []
+    for consumer in entry["consumers"]:
+        outputs += _run_refs(store.root, consumer, "logged.jsonl")
+    return {"inputs": list(dict.fromkeys(inputs)), "runs": runs, "outputs": list(dict.fromkeys(outputs))}
+

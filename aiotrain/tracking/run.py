@@ -1,0 +1,404 @@
+"""Run: one tracked experiment (config, metrics, media, summary), W&B's ``wandb.Run``.
+
+``log`` never touches the disk on the caller's thread: it converts tensor scalars once with
+``.item()``, appends one record to an in-memory queue and, at most once a second (or when
+``MetricsWriter.FLUSH_RECORDS`` records wait), submits a drain to the I/O executor (see
+``writer.py`` for when data reaches the disk). Step semantics follow W&B: with no ``step``, each
+call takes the next step (0, 1, 2, ...); an explicit ``step`` is written as given and the next
+automatic step continues after it. ``log`` is meant to be called from one thread at a time
+(the loop or the compute thread); calls from several threads at once need explicit steps.
+
+The folder and metadata.sdn are created lazily, by the first drain (or by entering the
+``with`` block), so creating a run costs no disk work on the caller either; ``async with``
+does its file work in the I/O executor. Leaving the block finishes the run: metrics are made
+durable, summary.sdn is written (last value of every key plus ``run.summary`` updates) and
+metadata.sdn gets ``finished_at`` and status ``finished``, or ``crashed`` (with the error) when
+the block raised. Runs still open when the interpreter exits are finished by an ``atexit`` hook
+(``crashed`` when an uncaught exception ended the program).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures as cf
+import itertools
+import math
+import os
+import secrets
+import string
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..distributed import is_main
+from ..runtime import submit_io, to_io
+from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
+from .reader import iter_history, list_runs, load_run
+from .store import atomic_write, check_name, get_dir, get_mode, jsonable, write_sdn
+from .system import system_info
+from .writer import MetricsWriter
+
+__all__ = ["Run"]
+
+_PLAIN = frozenset((float, int, str, bool, type(None)))
+_RESERVED = ("step", "timestamp")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_open_runs: set[Run] = set()
+_open_lock = threading.Lock()
+_time = time.time
+
+
+class Run:
+    """One tracked run; create it with ``Track.run(...)`` and use it as ``with`` / ``async with``.
+
+    Fields: ``id``, ``name``, ``project``, ``dir``, ``config`` (a dict), ``summary`` (a dict:
+    last logged value of every key; ``run.summary.update({...})`` adds or overrides), ``tags``,
+    ``notes``, ``start_time``, ``end_time``, ``status``, ``mode``. On a non-zero torch.distributed
+    rank, or with ``Track.set_mode("disabled")``, the run is disabled: every method works and
+    nothing is written.
+    """
+
+    def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
+                 tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+                 resume: bool | str = False, *, mode: str | None = None) -> None:
+        self.project = check_name("project", project)
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        self.mode = mode or get_mode()
+        if not is_main():
+            self.mode = "disabled"  # checkpoint and tracking write on rank 0 only
+        self.config: dict[str, Any] = jsonable(dict(config or {}))
+        self.tags = [str(t) for t in ([tags] if isinstance(tags, str) else tags)]
+        self.notes = str(notes)
+        self.summary: dict[str, Any] = {}
+        self.root = Path(dir) if dir is not None else get_dir()
+        self.start_time = _time()
+        self.end_time: float | None = None
+        self.status = "running"
+        self.error: str | None = None
+        self._step = 0
+        self._media_seq = itertools.count()
+        self._media: set[cf.Future[Any]] = set()
+        self._watches: list[Any] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._ticker_loop: asyncio.AbstractEventLoop | None = None
+        self._finished = False
+        self._finish_lock = threading.Lock()
+        self.id = self._resume(resume, name) if resume else _new_id()
+        self.name = name or getattr(self, "name", None) or self.id
+        self.dir = self.root / "runs" / self.project / self.id
+        self.disabled = self.mode == "disabled"
+        self._writer = None if self.disabled else MetricsWriter(self.dir / "metrics.jsonl", self._create_files)
+        self._queue = self._writer.queue if self._writer is not None else None
+        if not self.disabled:
+            with _open_lock:
+                _open_runs.add(self)
+
+    # logging (the hot path) --------------------------------------------------------------------
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Record ``metrics`` at ``step`` (default: the next step). Never blocks on disk."""
+        if self._queue is None:
+            return
+        for value in metrics.values():
+            if value.__class__ not in _PLAIN:
+                metrics = _convert(metrics)
+                break
+        if step is None:
+            step = self._step
+        elif step.__class__ is not int:
+            step = _check_step(step)
+        now = _time()
+        record = {"step": step, "timestamp": now, **metrics}
+        if len(record) != len(metrics) + 2:
+            raise ValueError(f"metric names {_RESERVED} are reserved by the record itself")
+        if self._finished:
+            raise RuntimeError(f"run {self.id} is finished; log() after finish() is lost")
+        self._step = step + 1
+        self._queue.append(record)
+        self.summary.update(metrics)
+        writer = self._writer
+        if now - writer.last_kick >= writer.FLUSH_INTERVAL_S or len(self._queue) >= writer.FLUSH_RECORDS:
+            writer.kick(now)
+
+    @property
+    def step(self) -> int:
+        """The step the next ``log`` call without ``step`` will get."""
+        return self._step
+
+    def log_histogram(self, name: str, values: Any, bins: int = 64, step: int | None = None) -> None:
+        """Log a histogram of ``values`` (tensor, array or sequence; non-finite values dropped)."""
+        if self._queue is None:
+            return
+        self.log({name: histogram_entry(values, bins)}, step=step)
+
+    def log_image(self, name: str, image: Any, caption: str = "", step: int | None = None) -> None:
+        """Log an image (CHW tensor or HWC array; floats in [0, 1]); stored as PNG under media/."""
+        if self._queue is None:
+            return
+        require_pillow()
+        arr = image_array(image)
+        step = self._step if step is None else _check_step(step)
+        rel = f"media/images/{safe_filename(name)}_{step}_{next(self._media_seq)}.png"
+        self._background(write_png, self.dir / rel, arr)
+        self.log({name: {"_type": "image", "path": rel, "caption": str(caption),
+                         "width": int(arr.shape[1]), "height": int(arr.shape[0])}}, step=step)
+
+    def log_table(self, name: str, table: Table, step: int | None = None) -> None:
+        """Log a ``Track.Table``; its rows go to tables/ as JSON lines."""
+        if not isinstance(table, Table):
+            raise TypeError(f"log_table expects a Track.Table, got {type(table).__name__}")
+        if self._queue is None:
+            return
+        step = self._step if step is None else _check_step(step)
+        rel = f"tables/{safe_filename(name)}_{step}_{next(self._media_seq)}.jsonl"
+        self._background(atomic_write, self.dir / rel, table.to_bytes())
+        self.log({name: {"_type": "table", "path": rel, "columns": list(table.columns),
+                         "nrows": len(table)}}, step=step)
+
+    def watch(self, model: Any, log: str = "gradients", log_freq: int = 100) -> None:
+        """Log parameter and/or gradient norms and histograms every ``log_freq`` forward calls."""
+        from .watch import Watch
+
+        self._watches.append(Watch(self, model, log, log_freq))
+
+    def _log_side(self, metrics: dict[str, Any]) -> None:
+        """Enqueue a record at the current step without advancing it (``watch``'s records)."""
+        if self._queue is None or self._finished:
+            return
+        metrics = _convert(metrics)
+        self._queue.append({"step": self._step, "timestamp": _time(), **metrics})
+        self.summary.update(metrics)
+
+    def unwatch(self) -> None:
+        """Remove every hook ``watch`` installed."""
+        watches, self._watches = self._watches, []
+        for w in watches:
+            w.remove()
+
+    def _background(self, fn: Any, *args: Any) -> None:
+        fut = submit_io(fn, *args)
+        self._media.add(fut)
+        fut.add_done_callback(self._media.discard)
+
+    # durability ---------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Return once everything logged so far (metrics and media) is on disk (fsync).
+
+        Blocks the calling thread; inside a coroutine use ``await run.aflush()``.
+        """
+        if self._writer is None:
+            return
+        for fut in list(self._media):
+            fut.result()
+        self._writer.drain(durable=True)
+        self._writer.check()
+
+    async def aflush(self) -> None:
+        """``flush`` from a coroutine, run in the I/O executor."""
+        await to_io(self.flush)
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        """End the run: flush, write summary.sdn and the final metadata. Idempotent."""
+        if self._begin_finish():
+            self._complete(status, error)
+
+    async def afinish(self, status: str = "finished", error: str | None = None) -> None:
+        """``finish`` from a coroutine; the file work runs in the I/O executor."""
+        if self._begin_finish():
+            await to_io(self._complete, status, error)
+
+    def _begin_finish(self) -> bool:
+        with self._finish_lock:
+            if self._finished:
+                return False
+            self._finished = True
+        self.unwatch()
+        self._stop_ticker()
+        with _open_lock:
+            _open_runs.discard(self)
+        return True
+
+    def _complete(self, status: str, error: str | None) -> None:
+        self.end_time = _time()
+        self.status = status
+        self.error = error
+        if self._writer is None:
+            return
+        for fut in list(self._media):
+            fut.result()
+        self._writer.close()  # creates the folder and metadata if nothing was logged yet
+        write_sdn(self.dir / "summary.sdn", self.summary)
+        self._write_metadata()
+        self._writer.check()
+
+    # artifacts ------------------------------------------------------------------------------------
+    def log_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+        """Store ``artifact`` as a new version (or find its identical one); returns it versioned."""
+        from .artifacts import log_artifact
+
+        return log_artifact(self, artifact, list(aliases))
+
+    def use_artifact(self, ref: str, project: str | None = None) -> Any:
+        """Record this run as a consumer of ``name:vN`` / ``name:latest`` / ``name:alias``."""
+        from .artifacts import use_artifact
+
+        return use_artifact(self, ref, project)
+
+    async def alog_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+        """``log_artifact`` from a coroutine (hashing and copying run in the I/O executor)."""
+        return await to_io(self.log_artifact, artifact, aliases)
+
+    async def ause_artifact(self, ref: str, project: str | None = None) -> Any:
+        """``use_artifact`` from a coroutine."""
+        return await to_io(self.use_artifact, ref, project)
+
+    # files ------------------------------------------------------------------------------------------
+    def _create_files(self) -> None:
+        for sub in ("media/images", "tables", "artifacts"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self._write_metadata()
+
+    def _write_metadata(self) -> None:
+        write_sdn(self.dir / "metadata.sdn", {
+            "id": self.id, "name": self.name, "project": self.project, "tags": self.tags,
+            "notes": self.notes, "status": self.status, "created_at": self.start_time,
+            "finished_at": self.end_time, "error": self.error, "pid": os.getpid(),
+            "config": self.config, "system": system_info(),
+        })
+
+    def _resume(self, resume: bool | str, name: str | None) -> str:
+        """Pick up an earlier run: its id, created_at, config, summary and next step."""
+        runs = list_runs(self.project, self.root)
+        if isinstance(resume, str):
+            found = [r for r in runs if r.id == resume]
+            if not found:
+                raise ValueError(f"resume={resume!r}: no such run in project {self.project!r}")
+        else:
+            found = [r for r in runs if name is None or r.name == name]
+            if not found:
+                return _new_id()
+        record = load_run(found[-1].dir)
+        self.name = record.name
+        self.start_time = record.created_at or self.start_time
+        self.config = {**record.config, **self.config}
+        self.tags = self.tags or record.tags
+        self.summary.update(record.summary)
+        last = -1
+        for entry in iter_history(record.dir / "metrics.jsonl"):
+            last = max(last, int(entry.get("step", last)))
+        self._step = last + 1
+        return record.id
+
+    # context managers and the periodic flush -------------------------------------------------------
+    def __enter__(self) -> Run:
+        if self._writer is not None:
+            self._writer.open()
+        self._start_ticker()
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self.finish(*outcome(exc))
+
+    async def __aenter__(self) -> Run:
+        if self._writer is not None:
+            await to_io(self._writer.open)
+        self._start_ticker()
+        return self
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        await self.afinish(*outcome(exc))
+
+    def _start_ticker(self) -> None:
+        """Inside a running loop, kick a drain every second even when nothing is logged."""
+        if self._writer is None or self._ticker is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # sync script: flushes piggy-back on log calls (see writer.py)
+        self._ticker_loop = loop
+        self._ticker = loop.create_task(self._tick(), name=f"aiotrain-track-{self.id}")
+
+    async def _tick(self) -> None:
+        writer = self._writer
+        assert writer is not None
+        while True:
+            await asyncio.sleep(writer.FLUSH_INTERVAL_S)
+            if writer.queue:
+                writer.kick(_time())
+
+    def _stop_ticker(self) -> None:
+        task, loop, self._ticker = self._ticker, self._ticker_loop, None
+        if task is None or loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            task.cancel()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+    def __repr__(self) -> str:
+        return f"Run(project={self.project!r}, id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def outcome(exc: BaseException | None) -> tuple[str, str | None]:
+    if exc is None:
+        return "finished", None
+    return "crashed", f"{type(exc).__name__}: {exc}"
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, int):
+        if hasattr(step, "item"):
+            return _check_step(step.item())
+        raise TypeError(f"step must be an int, got {type(step).__name__}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return step
+
+
+def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics with tensor / numpy scalars as Python numbers (``.item()``, once, on the caller)."""
+    out = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metric names must be strings, got {key!r}")
+        if value.__class__ in _PLAIN:
+            pass
+        elif hasattr(value, "item") and hasattr(value, "shape"):  # torch / numpy scalar
+            value = _item(value)
+        else:
+            value = jsonable(value)
+        out[key] = value
+    return out
+
+
+def _item(value: Any) -> Any:
+    if math.prod(value.shape) != 1:
+        raise ValueError(f"only one-element tensors can be logged as metrics, got shape "
+                         f"{tuple(value.shape)}; use log_histogram for many values")
+    return value.item()
+
+
+@atexit.register
+def _finish_open_runs() -> None:
+    """Finish runs a script left open; crashed when an uncaught exception ended the program."""
+    crashed = getattr(sys, "last_value", None)
+    with _open_lock:
+        runs = list(_open_runs)
+    for run in runs:
+        try:
+            run.finish(*outcome(crashed))
+        except Exception as exc:  # at exit there is no caller left to raise to
+            print(f"aiotrain: could not finish run {run.id}: {exc}", file=sys.stderr)

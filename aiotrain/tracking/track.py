@@ -1,0 +1,88 @@
+"""``Track``: the one name users import for tracking (``wandb``'s module-level API as a class).
+
+``with Track.run("mnist", config=cfg) as run: run.log({"train/loss": 0.3})``; also
+``Track.set_mode``, ``Track.set_dir``, ``Track.Artifact``, ``Track.Table``, ``Track.lineage``,
+``Track.runs``, ``Track.load_run`` and ``Track.Sweep`` with its distributions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .artifacts import Artifact, lineage
+from .media import Table
+from .reader import RunRecord, list_runs, load_run
+from .run import Run
+from .sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
+
+__all__ = ["Track"]
+
+
+class Track:
+    """Namespace for the tracking API (never instantiated)."""
+
+    Run = Run
+    Artifact = Artifact
+    Table = Table
+    Sweep = Sweep
+    SweepResult = SweepResult
+    RunRecord = RunRecord
+    Uniform = Uniform
+    LogUniform = LogUniform
+    IntUniform = IntUniform
+    Normal = Normal
+    Choice = Choice
+
+    def __init__(self) -> None:
+        raise TypeError("Track is a namespace: call Track.run(...), not Track()")
+
+    @staticmethod
+    def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
+            tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+            resume: bool | str = False) -> Run:
+        """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
+
+        ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
+        run of this project with this ``name`` (a new one if there is none), ``resume="<id>"``
+        continues that run (ValueError if missing): same folder, config merged, steps going on.
+        """
+        return Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume)
+
+    @staticmethod
+    def set_mode(mode: str) -> None:
+        """``"offline"`` (local files, the default) or ``"disabled"`` (no files at all)."""
+        store.set_mode(mode)
+
+    @staticmethod
+    def get_mode() -> str:
+        """The current mode."""
+        return store.get_mode()
+
+    @staticmethod
+    def set_dir(path: str | os.PathLike[str] | None) -> None:
+        """The tracking root (default ``./.aiotrain``, or ``$AIOTRAIN_DIR``; None restores it)."""
+        store.set_dir(path)
+
+    @staticmethod
+    def get_dir() -> Path:
+        """The tracking root in use."""
+        return store.get_dir()
+
+    @staticmethod
+    def runs(project: str | None = None) -> list[RunRecord]:
+        """Every stored run (of one project, or all), oldest first, with its status."""
+        return list_runs(project)
+
+    @staticmethod
+    def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
+        """A stored run: ``.id``, ``.config``, ``.summary``, ``.history()``."""
+        return load_run(run_dir)
+
+    @staticmethod
+    def lineage(ref: str, project: str | None = None) -> dict[str, Any]:
+        """``{"inputs", "runs", "outputs"}`` of the artifact version ``ref`` (``"name:v1"``)."""
+        return lineage(ref, project)
