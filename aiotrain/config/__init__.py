@@ -1,6 +1,7 @@
-"""Configs: the SDN format (:mod:`aiotrain.config.sdn`) and the errors every config part raises."""
+"""Configs: the SDN format (:mod:`aiotrain.config.sdn`), Conf / Config, and their errors."""
 
 from . import sdn
+from .conf import MISSING, Conf, Config
 from .errors import (
     ConfigError,
     FrozenConfigError,
@@ -10,5 +11,5 @@ from .errors import (
     SdnError,
 )
 
-__all__ = ["ConfigError", "FrozenConfigError", "InterpolationError", "MissingValueError",
-           "SchemaError", "SdnError", "sdn"]
+__all__ = ["MISSING", "Conf", "Config", "ConfigError", "FrozenConfigError", "InterpolationError",
+           "MissingValueError", "SchemaError", "SdnError", "sdn"]
