@@ -1,0 +1,236 @@
+"""Runs: the on-disk layout, metrics lines, steps, summary, metadata, modes, async use, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from aiotrain.config import sdn
+from aiotrain.tracking import Track
+from aiotrain.tracking.writer import MetricsWriter
+
+
+def lines(run):
+    return [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_layout_and_contents(track_root):
+    with Track.run("mnist", name="first", config={"lr": 1e-3, "model": {"depth": 4}},
+                   tags=["baseline"], notes="hello") as run:
+        run.log({"train/loss": 0.5, "acc": 0.25})
+        run.log({"train/loss": 0.25})
+    assert run.dir == track_root / "runs" / "mnist" / run.id
+    assert {p.name for p in run.dir.iterdir()} >= {"metadata.sdn", "metrics.jsonl", "summary.sdn",
+                                                   "media", "tables", "artifacts"}
+    recs = lines(run)
+    assert [r["step"] for r in recs] == [0, 1]
+    assert recs[0]["train/loss"] == 0.5 and recs[0]["acc"] == 0.25
+    assert set(recs[1]) == {"step", "timestamp", "train/loss"}
+    assert all(isinstance(r["timestamp"], float) for r in recs)
+    meta = sdn.loads((run.dir / "metadata.sdn").read_text())
+    assert meta["id"] == run.id and meta["name"] == "first" and meta["project"] == "mnist"
+    assert meta["tags"] == ["baseline"] and meta["notes"] == "hello" and meta["status"] == "finished"
+    assert meta["config"] == {"lr": 1e-3, "model": {"depth": 4}}
+    assert meta["finished_at"] >= meta["created_at"]
+    assert set(meta["system"]) >= {"hostname", "platform", "python", "torch", "cpu_count", "gpus"}
+    assert meta["system"]["torch"] == torch.__version__
+    summary = sdn.loads((run.dir / "summary.sdn").read_text())
+    assert summary == {"train/loss": 0.25, "acc": 0.25}
+    assert (run.start_time, run.end_time) == (meta["created_at"], meta["finished_at"])
+
+
+def test_auto_and_explicit_steps():
+    with Track.run("p") as run:
+        run.log({"a": 1})
+        run.log({"a": 2})
+        run.log({"a": 3}, step=10)
+        run.log({"a": 4})
+        assert run.step == 12
+    assert [r["step"] for r in lines(run)] == [0, 1, 10, 11]
+
+
+def test_tensor_scalars_are_converted_once():
+    with Track.run("p") as run:
+        run.log({"t": torch.tensor(1.5), "i": torch.tensor([3]), "n": torch.tensor(2.0).numpy()})
+        with pytest.raises(ValueError, match="one-element"):
+            run.log({"v": torch.ones(3)})
+    rec = lines(run)[0]
+    assert rec["t"] == 1.5 and rec["i"] == 3 and rec["n"] == 2.0
+    assert run.summary["t"] == 1.5 and type(run.summary["t"]) is float
+
+
+def test_nonfinite_values_round_trip():
+    with Track.run("p") as run:
+        run.log({"a": math.nan, "b": math.inf, "c": -math.inf, "d": 1.0})
+    raw = (run.dir / "metrics.jsonl").read_text()
+    assert '"a":"nan"' in raw and '"b":"inf"' in raw and '"c":"-inf"' in raw
+    record = Track.load_run(run.dir)
+    hist = record.history()[0]
+    assert math.isnan(hist["a"]) and hist["b"] == math.inf and hist["c"] == -math.inf
+    assert math.isnan(record.summary["a"]) and record.summary["c"] == -math.inf
+
+
+def test_reserved_names_and_bad_steps():
+    with Track.run("p") as run:
+        with pytest.raises(ValueError, match="reserved"):
+            run.log({"step": 1})
+        with pytest.raises(ValueError):
+            run.log({"a": 1}, step=-1)
+        with pytest.raises(TypeError):
+            run.log({"a": 1}, step="3")
+        run.log({"a": 1})
+    assert [r["step"] for r in lines(run)] == [0]
+
+
+def test_summary_update_and_log_after_finish():
+    run = Track.run("p")
+    run.log({"loss": 1.0})
+    run.log({"loss": 0.5})
+    run.summary.update({"best_loss": 0.5, "loss": 0.4})
+    run.finish()
+    run.finish()  # idempotent
+    assert sdn.loads((run.dir / "summary.sdn").read_text()) == {"loss": 0.4, "best_loss": 0.5}
+    with pytest.raises(RuntimeError, match="finished"):
+        run.log({"loss": 0.1})
+
+
+def test_log_never_writes_on_the_caller(monkeypatch):
+    """Without a drain due, log only queues: the folder appears when flush() drains."""
+    monkeypatch.setattr(MetricsWriter, "FLUSH_INTERVAL_S", 1e9)
+    run = Track.run("p")
+    run.log({"a": 1})
+    assert not run.dir.exists()
+    run.flush()
+    assert [r["a"] for r in lines(run)] == [1]
+    run.finish()
+
+
+def test_background_flush_by_record_count(monkeypatch):
+    monkeypatch.setattr(MetricsWriter, "FLUSH_RECORDS", 8)
+    monkeypatch.setattr(MetricsWriter, "FLUSH_INTERVAL_S", 1e9)
+    run = Track.run("p")
+    for i in range(8):
+        run.log({"i": i})
+    from aiotrain.runtime import submit_io
+
+    submit_io(lambda: None).result()  # the drain was queued before this no-op
+    for _ in range(200):
+        if (run.dir / "metrics.jsonl").exists() and len(lines(run)) == 8:
+            break
+        submit_io(lambda: None).result()
+    assert len(lines(run)) == 8
+    run.finish()
+
+
+def test_crashed_run_keeps_its_data():
+    with pytest.raises(ZeroDivisionError):
+        with Track.run("p") as run:
+            run.log({"a": 1})
+            raise ZeroDivisionError("division by zero")
+    meta = sdn.loads((run.dir / "metadata.sdn").read_text())
+    assert meta["status"] == "crashed" and "ZeroDivisionError" in meta["error"]
+    assert lines(run)[0]["a"] == 1
+    assert Track.load_run(run.dir).status == "crashed"
+
+
+def test_disabled_mode_writes_nothing(track_root):
+    Track.set_mode("disabled")
+    with Track.run("p", config={"a": 1}) as run:
+        run.log({"a": 1})
+        run.log_histogram("h", torch.randn(10))
+        run.log_image("img", torch.rand(3, 4, 4))
+        t = Track.Table(["x"])
+        t.add_row(1)
+        run.log_table("t", t)
+        run.flush()
+        art = Track.Artifact("data", "dataset")
+        run.log_artifact(art)
+    assert not track_root.exists()
+    with pytest.raises(ValueError):
+        Track.set_mode("online")
+
+
+def test_non_main_rank_is_disabled(track_root, monkeypatch):
+    import aiotrain.tracking.run as run_module
+
+    monkeypatch.setattr(run_module, "is_main", lambda: False)
+    with Track.run("p") as run:
+        run.log({"a": 1})
+    assert run.disabled and not track_root.exists()
+
+
+def test_env_dir(tmp_path, monkeypatch):
+    Track.set_dir(None)
+    monkeypatch.setenv("AIOTRAIN_DIR", str(tmp_path / "env"))
+    with Track.run("p") as run:
+        run.log({"a": 1})
+    assert run.dir.parent.parent.parent == tmp_path / "env"
+    monkeypatch.delenv("AIOTRAIN_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert Track.get_dir().as_posix() == ".aiotrain"
+
+
+async def test_async_with_and_periodic_flush(monkeypatch):
+    monkeypatch.setattr(MetricsWriter, "FLUSH_INTERVAL_S", 0.05)
+    async with Track.run("p") as run:
+        assert (run.dir / "metadata.sdn").exists()  # created in the I/O executor on entry
+        run.log({"a": 1})
+        for _ in range(100):  # the loop's ticker drains without any further log call
+            await asyncio.sleep(0.02)
+            if (run.dir / "metrics.jsonl").stat().st_size:
+                break
+        assert lines(run) == [{"step": 0, "timestamp": lines(run)[0]["timestamp"], "a": 1}]
+        run.log({"a": 2})
+        await run.aflush()
+        assert len(lines(run)) == 2
+    assert run.status == "finished"
+    assert sdn.loads((run.dir / "summary.sdn").read_text()) == {"a": 2}
+
+
+async def test_async_crash_is_recorded():
+    with pytest.raises(RuntimeError):
+        async with Track.run("p") as run:
+            run.log({"a": 1})
+            raise RuntimeError("boom")
+    assert Track.load_run(run.dir).metadata["error"] == "RuntimeError: boom"
+
+
+def test_resume_continues_steps_and_config():
+    with Track.run("p", name="long", config={"lr": 0.1}) as first:
+        first.log({"a": 1})
+        first.log({"a": 2})
+    with Track.run("p", name="long", config={"bs": 8}, resume=True) as again:
+        again.log({"a": 3})
+    assert again.id == first.id and again.dir == first.dir
+    assert [r["step"] for r in lines(again)] == [0, 1, 2]
+    assert again.config == {"lr": 0.1, "bs": 8}
+    with pytest.raises(ValueError, match="no such run"):
+        Track.run("p", resume="nope")
+    assert len(Track.runs("p")) == 1
+
+
+def test_bad_project_and_config():
+    for bad in ("", "a/b", "..", "x/../y"):
+        with pytest.raises(ValueError):
+            Track.run(bad)
+    with pytest.raises(TypeError):
+        Track.run("p", config=[1, 2])
+    with pytest.raises(TypeError):
+        Track()
+
+
+def test_runs_lists_projects_and_statuses():
+    with Track.run("a") as r1:
+        r1.log({"x": 1})
+    with pytest.raises(KeyError), Track.run("b") as r2:
+        raise KeyError("k")
+    listed = Track.runs()
+    assert [(r.id, r.status) for r in listed] == [(r1.id, "finished"), (r2.id, "crashed")]
+    assert [r.id for r in Track.runs("a")] == [r1.id]
+    assert Track.runs("missing") == []
+    assert os.path.samefile(Track.load_run(r1.dir).dir, r1.dir)
