@@ -70,3 +70,26 @@ def test_history_keys_and_find_run():
         find_run("nothing")
     with pytest.raises(FileNotFoundError):
         Track.load_run(os.path.dirname(run.dir))
+
+
+EXIT = textwrap.dedent("""
+    import sys
+    from aiotrain.tracking import Track
+    Track.set_dir(sys.argv[1])
+    run = Track.run("exit", name=sys.argv[2])   # never finished by the script
+    for i in range(10):
+        run.log({"i": i})
+    print(run.dir, flush=True)
+    if sys.argv[2] == "raises":
+        raise SystemError("uncaught")
+""")
+
+
+@pytest.mark.parametrize("how, status", [("clean", "finished"), ("raises", "crashed")])
+def test_interpreter_exit_finishes_open_runs(track_root, how, status):
+    proc = subprocess.run([sys.executable, "-c", EXIT, str(track_root), how], capture_output=True,
+                          text=True, timeout=120)
+    record = Track.load_run(proc.stdout.strip())
+    assert record.metadata["status"] == status
+    assert [h["i"] for h in record.history()] == list(range(10))
+    assert record.summary == {"i": 9}
