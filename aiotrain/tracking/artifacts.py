@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from .store import check_name, get_dir, jsonable, read_json, write_json
+from .store import atomic_file, check_name, get_dir, jsonable, read_json, write_json
 
 __all__ = ["Artifact", "lineage", "log_artifact", "use_artifact"]
 
@@ -151,18 +151,8 @@ class _Store:
         digest, size = _sha256(source)
         target = self.object(digest)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".obj-", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, _CHUNK)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_file(target) as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
         return digest, size
 
     @contextlib.contextmanager

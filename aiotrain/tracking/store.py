@@ -15,13 +15,14 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
 __all__ = [
+    "atomic_file",
     "atomic_write",
     "check_name",
     "decode_nonfinite",
@@ -76,13 +77,15 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, os.replace)."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` atomically and durably when the block ends cleanly
+    (temp file in the same folder, flush + fsync, ``os.replace``); on error ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -91,6 +94,12 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (see ``atomic_file``)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def _fsync_dir(folder: Path) -> None:
