@@ -109,7 +109,7 @@ class Run:
                 break
         if step is None:
             step = self._step
-        elif step.__class__ is not int:
+        elif step.__class__ is not int or step < 0:
             step = _check_step(step)
         now = _time()
         record = {"step": step, "timestamp": now, **metrics}
