@@ -1,0 +1,14 @@
+"""Runtime validation before a long run: modes check_only / train_only / check_and_train.
+
+``RuntimeValidator(mode).validate_all(model, loader, optimizer, loss_fn)`` returns a
+ValidationReport with eight sections (memory, shapes, gradient flow, numeric stability,
+devices, data pipeline, optimizer, training loop); see DESIGN.md §6.
+"""
+
+from .batches import default_prepare_batch
+from .mode import ValidationMode
+from .report import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, ValidationReport, ValidationSection
+from .validator import RuntimeValidator
+
+__all__ = ["EXIT_FAILED", "EXIT_PASSED", "EXIT_USAGE", "RuntimeValidator", "ValidationMode",
+           "ValidationReport", "ValidationSection", "default_prepare_batch"]

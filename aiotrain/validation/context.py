@@ -1,0 +1,86 @@
+"""CheckContext: what every check reads (model, optimizer, loss, prepared batches, settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["CheckContext", "fmt_bytes", "model_device", "name_list", "tensor_bytes"]
+
+_LIST_AT_MOST = 10
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def fmt_bytes(n: float) -> str:
+    """``1.5 MiB``: binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def name_list(names: list[str]) -> str:
+    """The first ten names, comma-separated, and how many more there are."""
+    more = f" and {len(names) - _LIST_AT_MOST} more" if len(names) > _LIST_AT_MOST else ""
+    return ", ".join(names[:_LIST_AT_MOST]) + more
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a tensorless model."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@dataclass
+class CheckContext:
+    """Inputs shared by the checks; ``batches`` are already ``(x, y)`` pairs from prepare_batch.
+
+    A training step here is the plain one: clear the gradients, ``loss_fn(model(x), y)``,
+    ``backward()``, ``optimizer.step()``. The model is called with ``x`` as its one argument.
+    """
+
+    model: torch.nn.Module
+    optimizer: Any
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    batches: list[tuple[Any, Any]] = field(default_factory=list)
+    memory_budget: int | None = None
+    allow_unused: tuple[str, ...] = ()
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Unique named parameters (a tied weight appears once, under its first name)."""
+        return list(self.model.named_parameters())
+
+    def clear_grads(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+    def loss(self, x: Any, y: Any) -> tuple[Any, torch.Tensor]:
+        """``(output, loss)`` of one forward pass in the current grad mode."""
+        out = self.model(x)
+        return out, self.loss_fn(out, y)
+
+    def train_step(self, x: Any, y: Any, probe: Callable[[str], None] | None = None) -> float:
+        """One plain optimizer step; ``probe(stage)`` is called after forward, backward and step."""
+        self.clear_grads()
+        _, loss = self.loss(x, y)
+        if probe:
+            probe("forward")
+        loss.backward()
+        if probe:
+            probe("backward")
+        self.optimizer.step()
+        if probe:
+            probe("step")
+        return float(loss.detach())
