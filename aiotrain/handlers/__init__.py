@@ -4,5 +4,6 @@ from .early_stopping import EarlyStopping
 from .lr_scheduler import LRScheduler
 from .progress import ProgressBar
 from .timer import Timer
+from .tracking import TrackingHandler
 
-__all__ = ["EarlyStopping", "LRScheduler", "ProgressBar", "Timer"]
+__all__ = ["EarlyStopping", "LRScheduler", "ProgressBar", "Timer", "TrackingHandler"]
