@@ -258,6 +258,8 @@ def _row(s: str, pos: int, ln: int, depth: int, width: int, closer: str = "") ->
             m = _BARE_END.search(s, pos)
             end = len(s) if m is None else m.start()
             text = s[pos:end].rstrip(" \t")
+            if not text:
+                raise _fail(ln, col, f"expected a value, found {s[pos]!r}")
             cells.append((_scalar(text, ln, col), text, col))
             pos = end
         pos = _skip_ws(s, pos)

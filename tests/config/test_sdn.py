@@ -102,6 +102,8 @@ def test_precise_rules(text, expected):
     ("a: 1\rb: 2", 1, 5),
     ("a: [1, 2] x", 1, 11),
     ("a: [1, 2]]", 1, 10),
+    ("t |a, b| 1, ]", 1, 13),
+    ("t |a| }", 1, 7),
 ])
 def test_errors_name_line_and_column(text, line, col):
     with pytest.raises(SdnError) as info:
