@@ -35,6 +35,6 @@ async def run_bounded(fn: Callable[..., T], /, *args: Any, seconds: float) -> T:
         if not fut.done():
             waiter = asyncio.wrap_future(fut)
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([waiter], seconds=seconds)
+                await asyncio.wait([waiter], timeout=seconds)
             waiter.cancel()  # a later result must not be delivered to a loop that may be closed
         raise
