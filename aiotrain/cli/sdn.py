@@ -66,7 +66,7 @@ def _show(value: Any) -> str:
 
 def _lookup(data: Any, path: str, name: str) -> Any:
     try:
-        keys = sdn._split_path(path)
+        keys = sdn.split_path(path)
     except sdn.SdnError as exc:
         raise _Failure(name, exc.msg) from None
     for i, k in enumerate(keys):

@@ -126,7 +126,7 @@ def _child(node: Any, k: Any) -> Any:
 
 def _keys(path: str | Iterable) -> list:
     try:
-        return sdn._split_path(path if isinstance(path, str) else list(path))
+        return sdn.split_path(path if isinstance(path, str) else list(path))
     except SdnError as exc:
         raise ConfigError(exc.msg, full_key=str(path)) from None
 
@@ -719,8 +719,8 @@ class Conf:
     @staticmethod
     def update(cfg: Config, path: str, value: Any, *, merge: bool = True) -> None:
         """Set ``path``; with ``merge`` a dict value is merged into an existing dict there."""
-        current = _child(_plain(cfg), _keys(path)[0]) if path else _ABSENT
-        for k in _keys(path)[1:]:
+        current: Any = _plain(cfg)
+        for k in _keys(path):
             current = _child(current, k)
         value = _plain(value)
         if merge and isinstance(current, dict) and isinstance(value, Mapping):

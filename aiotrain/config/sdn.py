@@ -23,7 +23,7 @@ from typing import IO, Any
 from .errors import SdnError
 
 __all__ = ["MAX_DEPTH", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
-           "parse_value", "value_text", "write_atomic"]
+           "parse_value", "split_path", "value_text", "write_atomic"]
 
 MAX_DEPTH = 1000
 """Deepest nesting (blocks and inline values together) that reading and writing accept."""
@@ -784,8 +784,7 @@ class SdnDocument:
 
     def __init__(self, text: str | bytes) -> None:
         self.lines = _split_lines(text)
-        self._crlf = isinstance(text, str) and "\r\n" in text or (
-            isinstance(text, bytes | bytearray) and b"\r\n" in text)
+        self._crlf = ("\r\n" if isinstance(text, str) else b"\r\n") in text
         self._parse()
 
     def _parse(self) -> None:
@@ -798,7 +797,7 @@ class SdnDocument:
 
     def set(self, path: str | list | tuple, value: Any) -> None:
         """Set the value at ``path`` (dotted string or key list; list items by index)."""
-        keys = _split_path(path)
+        keys = split_path(path)
         if not keys:
             raise SdnError("an empty path names the whole document: give a key")
         known = len(keys)
@@ -813,10 +812,9 @@ class SdnDocument:
         self._parse()
 
     def _insert_or_replace(self, keys: list, value: Any) -> None:
-        new = _with_value(self.data.get(keys[0]) if keys[0] in self.data else _MISSING_VALUE,
-                          keys[1:], value)
         if not isinstance(keys[0], str):
             raise SdnError(f"the document's top level is a dict: {keys[0]!r} is not a key")
+        new = _with_value(self.data.get(keys[0], _MISSING_VALUE), keys[1:], value)
         lines: list[str] = []
         _entry_lines({keys[0]: new}, 0, lines)
         end = len(self.lines)
@@ -856,8 +854,11 @@ class SdnDocument:
 _MISSING_VALUE = object()
 
 
-def _split_path(path: str | list | tuple) -> list:
-    """``"a.b.0"`` -> ``["a", "b", 0]`` (digits index lists); lists and tuples pass through."""
+def split_path(path: str | list | tuple) -> list:
+    """A dotted path as keys: ``"a.b.0"`` -> ``["a", "b", 0]`` (digits index lists).
+
+    ``a[0]`` is read as ``a.0``; lists and tuples of keys pass through.
+    """
     if isinstance(path, list | tuple):
         return list(path)
     if not path:
