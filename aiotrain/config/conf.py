@@ -627,8 +627,8 @@ class Conf:
             try:
                 value = sdn.parse_value(text) if text.strip(" \t") else None
             except SdnError as exc:
-                raise ConfigError(f"override {item!r}: column {len(key) + 1 + exc.col}: "
-                                  f"{exc.msg}", full_key=key.strip()) from None
+                raise ConfigError(f"override {item!r}: bad value: {exc.msg}",
+                                  full_key=key.strip()) from None
             node = out
             for p in parts[:-1]:
                 p = p.strip()
