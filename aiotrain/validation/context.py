@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .labels import check_label_range
+
 __all__ = ["CheckContext", "fmt_bytes", "model_device", "name_list", "tensor_bytes"]
 
 _LIST_AT_MOST = 10
@@ -69,6 +71,7 @@ class CheckContext:
     def loss(self, x: Any, y: Any) -> tuple[Any, torch.Tensor]:
         """``(output, loss)`` of one forward pass in the current grad mode."""
         out = self.model(x)
+        check_label_range(self.loss_fn, out, y)
         return out, self.loss_fn(out, y)
 
     def train_step(self, x: Any, y: Any, probe: Callable[[str], None] | None = None) -> float:

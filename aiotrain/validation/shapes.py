@@ -1,9 +1,7 @@
 """Check 2, shapes: input, label and output shapes, batch sizes, forward and loss exceptions.
 
-For classification losses (``CrossEntropyLoss`` / ``NLLLoss``, their functional forms, or any
-loss given 2-D float logits with 1-D integer targets) the targets must be class indices in
-``[0, classes)`` (or the loss's ``ignore_index``); anything else is reported in plain words
-instead of the kernel's index error (or, on CUDA, a device-side assert).
+Class-index labels outside ``[0, classes)`` are explained here in full (see labels.py); the other
+checks then stop at the loss with a short pointer to this section.
 """
 
 from __future__ import annotations
@@ -11,45 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .batches import describe, first_tensor
 from .context import CheckContext
+from .labels import label_range_error
 from .report import ValidationSection
 
-__all__ = ["check_shapes", "class_count", "label_range_error"]
-
-_CLASSIFICATION = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
-_CLASSIFICATION_FNS = (F.cross_entropy, F.nll_loss)
-
-
-def class_count(loss_fn: Any, out: Any, y: Any) -> int | None:
-    """The number of classes when this is a classification loss on index targets, else None."""
-    if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)) or out.dim() < 2:
-        return None
-    if y.is_floating_point() or y.dtype == torch.bool:
-        return None  # probabilities or binary targets: no index range to check
-    named = isinstance(loss_fn, _CLASSIFICATION) or loss_fn in _CLASSIFICATION_FNS
-    logits = out.is_floating_point() and out.dim() == 2 and y.dim() == 1
-    return int(out.shape[1]) if named or logits else None
-
-
-def label_range_error(loss_fn: Any, out: Any, y: Any) -> str | None:
-    """A plain explanation when integer targets fall outside ``[0, classes)``, else None."""
-    classes = class_count(loss_fn, out, y)
-    if classes is None or y.numel() == 0:
-        return None
-    ignore = getattr(loss_fn, "ignore_index", -100)
-    kept = y[y != ignore]
-    if kept.numel() == 0:
-        return None
-    lo, hi = int(kept.min()), int(kept.max())
-    if lo >= 0 and hi < classes:
-        return None
-    bad = int(((kept < 0) | (kept >= classes)).sum())
-    return (f"labels must be class indices in [0, {classes}) because the model outputs {classes} "
-            f"classes, but {bad} label(s) fall outside (min {lo}, max {hi}); "
-            "check the label encoding (1-based labels?) or the model's output size")
+__all__ = ["check_shapes"]
 
 
 def check_shapes(ctx: CheckContext, section: ValidationSection) -> None:
