@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -121,7 +122,7 @@ class ValidationReport:
 
         console = Console(file=file, width=width, highlight=False,
                           no_color=color is False, force_terminal=color or None)
-        console.print(self._renderable())
+        console.print(self._renderable(console.width), soft_wrap=True)
 
     def render(self, width: int = 100) -> str:
         """The printed report as plain text (for logs, READMEs and tests)."""
@@ -129,7 +130,7 @@ class ValidationReport:
         self.print(buf, color=False, width=width)
         return buf.getvalue()
 
-    def _renderable(self) -> Any:
+    def _renderable(self, width: int) -> Any:
         from rich.console import Group
         from rich.text import Text
 
@@ -139,7 +140,7 @@ class ValidationReport:
         title.append(f"  mode={self.mode.value}  {self.elapsed:.2f}s", style="dim")
         parts: list[Any] = [Text("=" * 70), title, Text("=" * 70)]
         for s in self.sections:
-            parts.extend(_section_lines(s))
+            parts.extend(_section_lines(s, width))
         n_err, n_warn = len(self.errors), len(self.warnings)
         verdict = (Text(f"VALIDATION FAILED ✗  {n_err} error(s), {n_warn} warning(s)", style="bold red")
                    if n_err else
@@ -148,7 +149,8 @@ class ValidationReport:
         return Group(*parts)
 
 
-def _section_lines(s: ValidationSection) -> list[Any]:
+def _section_lines(s: ValidationSection, width: int) -> list[Any]:
+    """The heading, then one line per message; wrapped lines stay indented under their tag."""
     from rich.text import Text
 
     glyph, style = _STYLE[s.status]
@@ -156,11 +158,13 @@ def _section_lines(s: ValidationSection) -> list[Any]:
     head.append(f"{glyph} {s.name}", style=f"bold {style}")
     head.append(f"  [{s.status}]", style=style)
     lines: list[Any] = [head]
+    indent = " " * 10  # "  [ERROR] "
     for tag, msgs, tag_style in (("INFO ", s.infos, "dim"), ("WARN ", s.warnings, "yellow"),
                                  ("ERROR", s.errors, "red")):
         for msg in msgs:
+            wrapped = textwrap.wrap(msg, max(20, width - len(indent)), break_on_hyphens=False)
             line = Text("  ")
             line.append(f"[{tag}]", style=tag_style)
-            line.append(f" {msg}")
+            line.append(" " + f"\n{indent}".join(wrapped or [""]))
             lines.append(line)
     return lines

@@ -38,6 +38,8 @@ async def test_out_of_range_labels_are_explained(net, loss_fn):
     report = await check(net, loader(labels_high=CLASSES + 1), loss_fn=loss_fn)
     [error] = report.section("shapes").errors
     assert f"labels must be class indices in [0, {CLASSES})" in error and "max 4" in error
+    [loop_error] = report.section("training loop").errors  # a pointer, not a kernel IndexError
+    assert loop_error.endswith(f"LabelRangeError: labels outside [0, {CLASSES}) (see Shapes)")
 
 
 async def test_ignore_index_labels_are_allowed(net):

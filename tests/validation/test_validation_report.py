@@ -52,3 +52,11 @@ async def test_a_passing_report(net):
     assert "VALIDATION PASSED ✓" in report.render()
     with pytest.raises(KeyError, match="sections: \\['Memory'"):
         report.section("nope")
+
+
+async def test_long_messages_wrap_under_their_tag_without_trailing_spaces(net):
+    net.dead = __import__("torch").nn.Linear(3, 3)
+    lines = (await check(net, loader())).render(width=60).splitlines()
+    assert all(line == line.rstrip() and len(line) <= 70 for line in lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith("  [ERROR]"))
+    assert lines[at + 1].startswith(" " * 10) and lines[at + 1][10] != " "
