@@ -5,10 +5,10 @@ ValidationReport with eight sections (memory, shapes, gradient flow, numeric sta
 devices, data pipeline, optimizer, training loop); see DESIGN.md §6.
 """
 
-from .batches import default_prepare_batch
+from .batches import unpack_batch
 from .mode import ValidationMode
 from .report import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, ValidationReport, ValidationSection
 from .validator import RuntimeValidator
 
 __all__ = ["EXIT_FAILED", "EXIT_PASSED", "EXIT_USAGE", "RuntimeValidator", "ValidationMode",
-           "ValidationReport", "ValidationSection", "default_prepare_batch"]
+           "ValidationReport", "ValidationSection", "unpack_batch"]

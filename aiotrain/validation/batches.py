@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["INPUT_KEYS", "TARGET_KEYS", "default_prepare_batch", "describe", "first_tensor",
+__all__ = ["INPUT_KEYS", "TARGET_KEYS", "describe", "first_tensor", "unpack_batch",
            "iter_tensors"]
 
 #: Keys of a dict batch tried in order for the model input and for the target.
@@ -15,7 +15,7 @@ INPUT_KEYS = ("x", "input", "inputs")
 TARGET_KEYS = ("y", "label", "labels", "target", "targets")
 
 
-def default_prepare_batch(batch: Any, device: torch.device | None = None) -> tuple[Any, Any]:
+def unpack_batch(batch: Any, device: torch.device | None = None) -> tuple[Any, Any]:
     """``(x, y)`` from a 2-item tuple/list or a dict with an input key and a target key.
 
     The tensors are not moved: the devices check is there to report a batch that is not on the

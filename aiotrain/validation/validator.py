@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..runtime import await_future, run, spawn_daemon
-from .batches import default_prepare_batch
+from .batches import unpack_batch
 from .bounded import CheckTimeout, run_bounded
 from .context import CheckContext, model_device
 from .devices import check_devices
@@ -116,7 +116,7 @@ class RuntimeValidator:
         snap = await await_future(spawn_daemon(TrainingSnapshot.take, model, optimizer, dataloader))
         try:
             await self._run_checks(report, model, dataloader, optimizer, loss_fn,
-                                   prepare_batch or default_prepare_batch, snap)
+                                   prepare_batch or unpack_batch, snap)
         finally:
             await await_future(spawn_daemon(snap.restore))
         report.elapsed = time.perf_counter() - start
