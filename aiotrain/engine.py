@@ -127,6 +127,7 @@ class Engine:
         self._feed: _Feed | None = None
         self._data_epoch = 0
         self._data_pos = 0
+        self._epoch_done = False  # inside EPOCH_COMPLETED: a state_dict taken now is a finished epoch
         self._rendezvous = threading.Lock()
         self._rendezvous.acquire()
 
@@ -242,7 +243,8 @@ class Engine:
         """Where the run is, and the RNG states at this moment (for bit-exact resume)."""
         st = self.state
         return {
-            "epoch": st.epoch, "iteration": st.iteration, "epoch_iteration": st.epoch_iteration,
+            "epoch": st.epoch, "iteration": st.iteration,
+            "epoch_iteration": 0 if self._epoch_done else st.epoch_iteration,
             "epoch_length": st.epoch_length, "max_epochs": st.max_epochs, "seed": st.seed,
             "data_epoch": self._data_epoch, "data_pos": self._data_pos, "rng": _rng_state(),
         }
@@ -313,6 +315,8 @@ class Engine:
         if n_batches == 0:
             raise ValueError("data source is empty: it has no batches to train on")
         st = self.state
+        if max_epochs is not None and st.max_epochs is not None and max_epochs > st.epoch:
+            st.max_epochs = max_epochs  # a finished run asked for more epochs continues (resume)
         if st.max_epochs is None or self._is_done():
             self.state = st = State(max_epochs=max_epochs or 1, seed=seed, metrics={})
             self._data_epoch = self._data_pos = 0
@@ -411,13 +415,15 @@ class Engine:
         st.times["EPOCH_COMPLETED"] = time.perf_counter() - start
         skip = self.should_terminate_single_epoch == "skip_epoch_completed"
         self.should_terminate_single_epoch = False
+        if st.epoch_length is None:
+            st.epoch_length = st.epoch_iteration
+        self._epoch_done = True
         try:
             if not skip:
                 self._fire(Events.EPOCH_COMPLETED)
         finally:
-            if st.epoch_length is None:
-                st.epoch_length = st.epoch_iteration
             st.epoch_iteration = 0
+            self._epoch_done = False
         self._check_terminate()
 
     def _iterate(self) -> None:

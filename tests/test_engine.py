@@ -342,3 +342,32 @@ def test_state_repr_does_not_format_the_data():
     state = Engine(lambda e, b: b).run_sync(data)
     text = repr(state)
     assert "tensor" not in text and "iteration=50" in text
+
+
+def test_state_dict_taken_at_epoch_completed_resumes_at_next_epoch():
+    saved = {}
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: saved.update(e.state_dict()))
+    engine.run_sync([1, 2, 3], max_epochs=4)
+    log = []
+    resumed = Engine(lambda e, b: None)
+    _record(resumed, Events, log)
+    resumed.load_state_dict(saved)
+    resumed.run_sync([1, 2, 3])
+    assert [(n, ep) for n, ep, _ in log if n.startswith("EPOCH")] == [
+        ("EPOCH_STARTED", 3), ("EPOCH_COMPLETED", 3), ("EPOCH_STARTED", 4), ("EPOCH_COMPLETED", 4)]
+    assert resumed.state.iteration == 12
+
+
+def test_finished_run_continues_when_asked_for_more_epochs_and_restarts_otherwise():
+    seen = []
+    engine = Engine(lambda e, b: seen.append(e.state.epoch))
+    engine.run_sync([1, 2], max_epochs=2)
+    engine.run_sync([1, 2], max_epochs=3)
+    assert seen == [1, 1, 2, 2, 3, 3] and engine.state.iteration == 6
+    engine.run_sync([1, 2], max_epochs=3)  # done for 3: a fresh run
+    assert seen[6:] == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="less than the current epoch"):
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())
+        engine.run_sync([1, 2], max_epochs=3)
+        engine.run_sync([1, 2], max_epochs=1)

@@ -175,9 +175,10 @@ def _within(idx: torch.Tensor, n: int) -> bool:
 
 
 def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    """``()`` is a scalar record (labels); every dimension given must be a positive int."""
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
-        raise ValueError(f"record_shape must be positive ints, got {shape!r}")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
+        raise ValueError(f"record_shape must be positive ints (or () for scalars), got {shape!r}")
     return dims
 
 

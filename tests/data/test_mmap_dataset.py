@@ -125,3 +125,13 @@ def test_works_with_torch_dataloader(two_files):
     batches = list(loader)
     assert [b.shape[0] for b in batches] == [5, 5, 2]
     assert torch.equal(torch.cat(batches), torch.from_numpy(expected))
+
+
+def test_scalar_records(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "labels.i64"
+    path.write_bytes(np.arange(10, dtype=np.int64).tobytes())
+    ds = MmapDataset(str(path), (), torch.int64)
+    assert len(ds) == 10 and ds[3].shape == () and int(ds[3]) == 3
+    assert ds.__getitems__([9, 0, 4]).tolist() == [9, 0, 4]

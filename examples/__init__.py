@@ -1,0 +1,1 @@
+"""Example tasks for ``aiotrain train`` (``task: examples.digits:build``)."""

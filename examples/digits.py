@@ -1,0 +1,105 @@
+"""Digits: scikit-learn's bundled 8x8 digit images, a small CNN, served from memory-mapped files.
+
+The arrays are written once to two binary files (float32 images, int64 labels); training reads
+them through CacheManager + MmapDataset, one zero-copy gather per batch, via AsyncLoader.
+``aiotrain train examples/digits.sdn`` calls ``build(cfg)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from aiotrain import AsyncLoader
+from aiotrain import distributed as dist
+from aiotrain.data.cache import CacheManager
+from aiotrain.data.mmap_dataset import MmapDataset
+from aiotrain.job import Task
+from aiotrain.metrics import Accuracy, Loss
+
+
+def write_arrays(root: Path) -> tuple[Path, Path]:
+    """Write the digits arrays to ``root`` once (atomically); return the two paths."""
+    x_path, y_path = root / "digits_x.f32", root / "digits_y.i64"
+    if x_path.exists() and y_path.exists():
+        return x_path, y_path
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / 16.0 - 0.5).reshape(-1, 1, 8, 8)
+    root.mkdir(parents=True, exist_ok=True)
+    for path, arr in ((x_path, x), (y_path, digits.target.astype(np.int64))):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(np.ascontiguousarray(arr).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return x_path, y_path
+
+
+class Digits:
+    """(image, label) records at ``indices`` of the mapped arrays; one gather per batch."""
+
+    def __init__(self, images: MmapDataset, labels: MmapDataset, indices: np.ndarray) -> None:
+        self.images, self.labels, self.indices = images, labels, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        j = int(self.indices[i])
+        return self.images[j], self.labels[j]
+
+    def __getitems__(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[batch].tolist()
+        return self.images.__getitems__(rows), self.labels.__getitems__(rows)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, channels: int = 16, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * channels * 16, 64), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build(cfg: Any) -> Task:
+    """The digits task: data, model, optimizer, schedule and metrics from the config."""
+    torch.manual_seed(cfg.seed)
+    x_path, y_path = write_arrays(Path(cfg.data.root))
+    cache = CacheManager()
+    cache.scan_files([str(x_path), str(y_path)])
+    images = MmapDataset(str(x_path), (1, 8, 8), torch.float32, cache=cache)
+    labels = MmapDataset(str(y_path), (), torch.int64, cache=cache)
+    order = np.random.default_rng(cfg.seed).permutation(len(labels))
+    n_val = int(len(order) * cfg.data.val_fraction)
+    train_ds, val_ds = Digits(images, labels, order[n_val:]), Digits(images, labels, order[:n_val])
+    # Each rank takes every world_size-th item of one seeded permutation, so with a per-rank
+    # batch of batch_size / world_size the ranks together train on exactly the global batches a
+    # single process would: 1 and N processes are directly comparable.
+    world = dist.world_size()
+    if cfg.data.batch_size % world:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by {world} ranks")
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(),
+                                                  shuffle=True, seed=cfg.seed)
+    train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler)
+    val_loader = AsyncLoader(val_ds, 256)
+    model = SmallCNN(cfg.model.channels, cfg.model.dropout)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.max_epochs)
+    loss_fn = nn.CrossEntropyLoss()
+    return Task(model=model, optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader,
+                val_loader=val_loader, scheduler=scheduler,
+                metrics={"accuracy": Accuracy(), "loss": Loss(loss_fn)}, score_name="accuracy",
+                resources=[cache])

@@ -1,0 +1,84 @@
+"""``aiotrain train`` end to end in subprocesses: modes, overrides, bad configs, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def train(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AIOTRAIN_DIR": str(tmp_path / "store"), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "aiotrain", "train", *args, "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _checkpoints(tmp_path: Path, prefix: str) -> list[Path]:
+    return sorted((tmp_path / "store" / "checkpoints").rglob(f"{prefix}*.pt"))
+
+
+def test_check_and_train_reaches_accuracy_and_tracks(tmp_path):
+    r = train(tmp_path, "examples/digits.sdn", "--mode=check_and_train", "train.max_epochs=6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoints:" in r.stdout and "run:" in r.stdout
+    accs = [float(line.split("val/accuracy=")[1].split()[0]) for line in r.stdout.splitlines()
+            if "val/accuracy=" in line]
+    assert accs and accs[-1] >= 0.95, r.stdout
+    assert _checkpoints(tmp_path, "best") and _checkpoints(tmp_path, "last")
+    run_dirs = list((tmp_path / "store" / "runs" / "digits").iterdir())
+    assert len(run_dirs) == 1
+    assert (run_dirs[0] / "metrics.jsonl").stat().st_size > 0
+    assert (run_dirs[0] / "summary.sdn").exists()
+
+
+def test_check_only_passes_without_training(tmp_path):
+    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not _checkpoints(tmp_path, "last")
+
+
+def test_failing_validation_exits_1(tmp_path):
+    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only", "optim.lr=-1.0")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["examples/digits.sdn", "train.max_epochs=zero"], "train.max_epochs"),
+    (["examples/digits.sdn", "task=nowhere.mod:build"], "task"),
+    (["examples/digits.sdn", "noequals"], "noequals"),
+    (["missing.sdn"], "missing.sdn"),
+])
+def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
+    r = train(tmp_path, *args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_syntax_error_names_file_line_col(tmp_path):
+    bad = tmp_path / "bad.sdn"
+    bad.write_text("task: examples.digits:build\ntrain:\n  max_epochs = [1, 2\n")
+    r = train(tmp_path, str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:3:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_continues_from_latest_checkpoint(tmp_path):
+    first = train(tmp_path, "examples/digits.sdn", "train.max_epochs=2", "train.patience=null")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train(tmp_path, "examples/digits.sdn", "train.max_epochs=3", "train.patience=null",
+                   "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resume: from" in second.stdout and "epoch 2" in second.stdout
+    epochs = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in epochs] == ["epoch 3"]
+    last = _checkpoints(tmp_path, "last")[-1]
+    state = torch.load(last, weights_only=True)
+    assert state["trainer"]["epoch"] == 3
