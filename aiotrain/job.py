@@ -13,6 +13,7 @@ contract should list ``aiotrain/job.py`` (TrainJob, Task, TrainSettings).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import os
@@ -133,8 +134,6 @@ class TrainJob:
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
                  resume: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> None:
-        import asyncio
-
         self.cfg = cfg
         self.settings: TrainSettings = Conf.validate(TrainSettings, cfg, strict=False)
         self.mode = ValidationMode(mode)
@@ -215,17 +214,20 @@ class TrainJob:
         try:
             state = await trainer.run(task.train_loader, max_epochs=s.train.max_epochs)
         except BaseException as exc:
-            if run is not None:
-                run.finish(exit_code=130 if isinstance(exc, KeyboardInterrupt | _cancelled()) else 1)
+            if run is not None:  # the run is marked, whatever stopped it (Ctrl-C included)
+                interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError)
+                await asyncio.shield(run.afinish("interrupted" if interrupted else "crashed",
+                                                 error=f"{type(exc).__name__}: {exc}"))
             raise
         if run is not None:
             if best is not None and best.last_checkpoint is not None:
                 art = Track.Artifact(f"{s.tracking.project}-model", type="model",
-                                     metadata={"score_name": task.score_name, **evaluator.state.metrics})
+                                     metadata={"score_name": task.score_name,
+                                               **{k: float(v) for k, v in evaluator.state.metrics.items()}})
                 art.add_file(str(best.last_checkpoint))
-                run.log_artifact(art, aliases=["best"])
+                await run.alog_artifact(art, aliases=["best"])
             run.summary.update({f"val/{k}": v for k, v in evaluator.state.metrics.items()})
-            run.finish()
+            await run.afinish()
         return JobResult(0, run_dir=str(run.dir) if run is not None else None,
                          checkpoint_dir=str(self.checkpoint_dir),
                          metrics=dict(evaluator.state.metrics), state=state)
@@ -315,12 +317,6 @@ def _eval_step(net: torch.nn.Module, prepare: Any, device: torch.device) -> Call
 
 def _scalar_output(output: Any) -> dict[str, float]:
     return {k: float(v) for k, v in output.items()} if isinstance(output, dict) else {"loss": float(output)}
-
-
-def _cancelled() -> type[BaseException]:
-    import asyncio
-
-    return asyncio.CancelledError
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:

@@ -96,7 +96,11 @@ def build(cfg: Any) -> Task:
     train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler)
     val_loader = AsyncLoader(val_ds, 256)
     model = SmallCNN(cfg.model.channels, cfg.model.dropout)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    name = cfg.optim.get("name", "adam")
+    if name not in optimizers:
+        raise ValueError(f"optim.name must be one of {sorted(optimizers)}, got {name!r}")
+    optimizer = optimizers[name](model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.max_epochs)
     loss_fn = nn.CrossEntropyLoss()
     return Task(model=model, optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader,

@@ -1,0 +1,69 @@
+"""/health latency of examples/service.py while it trains a digits job on the same event loop.
+
+Starts the service on a loopback port (127.0.0.1 only), posts a job, probes /health every 20 ms
+for the length of the training, and reports p50/p99/max. Target p99 <= 50 ms. One JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import emit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def probe(url: str, epochs: int) -> dict:
+    lat = []
+    async with aiohttp.ClientSession() as s:
+        job = {"config": "examples/digits.sdn",
+               "overrides": [f"train.max_epochs={epochs}", "train.patience=null"]}
+        async with s.post(f"{url}/jobs", json=job) as r:
+            job_id = (await r.json())["id"]
+        t_end = None
+        while True:
+            t0 = time.perf_counter()
+            async with s.get(f"{url}/health") as r:
+                await r.read()
+            lat.append((time.perf_counter() - t0) * 1e3)
+            async with s.get(f"{url}/jobs/{job_id}") as r:
+                status = (await r.json())["status"]
+            if status not in ("pending", "running"):
+                t_end = status
+                break
+            await asyncio.sleep(0.02)
+    lat.sort()
+    return {"status": t_end, "probes": len(lat), "p50_ms": round(statistics.median(lat), 2),
+            "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)], 2), "max_ms": round(lat[-1], 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--epochs", type=int, default=5)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as store:
+        env = {**os.environ, "AIOTRAIN_DIR": store, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "examples/service.py", "--port", "0"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            url = proc.stdout.readline().split("listening on ")[1].strip()
+            res = asyncio.run(probe(url, a.epochs))
+        finally:
+            proc.terminate()
+            proc.wait()
+    emit("service_health", **res, targets={"p99_ms_max": 50})
+
+
+if __name__ == "__main__":
+    main()
