@@ -1,0 +1,401 @@
+"""Checkpoint: staging, atomic writes, retention, latest(), load_objects, corrupt files, kills."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from aiotrain import distributed as dist
+from aiotrain.engine import Engine
+from aiotrain.events import Events
+from aiotrain.handlers import checkpoint as ckpt_mod
+from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError
+
+SCRIPTS = Path(__file__).parent / "scripts"
+BIG = 2_000_000  # floats: 8 MB, above the inline-copy threshold, so the copy goes to a thread
+
+
+class Box:
+    """A plain object with state: tensors (one big, one small), a scalar and a list."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.big = torch.full((BIG,), value)
+        self.small = torch.full((4,), value)
+        self.count = int(value)
+        self.history = [value]
+
+    def state_dict(self):
+        return {"big": self.big, "small": self.small, "count": self.count, "history": self.history}
+
+    def load_state_dict(self, sd):
+        self.big.copy_(sd["big"])
+        self.small.copy_(sd["small"])
+        self.count, self.history = sd["count"], list(sd["history"])
+
+
+class FakeEngine:
+    """What Checkpoint reads from an engine: state.iteration, state.metrics, add_pending."""
+
+    def __init__(self, iteration: int = 0) -> None:
+        self.state = SimpleNamespace(iteration=iteration, epoch=1, metrics={})
+        self.pending = []
+
+    def add_pending(self, fut):
+        self.pending.append(fut)
+
+
+async def _save(ckpt: Checkpoint, step: int, **metrics) -> None:
+    eng = FakeEngine(step)
+    eng.state.metrics.update(metrics)
+    await ckpt(eng)
+    await ckpt.flush()
+
+
+def _names(folder) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def _gated_writes(monkeypatch):
+    """Make every write wait for the returned Event; count the writes that started."""
+    gate, started = threading.Event(), []
+    real = ckpt_mod._atomic_save
+
+    def slow(obj, path):
+        started.append(path.name)
+        assert gate.wait(10)
+        real(obj, path)
+
+    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    return gate, started
+
+
+# saving and loading ---------------------------------------------------------------------------
+async def test_save_and_load_model_optimizer_and_plain_object(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    box = Box(3.0)
+    ckpt = Checkpoint({"model": model, "optimizer": opt, "box": box}, tmp_path / "new" / "dir")
+    assert (tmp_path / "new" / "dir").is_dir()  # created on construction
+    await _save(ckpt, 7)
+    assert _names(tmp_path / "new" / "dir") == ["checkpoint_7.pt"]
+    assert ckpt.last_checkpoint == tmp_path / "new" / "dir" / "checkpoint_7.pt"
+
+    model2, box2 = torch.nn.Linear(8, 3), Box()
+    opt2 = torch.optim.Adam(model2.parameters())
+    Checkpoint.load_objects({"model": model2, "optimizer": opt2, "box": box2}, ckpt.last_checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True))
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(box2.big, box.big) and box2.count == 3 and box2.history == [3.0]
+
+
+async def test_single_object_file_is_a_bare_state_dict_readable_by_ignite(tmp_path):
+    from ignite.handlers import Checkpoint as IgniteCheckpoint
+
+    model = torch.nn.Linear(4, 2)
+    ckpt = Checkpoint({"model": model}, tmp_path, filename_prefix="best")
+    await _save(ckpt, 3)
+    path = tmp_path / "best_model_3.pt"
+    assert set(torch.load(path, weights_only=True)) == {"weight", "bias"}
+    theirs = torch.nn.Linear(4, 2)
+    IgniteCheckpoint.load_objects({"model": theirs}, torch.load(path, weights_only=True))
+    assert torch.equal(theirs.weight, model.weight)
+    ours = torch.nn.Linear(4, 2)
+    Checkpoint.load_objects({"model": ours}, path)
+    assert torch.equal(ours.bias, model.bias)
+
+
+async def test_staging_buffers_are_allocated_once_and_reused(tmp_path):
+    box = Box(1.0)
+    ckpt = Checkpoint({"box": box}, tmp_path, n_saved=3)
+    await _save(ckpt, 1)
+    first = {k: v.data_ptr() for k, v in ckpt._staging._buffers.items()}
+    box.big.fill_(2.0)
+    await _save(ckpt, 2)
+    assert {k: v.data_ptr() for k, v in ckpt._staging._buffers.items()} == first
+    assert len(first) == 2  # big and small; the scalars are not staged
+    loaded = torch.load(tmp_path / "box_1.pt", weights_only=True)
+    assert loaded["big"][0].item() == 1.0  # the reuse did not change what was written before
+
+
+async def test_tied_tensors_stay_tied_and_share_one_buffer(tmp_path):
+    t = torch.arange(6.0)
+    obj = SimpleNamespace(state_dict=lambda: {"a": t, "b": t, "view": t[2:4]},
+                          load_state_dict=lambda sd: None)
+    ckpt = Checkpoint({"obj": obj}, tmp_path)
+    await _save(ckpt, 1)
+    assert len(ckpt._staging._buffers) == 2
+    loaded = torch.load(tmp_path / "obj_1.pt", weights_only=True)
+    assert loaded["a"].data_ptr() == loaded["b"].data_ptr()
+    assert loaded["view"].tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("size", [4, BIG], ids=["inline-copy", "threaded-copy"])
+async def test_snapshot_holds_the_values_at_the_event_not_later_ones(tmp_path, monkeypatch, size):
+    gate, started = _gated_writes(monkeypatch)
+    state = {"w": torch.zeros(size), "step": 1, "groups": [{"lr": 0.1}]}
+    obj = SimpleNamespace(state_dict=lambda: state, load_state_dict=lambda sd: None)
+    ckpt = Checkpoint({"obj": obj}, tmp_path)
+    await ckpt(FakeEngine(1))
+    # the step loop resumes: the model and the python state change while the write waits
+    state["w"].fill_(42.0)
+    state["step"] = 2
+    state["groups"][0]["lr"] = 0.5
+    gate.set()
+    await ckpt.flush()
+    assert started == ["obj_1.pt"]
+    loaded = torch.load(tmp_path / "obj_1.pt", weights_only=True)
+    assert loaded["w"].abs().sum().item() == 0.0
+    assert loaded["step"] == 1 and loaded["groups"] == [{"lr": 0.1}]
+
+
+async def test_rng_states_are_captured_at_the_save_event(tmp_path):
+    engine = Engine(lambda e, b: None)
+    ckpt = Checkpoint({"trainer": engine}, tmp_path)
+    torch.manual_seed(123)
+    await ckpt(FakeEngine(1))
+    expected = torch.rand(5)  # a later handler draws from the RNG before the write happens
+    await ckpt.flush()
+    Checkpoint.load_objects({"trainer": Engine(lambda e, b: None)}, tmp_path / "trainer_1.pt")
+    assert torch.equal(torch.rand(5), expected)
+
+
+async def test_global_step_transform_and_score_name_in_filename(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ckpt = Checkpoint({"model": model}, tmp_path, score_name="val_acc",
+                      global_step_transform=lambda engine, event: engine.state.epoch * 10)
+    await _save(ckpt, 3, val_acc=0.875)
+    assert _names(tmp_path) == ["model_10_val_acc=0.8750.pt"]
+    assert Checkpoint.latest(tmp_path) == tmp_path / "model_10_val_acc=0.8750.pt"
+
+
+# retention ------------------------------------------------------------------------------------
+async def test_retention_by_step_keeps_the_newest_and_deletes_after_the_write(tmp_path, monkeypatch):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=2)
+    for step in (1, 2, 3):
+        await _save(ckpt, step)
+    assert _names(tmp_path) == ["box_2.pt", "box_3.pt"]
+    gate, _ = _gated_writes(monkeypatch)
+    await ckpt(FakeEngine(4))
+    await asyncio.sleep(0.05)
+    assert _names(tmp_path)[:2] == ["box_2.pt", "box_3.pt"]  # nothing deleted before step 4 is durable
+    gate.set()
+    await ckpt.flush()
+    assert _names(tmp_path) == ["box_3.pt", "box_4.pt"]
+    assert ckpt.last_checkpoint == tmp_path / "box_4.pt"
+
+
+async def test_retention_by_score_keeps_the_best_and_skips_worse(tmp_path):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=2, score_function=lambda e: e.state.metrics["acc"],
+                      score_name="acc")
+    for step, acc in enumerate([0.5, 0.9, 0.1, 0.95, 0.7, float("nan")], start=1):
+        await _save(ckpt, step, acc=acc)
+    assert _names(tmp_path) == ["box_2_acc=0.9000.pt", "box_4_acc=0.9500.pt"]
+    assert ckpt.last_checkpoint == tmp_path / "box_4_acc=0.9500.pt"  # Ignite: the best one
+
+
+async def test_n_saved_none_keeps_everything(tmp_path):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=None)
+    for step in range(1, 5):
+        await _save(ckpt, step)
+    assert len(_names(tmp_path)) == 4
+
+
+async def test_restart_counts_existing_files_and_deletes_stale_temp_files(tmp_path):
+    first = Checkpoint({"box": Box()}, tmp_path, filename_prefix="last", n_saved=2)
+    await _save(first, 1)
+    await _save(first, 2)
+    stale = tmp_path / ".last_box_3.pt.0123456789ab.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    foreign = [tmp_path / "notes.txt", tmp_path / "best_box_9.pt", tmp_path / ".other.tmp"]
+    for p in foreign:
+        p.write_bytes(b"x")
+
+    second = Checkpoint({"box": Box()}, tmp_path, filename_prefix="last", n_saved=2)
+    assert not stale.exists() and all(p.exists() for p in foreign)
+    assert second.last_checkpoint == tmp_path / "last_box_2.pt"
+    await _save(second, 3)
+    assert [n for n in _names(tmp_path) if n.startswith("last")] == ["last_box_2.pt", "last_box_3.pt"]
+
+    best = Checkpoint({"box": Box()}, tmp_path / "b", n_saved=1, score_name="acc")
+    await _save(best, 1, acc=0.8)
+    again = Checkpoint({"box": Box()}, tmp_path / "b", n_saved=1, score_name="acc")
+    await _save(again, 2, acc=0.7)  # worse than the kept file of the earlier run: skipped
+    assert _names(tmp_path / "b") == ["box_1_acc=0.8000.pt"]
+
+
+async def test_a_fresh_run_in_an_old_folder_keeps_its_own_newest_files(tmp_path):
+    old = Checkpoint({"box": Box()}, tmp_path)
+    await _save(old, 1000)
+    new = Checkpoint({"box": Box(5.0)}, tmp_path)
+    await _save(new, 1)
+    assert _names(tmp_path) == ["box_1.pt"]
+    await _save(new, 1)  # the same name again: replaced, not deleted
+    assert _names(tmp_path) == ["box_1.pt"]
+
+
+# at most one write ----------------------------------------------------------------------------
+async def test_a_save_during_a_write_waits_for_it_without_blocking_the_loop(tmp_path, monkeypatch):
+    gate, started = _gated_writes(monkeypatch)
+    box = Box(1.0)
+    ckpt = Checkpoint({"box": box}, tmp_path, n_saved=5)
+    await ckpt(FakeEngine(1))
+    second = asyncio.create_task(ckpt(FakeEngine(2)))
+    ticks = 0
+    for _ in range(10):  # the loop keeps running while the second save waits
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert ticks == 10 and not second.done() and started == ["box_1.pt"]
+    box.big.fill_(2.0)  # the first write still holds the staging buffers: the second waits
+    gate.set()
+    await second
+    await ckpt.flush()
+    assert started == ["box_1.pt", "box_2.pt"]
+    assert torch.load(tmp_path / "box_1.pt", weights_only=True)["big"][0].item() == 1.0
+    assert torch.load(tmp_path / "box_2.pt", weights_only=True)["big"][0].item() == 2.0
+
+
+async def test_a_failed_write_is_raised_at_the_next_save_and_keeps_the_old_file(tmp_path, monkeypatch):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=1)
+    await _save(ckpt, 1)
+
+    def full_disk(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "_atomic_save", full_disk)
+    await ckpt(FakeEngine(2))
+    with pytest.raises(CheckpointError, match="No space left"):
+        await ckpt(FakeEngine(3))
+    assert _names(tmp_path) == ["box_1.pt"]
+    assert ckpt.last_checkpoint == tmp_path / "box_1.pt"
+
+
+async def test_engine_run_returns_only_when_the_last_write_is_durable(tmp_path, monkeypatch):
+    real = ckpt_mod._atomic_save
+
+    def slow(obj, path):
+        time.sleep(0.2)
+        real(obj, path)
+
+    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    model = torch.nn.Linear(2, 2)
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5),
+                              Checkpoint({"model": model, "trainer": trainer}, tmp_path, n_saved=2))
+    await trainer.run(range(10), max_epochs=1)
+    assert _names(tmp_path) == ["checkpoint_10.pt", "checkpoint_5.pt"]
+    assert torch.load(tmp_path / "checkpoint_10.pt", weights_only=True)["trainer"]["iteration"] == 10
+
+
+async def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(dist, "is_main", lambda: False)
+    ckpt = Checkpoint({"box": Box()}, tmp_path)
+    await _save(ckpt, 1)
+    assert _names(tmp_path) == []
+
+
+# latest() and broken files ----------------------------------------------------------------------
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _flip_byte_in_tensor_data(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data/0") + 200  # inside the first storage record
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+async def test_latest_skips_torn_corrupt_and_temp_files(tmp_path):
+    assert Checkpoint.latest(tmp_path / "missing") is None
+    assert Checkpoint.latest(tmp_path) is None
+    ckpt = Checkpoint({"box": Box(1.0)}, tmp_path, n_saved=None)
+    for step in (1, 2, 3):
+        await _save(ckpt, step)
+    (tmp_path / ".box_4.pt.abcdef012345.tmp").write_bytes(b"partial")
+    _truncate(tmp_path / "box_3.pt")
+    _flip_byte_in_tensor_data(tmp_path / "box_2.pt")
+    assert Checkpoint.latest(tmp_path) == tmp_path / "box_1.pt"
+    assert Checkpoint.latest(tmp_path, filename_prefix="other") is None
+
+
+async def test_latest_prefers_the_most_recent_write(tmp_path):
+    last = Checkpoint({"box": Box()}, tmp_path, filename_prefix="last")
+    best = Checkpoint({"box": Box()}, tmp_path, filename_prefix="best")
+    await _save(last, 5)
+    await _save(best, 3)
+    os.utime(tmp_path / "last_box_5.pt", ns=(1, 1))  # written long ago
+    assert Checkpoint.latest(tmp_path) == tmp_path / "best_box_3.pt"
+    assert Checkpoint.latest(tmp_path, "last") == tmp_path / "last_box_5.pt"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_byte_in_tensor_data,
+                                    lambda p: p.write_bytes(b"")], ids=["truncated", "corrupt", "empty"])
+async def test_load_objects_names_a_broken_file(tmp_path, damage):
+    ckpt = Checkpoint({"box": Box(1.0)}, tmp_path)
+    await _save(ckpt, 1)
+    damage(tmp_path / "box_1.pt")
+    with pytest.raises(CheckpointError, match=r"box_1\.pt.*(truncated|corrupt)"):
+        Checkpoint.load_objects({"box": Box()}, tmp_path / "box_1.pt")
+
+
+async def test_load_objects_missing_entry_and_missing_file(tmp_path):
+    ckpt = Checkpoint({"a": Box(), "b": Box()}, tmp_path)
+    await _save(ckpt, 1)
+    with pytest.raises(CheckpointError, match=r"checkpoint_1\.pt: no entry for 'c'"):
+        Checkpoint.load_objects({"a": Box(), "c": Box()}, tmp_path / "checkpoint_1.pt")
+    with pytest.raises(FileNotFoundError):
+        Checkpoint.load_objects({"a": Box()}, tmp_path / "nope.pt")
+
+
+def test_constructor_rejects_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="non-empty dict"):
+        Checkpoint({}, tmp_path)
+    with pytest.raises(TypeError, match="'x'.*no state_dict"):
+        Checkpoint({"x": object()}, tmp_path)
+    with pytest.raises(ValueError, match="n_saved"):
+        Checkpoint({"b": Box()}, tmp_path, n_saved=0)
+    with pytest.raises(ValueError, match="filename_prefix"):
+        Checkpoint({"b": Box()}, tmp_path, filename_prefix="a/b")
+
+
+# atomicity against a dying writer ---------------------------------------------------------------
+@pytest.mark.parametrize("moment", ["mid-write", "before-rename"])
+def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path, moment):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "die_while_writing.py"), str(tmp_path), moment],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 17, proc.stderr
+    temps = [n for n in _names(tmp_path) if n.endswith(".tmp")]
+    assert len(temps) == 1 and not temps[0].endswith(".pt")  # the torn temp file is left behind
+    assert Checkpoint.latest(tmp_path) == tmp_path / "box_1.pt"
+    box = Box()
+    Checkpoint.load_objects({"box": box}, tmp_path / "box_1.pt")
+    assert box.big[0].item() == 1.0
+    Checkpoint({"box": Box()}, tmp_path)  # the next run's Checkpoint cleans it up
+    assert _names(tmp_path) == ["box_1.pt"]
+
+
+# CUDA (only where a GPU exists) -----------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_cuda_state_is_staged_in_pinned_buffers(tmp_path):
+    model = torch.nn.Linear(512, 512).cuda()
+    ckpt = Checkpoint({"model": model}, tmp_path)
+    await _save(ckpt, 1)
+    assert all(b.is_pinned() and b.device.type == "cpu" for b in ckpt._staging._buffers.values())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    await _save(ckpt, 2)
+    loaded = torch.load(tmp_path / "model_2.pt", weights_only=True)
+    assert torch.equal(loaded["weight"], model.weight.cpu())
