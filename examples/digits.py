@@ -7,7 +7,6 @@ them through CacheManager + MmapDataset, one zero-copy gather per batch, via Asy
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiotrain import AsyncLoader
 from aiotrain import distributed as dist
 from aiotrain.data.cache import CacheManager
 from aiotrain.data.mmap_dataset import MmapDataset
+from aiotrain.files import atomic_write
 from aiotrain.job import Task
 from aiotrain.metrics import Accuracy, Loss
 
@@ -32,14 +32,8 @@ def write_arrays(root: Path) -> tuple[Path, Path]:
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0 - 0.5).reshape(-1, 1, 8, 8)
-    root.mkdir(parents=True, exist_ok=True)
     for path, arr in ((x_path, x), (y_path, digits.target.astype(np.int64))):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(np.ascontiguousarray(arr).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, np.ascontiguousarray(arr).tobytes())
     return x_path, y_path
 
 

@@ -8,7 +8,6 @@ and only then waits for the tokenizer. ``aiotrain train examples/text.sdn``.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from torch import nn
 from aiotrain import AsyncLoader
 from aiotrain import distributed as dist
 from aiotrain.data.tokenizer import TokenizerCache
+from aiotrain.files import atomic_write
 from aiotrain.job import Task
 from aiotrain.metrics import Accuracy, Loss
 from aiotrain.runtime import to_compute, to_io
@@ -49,15 +49,9 @@ def write_vocab(root: Path, extra_words: int) -> Path:
     path = root / "vocab.txt"
     if path.exists():
         return path
-    root.mkdir(parents=True, exist_ok=True)
     words = SPECIAL + sorted(set(POSITIVE + NEGATIVE + NOUNS + FILLER))
     words += [f"tok{i}" for i in range(extra_words)]
-    tmp = path.with_name(f".vocab.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(words) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, "\n".join(words) + "\n")
     return path
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from ..files import atomic_write
 from .errors import SdnError
 
 __all__ = ["MAX_DEPTH", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
@@ -740,26 +740,8 @@ def dumps(obj: dict) -> str:
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) so that a crash leaves the old or the new file.
-
-    A temp file in the same folder, flushed and fsynced, then ``os.replace``.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Replace ``path`` with ``text`` (UTF-8) so that a crash leaves the old or the new file."""
+    atomic_write(path, text)
 
 
 def dump(obj: dict, target: str | os.PathLike | IO) -> None:

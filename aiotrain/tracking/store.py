@@ -10,16 +10,16 @@ may tear their last line, and every reader skips it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
+
+from ..files import atomic_file, atomic_write
 
 __all__ = [
     "atomic_file",
@@ -75,45 +75,6 @@ def check_name(kind: str, name: str) -> str:
     if _BAD_NAME.search(name) or ".." in name or name.strip() == ".":
         raise ValueError(f"{kind} name {name!r} must not contain path separators or '..'")
     return name
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` atomically and durably when the block ends cleanly
-    (temp file in the same folder, flush + fsync, ``os.replace``); on error ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (see ``atomic_file``)."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def encode_nonfinite(value: Any) -> Any:

@@ -1,0 +1,81 @@
+"""Atomic, durable file replacement: the one way aiotrain rewrites a file that must survive a crash.
+
+Write to a temp file in the same folder, flush + fsync it, ``os.replace`` it over the target,
+fsync the folder. A crash at any moment leaves the old file or the new one, never a torn one.
+Temp files are named ``.{name}.{random}.tmp``: hidden, and never ending in the target's suffix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["atomic_file", "atomic_path", "atomic_write", "fsync_dir", "is_temp_name"]
+
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; when the block ends cleanly, make it durable and move it
+    over ``path`` (keeping an existing file's permissions). On error the temp file is removed
+    and ``path`` is untouched."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file object that atomically replaces ``path`` when the block ends cleanly."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` (str is written as UTF-8) atomically and durably."""
+    with atomic_file(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def is_temp_name(name: str, target_name: str = "") -> bool:
+    """True for a temp file name that ``atomic_path`` makes (for ``target_name`` when given)."""
+    return name.startswith(f".{target_name}") and name.endswith(TEMP_SUFFIX)
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened or synced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
