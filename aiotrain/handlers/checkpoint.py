@@ -39,6 +39,7 @@ import concurrent.futures as cf
 import copy
 import logging
 import math
+import operator
 import os
 import pickle
 import re
@@ -181,8 +182,10 @@ class Checkpoint:
     @classmethod
     def latest(cls, save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
         """The newest checkpoint in ``save_dir`` that loads cleanly (torn, corrupt and temp files
-        are skipped), or None when there is none or the folder does not exist. Newest means the
-        latest modification time, then the highest step."""
+        are skipped), or None when there is none or the folder does not exist. Candidates are the
+        files named as Checkpoint names them (``..._{step}[_{score_name}={score}].pt``, starting
+        with ``{filename_prefix}_`` when a prefix is given); newest means the latest modification
+        time, then the highest step."""
         folder = Path(save_dir)
         if not folder.is_dir():
             return None
@@ -235,9 +238,13 @@ class Checkpoint:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        try:
+            value = operator.index(step)  # ints, numpy integers, 0-d integer tensors
+        except TypeError:
+            value = -1
+        if isinstance(step, bool) or value < 0:
             raise ValueError(f"global step must be a non-negative integer, got {step!r}")
-        return step
+        return value
 
     def _filename(self, step: int, score: float | None) -> str:
         if score is None:

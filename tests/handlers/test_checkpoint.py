@@ -399,3 +399,17 @@ async def test_cuda_state_is_staged_in_pinned_buffers(tmp_path):
     await _save(ckpt, 2)
     loaded = torch.load(tmp_path / "model_2.pt", weights_only=True)
     assert torch.equal(loaded["weight"], model.weight.cpu())
+
+
+async def test_global_step_must_be_a_non_negative_integer(tmp_path):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, global_step_transform=lambda e, ev: e.state.epoch)
+    for bad in (1.5, -1, "3", True):
+        eng = FakeEngine()
+        eng.state.epoch = bad
+        with pytest.raises(ValueError, match="global step"):
+            await ckpt(eng)
+    eng = FakeEngine()
+    eng.state.epoch = torch.tensor(4)
+    await ckpt(eng)
+    await ckpt.flush()
+    assert _names(tmp_path) == ["box_4.pt"]

@@ -85,16 +85,22 @@ async def _resume_to_the_end(folder: Path) -> tuple[int, dict]:
     return start, run.weights()
 
 
-async def test_resume_after_terminate_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("save_on, resumes_at", [
+    (None, 30),  # every 5 iterations: the last save was 3 steps before the stop
+    (Events.EPOCH_COMPLETED, 24),  # at epoch ends: resumes at the start of epoch 3
+], ids=["every-5-iterations", "epoch-completed"])
+async def test_resume_after_terminate_is_bit_identical(tmp_path, save_on, resumes_at):
     reference = await _reference_weights(tmp_path / "ref")
-    run = resume_train.build(tmp_path / "run")
-    stop_at = 2 * 12 + 9  # mid-epoch, three steps after a save: those steps are replayed
+    run = resume_train.build(tmp_path / "run", save_on=save_on)
+    stop_at = 2 * 12 + 9  # mid-epoch 3: the steps since the last save are replayed
     run.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
     await run.trainer.run(run.loader, max_epochs=resume_train.EPOCHS)
     assert run.trainer.state.iteration == stop_at
-    start, weights = await _resume_to_the_end(tmp_path / "run")
-    assert start == stop_at // resume_train.EVERY * resume_train.EVERY == 30
-    _assert_same_weights(weights, reference)
+    resumed = resume_train.build(tmp_path / "run", save_on=save_on)
+    start = resumed.resume()
+    await resumed.trainer.run(resumed.loader, max_epochs=resume_train.EPOCHS)
+    assert start == resumes_at
+    _assert_same_weights(resumed.weights(), reference)
 
 
 async def test_resume_after_task_cancellation_is_bit_identical(tmp_path):

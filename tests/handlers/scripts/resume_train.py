@@ -61,7 +61,8 @@ class Run:
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
 
-def build(save_dir: str | Path, step_sleep: float = 0.0) -> Run:
+def build(save_dir: str | Path, step_sleep: float = 0.0, save_on=None) -> Run:
+    """The run; ``save_on`` is the checkpoint's event (default: every EVERY iterations)."""
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3),
@@ -94,7 +95,7 @@ def build(save_dir: str | Path, step_sleep: float = 0.0) -> Run:
     to_save = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "trainer": trainer,
                "loader": loader}
     checkpoint = Checkpoint(to_save, save_dir, n_saved=2)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=EVERY), checkpoint, priority=-100)
+    trainer.add_event_handler(save_on or Events.ITERATION_COMPLETED(every=EVERY), checkpoint, priority=-100)
     return Run(model, optimizer, scheduler, trainer, loader, checkpoint)
 
 
