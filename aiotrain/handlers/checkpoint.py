@@ -179,8 +179,8 @@ class Checkpoint:
             raise CheckpointError(f"writing a checkpoint in {self.save_dir} failed: {exc}") from exc
         self._pending = None
 
-    @classmethod
-    def latest(cls, save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
+    @staticmethod
+    def latest(save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
         """The newest checkpoint in ``save_dir`` that loads cleanly (torn, corrupt and temp files
         are skipped), or None when there is none or the folder does not exist. Candidates are the
         files named as Checkpoint names them (``..._{step}[_{score_name}={score}].pt``, starting
@@ -191,14 +191,15 @@ class Checkpoint:
             return None
         head = f"{filename_prefix}_" if filename_prefix else ""
         found = []
-        for entry in os.scandir(folder):
-            m = _NAME_RE.match(entry.name)
-            if m is None or not entry.name.startswith(head) or entry.name.startswith("."):
-                continue
-            try:
-                found.append((entry.stat().st_mtime_ns, int(m["step"]), Path(entry.path)))
-            except FileNotFoundError:  # deleted by a retention pass meanwhile
-                continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                m = _NAME_RE.match(entry.name)
+                if m is None or not entry.name.startswith(head) or entry.name.startswith("."):
+                    continue
+                try:
+                    found.append((entry.stat().st_mtime_ns, int(m["step"]), Path(entry.path)))
+                except FileNotFoundError:  # deleted by a retention pass meanwhile
+                    continue
         for _, _, path in sorted(found, reverse=True):
             try:
                 _verify(path)
@@ -260,22 +261,23 @@ class Checkpoint:
         own = self._own_name()
         tmp = re.compile(rf"^\.{re.escape(self._stem)}_\d+.*\.pt\.[0-9a-f]+{re.escape(_TMP_SUFFIX)}$")
         found = []
-        for entry in os.scandir(self.save_dir):
-            if tmp.match(entry.name):
-                _unlink(Path(entry.path))
+        with os.scandir(self.save_dir) as entries:
+            paths = [Path(e.path) for e in entries]
+        for path in paths:
+            if tmp.match(path.name):
+                _unlink(path)
                 continue
-            m = own.match(entry.name)
+            m = own.match(path.name)
             if m is None:
                 continue
             step = int(m["step"])
-            if self.score_function is not None:
-                try:
-                    score = float(m["score"])
-                except ValueError:
-                    continue
-                found.append(_Kept(Path(entry.path), (_rank(score), step)))
-            else:
-                found.append(_Kept(Path(entry.path), (step, entry.stat().st_mtime_ns)))
+            if self.score_function is None:
+                found.append(_Kept(path, (step, path.stat().st_mtime_ns)))
+                continue
+            try:
+                found.append(_Kept(path, (_rank(float(m["score"])), step)))
+            except ValueError:  # a score we did not write
+                continue
         self._kept = sorted(found, key=lambda k: k.priority)
 
     def _plan(self, step: int, score: float | None) -> tuple[Path, tuple[float, ...]] | None:
