@@ -7,7 +7,7 @@ allocated on the first save and is reused after (a save costs a memcpy, not fres
 and page faults; on CUDA the buffers are pinned and the copy runs on a side stream). For large
 states the memcpy runs in the I/O executor while the handler awaits it, so the event loop keeps
 ticking and the step loop stays paused. The I/O executor then writes the snapshot: a temp file
-in the same folder (``.NAME.pt.<hex>.tmp``, never ending in ``.pt``), flush, fsync,
+in the same folder (``.NAME.pt.<random>.tmp``, never ending in ``.pt``; see aiotrain.files), flush, fsync,
 ``os.replace``, fsync of the folder; only then are the files that fell out of retention deleted.
 A process killed at any moment leaves the previous newest checkpoint intact and loadable.
 
@@ -44,7 +44,6 @@ import os
 import pickle
 import re
 import threading
-import uuid
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -55,13 +54,13 @@ from typing import Any
 import torch
 
 from .. import distributed as dist
+from ..files import TEMP_SUFFIX, atomic_path
 from ..runtime import await_future, submit_io, to_io
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
 log = logging.getLogger("aiotrain.checkpoint")
 
-_TMP_SUFFIX = ".tmp"
 # one file name: <stem>_<step>[_<score name>=<score>].pt (the stem holds prefix and name)
 _NAME_RE = re.compile(r"^(?P<stem>.+?)_(?P<step>\d+)(?:_(?P<sname>[^=/]+)=(?P<score>[^/]+))?\.pt$")
 # below this many bytes the snapshot memcpy runs inline: a thread hop would cost more than it saves
@@ -259,7 +258,7 @@ class Checkpoint:
     def _adopt_existing(self) -> None:
         """Count the files a previous run left (retention across restarts); drop stale temps."""
         own = self._own_name()
-        tmp = re.compile(rf"^\.{re.escape(self._stem)}_\d+.*\.pt\.[0-9a-f]+{re.escape(_TMP_SUFFIX)}$")
+        tmp = re.compile(rf"^\.{re.escape(self._stem)}_\d+.*\.pt\..+{re.escape(TEMP_SUFFIX)}$")
         found = []
         with os.scandir(self.save_dir) as entries:
             paths = [Path(e.path) for e in entries]
@@ -425,27 +424,8 @@ def _load_one(obj: Any, state: Any, strict: bool) -> None:
 
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, str(tmp))  # the path form writes through C++, faster than a file object
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> None:
