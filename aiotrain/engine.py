@@ -116,9 +116,11 @@ class Engine:
         self.state = State()
         self.should_terminate: bool | str = False
         self.should_terminate_single_epoch: bool | str = False
+        self.last_event_name: EventEnum | None = None  # the event being (or last) fired, as Ignite
         self._event_counts: dict[EventEnum, int] = {}
         self._observers: dict[EventEnum, list[_Observer]] = {}
         self._pending: set[Any] = set()
+        self._write_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._running = False
@@ -181,7 +183,12 @@ class Engine:
     def add_pending(self, fut: cf.Future[Any] | asyncio.Future[Any]) -> None:
         """Register work (a checkpoint write) that ``run`` must see finished before it returns."""
         self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
+        fut.add_done_callback(self._settled)
+
+    def _settled(self, fut: Any) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None and self._write_error is None:
+            self._write_error = fut.exception()
 
     # control --------------------------------------------------------------------------------
     def terminate(self, skip_completed: bool = False) -> None:
@@ -292,14 +299,16 @@ class Engine:
             raise RuntimeError("this engine is already running")
         self._prepare(data, max_epochs, epoch_length, seed)
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        self._running, self._cancel = True, False
+        self._running, self._cancel, self._write_error = True, False, None
         worker = self._worker or ComputeWorker(device=self.device)
         own = self._worker is None
         worker.start()
         try:
             await self._await_driver(worker.submit(self._drive, data))
         finally:
-            await self._finish(own, worker)
+            write_error = await self._finish(own, worker)
+        if write_error is not None:  # the run itself succeeded, but a pending write did not
+            raise write_error
         return self.state
 
     def _prepare(self, data: Any, max_epochs: int | None, epoch_length: int | None,
@@ -359,8 +368,9 @@ class Engine:
         if self._feed is not None:
             self._feed.interrupt()
 
-    async def _finish(self, own_worker: bool, worker: ComputeWorker) -> None:
-        """Close the data stream, wait for pending writes, stop the worker: also on error/cancel."""
+    async def _finish(self, own_worker: bool, worker: ComputeWorker) -> BaseException | None:
+        """Close the data stream, wait for pending writes, stop the worker: also on error/cancel.
+        Returns the first exception a pending write raised, if any."""
         try:
             if self._feed is not None:
                 await self._feed.aclose()
@@ -368,6 +378,8 @@ class Engine:
                 pending = [asyncio.wrap_future(f) if isinstance(f, cf.Future) else f
                            for f in list(self._pending)]
                 await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+            error, self._write_error = self._write_error, None
+            return error
         finally:
             self._feed = None
             self._running = False
@@ -480,6 +492,7 @@ class Engine:
     # firing ---------------------------------------------------------------------------------
     def _fire(self, event: EventEnum, *args: Any) -> None:
         """Fire on the compute thread: compute hooks inline, loop handlers in one crossing."""
+        self.last_event_name = event
         entries = self._entries.get(event)
         if entries is None and not self._observers:
             return

@@ -270,10 +270,12 @@ class TrainJob:
         best = None
         if task.score_name and task.val_loader is not None:
             best = Checkpoint({"model": task.model}, str(self.checkpoint_dir), filename_prefix="best",
-                              n_saved=s.checkpoint.n_saved, score_function=score,
+                              n_saved=s.checkpoint.n_saved, score_function=lambda _: score(evaluator),
                               score_name=task.score_name,
                               global_step_transform=lambda *_: trainer.state.epoch)
-            evaluator.add_event_handler(Events.COMPLETED, best)
+            # on the trainer, after evaluation: the evaluator never waits for a write
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=s.train.eval_every), best,
+                                      priority=50)
         if run is not None:
             TrackingHandler(run, tag="train", output_transform=_scalar_output).attach(
                 trainer, Events.ITERATION_COMPLETED(every=s.train.log_every))

@@ -371,3 +371,21 @@ def test_finished_run_continues_when_asked_for_more_epochs_and_restarts_otherwis
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())
         engine.run_sync([1, 2], max_epochs=3)
         engine.run_sync([1, 2], max_epochs=1)
+
+
+def test_failed_pending_write_is_raised_from_run_and_last_event_name():
+    import concurrent.futures as cf
+
+    names = []
+    engine = Engine(lambda e, b: names.append(e.last_event_name))
+
+    @engine.on(Events.COMPLETED)
+    def write(e):
+        fut = cf.Future()
+        fut.set_exception(OSError("disk full"))
+        e.add_pending(fut)
+
+    with pytest.raises(OSError, match="disk full"):
+        engine.run_sync([1, 2])
+    assert names == [Events.ITERATION_STARTED] * 2
+    assert engine.last_event_name == Events.COMPLETED
