@@ -14,9 +14,11 @@ contract should list ``aiotrain/job.py`` (TrainJob, Task, TrainSettings).
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from .config import Conf, Config, ConfigError
 from .engine import Engine, State
 from .events import Events
 from .handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
-from .runtime import to_compute
+from .runtime import to_compute, to_io
 from .tracking import Track
 from .validation import RuntimeValidator, ValidationMode, ValidationReport
 
@@ -174,7 +176,7 @@ class TrainJob:
                 (getattr(res, "cleanup", None) or res.close)()
 
     async def _build_task(self) -> Task:
-        factory = _import_factory(self.settings.task)
+        factory = await to_io(_import_factory, self.settings.task)  # imports can take seconds
         if inspect.iscoroutinefunction(factory):
             task = await factory(self.cfg)
         else:  # model building is compute: keep it off the loop
@@ -200,9 +202,11 @@ class TrainJob:
         evaluator.add_metrics(task.metrics)
         self.trainer, self.evaluator = trainer, evaluator
         main = dist.is_main()
-        run = Track.run(s.tracking.project, name=s.tracking.name, config=Conf.to_dict(self.cfg),
-                        tags=tuple(s.tracking.tags), notes=s.tracking.notes, dir=str(self.root)) \
-            if main and s.tracking.mode != "disabled" else None
+        run = None
+        if main and s.tracking.mode != "disabled":  # creating a run writes (and fsyncs) files
+            run = await to_io(functools.partial(
+                Track.run, s.tracking.project, name=s.tracking.name, config=Conf.to_dict(self.cfg),
+                tags=tuple(s.tracking.tags), notes=s.tracking.notes, dir=str(self.root)))
         last, best = self._attach(trainer, evaluator, task, run)
         if self.resume:
             self._resume(last)
@@ -326,6 +330,8 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"task: expected 'package.module:function', got {spec!r}")
+    if os.getcwd() not in sys.path:  # task modules resolve from the working directory, as with
+        sys.path.insert(0, os.getcwd())  # `python -m` (and uvicorn's app loading)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -141,7 +141,7 @@ def serve(port_file: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--batches", type=int, default=100, help="batches for aiotrain")
+    p.add_argument("--batches", type=int, default=300, help="batches for aiotrain (3 s of compute; start-up included)")
     p.add_argument("--slow-batches", type=int, default=20, help="batches for the slow baselines")
     p.add_argument("--config")
     p.add_argument("--url")

@@ -82,3 +82,13 @@ def test_resume_continues_from_latest_checkpoint(tmp_path):
     last = _checkpoints(tmp_path, "last")[-1]
     state = torch.load(last, weights_only=True)
     assert state["trainer"]["epoch"] == 3
+
+
+def test_console_script_finds_the_task_from_the_working_directory(tmp_path):
+    """`make demo` runs the installed `aiotrain` script, which does not put the cwd on sys.path."""
+    script = Path(sys.executable).with_name("aiotrain")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["AIOTRAIN_DIR"] = str(tmp_path)
+    r = subprocess.run([str(script), "train", "examples/digits.sdn", "--mode=check_only"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
