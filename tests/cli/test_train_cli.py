@@ -92,3 +92,34 @@ def test_console_script_finds_the_task_from_the_working_directory(tmp_path):
     r = subprocess.run([str(script), "train", "examples/digits.sdn", "--mode=check_only"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    from aiotrain.config import sdn
+    from aiotrain.handlers import Checkpoint
+
+    env = {**os.environ, "AIOTRAIN_DIR": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "aiotrain", "train", "examples/digits.sdn",
+                             "train.max_epochs=500", "train.patience=null", "--no-progress"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("epoch 2:"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    latest = Checkpoint.latest(tmp_path / "store" / "checkpoints" / "digits" / "default", "last")
+    assert latest is not None
+    (meta,) = (tmp_path / "store" / "runs" / "digits").glob("*/metadata.sdn")
+    assert sdn.loads(meta.read_text())["status"] == "interrupted"
