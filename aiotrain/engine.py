@@ -30,7 +30,15 @@ import torch
 
 from .data.batch import move_batch
 from .data.loader import AsyncLoader, StreamClosed, sized_len
-from .events import EventBus, EventEnum, Events, EventsList, FilteredEvent, RemovableHandle
+from .events import (
+    EventBus,
+    EventEnum,
+    Events,
+    EventsList,
+    FilteredEvent,
+    RemovableHandle,
+    _check_signature,
+)
 from .runtime import ComputeWorker
 
 __all__ = ["Engine", "Snapshot", "State"]
@@ -104,8 +112,6 @@ class Engine:
                  worker: ComputeWorker | None = None) -> None:
         if not callable(process_function):
             raise TypeError(f"process_function must be callable, got {process_function!r}")
-        from .events import _check_signature
-
         _check_signature(process_function, "process_function", None, None)
         self._process_function = process_function
         self._async_step = inspect.iscoroutinefunction(process_function)

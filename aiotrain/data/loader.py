@@ -10,6 +10,7 @@ crossing per batch, the Engine's compute thread.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import math
@@ -158,7 +159,7 @@ class _Stream:
         self._ready.clear()
 
 
-class _StreamingLoader:
+class _StreamingLoader(abc.ABC):
     """What AsyncLoader and wrapped iterables share: streams, epochs, position, state."""
 
     prefetch: int
@@ -168,8 +169,9 @@ class _StreamingLoader:
         self._epoch = 0
         self._position = 0
 
+    @abc.abstractmethod
     async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
-        raise NotImplementedError  # abstract: each loader kind fills the stream its own way
+        """Fill ``stream`` with epoch ``epoch``'s batches from batch ``start``, in order."""
 
     def _finalize(self, batch: Any) -> Any:
         return move_batch(batch, self.device) if self.device is not None else batch

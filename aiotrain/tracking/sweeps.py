@@ -18,6 +18,7 @@ Progress is saved after every trial to ``{root}/sweeps/{project}/{sweep_id}.json
 
 from __future__ import annotations
 
+import abc
 import inspect
 import itertools
 import math
@@ -35,11 +36,12 @@ from .store import check_name, get_dir, get_mode, write_json
 __all__ = ["Choice", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
 
 
-class Distribution:
+class Distribution(abc.ABC):
     """A parameter's search space; ``sample(rng)`` draws one value."""
 
+    @abc.abstractmethod
     def sample(self, rng: random.Random) -> Any:
-        raise NotImplementedError
+        """One value drawn with ``rng``."""
 
     def grid(self) -> list[Any]:
         raise ValueError(f"grid search needs Choice, IntUniform or fixed values, not {self!r}")
