@@ -55,7 +55,11 @@ def main(argv: list[str]) -> int:
         loop.add_signal_handler(signal.SIGINT, task.cancel)
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            return (await job.run()).exit_code
+            result = await job.run()
+            if result.state is not None:
+                shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
+                print(f"done: epoch {result.state.epoch}, iteration {result.state.iteration}  {shown}")
+            return result.exit_code
         except asyncio.CancelledError:
             print("interrupted: pending checkpoint writes flushed; run marked", file=sys.stderr)
             return INTERRUPTED

@@ -74,7 +74,8 @@ class ProgressBar:
         if self.console.is_terminal:
             engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._redraw_due),
                                      self._redraw)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        # first among EPOCH_COMPLETED handlers: the epoch's line closes before evaluation prints
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed, priority=1000)
         engine.add_event_handler(Events.COMPLETED | Events.TERMINATE, self._run_ended)
         return self
 
