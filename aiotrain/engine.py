@@ -38,8 +38,9 @@ from .events import (
     FilteredEvent,
     RemovableHandle,
     _check_signature,
+    _flatten,
 )
-from .runtime import ComputeWorker
+from .runtime import ComputeWorker, await_future
 
 __all__ = ["Engine", "Snapshot", "State"]
 
@@ -239,7 +240,7 @@ class Engine:
         obs = _Observer(maxsize)
         keys = set()
         for ev in events or (Events.ITERATION_COMPLETED,):
-            for key, flt in _flat_events(ev):
+            for key, flt in _flatten(ev):
                 obs.filters[key] = flt
                 keys.add(key)
                 self._observers.setdefault(key, []).append(obs)
@@ -353,16 +354,12 @@ class Engine:
         return st.max_epochs is not None and st.epoch >= st.max_epochs and st.epoch_iteration == 0
 
     async def _await_driver(self, fut: cf.Future[Any]) -> None:
-        afut = asyncio.wrap_future(fut)
         try:
-            await asyncio.shield(afut)
+            await await_future(fut, on_cancel=self._request_cancel)
         except asyncio.CancelledError:
-            self._request_cancel()
-            while not afut.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([afut])
-            if not afut.cancelled():
-                exc = afut.exception()
+            # a real error the driver hit while stopping wins over the cancellation it caused
+            if fut.done() and not fut.cancelled():
+                exc = fut.exception()
                 if exc is not None and not isinstance(exc, _Cancelled):
                     raise exc from None
             raise
@@ -594,7 +591,7 @@ class _Feed:
     AsyncLoader stream filled on the loop. Tracks the data epoch and position for resume."""
 
     def __init__(self, engine: Engine, data: Any) -> None:
-        self.engine, self.data = engine, data
+        self.engine = engine
         if not hasattr(data, "_open_stream") and hasattr(data, "__aiter__"):
             data = AsyncLoader.wrap(data)
         self.source = data
@@ -651,7 +648,7 @@ class _Observer:
     """A bounded, drop-oldest queue of Snapshots read with ``async for``."""
 
     def __init__(self, maxsize: int) -> None:
-        self.queue: deque[Snapshot | None] = deque(maxlen=maxsize)
+        self.queue: deque[Snapshot] = deque(maxlen=maxsize)
         self.filters: dict[EventEnum, Any] = {}
         self._event = asyncio.Event()
         self._closed = False
@@ -678,9 +675,7 @@ class _Observer:
                 raise StopAsyncIteration
             self._event.clear()
             await self._event.wait()
-        snap = self.queue.popleft()
-        assert snap is not None
-        return snap
+        return self.queue.popleft()
 
 
 async def _dispatch(entries: list[Any], engine: Engine, args: tuple) -> None:
@@ -695,16 +690,8 @@ def _run_sync_handlers(entries: list[Any], engine: Engine, args: tuple) -> None:
         e.handler(engine, *args, *e.args, **e.kwargs)
 
 
-def _flat_events(event: Any) -> list[tuple[EventEnum, Any]]:
-    if isinstance(event, EventsList):
-        return [p for ev in event for p in _flat_events(ev)]
-    if isinstance(event, FilteredEvent):
-        return [(event.event, event.filter)]
-    return [(event, None)]
-
-
 def _event_of(event: Any) -> set[EventEnum]:
-    return {ev for ev, _ in _flat_events(event)}
+    return {ev for ev, _ in _flatten(event)}
 
 
 def _scalars(output: Any) -> dict[str, float]:

@@ -197,7 +197,7 @@ class TrainJob:
             net = torch.nn.parallel.DistributedDataParallel(
                 task.model, device_ids=[device.index] if device.type == "cuda" else None)
         prepare = task.prepare_batch or default_prepare_batch
-        trainer = Engine(_train_step(net, task.optimizer, task.loss_fn, prepare, device), device=None)
+        trainer = Engine(_train_step(net, task.optimizer, task.loss_fn, prepare, device))
         evaluator = Engine(_eval_step(net, prepare, device))
         evaluator.add_metrics(task.metrics)
         self.trainer, self.evaluator = trainer, evaluator
@@ -208,8 +208,8 @@ class TrainJob:
                 Track.run, s.tracking.project, name=s.tracking.name, config=Conf.to_dict(self.cfg),
                 tags=tuple(s.tracking.tags), notes=s.tracking.notes, dir=str(self.root)))
         last, best = self._attach(trainer, evaluator, task, run)
-        if self.resume:
-            self._resume(last)
+        if self.resume:  # finds, CRC-checks and loads files: off the loop
+            await to_io(self._resume, last)
         self.ready.set()
         if main:
             self.echo(f"checkpoints: {self.checkpoint_dir}")
@@ -265,7 +265,7 @@ class TrainJob:
                                    "trainer": trainer, "train_loader": task.train_loader}
         if task.scheduler is not None:
             to_save["scheduler"] = task.scheduler
-        if stopper is not None and hasattr(stopper, "state_dict"):
+        if stopper is not None:
             to_save["early_stopping"] = stopper
         last = Checkpoint(to_save, str(self.checkpoint_dir), filename_prefix="last", n_saved=1)
         every = Events.ITERATION_COMPLETED(every=s.checkpoint.every) if s.checkpoint.every \
@@ -281,10 +281,10 @@ class TrainJob:
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=s.train.eval_every), best,
                                       priority=50)
         if run is not None:
-            TrackingHandler(run, tag="train", output_transform=_scalar_output).attach(
+            TrackingHandler(run, tag="train").attach(  # logs the step's scalar outputs
                 trainer, Events.ITERATION_COMPLETED(every=s.train.log_every))
         if self.progress and dist.is_main():
-            ProgressBar(persist=True).attach(trainer, output_transform=_scalar_output)
+            ProgressBar(persist=True).attach(trainer, output_transform=dict)
         return last, best
 
     def _resume(self, last: Checkpoint) -> None:
@@ -319,10 +319,6 @@ def _eval_step(net: torch.nn.Module, prepare: Any, device: torch.device) -> Call
             return net(x), y
 
     return eval_step
-
-
-def _scalar_output(output: Any) -> dict[str, float]:
-    return {k: float(v) for k, v in output.items()} if isinstance(output, dict) else {"loss": float(output)}
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:

@@ -56,16 +56,19 @@ def run(main: Coroutine[Any, Any, T] | Callable[[], Awaitable[T]], *, debug: boo
         shutdown_io(wait=True)
 
 
-async def await_future(fut: cf.Future[T]) -> T:
+async def await_future(fut: cf.Future[T], on_cancel: Callable[[], None] | None = None) -> T:
     """Await a thread's future; if the awaiting task is cancelled, wait for the work to end, then re-raise.
 
     Work already running on a thread cannot be interrupted, so cancelling the caller must not
     return before that work stops touching shared state (the model, a file being written).
+    ``on_cancel`` is called first, to ask long-running work to stop early.
     """
     afut = asyncio.wrap_future(fut)
     try:
         return await asyncio.shield(afut)
     except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
         if not fut.cancel():
             while not afut.done():
                 with contextlib.suppress(asyncio.CancelledError):
