@@ -233,22 +233,35 @@ class CacheManager:
     def get(self, path: PathLike) -> CachedData:
         """The bytes of ``path``: a zero-copy view for MMAP files, a fresh read otherwise.
 
-        The path is stat'ed first; a changed file is re-mapped (or re-read). An untracked path is
-        read directly. A missing path or a directory raises ``FileNotFoundError`` /
-        ``IsADirectoryError``.
+        The path is stat'ed first; a changed file is re-mapped (or re-read). A path met here for
+        the first time (never scanned) is admitted as a scan of that one file would: mapped when
+        it fits in what is left of the memory limit, read normally when it does not. A missing
+        path or a directory raises ``FileNotFoundError`` / ``IsADirectoryError``.
         """
         key = _key(path)
         entry = self._entries.get(key)
-        if entry is None:
-            buf, sig = _read_file(key, drop_from_page_cache=False)
-            return CachedData(buf, cached=False, mode=CacheMode.NORMAL, path=key, signature=sig)
         st = _stat_file(key)
+        if entry is None:
+            entry = self._admit(key, st)
         entry.last_accessed = time.time()
         if entry.mode is CacheMode.MMAP:
             return self._get_mapped(entry, st)
         buf, sig = _read_file(key, drop_from_page_cache=entry.mode is not CacheMode.NORMAL)
         entry.signature, entry.size = sig, sig[2]
         return CachedData(buf, cached=False, mode=entry.mode, path=key, signature=sig)
+
+    def _admit(self, key: str, st: os.stat_result) -> FileCacheEntry:
+        """First use of an unscanned file: plan it with the default priority under the budget
+        left (files already planned keep their place: first use never evicts)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                fits = st.st_size <= self.memory_limit - self._planned_bytes()
+                entry = FileCacheEntry(key, st.st_size, DEFAULT_PRIORITY,
+                                       CacheMode.MMAP if fits else CacheMode.NORMAL,
+                                       file_signature(st), time.time())
+                self._entries[key] = entry
+            return entry
 
     async def aget(self, path: PathLike) -> CachedData:
         """``get`` with the stat, the mapping and any read done in the I/O executor."""

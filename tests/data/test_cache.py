@@ -130,11 +130,25 @@ def test_get_shares_one_mapping(files):
         assert cache.stats()["active_mmaps"] == 1
 
 
-def test_untracked_path_is_read_directly(files):
-    cache = CacheManager(memory_limit=KB * KB)
-    data = cache.get(files["small"])
-    assert not data.cached and bytes(data.data) == open(files["small"], "rb").read()
-    assert cache.stats()["active_mmaps"] == 0
+def test_first_use_admits_files_that_fit_the_budget(tmp_path):
+    """The origin design's scenario: 50 MB budget, a 10 MB and a 100 MB file never scanned."""
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    for path, size in ((small, 10 * KB * KB), (large, 100 * KB * KB)):
+        with open(path, "wb") as f:
+            f.truncate(size)  # sparse: the test does not write 110 MB
+    with CacheManager(memory_limit=50 * KB * KB) as cache:
+        a, b = cache.get(small), cache.get(large)
+        assert (a.cached, a.mode, len(a)) == (True, CacheMode.MMAP, 10 * KB * KB)
+        assert (b.cached, b.mode) == (False, CacheMode.NORMAL)
+        stats = cache.stats()
+        assert (stats["mmap_count"], stats["normal_count"], stats["active_mmaps"]) == (1, 1, 1)
+        assert stats["total_size"] == 10 * KB * KB
+        # first use never evicts: a later file that does not fit what is left is read normally
+        third = tmp_path / "third.bin"
+        with open(third, "wb") as f:
+            f.truncate(45 * KB * KB)
+        assert not cache.get(third).cached
+        del a
 
 
 @linux_only
