@@ -1,7 +1,10 @@
 """Digits: scikit-learn's bundled 8x8 digit images, a small CNN, served from memory-mapped files.
 
-The arrays are written once to two binary files (float32 images, int64 labels); training reads
-them through CacheManager + MmapDataset, one zero-copy gather per batch, via AsyncLoader.
+The arrays are written once to two binary files (float32 images, int64 labels) and read through
+CacheManager + MmapDataset. Training images get a random shift (``augment``) in AsyncLoader's
+worker processes (``data.workers``); each image's shift is drawn from its own generator, seeded
+from (seed, epoch, index), so a resumed run sees exactly the shifts the original saw, with any
+number of workers. Validation reads one zero-copy gather per batch, unaugmented.
 ``aiotrain train examples/digits.sdn`` calls ``build(cfg)``.
 """
 
@@ -55,6 +58,17 @@ class Digits:
         return self.images.__getitems__(rows), self.labels.__getitems__(rows)
 
 
+def augment(item: tuple[torch.Tensor, torch.Tensor], gen: torch.Generator,
+            max_shift: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift the 8x8 image by up to ``max_shift`` pixels each way (zero fill), drawn from ``gen``."""
+    image, label = item
+    dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=gen)).tolist()
+    padded = nn.functional.pad(image, (max_shift,) * 4)
+    h, w = image.shape[-2:]
+    top, left = max_shift + dy, max_shift + dx
+    return padded[..., top:top + h, left:left + w].contiguous(), label
+
+
 class SmallCNN(nn.Module):
     def __init__(self, channels: int = 16, dropout: float = 0.1) -> None:
         super().__init__()
@@ -87,7 +101,8 @@ def build(cfg: Any) -> Task:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by {world} ranks")
     sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(),
                                                   shuffle=True, seed=cfg.seed)
-    train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler)
+    train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler,
+                               transform=augment, seed=cfg.seed, workers=cfg.data.get("workers", 0))
     val_loader = AsyncLoader(val_ds, 256)
     model = SmallCNN(cfg.model.channels, cfg.model.dropout)
     optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -100,4 +115,4 @@ def build(cfg: Any) -> Task:
     return Task(model=model, optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader,
                 val_loader=val_loader, scheduler=scheduler,
                 metrics={"accuracy": Accuracy(), "loss": Loss(loss_fn)}, score_name="accuracy",
-                resources=[cache])
+                resources=[train_loader, cache])
