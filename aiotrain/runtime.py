@@ -360,6 +360,7 @@ def _worker_main(index: int, workers: int, sock: socket.socket, notes: Any,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the inherited fd belongs to the parent's event loop
+    asyncio.events._set_running_loop(None)  # forked from the loop's thread: no loop runs here
     ctx = WorkerContext(index, workers, notes)
     if initializer is not None:
         initializer(ctx)

@@ -323,8 +323,11 @@ class AsyncLoader(_StreamingLoader):
     ``workers=N`` runs the stage (sync ``__getitem__`` reads of datasets without ``aget``, the
     transform, ``collate_fn``) in N forked worker processes, started on first use and reused
     across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
-    this process. Close the loader (``await loader.aclose()``, ``async with``, or ``close()``) to
-    stop the workers; a cancelled stream stops them too.
+    this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
+    open a connection); ``await loader.start()`` starts the workers ahead of the first batch, so
+    that work overlaps whatever this process does meanwhile (building the model). Close the loader
+    (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
+    stream stops them too.
 
     ``skip_errors=K``: up to K items per epoch that fail (fetch or transform) are left out of
     their batch, counted in ``skipped`` and logged with index and error; the next failure is a
@@ -337,7 +340,8 @@ class AsyncLoader(_StreamingLoader):
                  concurrency: int = 32, prefetch: int = 4, device: Any = None,
                  pin_memory: bool | None = None, sampler: Iterable[int] | None = None,
                  transform: Callable[[Any, torch.Generator], Any] | None = None,
-                 workers: int = 0, skip_errors: int = 0) -> None:
+                 workers: int = 0, skip_errors: int = 0,
+                 worker_init: Callable[[], Any] | None = None) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("concurrency", concurrency),
                             ("prefetch", prefetch)):
@@ -365,7 +369,7 @@ class AsyncLoader(_StreamingLoader):
         self.pin_memory = on_cuda if pin_memory is None else bool(pin_memory and on_cuda)
         self.transform, self.workers, self.skip_errors = transform, workers, skip_errors
         self.skipped: list[tuple[int, int, str]] = []  # (epoch, index, error) of skipped items
-        self._stage = CpuStage(dataset, transform, self.collate_fn, seed)
+        self._stage = CpuStage(dataset, transform, self.collate_fn, seed, worker_init)
         self._pool: DataWorkerPool | None = None
         self._pool_finalizer: weakref.finalize | None = None
 
@@ -405,6 +409,13 @@ class AsyncLoader(_StreamingLoader):
     def worker_pids(self) -> list[int]:
         """Process ids of the live worker processes (empty with ``workers=0`` or when stopped)."""
         return [] if self._pool is None else self._pool.pids
+
+    async def start(self) -> AsyncLoader:
+        """Start the worker processes now (they also start with the first stream); their
+        ``worker_init`` runs while this process goes on. No-op with ``workers=0``."""
+        if self.workers:
+            self._worker_pool().start()
+        return self
 
     async def aclose(self) -> None:
         """Stop the worker processes and drop the next epoch's early start. The loader can be

@@ -56,8 +56,10 @@ class CpuStage:
     """Fetch (sync datasets), transform and collate one batch; see the module docstring."""
 
     def __init__(self, dataset: Any, transform: Callable[[Any, torch.Generator], Any] | None,
-                 collate_fn: Callable[[list[Any]], Any], seed: int) -> None:
+                 collate_fn: Callable[[list[Any]], Any], seed: int,
+                 worker_init: Callable[[], Any] | None = None) -> None:
         self.dataset, self.transform, self.collate_fn, self.seed = dataset, transform, collate_fn, seed
+        self.worker_init = worker_init
 
     def process(self, job: BatchJob, note: Callable[[int], None] | None = None
                 ) -> tuple[Any, list[Failure]]:
@@ -93,6 +95,8 @@ class CpuStage:
         torch.set_num_threads(1)
         torch_worker._worker_info = torch_worker.WorkerInfo(
             id=ctx.index, num_workers=ctx.workers, seed=self.seed, dataset=self.dataset)
+        if self.worker_init is not None:
+            self.worker_init()
 
     def handle(self, job: BatchJob, ctx: WorkerContext) -> tuple[Any, list[int]]:
         """The worker handler: process, then share the batch's tensors (header, fds)."""
