@@ -565,7 +565,7 @@ class DataWorkerPool:
             if not w.dead:
                 w.proc.kill()
         for w in workers:
-            while w.proc.is_alive():
+            while w.proc.is_alive():  # noqa: ASYNC110 - a process exit has no awaitable; poll
                 await asyncio.sleep(0.002)
             self._close_worker(w)
 

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -78,47 +77,31 @@ def step(engine, batch):
 
 
 def run_config(name: str, n_batches: int, url: str | None) -> dict:
-    import psutil
     import torch
+    from _common import PeakRss
 
     n = n_batches * BATCH
     ds = HttpDataset(n, url) if url else SleepDataset(n)
-    proc, peak = psutil.Process(), [0]
-    done = threading.Event()
+    with PeakRss() as rss:
+        t0 = time.perf_counter()
+        if name == "aiotrain":
+            from aiotrain import AsyncLoader, Engine
 
-    def sample():  # benchmark instrumentation, not library code
-        while not done.is_set():
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak[0] = max(peak[0], rss)
-            time.sleep(0.005)
+            Engine(step).run_sync(AsyncLoader(ds, BATCH, concurrency=64, prefetch=4), max_epochs=1)
+        elif name.startswith("ignite"):
+            from ignite.engine import Engine as IgniteEngine
+            from torch.utils.data import DataLoader
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    if name == "aiotrain":
-        from aiotrain import AsyncLoader, Engine
-
-        Engine(step).run_sync(AsyncLoader(ds, BATCH, concurrency=64, prefetch=4), max_epochs=1)
-    elif name.startswith("ignite"):
-        from ignite.engine import Engine as IgniteEngine
-        from torch.utils.data import DataLoader
-
-        workers = int(name.rsplit("w", 1)[1])
-        dl = DataLoader(ds, batch_size=BATCH, num_workers=workers)
-        IgniteEngine(step).run(dl, max_epochs=1)
-    else:  # plain loop
-        for b in range(n_batches):
-            torch.stack([ds[i] for i in range(b * BATCH, (b + 1) * BATCH)])
-            step(None, None)
-    elapsed = time.perf_counter() - t0
-    done.set()
+            workers = int(name.rsplit("w", 1)[1])
+            dl = DataLoader(ds, batch_size=BATCH, num_workers=workers)
+            IgniteEngine(step).run(dl, max_epochs=1)
+        else:  # plain loop
+            for b in range(n_batches):
+                torch.stack([ds[i] for i in range(b * BATCH, (b + 1) * BATCH)])
+                step(None, None)
+        elapsed = time.perf_counter() - t0
     ideal = n_batches * STEP
-    return {"items_per_s": round(n / elapsed, 1), "peak_rss_mb": round(peak[0] / 2**20, 1),
+    return {"items_per_s": round(n / elapsed, 1), "peak_rss_mb": rss.mb,
             "efficiency": round(ideal / elapsed, 3), "batches": n_batches}
 
 

@@ -23,7 +23,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -121,28 +120,21 @@ def step(engine, batch) -> None:
 
 
 def run_config(kind: str, impl: str, workers: int, n_batches: int) -> dict:
-    import psutil
     import torch
+    from _common import PeakRss
 
     torch.set_num_threads(1)
     n = n_batches * BATCH
-    proc, peak, done = psutil.Process(), [0], threading.Event()
-
-    def sample() -> None:  # benchmark instrumentation, not library code
-        while not done.is_set():
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak[0] = max(peak[0], rss)
-            time.sleep(0.005)
-
     blobs = make_jpegs() if kind == "images" else None
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
+    with PeakRss() as rss:
+        t0 = time.perf_counter()
+        run_pipeline(kind, impl, workers, n, blobs)
+        elapsed = time.perf_counter() - t0
+    return {"items_per_s": round(n / elapsed, 1), "peak_rss_mb": rss.mb,
+            "batches": n_batches, "seconds": round(elapsed, 2)}
+
+
+def run_pipeline(kind: str, impl: str, workers: int, n: int, blobs: list[bytes] | None) -> None:
     if impl == "aiotrain":
         from aiotrain import AsyncLoader, Engine
 
@@ -162,10 +154,6 @@ def run_config(kind: str, impl: str, workers: int, n_batches: int) -> dict:
         ds = Mixed(n) if kind == "mixed" else Jpegs(blobs, n, True)
         for _batch in DataLoader(ds, batch_size=BATCH, num_workers=workers):
             step(None, None)
-    elapsed = time.perf_counter() - t0
-    done.set()
-    return {"items_per_s": round(n / elapsed, 1), "peak_rss_mb": round(peak[0] / 2**20, 1),
-            "batches": n_batches, "seconds": round(elapsed, 2)}
 
 
 def measure(kind: str, impl: str, workers: int, n_batches: int) -> dict:

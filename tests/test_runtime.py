@@ -144,7 +144,6 @@ asyncio.run(main())
 
 
 def test_workers_exit_when_their_parent_is_killed():
-    import os
     import subprocess
     import sys
 

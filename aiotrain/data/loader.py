@@ -488,7 +488,7 @@ class AsyncLoader(_StreamingLoader):
             stream.put(seq, True, batch)
 
     async def _batch(self, epoch: int, indices: list[int], sem: asyncio.Semaphore) -> Any:
-        ds, stage = self.dataset, self._stage
+        ds = self.dataset
         if self.transform is None and hasattr(ds, "__getitems__"):
             job = BatchJob(epoch, indices, None, getitems=True)
             async with sem:

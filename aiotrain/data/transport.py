@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .batch import map_leaves
+
 __all__ = ["rebuild", "share"]
 
 
@@ -37,35 +39,24 @@ def share(obj: Any) -> tuple[Any, list[int]]:
     fds: list[int] = []
     seen: dict[int, int] = {}
 
-    def visit(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            if x.device.type != "cpu" or x.is_sparse or x.requires_grad:
-                raise TypeError(f"a data worker can return dense CPU tensors without grad only, "
-                                f"got {x.device} {x.layout} requires_grad={x.requires_grad}")
-            storage = x.untyped_storage()
-            if not storage.is_shared():
-                x = x.share_memory_()  # not built in shared memory: one copy into it
-                storage = x.untyped_storage()
-            key = storage.data_ptr()
-            if key not in seen:
-                fd, size = storage._share_fd_cpu_()
-                seen[key] = len(fds)
-                fds.append(os.dup(fd))  # the storage keeps its own fd; ours is for the message
-                nbytes = size
-            else:
-                nbytes = storage.nbytes()
-            return _TensorRef(seen[key], x.dtype, tuple(x.shape), tuple(x.stride()),
-                              x.storage_offset(), nbytes)
-        if isinstance(x, dict):
-            return type(x)({k: visit(v) for k, v in x.items()})
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return type(x)(*(visit(v) for v in x))
-        if isinstance(x, list | tuple):
-            return type(x)(visit(v) for v in x)
-        return x
+    def ref(x: torch.Tensor) -> _TensorRef:
+        if x.device.type != "cpu" or x.is_sparse or x.requires_grad:
+            raise TypeError(f"a data worker can return dense CPU tensors without grad only, "
+                            f"got {x.device} {x.layout} requires_grad={x.requires_grad}")
+        storage = x.untyped_storage()
+        if not storage.is_shared():  # not built in shared memory: one copy into it
+            storage = torch.UntypedStorage._new_shared(x.numel() * x.element_size())
+            x = torch.empty(0, dtype=x.dtype).set_(storage, 0, x.shape).copy_(x)
+        key = storage.data_ptr()
+        if key not in seen:
+            fd, _size = storage._share_fd_cpu_()
+            seen[key] = len(fds)
+            fds.append(os.dup(fd))  # the storage keeps its own fd; ours is for the message
+        return _TensorRef(seen[key], x.dtype, tuple(x.shape), tuple(x.stride()),
+                          x.storage_offset(), storage.nbytes())
 
     try:
-        return visit(obj), fds
+        return map_leaves(obj, torch.Tensor, ref), fds
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -76,22 +67,14 @@ def rebuild(header: Any, fds: list[int]) -> Any:
     """Parent side: the tensors of ``header`` over mappings of ``fds`` (which are closed here)."""
     storages: dict[int, torch.UntypedStorage] = {}
     try:
-        def visit(x: Any) -> Any:
-            if isinstance(x, _TensorRef):
-                storage = storages.get(x.storage)
-                if storage is None:
-                    storage = torch.UntypedStorage._new_shared_fd_cpu(fds[x.storage], x.nbytes)
-                    storages[x.storage] = storage
-                return torch.empty(0, dtype=x.dtype).set_(storage, x.offset, x.shape, x.stride)
-            if isinstance(x, dict):
-                return type(x)({k: visit(v) for k, v in x.items()})
-            if isinstance(x, tuple) and hasattr(x, "_fields"):
-                return type(x)(*(visit(v) for v in x))
-            if isinstance(x, list | tuple):
-                return type(x)(visit(v) for v in x)
-            return x
+        def tensor(x: _TensorRef) -> torch.Tensor:
+            storage = storages.get(x.storage)
+            if storage is None:
+                storage = torch.UntypedStorage._new_shared_fd_cpu(fds[x.storage], x.nbytes)
+                storages[x.storage] = storage
+            return torch.empty(0, dtype=x.dtype).set_(storage, x.offset, x.shape, x.stride)
 
-        return visit(header)
+        return map_leaves(header, _TensorRef, tensor)
     finally:
         for fd in fds:
             os.close(fd)

@@ -22,8 +22,8 @@ from aiotrain.data.stage import item_generator
 class SyncItems:
     """Sync items; ``bad`` indices raise, ``die`` kills the process reading it (a worker)."""
 
-    def __init__(self, n=48, bad=(), die=None, hang=None):
-        self.n, self.bad, self.die, self.hang = n, set(bad), die, hang
+    def __init__(self, n=48, bad=(), die=None):
+        self.n, self.bad, self.die = n, set(bad), die
 
     def __len__(self):
         return self.n
@@ -33,8 +33,6 @@ class SyncItems:
             raise ValueError(f"bad record {i}")
         if i == self.die:
             os.kill(os.getpid(), signal.SIGKILL)
-        if i == self.hang is not None:
-            self.hang.wait()  # threading.Event (parent) or forever (worker)
         return torch.full((4,), float(i))
 
 
@@ -85,7 +83,8 @@ def test_augmentation_is_bit_identical_whatever_the_worker_count(cls):
     ref = _flat(results[0])
     for w in (1, 3):
         assert torch.equal(_flat(results[w]), ref), f"workers={w} differs from workers=0"
-        assert all(torch.equal(a["flip"], b["flip"]) for ea, eb in zip(results[w], results[0]) for a, b in zip(ea, eb))
+        assert all(torch.equal(a["flip"], b["flip"]) for ea, eb in zip(results[w], results[0], strict=True)
+                   for a, b in zip(ea, eb, strict=True))
     # each item drew from its own (seed, epoch, index) generator, and the two epochs differ
     first = results[0][0][0]
     order0 = AsyncLoader(SyncItems(), 8, shuffle=True, seed=5).order(0)
@@ -175,10 +174,6 @@ def test_the_next_epoch_is_prefetched_before_the_current_one_is_closed_within_th
 def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog):
     caplog.set_level(logging.WARNING, "aiotrain.data.loader")
     release = threading.Event()
-    ds = SyncItems(n=64, hang=release)
-    ds.hang_index = None
-    ds.hang = release
-    hung = SyncItems(n=64)
 
     class Hung(SyncItems):
         def __getitem__(self, i):
@@ -206,7 +201,6 @@ def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog)
         took = asyncio.run(main())
     finally:
         release.set()
-    del ds, hung
     assert took < 1.0, f"cancel took {took:.2f} s"
     if workers == 0:
         assert "sync read still running at cancellation; abandoned" in caplog.text
@@ -226,7 +220,7 @@ def test_cancel_mid_epoch_stops_workers_and_leaves_no_process_or_segment():
                 seen.append(b)
 
         task = asyncio.create_task(consume())
-        while len(seen) < 3:
+        while len(seen) < 3:  # noqa: ASYNC110 - waiting on the consumer task's progress
             await asyncio.sleep(0.01)
         pids = loader.worker_pids
         task.cancel()

@@ -38,7 +38,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical_whatever_the_workers(tmp
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert 0 < start < 32, start  # resumed mid-run (32 iterations in all)
-    for w, proc in refs.items():
+    for proc in refs.values():
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     ref0 = torch.load(tmp_path / "ref0.pt", weights_only=True)

@@ -40,8 +40,8 @@ def main(folder: str, rounds: int) -> None:
             views = [ds[i] for i in range(0, RECORDS, 7)] + [ds.__getitems__([0, RECORDS - 1])]
             stop = threading.Event()
 
-            def reader() -> None:  # keeps touching the views and the dataset during the change
-                while not stop.is_set():
+            def reader(stop: threading.Event, views: list, ds: MmapDataset) -> None:
+                while not stop.is_set():  # keeps touching the views and the dataset meanwhile
                     for v in views:
                         float(v.sum())
                     try:
@@ -50,7 +50,7 @@ def main(folder: str, rounds: int) -> None:
                         pass
                     counts["reads_during_change"] += 1
 
-            thread = threading.Thread(target=reader)
+            thread = threading.Thread(target=reader, args=(stop, views, ds))
             thread.start()
             if rng.random() < 0.75:
                 os.truncate(path, rng.randrange(0, RECORDS * SHAPE[0] * 4, 4))
