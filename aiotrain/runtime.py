@@ -39,6 +39,7 @@ __all__ = [
     "run",
     "shutdown_io",
     "spawn_daemon",
+    "submit_abandonable",
     "submit_io",
     "to_compute",
     "to_io",
@@ -273,6 +274,67 @@ def spawn_daemon(fn: Callable[..., T], /, *args: Any, name: str = "aiotrain-daem
 
     threading.Thread(target=main, name=f"{name}-{next(_ids)}", daemon=True).start()
     return fut
+
+
+class _DaemonPool:
+    """Reusable daemon threads for calls that may never return (sync dataset code).
+
+    Like ``spawn_daemon`` nobody joins them, so a hung call is simply left behind; unlike it, a
+    thread that finishes takes the next call (a thread start costs ~100 us of CPU, too much per
+    item). A thread idle for ``IDLE_S`` exits. Invariant, under the lock: threads waiting on the
+    queue == ``idle`` + calls queued.
+    """
+
+    IDLE_S = 30.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> cf.Future[T]:
+        fut: cf.Future[T] = cf.Future()
+        item = (fut, fn, args)
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._queue.put(item)
+                return fut
+        threading.Thread(target=self._main, args=(item,), name=f"{self.name}-{next(_ids)}",
+                         daemon=True).start()
+        return fut
+
+    def _main(self, item: tuple[cf.Future[Any], Callable[..., Any], tuple]) -> None:
+        while True:
+            fut, fn, args = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, never swallowed
+                    fut.set_exception(exc)
+            del item, fut, fn, args
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    item = self._queue.get(timeout=self.IDLE_S)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        if self._queue.empty() and self._idle:
+                            self._idle -= 1
+                            return
+
+
+_abandonable = _DaemonPool("aiotrain-io-item")
+
+
+def submit_abandonable(fn: Callable[..., T], /, *args: Any) -> cf.Future[T]:
+    """Run sync user code (a dataset's ``__getitem__``) on a reusable daemon thread that nobody
+    joins: if it never returns, its caller may abandon it, and neither the I/O executor nor
+    interpreter exit waits for it."""
+    return _abandonable.submit(fn, *args)
 
 
 # Data worker processes -----------------------------------------------------------------------

@@ -167,3 +167,15 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_submit_abandonable_reuses_threads_and_a_hung_call_blocks_nothing():
+    names = [runtime.submit_abandonable(lambda: threading.current_thread().name).result(timeout=10)
+             for _ in range(5)]
+    assert len(set(names)) == 1 and names[0].startswith("aiotrain-io-item")
+    release = threading.Event()
+    hung = runtime.submit_abandonable(release.wait)
+    assert runtime.submit_abandonable(lambda: 42).result(timeout=10) == 42  # another thread
+    assert not hung.done()
+    release.set()
+    assert hung.result(timeout=10) is True

@@ -11,7 +11,7 @@ the same bound, so an epoch boundary costs no fetch latency. The same ordered st
 ``async for`` on the loop and, without a loop crossing per batch, the Engine's compute thread.
 
 Sync dataset code that never returns cannot stop a cancellation: sync reads run on abandonable
-daemon threads (``runtime.spawn_daemon``), so a cancelled stream reports the item still running,
+daemon threads (``runtime.submit_abandonable``), so a cancelled stream reports the item still running,
 discards its result when it comes, and completes at once; in worker processes, the workers are
 killed.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from ..runtime import DataWorkerPool, WorkerDied, spawn_daemon, to_io
+from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
 from .batch import move_batch, pin_batch
 from .stage import BatchJob, CpuStage
 from .transport import rebuild
@@ -571,7 +571,7 @@ def _whole(batch: Any, indices: list[int]) -> Any:
 async def _abandonable(fn: Callable[..., Any], *args: Any, what: Any) -> Any:
     """Run sync dataset code on a daemon thread. Cancelled, the caller returns at once: the call,
     if still running (a read that hangs), is reported and abandoned, its result discarded."""
-    fut: cf.Future[Any] = spawn_daemon(fn, *args, name="aiotrain-io-item")
+    fut: cf.Future[Any] = submit_abandonable(fn, *args)
     try:
         return await asyncio.wrap_future(fut)
     except asyncio.CancelledError:

@@ -201,7 +201,9 @@ def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog)
         took = asyncio.run(main())
     finally:
         release.set()
-    assert took < 1.0, f"cancel took {took:.2f} s"
+    # nominally ~0.2 s (the grace) or a kill; the bound is loose for loaded machines: what is
+    # tested is that the cancel does not wait for an item that never returns
+    assert took < 2.0, f"cancel took {took:.2f} s"
     if workers == 0:
         assert "sync read still running at cancellation; abandoned" in caplog.text
     assert _no_children_left()
