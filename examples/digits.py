@@ -1,9 +1,9 @@
 """Digits: scikit-learn's bundled 8x8 digit images, a small CNN, served from memory-mapped files.
 
 The arrays are written once to two binary files (float32 images, int64 labels) and read through
-CacheManager + MmapDataset. Training images get a random shift (``augment``) in AsyncLoader's
+CacheManager + MmapDataset. Training images get random noise and shifts (``augment``) in AsyncLoader's
 worker processes (``data.workers``); each image's shift is drawn from its own generator, seeded
-from (seed, epoch, index), so a resumed run sees exactly the shifts the original saw, with any
+from (seed, epoch, index), so a resumed run sees exactly the augmentations the original saw, with any
 number of workers. Validation reads one zero-copy gather per batch, unaugmented.
 ``aiotrain train examples/digits.sdn`` calls ``build(cfg)``.
 """
@@ -59,14 +59,16 @@ class Digits:
 
 
 def augment(item: tuple[torch.Tensor, torch.Tensor], gen: torch.Generator,
-            max_shift: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift the 8x8 image by up to ``max_shift`` pixels each way (zero fill), drawn from ``gen``."""
+            noise: float = 0.05, p_shift: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel noise, and now and then a one-pixel shift (zero fill), drawn only from ``gen``."""
     image, label = item
-    dy, dx = (torch.randint(-max_shift, max_shift + 1, (2,), generator=gen)).tolist()
-    padded = nn.functional.pad(image, (max_shift,) * 4)
-    h, w = image.shape[-2:]
-    top, left = max_shift + dy, max_shift + dx
-    return padded[..., top:top + h, left:left + w].contiguous(), label
+    image = image + noise * torch.randn(image.shape, generator=gen)
+    if torch.rand((), generator=gen).item() < p_shift:
+        dy, dx = torch.randint(-1, 2, (2,), generator=gen).tolist()
+        padded = nn.functional.pad(image, (1, 1, 1, 1))
+        h, w = image.shape[-2:]
+        image = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    return image.contiguous(), label
 
 
 class SmallCNN(nn.Module):
