@@ -6,7 +6,7 @@ crosses to the event loop only when some loop handler is due, or to open the nex
 async data source. With no handler due an iteration costs a few microseconds. Handlers run on
 the loop while the compute thread waits, so a handler always sees a quiescent model.
 
-Deviation from Ignite, on purpose (DESIGN §3): ``run`` on an engine whose state is part way
+Deviation from Ignite, on purpose (docs/architecture.md): ``run`` on an engine whose state is part way
 resumes from that exact iteration (Ignite restarts the interrupted epoch's remainder at the next
 epoch).
 """

@@ -7,8 +7,8 @@ every epoch, checkpoints (the latest for resume, the best by score), early stopp
 schedule and tracking, and trains. It is a library object so that a service can run one as a task
 and observe its ``trainer`` (``examples/service.py``); the CLI is a thin shell around it.
 
-Not in DESIGN's module list: added because the CLI and services share the pipeline; the
-contract should list ``aiotrain/job.py`` (TrainJob, Task, TrainSettings).
+The CLI and services share this pipeline, so it is a module of its own (TrainJob, Task,
+TrainSettings; see docs/architecture.md).
 """
 
 from __future__ import annotations

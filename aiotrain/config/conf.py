@@ -7,7 +7,7 @@ static methods, so that config keys never collide with method names: loading (SD
 dicts, dotlists), ``merge``, ``resolve``, path access, freezing, ``validate``, ``to_dict``,
 ``to_sdn`` and ``save``.
 
-Decisions where DESIGN is silent (OmegaConf's behaviour unless noted):
+Decisions (OmegaConf's behaviour unless noted; see docs/architecture.md):
 
 - Reading a key that is not there raises :class:`MissingValueError` (also a KeyError and an
   AttributeError); ``Conf.set_throw_on_missing(cfg, False)`` makes absent keys and ``???``

@@ -1,6 +1,6 @@
 """SDN ("Simple Data Notation"): the indentation-based config format aiotrain reads and writes.
 
-The reference is ``shared/SDN.md``. ``loads`` / ``load`` read, ``dumps`` / ``dump`` write,
+The format is described in ``docs/sdn.md``. ``loads`` / ``load`` read, ``dumps`` / ``dump`` write,
 every reading error is an :class:`SdnError` whose message starts ``line L, column C:``.
 
 The parser is hand written and line oriented: a block structure is a stack of frames (one per

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 Signature = tuple[int, int, int, int, int]
 
-DEFAULT_PRIORITY = 1  # the seed's "normal": 0 = low, 1 = normal, 2 = high
+DEFAULT_PRIORITY = 1  # "normal": 0 = low, 1 = normal, 2 = high
 DEFAULT_MEMORY_FRACTION = 0.8
 
 
@@ -135,7 +135,7 @@ class CacheManager:
     the manager is created. Thread-safe: ``get`` may run on many I/O threads at once. Use it as a
     context manager, or call ``cleanup()``, to release the mappings.
 
-    Decisions where the seed is silent: an explicit ``set_cache_mode`` overrides the budget; a
+    Decisions: an explicit ``set_cache_mode`` overrides the budget; a
     file scanned again is re-planned (except a DISABLED one, which stays disabled); ``cleanup``
     keeps the scanned entries, so a later ``get`` maps the file again.
     """
@@ -318,7 +318,7 @@ class CacheManager:
 
     # reporting ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """The seed's statistics: ``total_size`` is the bytes planned for MMAP.
+        """The cache's statistics: ``total_size`` is the bytes planned for MMAP.
 
         Extras: ``normal_count``, ``missing`` (paths scans skipped), ``mapped_bytes`` (bytes of the
         live mappings) and ``retired_mmaps`` (mappings released but still held by live views).
@@ -340,7 +340,7 @@ class CacheManager:
 
 
 class CacheValidator:
-    """Finds scanned files that changed on disk and invalidates them (the seed's validator)."""
+    """Finds scanned files that changed on disk and invalidates them (CacheManager's change check, run on demand)."""
 
     def check_source_changes(self, entries: Iterable[FileCacheEntry]) -> list[str]:
         """Paths of ``entries`` that are gone or whose stat signature differs from the cached one."""

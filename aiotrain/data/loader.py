@@ -232,7 +232,7 @@ class _StreamingLoader(abc.ABC):
 
 
 class AsyncLoader(_StreamingLoader):
-    """Prefetching, order-preserving batch loader for map-style datasets (DESIGN §4).
+    """Prefetching, order-preserving batch loader for map-style datasets (docs/data.md).
 
     ``dataset`` has ``__len__`` and ``async def aget(i)``, or ``__getitems__(indices)`` (one call
     per batch, returned as the batch, not collated), or sync ``__getitem__``. Epoch ``e``'s order

@@ -11,7 +11,7 @@ in the same folder (``.NAME.pt.<random>.tmp``, never ending in ``.pt``; see aiot
 ``os.replace``, fsync of the folder; only then are the files that fell out of retention deleted.
 A process killed at any moment leaves the previous newest checkpoint intact and loadable.
 
-Decisions where DESIGN §8 is silent (as an Ignite user would expect):
+Decisions (as an Ignite user would expect):
 
 - Filenames: ``{prefix}_{name}_{step}.pt``, or ``{prefix}_{name}_{step}_{score_name}={score:.4f}.pt``
   with a score (``score`` stands in for a missing ``score_name``); ``name`` is the single key of

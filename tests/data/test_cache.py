@@ -1,4 +1,4 @@
-"""CacheManager / CacheValidator: the seed's test plan scaled to small files."""
+"""CacheManager / CacheValidator: planning, modes, change detection, views, on small files."""
 
 from __future__ import annotations
 
