@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from .values import check_int
+
 __all__ = [
     "EventBus",
     "EventEnum",
@@ -98,12 +100,6 @@ class EventsList:
         return iter(self.events)
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"event filter argument {name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _make_filter(event_filter: EventFilter | None, every: int | None,
                  once: int | Iterable[int] | None, before: int | None,
                  after: int | None) -> tuple[EventFilter, str]:
@@ -122,14 +118,12 @@ def _make_filter(event_filter: EventFilter | None, every: int | None,
     if once is not None:
         if len(given) > 1:
             raise ValueError("once cannot be combined with every/before/after")
-        wanted = frozenset([_positive("once", once)] if isinstance(once, int)
-                           else [_positive("once", n) for n in once])
+        wanted = frozenset([check_int("once", once)] if isinstance(once, int)
+                           else [check_int("once", n) for n in once])
         return (lambda _e, n: n in wanted), f"once={sorted(wanted)}"
-    n_every = _positive("every", every) if every is not None else None
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
-        raise ValueError(f"event filter argument after must be a non-negative integer, got {after!r}")
-    lo = after
-    hi = _positive("before", before) if before is not None else None
+    n_every = check_int("every", every) if every is not None else None
+    lo = check_int("after", after, minimum=0) if after is not None else None
+    hi = check_int("before", before) if before is not None else None
 
     def fn(_engine: Any, n: int) -> bool:
         return ((n_every is None or n % n_every == 0) and (lo is None or n > lo)

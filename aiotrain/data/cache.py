@@ -42,6 +42,7 @@ import psutil
 import torch
 
 from ..runtime import to_io
+from ..values import check_int
 
 __all__ = ["CacheManager", "CacheMode", "CacheValidator", "CachedData", "FileCacheEntry",
            "file_signature"]
@@ -143,9 +144,7 @@ class CacheManager:
     def __init__(self, memory_limit: int | None = None) -> None:
         if memory_limit is None:
             memory_limit = int(psutil.virtual_memory().available * DEFAULT_MEMORY_FRACTION)
-        if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
-            raise ValueError(f"memory_limit must be a byte count >= 0, got {memory_limit!r}")
-        self.memory_limit: int = memory_limit
+        self.memory_limit: int = check_int("memory_limit (bytes)", memory_limit, minimum=0)
         self._entries: dict[str, FileCacheEntry] = {}
         self._regions: dict[str, _Region] = {}
         self._retired: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..values import check_int
 from .cache import CacheManager, CacheMode, PathLike, Signature, file_signature
 
 __all__ = ["MmapDataset"]
@@ -177,9 +178,8 @@ def _within(idx: torch.Tensor, n: int) -> bool:
 def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     """``()`` is a scalar record (labels); every dimension given must be a positive int."""
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
-        raise ValueError(f"record_shape must be positive ints (or () for scalars), got {shape!r}")
-    return dims
+    return tuple(check_int(f"record_shape {shape!r}: each dimension (or () for scalars)", d)
+                 for d in dims)
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:

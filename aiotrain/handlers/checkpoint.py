@@ -39,7 +39,6 @@ import concurrent.futures as cf
 import copy
 import logging
 import math
-import operator
 import os
 import pickle
 import re
@@ -56,6 +55,7 @@ import torch
 from .. import distributed as dist
 from ..files import TEMP_SUFFIX, atomic_path
 from ..runtime import await_future, submit_io, to_io
+from ..values import check_int
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
@@ -96,9 +96,8 @@ class Checkpoint:
                  score_name: str | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None) -> None:
         _check_to_save(to_save)
-        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int)
-                                    or n_saved < 1):
-            raise ValueError(f"n_saved must be a positive integer or None, got {n_saved!r}")
+        if n_saved is not None:
+            n_saved = check_int("n_saved (or None)", n_saved)
         if not isinstance(filename_prefix, str) or "/" in filename_prefix or os.sep in filename_prefix:
             raise ValueError(f"filename_prefix must be a plain string without separators, got {filename_prefix!r}")
         if score_name is not None and ("=" in score_name or "/" in score_name):
@@ -238,13 +237,7 @@ class Checkpoint:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
-        try:
-            value = operator.index(step)  # ints, numpy integers, 0-d integer tensors
-        except TypeError:
-            value = -1
-        if isinstance(step, bool) or value < 0:
-            raise ValueError(f"global step must be a non-negative integer, got {step!r}")
-        return value
+        return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
     def _filename(self, step: int, score: float | None) -> str:
         if score is None:

@@ -18,12 +18,11 @@ the event loop and only enqueues a record (``Run.log`` never blocks on disk).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..events import Events
+from ..values import as_number
 
 __all__ = ["TrackingHandler"]
 
@@ -97,9 +96,4 @@ class TrackingHandler:
 
 def _is_scalar(value: Any) -> bool:
     """A number, or a one-element tensor / array (converted by ``Run.log``)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, numbers.Number):
-        return True
-    shape = getattr(value, "shape", None)
-    return shape is not None and hasattr(value, "item") and math.prod(shape) == 1
+    return as_number(value) is not None
