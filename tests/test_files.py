@@ -74,7 +74,7 @@ async def test_checkpoints_run_files_and_artifact_objects_are_0644_under_umask_0
     engine = SimpleNamespace(state=SimpleNamespace(iteration=1, epoch=1, metrics={}),
                              add_pending=lambda fut: None)
     await ckpt(engine)
-    await ckpt.flush()
+    await ckpt.aflush()
     written = list((tmp_path / "ckpt").glob("*.pt"))
 
     source = tmp_path / "weights.bin"

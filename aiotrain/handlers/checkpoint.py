@@ -25,7 +25,7 @@ Decisions (as an Ignite user would expect):
   A save whose filename is already kept replaces that file (the newer state wins).
 - At most one write is in flight: a save that triggers while the previous write is still running
   waits for it (the step loop stays paused, the event loop does not block). A failed write is
-  raised at the next save, or by ``await checkpoint.flush()``.
+  raised at the next save, or by ``await checkpoint.aflush()``.
 - ``last_checkpoint`` is the kept file with the highest priority (newest, or best score), as in
   Ignite, once its write is durable.
 - Integrity: torch's reader does not check the CRCs its zip writer stores, so loading verifies
@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from .. import distributed as dist
+from ..deprecation import renamed_method
 from ..files import TEMP_SUFFIX, atomic_path
 from ..runtime import await_future, submit_io, to_io
 from ..values import check_int
@@ -87,7 +88,7 @@ class Checkpoint:
     ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
     reads ``engine.state.metrics[score_name]``) the ``n_saved`` best files are kept, else the
     ``n_saved`` newest. The write is registered with ``engine.add_pending`` so ``run`` returns
-    only once it is durable; outside an engine, ``await checkpoint.flush()``.
+    only once it is durable; outside an engine, ``await checkpoint.aflush()``.
     """
 
     def __init__(self, to_save: Mapping[str, Any], save_dir: str | os.PathLike[str],
@@ -165,7 +166,7 @@ class Checkpoint:
         if add_pending is not None:
             add_pending(fut)
 
-    async def flush(self) -> None:
+    async def aflush(self) -> None:
         """Wait until the last write is durable; raise CheckpointError if it failed."""
         fut = self._pending
         if fut is None:
@@ -176,6 +177,8 @@ class Checkpoint:
             self._pending = None
             raise CheckpointError(f"writing a checkpoint in {self.save_dir} failed: {exc}") from exc
         self._pending = None
+
+    flush = renamed_method(aflush, "flush")
 
     @staticmethod
     def latest(save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
