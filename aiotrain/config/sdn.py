@@ -565,7 +565,7 @@ def loads(text: str | bytes) -> dict:
 
 def load(source: str | os.PathLike | IO) -> dict:
     """Read an SDN file (a path or an open file); errors carry the file's name in ``path``."""
-    if hasattr(source, "read"):
+    if not isinstance(source, str | os.PathLike):
         return loads(source.read())
     data = Path(source).read_bytes()
     try:
@@ -747,10 +747,10 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 def dump(obj: dict, target: str | os.PathLike | IO) -> None:
     """Write ``obj`` as SDN to an open text file, or atomically to a path."""
     text = dumps(obj)
-    if hasattr(target, "write"):
-        target.write(text)
-    else:
+    if isinstance(target, str | os.PathLike):
         write_atomic(target, text)
+    else:
+        target.write(text)
 
 
 # --------------------------------------------------------------------------- documents

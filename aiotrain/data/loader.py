@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from ..protocols import EpochAware
 from ..runtime import to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
@@ -270,7 +271,7 @@ class AsyncLoader(_StreamingLoader):
     def order(self, epoch: int) -> list[int]:
         """The item indices of epoch ``epoch``, in the order they are served."""
         if self.sampler is not None:
-            if hasattr(self.sampler, "set_epoch"):
+            if isinstance(self.sampler, EpochAware):
                 self.sampler.set_epoch(epoch)
             return [int(i) for i in self.sampler]
         n = len(self.dataset)
@@ -369,7 +370,7 @@ class _WrappedLoader(_StreamingLoader):
 
     async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
         for target in (self.source, self.sampler):
-            if hasattr(target, "set_epoch"):
+            if isinstance(target, EpochAware):
                 target.set_epoch(epoch)
                 break
         n = 0

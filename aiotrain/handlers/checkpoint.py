@@ -55,6 +55,7 @@ import torch
 from .. import distributed as dist
 from ..deprecation import renamed_method
 from ..files import TEMP_SUFFIX, atomic_path
+from ..protocols import Stateful
 from ..runtime import await_future, submit_io, to_io
 from ..values import check_int
 
@@ -91,7 +92,7 @@ class Checkpoint:
     only once it is durable; outside an engine, ``await checkpoint.aflush()``.
     """
 
-    def __init__(self, to_save: Mapping[str, Any], save_dir: str | os.PathLike[str],
+    def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
                  filename_prefix: str = "", n_saved: int | None = 1,
                  score_function: Callable[[Any], float] | None = None,
                  score_name: str | None = None,
@@ -407,7 +408,7 @@ def _check_to_save(objs: Any) -> None:
     for key, obj in objs.items():
         if not isinstance(key, str):
             raise TypeError(f"keys must be strings, got {key!r}")
-        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        if not isinstance(obj, Stateful):
             raise TypeError(f"{key!r}: {type(obj).__name__} has no state_dict/load_state_dict")
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..events import Events
+from ..protocols import MetricLogger
 from ..values import as_number
 
 __all__ = ["TrackingHandler"]
@@ -32,10 +33,10 @@ _EPOCH_EVENTS = (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED)
 class TrackingHandler:
     """Logs an engine's output and/or metrics to ``run`` when the event it is attached to fires."""
 
-    def __init__(self, run: Any, tag: str = "train", output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, run: MetricLogger, tag: str = "train", output_transform: Callable[[Any], Any] | None = None,
                  metric_names: str | Sequence[str] | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None) -> None:
-        if not hasattr(run, "log"):
+        if not isinstance(run, MetricLogger):
             raise TypeError(f"TrackingHandler needs a tracking Run, got {type(run).__name__}")
         if metric_names is not None and metric_names != "all" and (
                 isinstance(metric_names, str) or not all(isinstance(n, str) for n in metric_names)):

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..protocols import Stateful
+
 __all__ = ["TrainingSnapshot"]
 
 
@@ -99,8 +101,8 @@ class TrainingSnapshot:
                                 for g in optimizer.param_groups]
         snap._rng = _rng_state()
         snap._gens = [(g, g.get_state()) for g in _generators(loader)]
-        state_dict = getattr(loader, "state_dict", None)
-        snap._loader_state = copy.deepcopy(state_dict()) if callable(state_dict) else None
+        snap._loader_state = (copy.deepcopy(loader.state_dict()) if isinstance(loader, Stateful)
+                              else None)
         return snap
 
     def restore(self) -> None:
