@@ -49,7 +49,6 @@ def test_tracking_handler_takes_any_metric_logger():
     sink = Sink()
     assert isinstance(sink, MetricLogger)
     trainer = Engine(lambda e, b: float(b))
-
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TrackingHandler(sink))
     trainer.run_sync([3, 4], max_epochs=1)
     assert sink.logged == [(1, {"train/output": 3.0}), (2, {"train/output": 4.0})]
