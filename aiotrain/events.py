@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -96,7 +96,7 @@ class EventsList:
             return EventsList([*self.events, other])
         return NotImplemented
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[EventEnum | FilteredEvent]:
         return iter(self.events)
 
 
@@ -153,8 +153,8 @@ class _Entry:
 
     event: EventEnum
     handler: Callable[..., Any]
-    args: tuple
-    kwargs: dict
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     filter: EventFilter | None
     priority: int
     seq: int

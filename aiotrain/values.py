@@ -46,7 +46,7 @@ def as_number(value: Any) -> int | float | None:
     """A plain int or float for a number or a one-element tensor / array; None for anything
     else (bools, strings, tensors of several values), so callers can skip what is not a number."""
     if value.__class__ in (int, float):
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, ScalarLike):

@@ -61,7 +61,7 @@ class MmapDataset(torch.utils.data.Dataset):
         self._counts = [self._record_count(p, os.stat(p).st_size) for p in self.paths]
         self._starts = [0, *np.cumsum(self._counts).tolist()]
         self._len = self._starts[-1]
-        self._views: dict[int, tuple[Signature, torch.Tensor]] = {}
+        self._views: dict[int, tuple[Signature | None, torch.Tensor]] = {}
 
     def _record_count(self, path: str, size: int) -> int:
         if size % self.record_bytes:
@@ -135,7 +135,7 @@ class MmapDataset(torch.utils.data.Dataset):
         """Positioned reads of the records ``local`` of file ``f`` (a file served without mmap)."""
         path, size = self.paths[f], self.record_bytes
         out = torch.empty((len(local), *self.record_shape), dtype=self.dtype)
-        raw = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        raw = out.view(torch.uint8).numpy().data.cast("B")
         fd = os.open(path, os.O_RDONLY)
         try:
             for k, j in enumerate(local.tolist()):

@@ -45,7 +45,7 @@ from ..runtime import io_executor, to_io
 try:
     import tokenizers
 except ImportError:  # the `text` extra is optional: fall back to the plain vocabulary loader
-    tokenizers = None
+    tokenizers = None  # type: ignore[assignment]
 
 __all__ = ["TokenizerCache", "TokenizerError"]
 
@@ -296,7 +296,7 @@ def _plain_tokenizer_json(path: str, raw: bytes) -> _Loaded:
     for added in spec.get("added_tokens") or []:
         vocab[added["content"]] = added["id"]
     decoder = (spec.get("decoder") or {}).get("type")
-    return _Loaded(vocab, _DECODER_KIND.get(decoder, "tokenizer.json"), None)
+    return _Loaded(vocab, _DECODER_KIND.get(decoder or "", "tokenizer.json"), None)
 
 
 _DECODER_KIND = {"ByteLevel": "bpe", "WordPiece": "wordpiece", "Metaspace": "metaspace"}

@@ -18,7 +18,7 @@ the event loop and only enqueues a record (``Run.log`` never blocks on disk).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..events import Events
@@ -73,7 +73,7 @@ class TrackingHandler:
         elif not self._auto:
             return {}
         if isinstance(output, Mapping):
-            items = output.items()
+            items: Iterable[tuple[Any, Any]] = output.items()
         else:
             items = [("output", output)]
         if self._auto:

@@ -254,10 +254,11 @@ def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
     name, spec = _parse_ref(ref)
     project = check_name("project", project) if project is not None else run.project
     store = _Store(run.root)
-    if store.read(project, name) is None:
+    stored = store.read(project, name)
+    if stored is None:
         raise LookupError(f"no artifact {name!r} in project {project!r} under {run.root}")
     if run.disabled:
-        index = store.read(project, name)
+        index = stored
         entry = _resolve(index, spec, ref)
     else:
         with store.locked(project, name) as index:

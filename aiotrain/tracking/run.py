@@ -122,6 +122,7 @@ class Run:
         self._queue.append(record)
         self.summary.update(metrics)
         writer = self._writer
+        assert writer is not None  # a queue means a writer
         if now - writer.last_kick >= writer.FLUSH_INTERVAL_S or len(self._queue) >= writer.FLUSH_RECORDS:
             writer.kick(now)
 

@@ -109,9 +109,9 @@ class TrainingSnapshot:
         """Put every saved value back in place (compute work: call it off the event loop)."""
         for live, saved in self._tensors:
             _put_back(live, saved)
-        for p, grad, saved in self._grads:
-            if grad is not None and saved is not None:
-                _put_back(grad, saved)
+        for p, grad, saved_grad in self._grads:
+            if grad is not None and saved_grad is not None:
+                _put_back(grad, saved_grad)
             p.grad = grad
         for module, training in self._modes:
             module.training = training
