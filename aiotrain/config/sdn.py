@@ -38,9 +38,10 @@ _KEYWORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "nil": 
 _NUM_START = frozenset("-0123456789")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _HEX = frozenset("0123456789abcdefABCDEF")
-_INT_RANGES: dict[str, tuple[int, int] | tuple[None, None]] = {"i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
-               "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
-               "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
+_INT_RANGES: dict[str, tuple[int, int] | tuple[None, None]] = {
+    "i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
+    "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
+    "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
 _COLUMN_TYPES = frozenset([*_INT_RANGES, "f32", "f64", "float", "bool", "str"])
 _BLOCK = object()  # "the value is an indented block" marker
 
@@ -234,7 +235,8 @@ def _unclosed(s: str, ln: int, stack: list[list[Any]]) -> SdnError:
 
 # --------------------------------------------------------------------------- tables
 
-def _row(s: str, pos: int, ln: int, depth: int, width: int, closer: str = "") -> tuple[list[Any], int]:
+def _row(s: str, pos: int, ln: int, depth: int, width: int,
+         closer: str = "") -> tuple[list[Any], int]:
     """Comma-separated cells from ``pos`` to the line's end (or ``closer``).
 
     Each cell is ``(value, bare_text_or_None, column)``; the bare text lets ``str`` columns keep
@@ -553,7 +555,8 @@ class _Parser:
         if self.record is not None:
             self.record[(*top.path, key)] = (idx, ind, span)
 
-    def _expect_block(self, kind: str, container: Any, top: _Frame, key: str, columns: list[str] | None) -> Any:
+    def _expect_block(self, kind: str, container: Any, top: _Frame, key: str,
+                      columns: list[str] | None) -> Any:
         self.pending = _Frame(kind, container, -1, (*top.path, key), columns)
         return container
 
