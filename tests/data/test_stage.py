@@ -245,9 +245,9 @@ def test_workers_zero_without_transform_is_todays_path():
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+    with pytest.raises(ValueError, match="workers must be a non-negative integer"):
         AsyncLoader(SyncItems(), 4, workers=-1)
-    with pytest.raises(ValueError, match="skip_errors must be an integer >= 0"):
+    with pytest.raises(ValueError, match="skip_errors must be a non-negative integer"):
         AsyncLoader(SyncItems(), 4, skip_errors=1.5)
     with pytest.raises(TypeError, match="transform must be callable"):
         AsyncLoader(SyncItems(), 4, transform="flip")
