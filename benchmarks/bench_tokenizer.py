@@ -133,7 +133,7 @@ async def first_step_in_workers(worker: ComputeWorker, layers: int, width: int,
     loader = AsyncLoader(Texts(), len(TEXTS), transform=encoder(tc), workers=1,
                          worker_init=tc.load)
     async with loader:
-        await loader.start()  # the worker loads the tokenizer while we build the model
+        await loader.astart()  # the worker loads the tokenizer while we build the model
         model, _ = await timed_setup(worker, layers, width)
         async for batch in loader:
             await worker.call(train_step, model, batch.tolist())

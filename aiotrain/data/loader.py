@@ -324,7 +324,7 @@ class AsyncLoader(_StreamingLoader):
     transform, ``collate_fn``) in N forked worker processes, started on first use and reused
     across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
     this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
-    open a connection); ``await loader.start()`` starts the workers ahead of the first batch, so
+    open a connection); ``await loader.astart()`` starts the workers ahead of the first batch, so
     that work overlaps whatever this process does meanwhile (building the model). Close the loader
     (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
     stream stops them too.
@@ -408,7 +408,7 @@ class AsyncLoader(_StreamingLoader):
         """Process ids of the live worker processes (empty with ``workers=0`` or when stopped)."""
         return [] if self._pool is None else self._pool.pids
 
-    async def start(self) -> AsyncLoader:
+    async def astart(self) -> AsyncLoader:
         """Start the worker processes now (they also start with the first stream); their
         ``worker_init`` runs while this process goes on. No-op with ``workers=0``."""
         if self.workers:
