@@ -1,8 +1,9 @@
-"""``aiotrain train CONFIG.sdn [--mode=...] [--resume] [key=value ...]``.
+"""``aiotrain train CONFIG.sdn [--mode=...] [--resume [RUN]] [--force] [key=value ...]``.
 
-Exit codes: 0 trained (or check_only passed), 1 validation errors, 2 usage or config errors,
-130 interrupted (Ctrl-C: the step in flight finishes, pending checkpoint writes are flushed, the
-tracked run is marked, then the process exits).
+Exit codes: 0 trained (or check_only passed), 1 validation errors or a failed run (a non-finite
+loss or score under ``train.on_nan = stop``), 2 usage or config errors (one line, no traceback),
+130 interrupted (Ctrl-C or SIGTERM: the step in flight finishes, a final ``last`` checkpoint is
+written at that point, the run is marked, and the message says how to continue).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, SDN values")
     p.add_argument("--mode", default=ValidationMode.TRAIN_ONLY.value,
                    choices=[m.value for m in ValidationMode], help="validation mode")
-    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the newest run of the project (or RUN, an id or name)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even though the config differs from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -40,12 +44,16 @@ def load_config(path: str, overrides: list[str]) -> object:
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit code."""
     args = _parser().parse_intermixed_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume:  # `--resume key=value`: an override
+        args.overrides.insert(0, args.resume)
+        args.resume = True
     from ..job import TrainJob  # heavy imports after argument errors are out of the way
     from ..runtime import run
 
     try:
         cfg = load_config(args.config, args.overrides)
-        job = TrainJob(cfg, mode=args.mode, resume=args.resume, progress=not args.no_progress)
+        job = TrainJob(cfg, mode=args.mode, resume=args.resume, force=args.force,
+                       progress=not args.no_progress)
     except (ConfigError, OSError) as exc:
         return _fail(args.config, exc)
 
@@ -58,10 +66,15 @@ def main(argv: list[str]) -> int:
             result = await job.run()
             if result.state is not None:
                 shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
-                print(f"done: epoch {result.state.epoch}, iteration {result.state.iteration}  {shown}")
+                print(f"{result.status}: epoch {result.state.epoch}, iteration "
+                      f"{result.state.iteration}  {shown}".rstrip())
             return result.exit_code
         except asyncio.CancelledError:
-            print("interrupted: pending checkpoint writes flushed; run marked", file=sys.stderr)
+            where = (f"checkpoint {job.stop_checkpoint}; continue with: aiotrain train "
+                     f"{args.config} --resume {job.identity.id}"
+                     if job.stop_checkpoint is not None and job.identity is not None
+                     else "no checkpoint written")
+            print(f"interrupted: {where}", file=sys.stderr)
             return INTERRUPTED
         except ConfigError as exc:
             return _fail(args.config, exc)
