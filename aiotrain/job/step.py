@@ -73,17 +73,17 @@ class TrainStep:
             loss = self.loss_fn(self.net(x), y)
         if self.on_nan != "ignore" and not bool(torch.isfinite(loss)):
             if self.on_nan == "stop":
-                raise NonFiniteError("the training loss", float(loss), st.epoch, st.iteration)
+                raise NonFiniteError("the training loss", float(loss.detach()), st.epoch, st.iteration)
             self._poisoned = True
         if not self._poisoned:
             scaled = loss / group if group > 1 else loss
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-        out: dict[str, Any] = {"loss": loss.detach()}
+        # the rate this step's update uses (before a per-iteration schedule moves it)
+        out: dict[str, Any] = {"loss": loss.detach(), "lr": float(self.optimizer.param_groups[0]["lr"])}
         if last:
             norm = self._finish_group(st)
             if norm is not None:
                 out["grad_norm"] = norm
-        out["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return out
 
     def _finish_group(self, st: Any) -> torch.Tensor | None:
