@@ -289,7 +289,7 @@ class TrainJob:
             return
         self.stop_checkpoint = ctx.last.last_checkpoint
         st = ctx.trainer.state
-        self.echo(f"interrupted at epoch {st.epoch}, iteration {st.iteration}: saved "
+        self.echo(f"interrupted after iteration {st.iteration} (epoch {st.epoch}): saved "
                   f"{self.stop_checkpoint}; continue with --resume {ctx.identity.id}")
 
     async def _end(self, ctx: JobContext, status: str, error: str | None) -> None:
