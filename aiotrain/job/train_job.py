@@ -219,6 +219,8 @@ class TrainJob:
             part.attach(ctx)
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
+        if run is not None:  # its folder exists from now on: a SIGKILL leaves it resumable
+            await run.__aenter__()
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
                         run_dir=str(run.dir) if run is not None else None)

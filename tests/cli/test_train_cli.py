@@ -53,6 +53,12 @@ def test_failing_validation_exits_1(tmp_path):
     (["examples/digits.sdn", "task=nowhere.mod:build"], "task"),
     (["examples/digits.sdn", "noequals"], "noequals"),
     (["missing.sdn"], "missing.sdn"),
+    (["examples/digits.sdn", "train.max_epoch=2"], "did you mean train.max_epochs?"),
+    (["examples/digits.sdn", "tracking.mode=ofline"], "tracking.mode = 'ofline'"),
+    (["examples/digits.sdn", "checkpoint.n_saved=-1"], "checkpoint.n_saved = -1"),
+    (["examples/digits.sdn", "train.device=cpux"], "train.device = 'cpux'"),
+    (["examples/digits.sdn", 'train.max_epochs="3"'], "train.max_epochs = '3'"),
+    (["examples/digits.sdn", "--resume", "nosuchrun"], "resume: no run 'nosuchrun'"),
 ])
 def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     r = train(tmp_path, *args)
@@ -68,20 +74,6 @@ def test_syntax_error_names_file_line_col(tmp_path):
     r = train(tmp_path, str(bad))
     assert r.returncode == 2
     assert f"{bad}:3:" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_resume_continues_from_latest_checkpoint(tmp_path):
-    first = train(tmp_path, "examples/digits.sdn", "train.max_epochs=2", "train.patience=null")
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = train(tmp_path, "examples/digits.sdn", "train.max_epochs=3", "train.patience=null",
-                   "--resume")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resume: from" in second.stdout and "epoch 2" in second.stdout
-    epochs = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
-    assert [ln.split(":")[0] for ln in epochs] == ["epoch 3"]
-    last = _checkpoints(tmp_path, "last")[-1]
-    state = torch.load(last, weights_only=True)
-    assert state["trainer"]["epoch"] == 3
 
 
 def test_console_script_finds_the_task_from_the_working_directory(tmp_path):
@@ -104,13 +96,13 @@ def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
     env = {**os.environ, "AIOTRAIN_DIR": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
            "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "aiotrain", "train", "examples/digits.sdn",
-                             "train.max_epochs=500", "train.patience=null", "--no-progress"],
+                             "train.max_epochs=3", "train.patience=null", "--no-progress"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
-            if line.startswith("epoch 2:"):
+            if line.startswith("epoch 1:"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -118,8 +110,19 @@ def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err and "Traceback" not in err
-    latest = Checkpoint.latest(tmp_path / "store" / "checkpoints" / "digits" / "default", "last")
-    assert latest is not None
+    assert "interrupted: checkpoint " in err and "--resume " in err and "Traceback" not in err
+    (record,) = (tmp_path / "store" / "checkpoints" / "digits").glob("*/run.sdn")
+    assert sdn.loads(record.read_text())["status"] == "interrupted"
+    latest = Checkpoint.latest(record.parent, "last")
+    assert latest is not None and str(latest) in err
     (meta,) = (tmp_path / "store" / "runs" / "digits").glob("*/metadata.sdn")
     assert sdn.loads(meta.read_text())["status"] == "interrupted"
+    # the stop point is where the run continues: same run, appended, finished once resumed
+    again = train(tmp_path, "examples/digits.sdn", "train.max_epochs=3", "train.patience=null",
+                  "--resume", record.parent.name)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resume: run {record.parent.name} from {latest}" in again.stdout
+    assert sdn.loads(meta.read_text())["status"] == "finished"
+    refused = train(tmp_path, "examples/digits.sdn", "--resume")
+    assert refused.returncode == 2 and "finished" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
