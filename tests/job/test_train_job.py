@@ -13,7 +13,6 @@ from aiotrain.job import TrainJob
 from aiotrain.job.identity import ResumeError
 from aiotrain.runtime import run
 from aiotrain.tracking.reader import load_run
-
 from tests.job import tiny_task
 
 
