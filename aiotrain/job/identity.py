@@ -17,7 +17,6 @@ train, where, how strictly to check); ``--force`` overrides the config check onl
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 from ..config import ConfigError, sdn
 from ..files import atomic_write
+from ..tracking.reader import _process_alive as process_alive
+from ..tracking.system import system_info
 
 __all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "find_run"]
 
@@ -51,8 +52,8 @@ class RunIdentity:
     def write(self, status: str, **fields: Any) -> None:
         """Rewrite ``run.sdn`` atomically with ``status`` and ``fields`` (blocking: I/O thread)."""
         self.record.update(fields, id=self.id, project=self.project, name=self.name,
-                           status=status, pid=os.getpid(), host=socket.gethostname(),
-                           updated_at=time.time())
+                           status=status, pid=os.getpid(),
+                           system={"hostname": system_info()["hostname"]}, updated_at=time.time())
         self.record.setdefault("created_at", self.record["updated_at"])
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / RECORD, sdn.dumps(_plain(self.record)))
@@ -140,15 +141,6 @@ def _plain(value: Any) -> Any:
 
 def _alive(record: dict[str, Any]) -> bool:
     """Whether the process that wrote a "running" record still runs (another host: assume so)."""
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return True
-    if pid == os.getpid():
+    if record.get("pid") == os.getpid():  # this process: whatever ran here has ended
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(record)

@@ -12,6 +12,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+# The first optimizer construction imports torch._dynamo (some 800 modules: seconds on a busy
+# machine), holding the GIL in long stretches, so no thread of the process, the event loop's
+# included, gets to run meanwhile; doing it in a worker thread does not help. Importing it with
+# the pipeline pays that once, before a service starts serving, not during its first job.
+import torch._dynamo  # noqa: F401, E402, I001
+
 from ..config import Config, ConfigError
 from ..runtime import to_compute, to_io
 
@@ -94,9 +100,8 @@ def _check(task: Task, spec: str) -> None:
 
 
 def _warm_up() -> None:
-    """First-use initialisation that would otherwise run inside the factory: the first optimizer
-    construction imports a good part of torch (seconds on a busy machine), which an ``async``
-    factory would do on the loop. Done here, on an I/O thread, it costs the loop nothing."""
+    """First-use initialisation that would otherwise run inside the factory (an ``async`` one
+    runs on the loop): the optimizers' and schedulers' first construction, on an I/O thread."""
     p = torch.nn.Parameter(torch.zeros(1))
     for opt in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
         opt([p], lr=0.1)
