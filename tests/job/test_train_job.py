@@ -183,3 +183,14 @@ def test_parts_listeners_and_task_handlers_run_in_order(tmp_path):
     assert [s[0] for s in scores] == [1, 2] and scores[0][2] == ["loss"]
     assert order == ["part@1", "part@2"]
     assert tiny_task._ORDER["t1"] == ["task@1", "task@2"]
+
+
+def test_a_task_may_supply_its_own_train_step_but_not_with_builtin_step_settings(tmp_path):
+    from aiotrain.config import ConfigError
+
+    outputs = []
+    j = job(tmp_path, over={"data.custom_step": True, "train.max_epochs": 1},
+            parts=[(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))])
+    assert run(j.run()).exit_code == 0 and outputs and outputs[0]["custom"] == 1.0
+    with pytest.raises(ConfigError, match="train.grad_clip: applied by the built-in train step"):
+        run(job(tmp_path, over={"data.custom_step": True, "train.grad_clip": 1.0}).run())

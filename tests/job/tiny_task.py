@@ -46,12 +46,21 @@ def build(cfg: Any) -> Task:
             _calls[0] += 1 if torch.is_grad_enabled() else 0
             loss = nn.functional.mse_loss(out, target)
             return loss * float("nan") if _calls[0] >= nan_from else loss
+    train_step = None
+    if cfg.data.get("custom_step"):
+        def train_step(engine: Any, batch: Any) -> dict[str, Any]:
+            opt.zero_grad()
+            loss = loss_fn(model(batch[0]), batch[1])
+            loss.backward()
+            opt.step()
+            return {"loss": loss.detach(), "custom": 1.0}
     handlers = list(cfg.data.get("handlers_log") and [_order_part(cfg.data.handlers_log)] or [])
     return Task(model=model, optimizer=opt, loss_fn=loss_fn,
                 train_loader=AsyncLoader(train, cfg.data.batch_size, shuffle=True, seed=cfg.seed),
                 val_loader=AsyncLoader(Pairs(x[:16], y[:16]), 16),
                 metrics={"loss": Loss(nn.MSELoss())}, score_name="loss", score_mode="min",
-                resources=[AsyncResource()], handlers=handlers)
+                resources=[AsyncResource()], handlers=handlers,
+                train_step=train_step)
 
 
 _ORDER: dict[str, list[str]] = {}
