@@ -212,9 +212,18 @@ class TrackTrain:
     """Log the step's scalars (loss, lr, grad_norm) every ``train.log_every`` iterations."""
 
     def attach(self, ctx: JobContext) -> None:
-        if ctx.run is not None:
-            TrackingHandler(ctx.run, tag="train").attach(
-                ctx.trainer, Events.ITERATION_COMPLETED(every=ctx.settings.train.log_every))
+        if not ctx.main or ctx.settings.tracking.mode == "disabled":
+            return
+        handlers: list[TrackingHandler] = []
+
+        def log(engine: Any) -> None:  # ctx.run is set once a resumed run's checkpoint loaded
+            if ctx.run is None:
+                return
+            if not handlers:
+                handlers.append(TrackingHandler(ctx.run, tag="train"))
+            handlers[0](engine)
+
+        ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED(every=ctx.settings.train.log_every), log)
 
 
 class Progress:

@@ -202,7 +202,9 @@ class TrainJob:
         evaluator = Engine(EvalStep(net, prepare, device, s.train.precision))
         evaluator.add_metrics(task.metrics)
         self.trainer, self.evaluator = trainer, evaluator
-        run = await self._open_run(resumed.id if resumed is not None else None)
+        # a new run is named after its tracked run; a resumed one reopens its tracked run only
+        # once its checkpoint has loaded, so a refused resume leaves that run as it was
+        run = await self._open_run(None) if resumed is None else None
         identity = resumed or await self._identity(run)
         self.identity = identity
         ctx = JobContext(s, task, trainer, evaluator, run, identity, self.echo, main, self.stop,
@@ -219,6 +221,7 @@ class TrainJob:
             part.attach(ctx)
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
+            run = ctx.run = await self._open_run(resumed.id)
         if run is not None:  # its folder exists from now on: a SIGKILL leaves it resumable
             await run.__aenter__()
         if main:

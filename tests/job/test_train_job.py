@@ -114,6 +114,8 @@ def test_resume_with_an_unloadable_checkpoint_is_an_error_naming_it(tmp_path, da
         run(job(tmp_path, resume=True).run())
     assert str(path) in err.value.msg and why in err.value.msg, err.value.msg
     assert "weights_only=False" not in err.value.msg and "starting fresh" not in err.value.msg
+    meta = sdn.load(tmp_path / "runs" / "tiny" / first.identity.id / "metadata.sdn")
+    assert meta["status"] == "interrupted" and status(first) == "interrupted"  # left as it was
 
 
 def test_a_nan_loss_fails_the_run_without_a_best_checkpoint_or_alias(tmp_path):
