@@ -16,7 +16,7 @@ from aiotrain.config import sdn
 from aiotrain.tracking.reader import load_run
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["data.files=3", "data.max_bytes=3000", "data.batch_size=8", "model.dim=16",
+TINY = ["data.files=3", "data.max_bytes=1500", "data.batch_size=8", "model.dim=16",
         "model.heads=2", "model.layers=1", "model.context=16", "train.max_epochs=2",
         "train.log_every=5", "checkpoint.every=5", "--no-progress"]
 
