@@ -11,7 +11,6 @@ bit-identically too.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -160,7 +159,3 @@ class EvalStep:
                 out = out.float()
             return out, y
 
-
-def is_finite(value: Any) -> bool:
-    """Whether a score (number or 0-d tensor) is finite."""
-    return math.isfinite(float(value))
