@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         job = TrainJob(cfg, mode=args.mode, resume=args.resume, force=args.force,
                        progress=not args.no_progress)
     except (ConfigError, OSError) as exc:
-        return _fail(args.config, exc)
+        return _fail(args.config, exc, args.overrides)
 
     async def go() -> int:
         task = asyncio.current_task()
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
             print(f"interrupted: {where}", file=sys.stderr)
             return INTERRUPTED
         except ConfigError as exc:
-            return _fail(args.config, exc)
+            return _fail(args.config, exc, args.overrides)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
@@ -85,10 +85,30 @@ def main(argv: list[str]) -> int:
     return run(go())
 
 
-def _fail(path: str, exc: BaseException) -> int:
-    """One line on stderr: ``FILE:LINE:COL: message`` where the error has a position."""
+def _fail(path: str, exc: BaseException, overrides: list[str] = ()) -> int:
+    """One line on stderr: ``FILE:LINE:COL: message`` where the error has a position, or names
+    a key written in the file (not one given as an override)."""
     line, col = getattr(exc, "line", None), getattr(exc, "col", None)
+    if line is None:
+        line, col = _locate(path, getattr(exc, "full_key", None), overrides) or (None, None)
     where = f"{getattr(exc, 'path', None) or path}:{line}:{col}: " if line else f"{path}: "
     message = getattr(exc, "msg", None) or str(exc)
     print(f"aiotrain train: {where}{message}", file=sys.stderr)
     return USAGE_ERROR
+
+
+def _locate(path: str, key: str | None, overrides: list[str]) -> tuple[int, int] | None:
+    """Line and column of ``key`` in the config file, when the file sets it."""
+    if not key or any(o.partition("=")[0].strip() == key for o in overrides):
+        return None
+    from ..config.sdn import SdnDocument, split_path
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = SdnDocument(f.read()).entries.get(tuple(split_path(key)))
+    except (OSError, ConfigError, ValueError):
+        return None
+    if entry is None:
+        return None
+    idx, indent, _ = entry
+    return idx + 1, indent + 1

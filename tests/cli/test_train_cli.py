@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +65,15 @@ def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and fragment in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_bad_key_written_in_the_file_names_its_line(tmp_path):
+    bad = tmp_path / "bad.sdn"
+    bad.write_text("task: examples.digits:build\ntrain:\n  max_epochs = 2\n  patiense = 3\n")
+    r = train(tmp_path, str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"aiotrain train: {bad}:4:3: train.patiense: unknown key in the "
+                                "runtime's 'train' section; did you mean train.patience?")
 
 
 def test_syntax_error_names_file_line_col(tmp_path):
