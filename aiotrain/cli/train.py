@@ -1,26 +1,26 @@
 """``aiotrain train CONFIG.sdn [--mode=...] [--resume [RUN]] [--force] [key=value ...]``.
 
-Exit codes: 0 trained (or check_only passed), 1 validation errors or a failed run (a non-finite
-loss or score under ``train.on_nan = stop``), 2 usage or config errors (one line, no traceback),
-130 interrupted (Ctrl-C or SIGTERM: the step in flight finishes, a final ``last`` checkpoint is
-written at that point, the run is marked, and the message says how to continue).
+Exit codes (:mod:`aiotrain.errors`): 0 trained (or check_only passed), 1 validation errors or a
+failed run (a non-finite loss or score under ``train.on_nan = stop``), 2 usage or config errors
+(one line, ``FILE:LINE:COL:`` when the key is written in the config file), 130 interrupted
+(Ctrl-C or SIGTERM: the step in flight finishes, a final ``last`` checkpoint is written at that
+point, the run is marked, and the message says how to continue).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 
-from ..config import Conf, ConfigError
+from ..config import Conf, Config, ConfigError
+from ..errors import ExitCode, UserError
 from ..validation import ValidationMode
+from .command import Parser, run_command
 
-USAGE_ERROR, INTERRUPTED = 2, 130
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aiotrain train", description=__doc__.splitlines()[0])
+def _parser() -> Parser:
+    p = Parser(prog="aiotrain train", description="train a model from an SDN config")
     p.add_argument("config", help="the SDN config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, SDN values")
     p.add_argument("--mode", default=ValidationMode.TRAIN_ONLY.value,
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(path: str, overrides: list[str]) -> object:
+def load_config(path: str, overrides: list[str]) -> Config:
     """Load ``path``, merge the dotlist overrides and resolve interpolations."""
     cfg = Conf.load_sdn(path)
     if overrides:
@@ -42,7 +42,11 @@ def load_config(path: str, overrides: list[str]) -> object:
 
 
 def main(argv: list[str]) -> int:
-    """Run the command; returns the exit code."""
+    """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain train", lambda: _train(argv))
+
+
+def _train(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     if isinstance(args.resume, str) and "=" in args.resume:  # `--resume key=value`: an override
         args.overrides.insert(0, args.resume)
@@ -54,11 +58,14 @@ def main(argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides)
         job = TrainJob(cfg, mode=args.mode, resume=args.resume, force=args.force,
                        progress=not args.no_progress)
-    except (ConfigError, OSError) as exc:
-        return _fail(args.config, exc, args.overrides)
+    except OSError as exc:
+        raise UserError.from_os(exc, args.config) from None
+    except ConfigError as exc:
+        raise _user_error(exc, args.config, args.overrides) from None
 
     async def go() -> int:
         task = asyncio.current_task()
+        assert task is not None  # go() runs as the main task of run()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, task.cancel)
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
@@ -75,30 +82,27 @@ def main(argv: list[str]) -> int:
                      if job.stop_checkpoint is not None and job.identity is not None
                      else "no checkpoint written")
             print(f"interrupted: {where}", file=sys.stderr)
-            return INTERRUPTED
-        except ConfigError as exc:
-            return _fail(args.config, exc, args.overrides)
+            return ExitCode.INTERRUPTED
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
 
-    return run(go())
+    try:
+        return run(go())
+    except ConfigError as exc:
+        raise _user_error(exc, args.config, args.overrides) from None
 
 
-def _fail(path: str, exc: BaseException, overrides: list[str] = ()) -> int:
-    """One line on stderr: ``FILE:LINE:COL: message`` where the error has a position, or names
-    a key written in the file (not one given as an override)."""
-    line, col = getattr(exc, "line", None), getattr(exc, "col", None)
-    if line is None:
-        line, col = _locate(path, getattr(exc, "full_key", None), overrides) or (None, None)
-    where = f"{getattr(exc, 'path', None) or path}:{line}:{col}: " if line else f"{path}: "
-    message = getattr(exc, "msg", None) or str(exc)
-    print(f"aiotrain train: {where}{message}", file=sys.stderr)
-    return USAGE_ERROR
+def _user_error(exc: ConfigError, path: str, overrides: list[str]) -> UserError:
+    """The user error for a config error, placed at the key's line when the file sets it."""
+    err = UserError.from_config(exc, path)
+    if err.line is None:
+        err.line, err.col = _locate(path, exc.full_key, overrides) or (None, None)
+    return err
 
 
 def _locate(path: str, key: str | None, overrides: list[str]) -> tuple[int, int] | None:
-    """Line and column of ``key`` in the config file, when the file sets it."""
+    """Line and column of ``key`` in the config file, when the file sets it (not an override)."""
     if not key or any(o.partition("=")[0].strip() == key for o in overrides):
         return None
     from ..config.sdn import SdnDocument, split_path

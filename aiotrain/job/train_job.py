@@ -288,7 +288,7 @@ class TrainJob:
             return
         try:
             await ctx.last(ctx.trainer)
-            await ctx.last.flush()
+            await ctx.last.aflush()
         except Exception as exc:  # the run is still marked; say why nothing was kept
             self.echo(f"interrupted: the final checkpoint failed: {exc}")
             return
