@@ -207,6 +207,7 @@ class TrainJob:
             run = await to_io(functools.partial(
                 Track.run, s.tracking.project, name=s.tracking.name, config=Conf.to_dict(self.cfg),
                 tags=tuple(s.tracking.tags), notes=s.tracking.notes, dir=str(self.root)))
+            await run.astart()  # its folder, periodic flush and system metrics sampler
         last, best = self._attach(trainer, evaluator, task, run)
         if self.resume:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._resume, last)

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from ..config import Conf, ConfigError
 from ..validation import ValidationMode
@@ -59,6 +60,8 @@ def main(argv: list[str]) -> int:
             if result.state is not None:
                 shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
                 print(f"done: epoch {result.state.epoch}, iteration {result.state.iteration}  {shown}")
+            if result.run_dir:
+                print(f"dashboard: aiotrain runs serve --dir {Path(result.run_dir).parents[2]}")
             return result.exit_code
         except asyncio.CancelledError:
             print("interrupted: pending checkpoint writes flushed; run marked", file=sys.stderr)
