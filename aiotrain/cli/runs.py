@@ -1,6 +1,6 @@
 """``aiotrain runs``: list, show, compare, plot, export, delete and serve tracked runs.
 
-    aiotrain runs ls [--project P] [--columns K,K] [--filter EXPR]... [--sort [-]KEY] [--dir ROOT]
+    aiotrain runs ls [--project P] [--columns K,K] [--filter EXPR]... [--sort=[-]KEY] [--dir ROOT]
     aiotrain runs show RUN [--dir ROOT]
     aiotrain runs compare RUN RUN... [--all] [--dir ROOT]
     aiotrain runs plot RUN... --metric M [--metric M]... [--x step|time] [-o FILE.png] [--dir ROOT]
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--columns", default="", help="extra columns: config.KEY or metric names, comma-separated")
     ls.add_argument("--filter", action="append", default=[], metavar="EXPR",
                     help="KEY OP VALUE, OP one of = != < <= > >= ~ (repeatable: all must hold)")
-    ls.add_argument("--sort", metavar="[-]KEY", help="sort by KEY (-KEY: descending)")
+    ls.add_argument("--sort", metavar="[-]KEY", help="sort by KEY; --sort=-KEY: descending")
     show = sub.add_parser("show", help="a run's metadata, config and summary")
     show.add_argument("run")
     compare = sub.add_parser("compare", help="config differences and summaries of runs side by side")
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
 def _one_line(exc: BaseException) -> str:
     text = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
     text = text.splitlines()[0] if text else type(exc).__name__
-    return text if text.startswith("aiotrain runs:") else f"aiotrain runs: {text}"
+    return text if text.startswith("aiotrain runs") else f"aiotrain runs: {text}"
 
 
 def _root(args: argparse.Namespace) -> Path:
