@@ -174,7 +174,7 @@ class Dashboard:
             "project": record.project, "status": record.status, "tags": record.tags,
             "notes": meta.get("notes") or "", "created": meta.get("created_at"),
             "finished": meta.get("finished_at"), "error": meta.get("error"), "config": record.config,
-            "summary": {k: v for k, v in record.summary.items() if not isinstance(v, dict)},
+            "summary": _summary(record.summary, metrics),
             "system": meta.get("system") or {}, "metric_keys": metrics.keys(), "system_keys": system.keys(),
             "images": media["image"], "histograms": media["histogram"], "tables": media["table"],
             "artifacts": {"logged": logged, "used": used}})
@@ -324,6 +324,13 @@ def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[
     return out
 
 
+def _summary(stored: dict[str, Any], metrics: SeriesFile) -> dict[str, Any]:
+    """summary.sdn's scalars; a run still being written has none yet: its last logged values."""
+    if stored:
+        return {k: v for k, v in stored.items() if not isinstance(v, dict)}
+    return {k: float(c.value[-1]) for k in metrics.keys() if (c := metrics.column(k)) is not None}
+
+
 def _thin(entries: list[Any], n: int) -> list[Any]:
     """At most ``n`` entries spread evenly, the last one always kept."""
     if len(entries) <= n:
@@ -337,8 +344,8 @@ def _keys(rows: list[RunRow]) -> tuple[list[str], list[str], list[str]]:
     config, metrics = Counter(), Counter()
     values: dict[str, set[str]] = {}
     for row in rows:
-        config.update(row.config)
-        metrics.update(row.summary)
+        config.update(row.config.keys())  # keys, not the mapping: Counter would add its values
+        metrics.update(row.summary.keys())
         for k, v in row.config.items():
             values.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
     varying = [k for k, _ in config.most_common() if len(values[k]) > 1]

@@ -85,6 +85,27 @@ def _points(driver):
         ".map(d => (d.data || []).reduce((n, t) => n + (t.x ? t.x.length : 0), 0));")
 
 
+class _Wait:
+    """WebDriverWait that, on a timeout, saves a screenshot and says what the page logged."""
+
+    def __init__(self, driver, tmp_path, timeout=60):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.tmp_path = driver, tmp_path
+        self.inner = WebDriverWait(driver, timeout, poll_frequency=0.2)
+
+    def until(self, condition):
+        from selenium.common.exceptions import TimeoutException
+
+        try:
+            return self.inner.until(condition)
+        except TimeoutException:
+            self.driver.save_screenshot(str(self.tmp_path / "failure.png"))
+            logs = [e["message"] for e in self.driver.get_log("browser")]
+            pytest.fail(f"page never got there (screenshot {self.tmp_path / 'failure.png'}); "
+                        f"console: {logs}; charts: {_points(self.driver)}")
+
+
 def test_dashboard_in_a_browser_on_a_live_run(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -92,11 +113,13 @@ def test_dashboard_in_a_browser_on_a_live_run(tmp_path):
 
     root = tmp_path / "track"
     Track.set_dir(root)
+    baselines = []
     try:
         for i, lr in enumerate([0.2, 0.1]):  # finished runs to compare with
             with Track.run("demo", name=f"baseline-{i}", config={"lr": lr, "model": "linear"}, tags=["baseline"]) as r:
                 for s in range(300):
                     r.log({"train/loss": (1.5 + i) * 0.99 ** s + 0.05}, step=s + 1)
+            baselines.append(r.id)
     finally:
         Track.set_dir(None)
     env = {**os.environ, "AIOTRAIN_DIR": str(root), "OMP_NUM_THREADS": "1"}
@@ -116,13 +139,14 @@ def test_dashboard_in_a_browser_on_a_live_run(tmp_path):
             options.add_argument(arg)
         driver = webdriver.Chrome(service=Service(DRIVER), options=options)
         driver.get(url)
-        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        wait = _Wait(driver, tmp_path)
         wait.until(lambda d: len(d.find_elements("css selector", "#runs tbody tr")) == 3)
         rows = driver.find_elements("css selector", "#runs tbody tr")
         assert {r.get_attribute("data-key") for r in rows} >= {f"demo/{run_id}"}
         assert "live-run" in driver.find_element("css selector", "#runs").text
         # the newest run (the live one) is selected; add a baseline to overlay
-        driver.find_element("css selector", "#runs tbody tr:first-child input.pick").click()
+        wait.until(lambda d: d.find_elements("css selector", f'#runs tr[data-key="demo/{run_id}"] input:checked'))
+        driver.find_element("css selector", f'#runs tr[data-key="demo/{baselines[1]}"] input.pick').click()
         wait.until(lambda d: _points(d) and _points(d)[0] > 0)
         wait.until(lambda d: len(d.find_elements("css selector", "#compare table.diff")) == 1)
         before = sum(_points(driver))

@@ -6,7 +6,7 @@
 const $ = (sel, el = document) => el.querySelector(sel);
 const view = () => $("#view");
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const fmt = (v) => (v === null || v === undefined ? "-" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : Array.isArray(v) ? v.join(",") : String(v));
+const fmt = (v) => (v === null || v === undefined ? "-" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)))) : Array.isArray(v) ? v.join(",") : String(v));
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "-");
 const dur = (s) => { if (s === null || s === undefined) return "-"; s = Math.round(s); const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, x = s % 60; return (h ? h + ":" + String(m).padStart(2, "0") : m) + ":" + String(x).padStart(2, "0"); };
 const COLORS = ["#2f6fdf", "#e4572e", "#17a398", "#f3a712", "#8c54d0", "#c0392b", "#34495e", "#16a085", "#d35400", "#7f8c8d"];
@@ -193,8 +193,8 @@ function draw(key, i) {
   }).filter(Boolean);
   const total = Object.values(S.data[key] || {}).reduce((n, s) => n + s.total, 0);
   Plotly.react(el, traces, {
-    title: { text: key + (total > 1500 * runs.length ? ` <span style="font-size:11px;color:#888">(${total.toLocaleString()} points, min/max kept)</span>` : ""), font: { size: 13 } },
-    margin: { l: 50, r: 10, t: 32, b: 36 }, showlegend: runs.length > 1, legend: { orientation: "h", y: -0.2 },
+    title: { text: key + (total > 1500 * runs.length ? ` <span style="font-size:11px;color:#888">(${total.toLocaleString()} points, min/max kept)</span>` : ""), font: { size: 13 }, x: 0.01, xanchor: "left" },
+    margin: { l: 50, r: 10, t: 32, b: 36 }, showlegend: runs.length > 1, legend: { orientation: "h", x: 1, xanchor: "right", y: 1.1, font: { size: 11 } },
     xaxis: { title: { text: S.x === "step" ? "step" : "" } }, yaxis: { type: S.log ? "log" : "linear" },
   }, { displaylogo: false, responsive: true });
 }
