@@ -43,6 +43,18 @@ async def _get(client, path, **params):
     return (time.perf_counter() - t0) * 1000, len(body)
 
 
+def _append(path: Path, first: int, end: int, mode: str) -> int:
+    """Write records ``first..end-1`` (step, timestamp, train/loss, lr); returns the file size."""
+    import msgspec
+
+    enc = msgspec.json.Encoder()
+    with open(path, mode) as f:
+        for start in range(first, end, 100_000):
+            f.write(enc.encode_lines([{"step": i, "timestamp": 1.7e9 + i * 0.01, "train/loss": 1.0 / (i + 1),
+                                       "lr": 0.001} for i in range(start, min(end, start + 100_000))]))
+    return os.path.getsize(path)
+
+
 async def chart_data(root: Path, n: int) -> dict:
     import msgspec
     from aiohttp.test_utils import TestClient, TestServer
@@ -54,20 +66,14 @@ async def chart_data(root: Path, n: int) -> dict:
     run_dir.mkdir(parents=True)
     write_sdn(run_dir / "metadata.sdn", {"id": "big", "name": "big", "project": "bench", "status": "finished",
                                         "created_at": 0.0, "finished_at": 1.0, "config": {}})
-    enc = msgspec.json.Encoder()
-    with open(run_dir / "metrics.jsonl", "wb") as f:
-        for start in range(0, n, 100_000):
-            f.write(enc.encode_lines([{"step": i, "timestamp": 1.7e9 + i * 0.01, "train/loss": 1.0 / (i + 1),
-                                       "lr": 0.001} for i in range(start, min(n, start + 100_000))]))
-    size_mb = os.path.getsize(run_dir / "metrics.jsonl") / 2**20
+    size_mb = _append(run_dir / "metrics.jsonl", 0, n, "wb") / 2**20
     client = TestClient(TestServer(dashboard_app(root)))
     await client.start_server()
     try:
         params = {"run": "bench/big", "key": "train/loss", "points": "1500"}
         cold, _ = await _get(client, "/api/series", **params)
         warm = [(await _get(client, "/api/series", **params)) for _ in range(10)]
-        with open(run_dir / "metrics.jsonl", "ab") as f:
-            f.write(enc.encode_lines([{"step": n + i, "timestamp": 0.0, "train/loss": 0.5} for i in range(1000)]))
+        _append(run_dir / "metrics.jsonl", n, n + 1000, "ab")
         append, _ = await _get(client, "/api/series", **params)
     finally:
         await client.close()

@@ -28,9 +28,9 @@ from typing import Any
 from aiohttp import web
 
 from aiotrain import Events
-from aiotrain.dashboard import dashboard_app
 from aiotrain.cli.train import load_config
 from aiotrain.config import ConfigError
+from aiotrain.dashboard import dashboard_app
 from aiotrain.job import TrainJob
 from aiotrain.runtime import to_io
 

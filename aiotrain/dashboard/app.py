@@ -36,7 +36,7 @@ from ..tracking.index import RunIndex, RunRow
 from ..tracking.media import Table
 from ..tracking.reader import load_run
 from ..tracking.run import drain_open_run
-from ..tracking.series import Column, SeriesFile, downsample, read_new_records
+from ..tracking.series import Column, SeriesFile, read_new_records
 from ..tracking.store import check_name, encode_nonfinite, get_dir, read_json
 
 __all__ = ["POLL_S", "dashboard_app"]
@@ -72,8 +72,9 @@ class Dashboard:
         self.index = RunIndex(root)
         self._rows: list[RunRow] = []
         self._rows_at = 0.0
+        self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
         self._rows_lock = asyncio.Lock()
-        self._series: OrderedDict[Path, tuple[SeriesFile, asyncio.Lock]] = OrderedDict()
+        self._series: OrderedDict[Path, SeriesFile] = OrderedDict()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -121,7 +122,9 @@ class Dashboard:
         except ValueError as exc:
             raise _bad(str(exc)) from None
         columns = [c for c in q.get("columns", "").split(",") if c]
-        config_keys, metric_keys, varying = _keys(rows)
+        if self._keys[0] != self.index.generation:
+            self._keys = (self.index.generation, _keys(rows))
+        config_keys, metric_keys, varying = self._keys[1]
         data = [_row(r, columns) for r in shown]
         return _json({"root": str(self.root), "total": len(rows), "rows": data, "config_keys": config_keys,
                       "metric_keys": metric_keys, "varying_config": varying,
@@ -139,18 +142,16 @@ class Dashboard:
     async def history(self, run_dir: Path, which: str) -> SeriesFile:
         """The run's parsed metrics (or system) history, brought up to date."""
         path = run_dir / f"{which}.jsonl"
-        entry = self._series.get(path)
-        if entry is None:
-            entry = self._series[path] = (SeriesFile(path), asyncio.Lock())
+        series = self._series.get(path)
+        if series is None:
+            series = self._series[path] = SeriesFile(path)
             while len(self._series) > _SERIES_FILES:
                 self._series.popitem(last=False)
         self._series.move_to_end(path)
-        series, lock = entry
-        async with lock:
-            try:
-                await to_io(series.refresh)
-            except ValueError as exc:
-                raise _bad(str(exc), 400) from None
+        try:
+            await to_io(series.refresh)
+        except ValueError as exc:
+            raise _bad(str(exc), 400) from None
         return series
 
     async def run_detail(self, request: web.Request) -> web.Response:
@@ -161,12 +162,7 @@ class Dashboard:
             raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
         metrics = await self.history(run_dir, "metrics")
         system = await self.history(run_dir, "system")
-        media: dict[str, dict[str, list[dict[str, Any]]]] = {"image": {}, "histogram": {}, "table": {}}
-        for key, entries in metrics.media.items():
-            for step, value in _thin(entries, 200):
-                kind = value.get("_type")
-                if kind in media:
-                    media[kind].setdefault(key, []).append({"step": step, **value})
+        media, summary = await to_io(_media_and_summary, metrics, record.summary)
         logged, used = await to_io(_artifact_refs, run_dir)
         meta = record.metadata
         return _json({
@@ -174,7 +170,7 @@ class Dashboard:
             "project": record.project, "status": record.status, "tags": record.tags,
             "notes": meta.get("notes") or "", "created": meta.get("created_at"),
             "finished": meta.get("finished_at"), "error": meta.get("error"), "config": record.config,
-            "summary": _summary(record.summary, metrics),
+            "summary": summary,
             "system": meta.get("system") or {}, "metric_keys": metrics.keys(), "system_keys": system.keys(),
             "images": media["image"], "histograms": media["histogram"], "tables": media["table"],
             "artifacts": {"logged": logged, "used": used}})
@@ -204,12 +200,9 @@ class Dashboard:
             files = {which: await self.history(run_dir, which) for which in _FILES}
             cursor[ref] = {which: f.offset for which, f in files.items()}
             for key in keys:
-                column = files[_file_of(key)].column(key)
-                if column is None:
-                    continue
-                total = len(column)
-                small = await to_io(downsample, column, points) if total > points else column
-                out.append({"run": ref, "key": key, "total": total, **_points(small)})
+                found = await to_io(files[_file_of(key)].downsampled, key, points)
+                if found is not None:
+                    out.append({"run": ref, "key": key, "total": found[0], **_points(found[1])})
         return _json({"series": out, "cursor": cursor, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -324,11 +317,20 @@ def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[
     return out
 
 
-def _summary(stored: dict[str, Any], metrics: SeriesFile) -> dict[str, Any]:
-    """summary.sdn's scalars; a run still being written has none yet: its last logged values."""
+def _media_and_summary(metrics: SeriesFile, stored: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Images, histograms and tables by key (at most 200 steps each), and the summary:
+    summary.sdn's scalars, or for a run still being written (none yet) its last logged values."""
+    media: dict[str, dict[str, list[dict[str, Any]]]] = {"image": {}, "histogram": {}, "table": {}}
+    for key, entries in metrics.media_entries().items():
+        for step, value in _thin(entries, 200):
+            kind = value.get("_type")
+            if kind in media:
+                media[kind].setdefault(key, []).append({"step": step, **value})
     if stored:
-        return {k: v for k, v in stored.items() if not isinstance(v, dict)}
-    return {k: float(c.value[-1]) for k in metrics.keys() if (c := metrics.column(k)) is not None}
+        summary = {k: v for k, v in stored.items() if not isinstance(v, dict)}
+    else:
+        summary = {k: float(c.value[-1]) for k in metrics.keys() if (c := metrics.column(k)) is not None}
+    return media, summary
 
 
 def _thin(entries: list[Any], n: int) -> list[Any]:

@@ -1,11 +1,13 @@
 """A cached index of run summaries: one row per run for ``runs ls`` and the dashboard's table.
 
-Loading a run means parsing its metadata.sdn and summary.sdn; with a thousand runs that is
-most of a second. ``RunIndex.refresh`` keeps each run's row and re-reads a run only when one of
-its files changed (size or mtime), so a refresh of an unchanged tree costs a few stat calls per
-run. A run still being written has no summary.sdn yet: its summary is folded from the lines
-appended to metrics.jsonl since the last refresh. ``refresh`` reads the disk: call it from a
-thread (the dashboard uses the I/O executor).
+Loading a run means parsing its metadata.sdn and summary.sdn; with a thousand runs that takes
+seconds. ``RunIndex.refresh`` keeps each run's row and re-reads a run only when one of its files
+changed (size or mtime). A finished run costs one ``stat`` of its folder: its files are replaced
+atomically (``os.replace``), which changes the folder's mtime, and appending to it again means
+resuming, which rewrites metadata.sdn first; a folder changed in the last two seconds is checked
+file by file (coarse mtimes). A run still being written has no summary.sdn yet: its summary is
+folded from the lines appended to metrics.jsonl since the last refresh. ``refresh`` reads the
+disk: call it from a thread (the dashboard uses the I/O executor).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class RunRow:
     config: dict[str, Any]
     summary: dict[str, Any]
     last_write: float
+    _dict: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -52,9 +55,15 @@ class RunRow:
                 "notes": r.metadata.get("notes") or "", "created": r.created_at, "duration": self.duration}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf")."""
-        return {**self.fields(), "key": self.key, "error": self.record.metadata.get("error"),
+        """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf");
+        kept once the run is done (its duration and status no longer move)."""
+        if self._dict is not None:
+            return self._dict
+        data = {**self.fields(), "key": self.key, "error": self.record.metadata.get("error"),
                 "config": self.config, "summary": encode_nonfinite(self.summary)}
+        if data["status"] != "running":
+            self._dict = data
+        return data
 
 
 @dataclass
@@ -63,6 +72,7 @@ class _Entry:
     row: RunRow
     offset: int = 0
     folded: dict[str, Any] = field(default_factory=dict)
+    folder: tuple[int, int] | None = None  # the folder's stamp once the run is done
 
 
 class RunIndex:
@@ -70,32 +80,44 @@ class RunIndex:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._entries: dict[Path, _Entry] = {}
+        self._entries: dict[str, _Entry] = {}
+        self.generation = 0  # bumped whenever a row changed, appeared or went away
 
     def refresh(self) -> list[RunRow]:
         """Every run's row, oldest first; re-reads only runs whose files changed."""
-        seen: dict[Path, _Entry] = {}
-        base = self.root / "runs"
-        projects = sorted(base.iterdir()) if base.is_dir() else []
+        seen: dict[str, _Entry] = {}
+        changed = False
+        base = os.path.join(self.root, "runs")
+        try:
+            projects = sorted(e.path for e in os.scandir(base) if e.is_dir())
+        except FileNotFoundError:
+            projects = []
         for project in projects:
-            if not project.is_dir():
-                continue
-            for run_dir in project.iterdir():
-                entry = self._load(run_dir)
+            for run in os.scandir(project):
+                before = self._entries.get(run.path)
+                entry = self._load(run.path, before)
                 if entry is not None:
-                    seen[run_dir] = entry
+                    seen[run.path] = entry
+                    changed |= entry is not before or entry.row.record.status == "running"
+        if changed or seen.keys() != self._entries.keys():
+            self.generation += 1
         self._entries = seen
         rows = [e.row for e in seen.values()]
         rows.sort(key=lambda r: (r.record.created_at, r.record.id))
         return rows
 
-    def _load(self, run_dir: Path) -> _Entry | None:
-        stamp = tuple(_stat(run_dir / name) for name in ("metadata.sdn", "summary.sdn", "metrics.jsonl"))
+    def _load(self, run_dir: str, entry: _Entry | None) -> _Entry | None:
+        if entry is not None and entry.folder is not None:
+            folder = _stat(run_dir)
+            if folder == entry.folder and time.time() - folder[1] / 1e9 > 2.0:
+                return entry
+        stamp = tuple(_stat(os.path.join(run_dir, name)) for name in ("metadata.sdn", "summary.sdn", "metrics.jsonl"))
         if stamp[0] is None:
             return None  # not a run folder (or being created)
-        entry = self._entries.get(run_dir)
         if entry is not None and entry.stamp == stamp:
+            entry.folder = _stat(run_dir) if entry.folder is not None else None
             return entry
+        folder = _stat(run_dir)
         try:
             record = load_run(run_dir)
         except (OSError, ValueError):  # replaced between stat and read: next refresh sees it
@@ -107,18 +129,21 @@ class RunIndex:
             summary = record.summary
         else:  # still being written: fold the new lines of metrics.jsonl
             try:
-                records, entry.offset = read_new_records(run_dir / "metrics.jsonl", entry.offset)
+                records, entry.offset = read_new_records(Path(run_dir, "metrics.jsonl"), entry.offset)
             except ValueError:
                 records = []
             for r in records:
                 entry.folded.update(r)
             summary = {k: v for k, v in entry.folded.items() if k not in ("step", "timestamp")}
         last_write = max((s[1] / 1e9 for s in stamp if s is not None), default=0.0)
-        entry.row = RunRow(record, flatten(record.config), _scalars(summary), last_write)
+        entry = _Entry(entry.stamp, RunRow(record, flatten(record.config), _scalars(summary), last_write),
+                       entry.offset, entry.folded)
+        done = stamp[1] is not None and record.metadata.get("status") != "running"
+        entry.folder = folder if done else None
         return entry
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:

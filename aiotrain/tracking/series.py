@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,25 +89,40 @@ class _Parts:
 
 
 class SeriesFile:
-    """The columns of one JSON-lines history file, refreshed incrementally (call from a thread:
-    ``refresh`` reads the disk)."""
+    """The columns of one JSON-lines history file, refreshed incrementally. Thread-safe; call it
+    from a thread (``refresh`` reads the disk, ``downsampled`` works through whole columns)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self._parts: dict[str, _Parts] = {}
+        self._small: dict[tuple[str, int], tuple[int, Column]] = {}
         self.media: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
 
     def refresh(self) -> int:
         """Read what was appended since the last call; returns how many records it added."""
-        records, offset = read_new_records(self.path, self.offset)
-        if offset < self.offset or (offset == 0 and self.offset):  # replaced: start over
-            self._parts.clear()
-            self.media.clear()
-        self.offset = offset
-        if records:
-            self._add(records)
-        return len(records)
+        with self._lock:
+            records, offset = read_new_records(self.path, self.offset)
+            if offset < self.offset or (offset == 0 and self.offset):  # replaced: start over
+                self._parts.clear()
+                self._small.clear()
+                self.media.clear()
+            self.offset = offset
+            if records:
+                self._add(records)
+            return len(records)
+
+    def downsampled(self, key: str, points: int) -> tuple[int, Column] | None:
+        """``(total points, downsample(column(key), points))``, cached until the column grows."""
+        with self._lock:
+            column = self._column(key)
+            if column is None:
+                return None
+            cached = self._small.get((key, points))
+            if cached is None or cached[0] != len(column):
+                cached = self._small[key, points] = (len(column), downsample(column, points))
+            return cached
 
     def _add(self, records: list[dict[str, Any]]) -> None:
         n = len(records)
@@ -132,12 +148,22 @@ class SeriesFile:
             parts.value.append(values[keep])
             parts.joined = None
 
+    def media_entries(self) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+        """Non-scalar values (histograms, images, tables) by key, as ``(step, value)`` pairs."""
+        with self._lock:
+            return {k: list(v) for k, v in self.media.items()}
+
     def keys(self) -> list[str]:
         """The scalar keys seen so far, sorted."""
-        return sorted(self._parts)
+        with self._lock:
+            return sorted(self._parts)
 
     def column(self, key: str) -> Column | None:
         """Every point of ``key`` so far (None when it has no scalar point)."""
+        with self._lock:
+            return self._column(key)
+
+    def _column(self, key: str) -> Column | None:
         parts = self._parts.get(key)
         if parts is None:
             return None

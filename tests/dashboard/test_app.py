@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import msgspec
 import numpy as np
@@ -81,7 +80,7 @@ async def test_series_and_detail(track_root, runs):
         assert [(s["run"], s["key"]) for s in data["series"]] == [(a, "train/loss"), (b, "train/loss")]
         assert data["series"][1]["step"] == list(range(20))
         assert data["series"][1]["value"] == pytest.approx([2 / (s + 1) for s in range(20)])
-        assert data["cursor"][a]["metrics"] == os.path.getsize(runs[0].dir / "metrics.jsonl")
+        assert data["cursor"][a]["metrics"] == (runs[0].dir / "metrics.jsonl").stat().st_size
         detail = await get_json(client, f"/api/runs/{a}")
         assert detail["config"]["lr"] == 0.1 and detail["notes"] == "run 0" and "hostname" in detail["system"]
         assert {"train/loss", "acc"} <= set(detail["metric_keys"])
@@ -227,5 +226,17 @@ async def test_mounted_under_a_prefix(track_root, runs):
         data = await get_json(client, "/dashboard/api/runs")
         assert data["total"] == 3
         assert (await client.get("/dashboard/")).status == 200
+    finally:
+        await client.close()
+
+
+async def test_the_service_example_mounts_it(track_root, runs):
+    from examples.service import Service
+
+    client = TestClient(TestServer(Service().app()))
+    await client.start_server()
+    try:
+        data = await get_json(client, "/dashboard/api/runs")
+        assert {r["name"] for r in data["rows"]} == {"lr0", "lr1", "lr2"}
     finally:
         await client.close()

@@ -109,7 +109,6 @@ class _Wait:
 def test_dashboard_in_a_browser_on_a_live_run(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
     root = tmp_path / "track"
     Track.set_dir(root)
