@@ -187,16 +187,21 @@ async def system_sampler(root: Path, rounds: int, iterations: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--parts", default="chart,table,sampler", help="which parts, comma-separated")
     a = p.parse_args()
+    parts = set(a.parts.split(","))
     n, runs, rounds, iterations = (20_000, 50, 1, 300) if a.quick else (1_000_000, 1000, 5, 3000)
     load = os.getloadavg()[0]
     from aiotrain.runtime import run
 
     with tempfile.TemporaryDirectory() as tmp:
-        emit("dashboard_chart_data", **run(chart_data(Path(tmp) / "a", n)), load=round(load, 2))
-        emit("dashboard_runs_table", **run(runs_table(Path(tmp) / "b", runs)), load=round(os.getloadavg()[0], 2))
-        emit("system_sampler", **run(system_sampler(Path(tmp) / "c", rounds, iterations)),
-             load=round(os.getloadavg()[0], 2))
+        if "chart" in parts:
+            emit("dashboard_chart_data", **run(chart_data(Path(tmp) / "a", n)), load=round(load, 2))
+        if "table" in parts:
+            emit("dashboard_runs_table", **run(runs_table(Path(tmp) / "b", runs)), load=round(os.getloadavg()[0], 2))
+        if "sampler" in parts:
+            emit("system_sampler", **run(system_sampler(Path(tmp) / "c", rounds, iterations)),
+                 load=round(os.getloadavg()[0], 2))
 
 
 if __name__ == "__main__":
