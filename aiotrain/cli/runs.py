@@ -11,35 +11,29 @@
 RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (refused, with the candidates listed,
 when several runs have it). ROOT defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Keys in
 ``--columns``, ``--filter`` and ``--sort`` are run fields (status, tags, duration, ...),
-``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``). A mistake
-(unknown run, missing metric, bad option or name) prints one line to stderr and exits 2; an OS
-error (unreadable or unwritable files) exits 1.
+``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``). Exit codes
+follow :mod:`aiotrain.errors`: a mistake (unknown run, missing metric, bad option or name)
+prints one line to stderr and exits 2; an OS error (unreadable or unwritable files) exits 1;
+Ctrl-C (which is how ``serve`` stops) exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExitCode, UserError
+from .command import Parser, run_command
+
 __all__ = ["main"]
 
 
-class _UsageError(Exception):
-    """A user mistake: one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit
-        raise _UsageError(f"{self.prog}: {message}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="aiotrain runs", description="list, show, compare, plot, export, delete and serve runs")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _parser() -> Parser:
+    parser = Parser(prog="aiotrain runs", description="list, show, compare, plot, export, delete and serve runs")
+    sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list runs (with chosen columns, filtered and sorted)")
     ls.add_argument("--project", help="only this project")
     ls.add_argument("--columns", default="", help="extra columns: config.KEY or metric names, comma-separated")
@@ -73,22 +67,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``aiotrain runs ...``; returns the exit status."""
+    """Run ``aiotrain runs ...``; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain runs", lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     try:
-        args = _parser().parse_args(argv)
         return _COMMANDS[args.command](args)
-    except (_UsageError, LookupError, ValueError) as exc:
-        print(_one_line(exc), file=sys.stderr)
-        return 2
+    except LookupError as exc:  # an unknown run or metric: the message is the first argument
+        raise UserError(_first_line(str(exc.args[0]) if exc.args else "")) from None
+    except ValueError as exc:  # a bad name
+        raise UserError(_first_line(str(exc))) from None
     except OSError as exc:
-        print(_one_line(exc), file=sys.stderr)
-        return 1
+        raise UserError.from_os(exc, doing="cannot read or write", code=ExitCode.FAILED) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if text.startswith("aiotrain runs") else f"aiotrain runs: {text}"
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else "invalid argument"
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -108,7 +104,7 @@ def _find_all(args: argparse.Namespace) -> list[Any]:
     seen: set[Any] = set()
     for r in records:
         if r.dir in seen:
-            raise _UsageError(f"aiotrain runs: run {r.project}/{r.id} is named twice")
+            raise UserError(f"aiotrain runs: run {r.project}/{r.id} is named twice")
         seen.add(r.dir)
     return records
 
@@ -195,7 +191,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     records = _find_all(args)
     if len(records) < 2:
-        raise _UsageError("aiotrain runs compare: give at least two runs")
+        raise UserError("aiotrain runs compare: give at least two runs")
     configs = [flatten(r.config) for r in records]
     head = ("KEY", *(f"{r.name} ({r.id})" for r in records))
     keys = list(dict.fromkeys(k for c in configs for k in c))
@@ -289,12 +285,12 @@ def _cmd_rm(args: argparse.Namespace) -> int:
     for r in records:
         if r.status == "running":
             pid = r.metadata.get("pid")
-            raise _UsageError(f"aiotrain runs rm: run {r.project}/{r.id} is still running (pid {pid}); "
+            raise UserError(f"aiotrain runs rm: run {r.project}/{r.id} is still running (pid {pid}); "
                               "stop it first")
     if not args.yes:
         for r in records:
             print(f"would delete {r.project}/{r.id} ({r.name}, {r.status}): {r.dir}")
-        raise _UsageError("aiotrain runs rm: nothing deleted; pass --yes to delete these runs")
+        raise UserError("aiotrain runs rm: nothing deleted; pass --yes to delete these runs")
     trash = _root(args) / ".trash"
     trash.mkdir(parents=True, exist_ok=True)
     for r in records:
@@ -310,12 +306,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..dashboard.server import serve
     from ..runtime import run
 
-    root = _root(args)
-    try:
-        run(serve(root, args.host, args.port, on_ready=lambda url: print(f"dashboard on {url}  (Ctrl-C stops it)",
-                                                                         flush=True)))
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+    run(serve(_root(args), args.host, args.port,
+              on_ready=lambda url: print(f"dashboard on {url}  (Ctrl-C stops it)", flush=True)))
     return 0
 
 
