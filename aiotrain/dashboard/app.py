@@ -343,7 +343,8 @@ def _thin(entries: list[Any], n: int) -> list[Any]:
 
 def _keys(rows: list[RunRow]) -> tuple[list[str], list[str], list[str]]:
     """Config keys and metric keys by how many runs have them; config keys whose values differ."""
-    config, metrics = Counter(), Counter()
+    config: Counter[str] = Counter()
+    metrics: Counter[str] = Counter()
     values: dict[str, set[str]] = {}
     for row in rows:
         config.update(row.config.keys())  # keys, not the mapping: Counter would add its values
