@@ -70,31 +70,31 @@ class Dashboard:
         self.root = root
         self.runs_root = root / "runs"
         self.index = RunIndex(root)
-        self._rows: list[RunRow] = []
+        self._row_cache: list[RunRow] = []
         self._rows_at = 0.0
         self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
         self._rows_lock = asyncio.Lock()
-        self._series: OrderedDict[Path, SeriesFile] = OrderedDict()
+        self._histories: OrderedDict[Path, SeriesFile] = OrderedDict()
 
     def app(self) -> web.Application:
         app = web.Application()
         r = app.router
-        r.add_get("/", self.page)
-        r.add_get("/static/{name}", self.static)
-        r.add_get("/api/runs", self.runs)
-        r.add_get("/api/runs/{project}/{id}", self.run_detail)
-        r.add_get("/api/series", self.series)
-        r.add_get("/api/stream", self.stream)
-        r.add_get("/api/table/{project}/{id}", self.table)
-        r.add_get("/api/artifacts", self.artifacts)
-        r.add_get("/files/{project}/{id}/{path:.+}", self.file)
+        r.add_get("/", self._page)
+        r.add_get("/static/{name}", self._static)
+        r.add_get("/api/runs", self._runs)
+        r.add_get("/api/runs/{project}/{id}", self._run_detail)
+        r.add_get("/api/series", self._series)
+        r.add_get("/api/stream", self._stream)
+        r.add_get("/api/table/{project}/{id}", self._table)
+        r.add_get("/api/artifacts", self._artifacts)
+        r.add_get("/files/{project}/{id}/{path:.+}", self._file)
         return app
 
     # pages and assets ---------------------------------------------------------------------------
-    async def page(self, request: web.Request) -> web.StreamResponse:
+    async def _page(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def static(self, request: web.Request) -> web.StreamResponse:
+    async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name == "plotly.min.js":
             path = await to_io(_plotly_js)
@@ -105,18 +105,18 @@ class Dashboard:
         return web.FileResponse(path)
 
     # the runs table --------------------------------------------------------------------------------
-    async def rows(self) -> list[RunRow]:
+    async def _current_rows(self) -> list[RunRow]:
         """The index's rows, refreshed at most once a second (concurrent callers share one)."""
         async with self._rows_lock:
             if time.monotonic() - self._rows_at >= 1.0:
-                self._rows = await to_io(self.index.refresh)
+                self._row_cache = await to_io(self.index.refresh)
                 self._rows_at = time.monotonic()
-            return self._rows
+            return self._row_cache
 
-    async def runs(self, request: web.Request) -> web.Response:
+    async def _runs(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         q = request.query
-        rows = await self.rows()
+        rows = await self._current_rows()
         try:
             shown = query.apply(rows, q.getall("filter", []), q.get("sort") or None, q.get("q", ""))
         except ValueError as exc:
@@ -139,29 +139,29 @@ class Dashboard:
             raise _bad(str(exc)) from None
         return self.runs_root / project / run_id
 
-    async def history(self, run_dir: Path, which: str) -> SeriesFile:
+    async def _history(self, run_dir: Path, which: str) -> SeriesFile:
         """The run's parsed metrics (or system) history, brought up to date."""
         path = run_dir / f"{which}.jsonl"
-        series = self._series.get(path)
+        series = self._histories.get(path)
         if series is None:
-            series = self._series[path] = SeriesFile(path)
-            while len(self._series) > _SERIES_FILES:
-                self._series.popitem(last=False)
-        self._series.move_to_end(path)
+            series = self._histories[path] = SeriesFile(path)
+            while len(self._histories) > _SERIES_FILES:
+                self._histories.popitem(last=False)
+        self._histories.move_to_end(path)
         try:
             await to_io(series.refresh)
         except ValueError as exc:
             raise _bad(str(exc), 400) from None
         return series
 
-    async def run_detail(self, request: web.Request) -> web.Response:
+    async def _run_detail(self, request: web.Request) -> web.Response:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
         try:
             record = await to_io(load_run, run_dir)
         except FileNotFoundError:
             raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
-        metrics = await self.history(run_dir, "metrics")
-        system = await self.history(run_dir, "system")
+        metrics = await self._history(run_dir, "metrics")
+        system = await self._history(run_dir, "system")
         media, summary = await to_io(_media_and_summary, metrics, record.summary)
         logged, used = await to_io(_artifact_refs, run_dir)
         meta = record.metadata
@@ -186,7 +186,7 @@ class Dashboard:
             out.append((ref, self.run_dir(project, run_id)))
         return out
 
-    async def series(self, request: web.Request) -> web.Response:
+    async def _series(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         keys = request.query.getall("key", [])
         try:
@@ -197,7 +197,7 @@ class Dashboard:
             raise _bad(f"points must be between 4 and {_MAX_POINTS}")
         out, cursor = [], {}
         for ref, run_dir in self._refs(request):
-            files = {which: await self.history(run_dir, which) for which in _FILES}
+            files = {which: await self._history(run_dir, which) for which in _FILES}
             cursor[ref] = {which: f.offset for which, f in files.items()}
             for key in keys:
                 found = await to_io(files[_file_of(key)].downsampled, key, points)
@@ -205,7 +205,7 @@ class Dashboard:
                     out.append({"run": ref, "key": key, "total": found[0], **_points(found[1])})
         return _json({"series": out, "cursor": cursor, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: every ``POLL_S`` the lines appended to each run's files since the
         cursor, as ``{"run", "key", "step": [...], "time": [...], "value": [...]}`` messages."""
         refs = self._refs(request)
@@ -241,7 +241,7 @@ class Dashboard:
         return resp
 
     # tables, artifacts, files -------------------------------------------------------------------------
-    async def table(self, request: web.Request) -> web.Response:
+    async def _table(self, request: web.Request) -> web.Response:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
         path = await to_io(_inside, run_dir, request.query.get("path", ""))
         try:
@@ -256,10 +256,10 @@ class Dashboard:
             raise _bad(f"not a table file: {exc}") from None
         return _json(rows)
 
-    async def artifacts(self, request: web.Request) -> web.Response:
+    async def _artifacts(self, request: web.Request) -> web.Response:
         return _json(await to_io(_artifacts, self.root / "artifacts" / "projects"))
 
-    async def file(self, request: web.Request) -> web.StreamResponse:
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
         path = await to_io(_inside, run_dir, request.match_info["path"])
         if not await to_io(path.is_file):
