@@ -8,6 +8,7 @@
     GET    /jobs/{id}/events   Server-Sent Events from engine.observe (one JSON object per event)
     DELETE /jobs/{id}          cancel: the step in flight finishes, checkpoints are flushed
     GET    /health             answers at once, also while models train
+    GET    /dashboard/         the runs dashboard (aiotrain.dashboard) over $AIOTRAIN_DIR: jobs show up live
 
 Training runs as an asyncio task (TrainJob); the model's compute runs on the engine's worker
 thread, so the loop keeps serving requests. Binds to 127.0.0.1 by default.
@@ -29,6 +30,7 @@ from aiohttp import web
 from aiotrain import Events
 from aiotrain.cli.train import load_config
 from aiotrain.config import ConfigError
+from aiotrain.dashboard import dashboard_app
 from aiotrain.job import TrainJob
 from aiotrain.runtime import to_io
 
@@ -67,6 +69,7 @@ class Service:
         app.router.add_get("/jobs/{id}/events", self.events)
         app.router.add_delete("/jobs/{id}", self.cancel)
         app.on_shutdown.append(self._shutdown)
+        app.add_subapp("/dashboard/", dashboard_app())
         return app
 
     async def health(self, request: web.Request) -> web.Response:

@@ -15,7 +15,7 @@ from .command import run_command
 _COMMANDS = {
     "train": ("aiotrain.cli.train", "train a model from an SDN config"),
     "sdn": ("aiotrain.cli.sdn", "check, convert, query and edit SDN files"),
-    "runs": ("aiotrain.cli.runs", "list, show, plot and export tracked runs"),
+    "runs": ("aiotrain.cli.runs", "list, compare, plot, export, delete and serve (dashboard) tracked runs"),
 }
 
 USAGE = "usage: aiotrain {train,sdn,runs} ...\n" + "\n".join(

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..runtime import to_io
 from .run import Run, outcome
-from .store import check_name, get_dir, get_mode, write_json
+from .store import check_name, flatten, get_dir, get_mode, write_json
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
 
@@ -220,7 +220,7 @@ class Sweep:
         if count is None:
             raise ValueError("random search needs count=")
         rng = random.Random(self.seed)
-        flat = _flatten(self.parameters)
+        flat = flatten(self.parameters)
         for _ in range(count):
             yield _unflatten({k: v.sample(rng) if isinstance(v, Distribution) else v for k, v in flat.items()})
 
@@ -294,22 +294,12 @@ def _save(sweep: Sweep, result: SweepResult) -> None:
     if get_mode() == "disabled":
         return
     definition = {"id": sweep.id, "method": sweep.method, "metric": sweep.metric, "seed": sweep.seed,
-                  "parameters": {k: repr(v) for k, v in _flatten(sweep.parameters).items()}}
+                  "parameters": {k: repr(v) for k, v in flatten(sweep.parameters).items()}}
     write_json(get_dir() / "sweeps" / sweep.project / f"{sweep.id}.json", {**definition, **result.to_dict()})
 
 
 def _sweep_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +314,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _grid_axes(params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    flat = _flatten(params)
+    flat = flatten(params)
     axes = []
     for key, value in flat.items():
         try:
