@@ -215,7 +215,8 @@ class SweepRunner:
                     raise ValueError(f"sweep metric {self.sweep.metric['name']!r} is not an evaluated "
                                      f"metric; the task evaluates {sorted(metrics)}")
                 value = float(metrics[self.metric_key])
-                trial["intermediate"].append([epoch, value])
+                # a trial resumed from a checkpoint older than its last report redoes that epoch
+                trial["intermediate"] = [e for e in trial["intermediate"] if e[0] < epoch] + [[epoch, value]]
                 async with self._lock:
                     prune = await to_io(self._search.report, n, epoch, value)
                 await self._save()
