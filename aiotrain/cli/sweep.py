@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from typing import Any, TextIO
 
 from ..config import ConfigError
 from ..tracking.space import Distribution, parse_parameter, unflatten
 from ..tracking.sweeps import GOALS, METHODS
+from .signals import cancel_on_signals
 
 USAGE_ERROR, INTERRUPTED = 2, 130
 
@@ -82,23 +82,18 @@ def main(argv: list[str]) -> int:
         return _fail(args.config or args.resume, exc)
 
     async def go() -> int:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, task.cancel)
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        runner = None
         try:
-            runner = await make()
-            record = await runner.run()
+            with cancel_on_signals():
+                runner = await make()
+                record = await runner.run()
         except asyncio.CancelledError:
-            sid = runner.sweep.id if "runner" in locals() else args.resume
+            sid = runner.sweep.id if runner is not None else args.resume
             print(f"interrupted: trials in flight flushed their checkpoints; continue with "
                   f"aiotrain sweep --resume {sid}", file=sys.stderr)
             return INTERRUPTED
         except (ValueError, LookupError, RuntimeError, ImportError, ConfigError, OSError) as exc:
             return _fail(args.config or args.resume, exc)
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
         table.finish(record)
         return 0 if record.get("best") else 1
 
