@@ -18,7 +18,6 @@ One JSON line per part; figures depend on the machine's load (reported with them
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
