@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -295,5 +296,4 @@ def _portable(result: JobResult) -> JobResult:
         state = State(epoch=st.epoch, iteration=st.iteration, epoch_iteration=st.epoch_iteration,
                       max_epochs=st.max_epochs, epoch_length=st.epoch_length,
                       metrics=_plain(st.metrics), times=dict(st.times), seed=st.seed)
-    return JobResult(result.exit_code, run_dir=result.run_dir, checkpoint_dir=result.checkpoint_dir,
-                     metrics=_plain(result.metrics), report=result.report, state=state)
+    return dataclasses.replace(result, metrics=_plain(result.metrics), state=state)

@@ -173,7 +173,11 @@ class SweepRunner:
         return self._config(trial["params"], {
             "tracking": {"name": name, "tags": [*self._tags, f"sweep:{self.sweep.id}",
                                                 f"trial:{trial['number']}"]},
-            "checkpoint": {"dir": trial["checkpoint_dir"]}})
+            "checkpoint": {"dir": str(self._checkpoint_root(trial["number"]))}})
+
+    def _checkpoint_root(self, number: int) -> Path:
+        """Where trial ``number``'s job keeps its checkpoints (the same on resume)."""
+        return self.root / "checkpoints" / self._project / f"{self.sweep.id}-{number}"
 
     # running trials ------------------------------------------------------------------------
     async def _worker(self) -> None:
@@ -196,8 +200,7 @@ class SweepRunner:
             trial = {"number": n, "params": params, "config": unflatten(params), "status": "running",
                      "value": None, "intermediate": [], "run_id": None, "run_dir": None,
                      "name": f"{self.sweep.id}-{n}", "error": None, "started_at": time.time(),
-                     "finished_at": None,
-                     "checkpoint_dir": str(self.root / "checkpoints" / self._project / f"{self.sweep.id}-{n}")}
+                     "finished_at": None, "checkpoint_dir": str(self._checkpoint_root(n))}
             trials.append(trial)
         await self._save()
         return trial
@@ -230,6 +233,7 @@ class SweepRunner:
             trial.update(status="crashed", error=_one_line(exc))
         else:
             trial["run_dir"] = result.run_dir
+            trial["checkpoint_dir"] = str(result.checkpoint_dir or trial["checkpoint_dir"])
             trial["run_id"] = Path(result.run_dir).name if result.run_dir else None
             last = trial["intermediate"][-1][1] if trial["intermediate"] else None
             value = result.metrics.get(self.metric_key, last)
