@@ -143,7 +143,8 @@ class Service:
         self.keep = keep
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._ids = itertools.count(1)
-        self._config_slots = asyncio.Semaphore(config_slots)
+        self.config_slots = config_slots
+        self._loading = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -160,16 +161,17 @@ class Service:
         return web.json_response({"ok": True, "running_jobs": running, "time": time.time()})
 
     async def create(self, request: web.Request) -> web.Response:
-        if self._config_slots.locked():  # bounded admission: never queue config work on I/O threads
+        # bounded admission, taken before the first await: config work never queues on I/O threads
+        if self._loading >= self.config_slots:
             return _error(429, "busy: too many configs are being loaded; retry shortly")
+        self._loading += 1
         try:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
             path = self.policy.config_path(body["config"])
             overrides = self.policy.check_overrides(list(body.get("overrides", [])))
-            async with self._config_slots:
-                cfg = await to_io(load_config, str(path), overrides)
+            cfg = await to_io(load_config, str(path), overrides)
             self.policy.check_config(cfg)
             kind = ProcessJob if self.isolate else TrainJob
             train_job = kind(cfg, mode=body.get("mode", "train_only"), resume=bool(body.get("resume")),
@@ -180,6 +182,8 @@ class Service:
             return _error(400, f"bad request: {exc}")
         except (ConfigError, OSError) as exc:
             return _error(422, f"bad config: {exc}")
+        finally:
+            self._loading -= 1
         job = Job(str(next(self._ids)), train_job)
         train_job.echo = job.echo
         job.task = asyncio.create_task(self._run(job))
