@@ -113,3 +113,12 @@ async def test_on_evaluation_stops_the_job_after_that_epoch(tmp_path, isolated):
     assert stopped and result.state.epoch == 2 and calls == [(1, ["accuracy", "loss"]), (2, ["accuracy", "loss"])]
     path = Checkpoint.latest(result.checkpoint_dir, filename_prefix="last")
     assert torch.load(path, weights_only=True)["trainer"]["epoch"] == 2  # the last checkpoint is kept
+
+
+async def test_in_process_jobs_can_still_run_side_by_side(tmp_path):
+    """Allowed and documented as sharing torch's per-process state (docs/sweeps.md)."""
+    jobs = [TrainJob(digits(tmp_path, name, "train.max_epochs=1"), progress=False, echo=lambda _: None)
+            for name in ("x", "y")]
+    a, b = await asyncio.gather(*(job.run() for job in jobs))
+    assert a.exit_code == b.exit_code == 0 and a.checkpoint_dir != b.checkpoint_dir
+    assert final_weights(a).keys() == final_weights(b).keys()
