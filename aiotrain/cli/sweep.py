@@ -12,22 +12,21 @@ errors, 130 interrupted (Ctrl-C: trials in flight flush their checkpoints; resum
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 from typing import Any, TextIO
 
 from ..config import ConfigError
+from ..errors import ExitCode, UserError
 from ..tracking.space import Distribution, parse_parameter, unflatten
 from ..tracking.sweeps import GOALS, METHODS
+from .command import Parser, run_command
 from .signals import cancel_on_signals
 
-USAGE_ERROR, INTERRUPTED = 2, 130
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aiotrain sweep", description=__doc__.splitlines()[0])
+def _parser() -> Parser:
+    p = Parser(prog="aiotrain sweep", description="search hyperparameters: trials of a config")
     p.add_argument("config", nargs="?", help="the SDN config file of one trial")
     p.add_argument("params", nargs="*", metavar="key=SPEC", help="distributions, a,b,c lists or fixed values")
     p.add_argument("--trials", type=int, help="how many trials (default for grid: the whole grid)")
@@ -44,58 +43,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run the command; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_intermixed_args(argv)
+    """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain sweep", lambda: _sweep(argv))
+
+
+def _sweep(argv: list[str]) -> int:
+    args = _parser().parse_intermixed_args(argv)
     if args.resume is None and args.config is None:
-        parser.print_usage(sys.stderr)
-        print("aiotrain sweep: give a CONFIG.sdn (or --resume ID)", file=sys.stderr)
-        return USAGE_ERROR
+        raise UserError("give a CONFIG.sdn (or --resume ID)")
     from ..runtime import run
     from ..sweeper import SweepRunner
     from ..tracking.sweeps import Sweep
 
     table = LiveTable(sys.stdout)
+    runner: SweepRunner | None = None
     try:
-        if args.resume:
-            root = args.dir or os.environ.get("AIOTRAIN_DIR") or ".aiotrain"
-
-            async def make() -> SweepRunner:
-                return await SweepRunner.resume(args.resume, root, parallel=args.parallel if args.parallel > 1
-                                                else None, on_update=table.update)
-        else:
+        if not args.resume:
             space, fixed = split_params(args.params)
             if not space:
                 raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
                                  "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
-            early = {"type": args.prune} if args.prune else None
             if args.dir:
                 fixed.append(f"tracking.dir={args.dir}")
             sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
-                                 seed=args.seed, early_terminate=early)
+                                 seed=args.seed, early_terminate={"type": args.prune} if args.prune else None)
             runner = SweepRunner(sweep, args.config, fixed, trials=args.trials, parallel=args.parallel,
                                  isolate=not args.in_process, on_update=table.update)
-
-            async def make() -> SweepRunner:
-                return runner
-    except (ValueError, ImportError, ConfigError) as exc:
-        return _fail(args.config or args.resume, exc)
+    except (ValueError, ImportError) as exc:
+        raise UserError(str(exc), file=args.config) from None
 
     async def go() -> int:
-        runner = None
+        nonlocal runner
         try:
             with cancel_on_signals():
-                runner = await make()
+                if runner is None:
+                    root = args.dir or os.environ.get("AIOTRAIN_DIR") or ".aiotrain"
+                    runner = await SweepRunner.resume(args.resume, root, on_update=table.update,
+                                                      parallel=args.parallel if args.parallel > 1 else None)
                 record = await runner.run()
         except asyncio.CancelledError:
             sid = runner.sweep.id if runner is not None else args.resume
             print(f"interrupted: trials in flight flushed their checkpoints; continue with "
                   f"aiotrain sweep --resume {sid}", file=sys.stderr)
-            return INTERRUPTED
-        except (ValueError, LookupError, RuntimeError, ImportError, ConfigError, OSError) as exc:
-            return _fail(args.config or args.resume, exc)
+            return ExitCode.INTERRUPTED
+        except ConfigError as exc:
+            raise UserError.from_config(exc, args.config) from None
+        except (ValueError, LookupError, RuntimeError, ImportError, OSError) as exc:
+            raise UserError(str(exc), file=args.config) from None
         table.finish(record)
-        return 0 if record.get("best") else 1
+        return ExitCode.OK if record.get("best") else ExitCode.FAILED
 
     return run(go())
 
@@ -189,12 +185,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _fail(where: str | None, exc: BaseException) -> int:
-    line, col = getattr(exc, "line", None), getattr(exc, "col", None)
-    place = f"{getattr(exc, 'path', None) or where}:{line}:{col}: " if line else (f"{where}: " if where else "")
-    message = getattr(exc, "msg", None) or str(exc)
-    print(f"aiotrain sweep: {place}{message}", file=sys.stderr)
-    return USAGE_ERROR
-
