@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from .config import Conf, Config
 from .engine import Snapshot, State, _Observer, _plain
@@ -108,7 +108,7 @@ class RemoteEngine:
         else:
             count = self._counts[event] = self._counts.get(event, 0) + 1
         for obs in self._observers.get(event, ()):
-            if obs.wants(self, event, count):
+            if obs.wants(cast(Any, self), event, count):  # filters read only ``.state``
                 obs.push(snap)
 
     def _close(self, final: bool = False) -> None:
@@ -205,21 +205,23 @@ async def run_evaluated(job: TrainJob | ProcessJob,
         return result, job.stopped
     stopped = False
 
-    async def attach() -> None:
+    async def attach(hook: EvaluationHook) -> None:
         await job.ready.wait()
+        trainer, evaluator = job.trainer, job.evaluator
+        assert trainer is not None and evaluator is not None  # they exist once ready is set
 
         async def evaluated(engine: Any) -> None:
             nonlocal stopped
-            stop = on_evaluation(job.trainer.state.epoch, _plain(engine.state.metrics))
+            stop = hook(trainer.state.epoch, _plain(engine.state.metrics))
             if inspect.isawaitable(stop):
                 stop = await stop
             if stop:
                 stopped = True
-                job.trainer.terminate()
+                trainer.terminate()
 
-        job.evaluator.add_event_handler(Events.COMPLETED, evaluated)
+        evaluator.add_event_handler(Events.COMPLETED, evaluated)
 
-    hook = asyncio.create_task(attach()) if on_evaluation is not None else None
+    hook = asyncio.create_task(attach(on_evaluation)) if on_evaluation is not None else None
     try:
         result = await job.run()
     finally:

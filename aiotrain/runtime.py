@@ -313,8 +313,10 @@ class JobChannel:
     @on_message.setter
     def on_message(self, handler: Callable[[str, Any], None] | None) -> None:
         self._handler = handler
+        if handler is None:
+            return
         early, self._early = self._early, []
-        for kind, payload in early if handler is not None else ():
+        for kind, payload in early:
             handler(kind, payload)
 
     def _deliver(self, kind: str, payload: Any) -> None:
@@ -336,7 +338,7 @@ class JobProcess:
     are flushed), waits up to ``grace`` seconds for it to exit, kills it after that, and
     re-raises. The child ignores SIGINT (the parent decides when a job stops) and cancels its
     target by itself when the parent goes away (its end of the socket reads EOF), so no worker
-    outlives its parent. Use ``async with JobProcess(...) as proc`` or ``start()`` + ``wait()``.
+    outlives its parent. Use ``async with JobProcess(...) as proc`` or ``astart()`` + ``wait()``.
     """
 
     def __init__(self, target: Callable[..., Awaitable[Any]], *args: Any,
@@ -346,17 +348,18 @@ class JobProcess:
         self.on_message = on_message
         self.grace = grace
         self.name = name or f"aiotrain-job-{next(_ids)}"
+        # set by start(); Any rather than Optional: every use below comes after start()
         self._popen: Any = None
         self._conn: Any = None
-        self._outcome: asyncio.Future[tuple[str, Any]] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outcome: Any = None  # asyncio.Future[tuple[str, Any]]
+        self._loop: Any = None  # the asyncio loop that started the process
 
     @property
     def pid(self) -> int | None:
         """The worker's process id once started."""
         return self._popen.pid if self._popen is not None else None
 
-    async def start(self) -> JobProcess:
+    async def astart(self) -> JobProcess:
         """Start the worker and hand it the target; returns once the process exists."""
         import socket
         from multiprocessing.connection import Connection
@@ -417,7 +420,7 @@ class JobProcess:
             raise asyncio.CancelledError(f"job process {self.name} was cancelled")
         raise payload
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Make sure the worker is gone: cancel it if it still runs, wait, kill after ``grace``."""
         if self._popen is None:
             return
@@ -427,10 +430,10 @@ class JobProcess:
             await self._reap()
 
     async def __aenter__(self) -> JobProcess:
-        return await self.start()
+        return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     # internals ---------------------------------------------------------------------------------
     def _readable(self) -> None:
@@ -533,7 +536,8 @@ def _remote_error(proc: JobProcess, payload: Any) -> BaseException:
         code = proc._popen.poll() if proc._popen is not None else None
         return JobProcessError(f"job process {proc.name} (pid {proc.pid}) ended without a result"
                                + (f" (exit status {code})" if code is not None else ""))
-    exc, remote_tb = payload
+    exc: BaseException = payload[0]
+    remote_tb: str = payload[1]
     exc.add_note(f"raised in job process {proc.name} (pid {proc.pid}):\n{remote_tb}")
     return exc
 
@@ -560,6 +564,7 @@ async def _serve_job(channel: JobChannel, conn: Any, target: Callable[..., Await
                      args: tuple[Any, ...]) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    assert main is not None  # runs as the main task of run()
 
     def readable() -> None:
         try:

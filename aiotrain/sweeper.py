@@ -14,7 +14,7 @@ with its checkpoints in ``{root}/checkpoints/{project}/{sweep_id}-{n}``. The swe
 ``{root}/sweeps/{project}/{sweep_id}.json``, is rewritten atomically at every change (a trial
 starts, reports, ends): the definition, the base config and overrides, and per trial its
 number, params, status (running, finished, pruned, crashed, interrupted), value, intermediate
-scores, run and checkpoint folders. ``SweepRunner.resume(sweep_id)`` continues from that record
+scores, run and checkpoint folders. ``SweepRunner.aresume(sweep_id)`` continues from that record
 after anything up to kill -9: finished, pruned and crashed trials are kept as they are (and
 replayed into the search), trials that were running continue from their last checkpoint.
 """
@@ -82,7 +82,7 @@ class SweepRunner:
         self._save_lock = asyncio.Lock()  # record writes land in order
 
     @classmethod
-    async def resume(cls, sweep_id: str, root: str | os.PathLike[str], *, parallel: int | None = None,
+    async def aresume(cls, sweep_id: str, root: str | os.PathLike[str], *, parallel: int | None = None,
                      on_update: Callable[[dict[str, Any]], None] | None = None) -> SweepRunner:
         """A runner that continues the sweep recorded as ``sweep_id`` under the tracking ``root``."""
         path = await to_io(find_record, sweep_id, root)

@@ -125,7 +125,7 @@ async def test_cancelling_the_waiter_cancels_the_child_which_cleans_up(tmp_path)
     marker = tmp_path / "marker"
     seen = []
     proc = runtime.JobProcess(job_targets.cleanup, str(marker), on_message=lambda k, p: seen.append(k))
-    await proc.start()
+    await proc.astart()
     waiter = asyncio.create_task(proc.wait())
     await _started(seen)
     waiter.cancel()
@@ -138,9 +138,9 @@ async def test_cancelling_the_waiter_cancels_the_child_which_cleans_up(tmp_path)
 async def test_a_child_that_ignores_cancel_is_killed_after_grace():
     seen = []
     proc = runtime.JobProcess(job_targets.stubborn, grace=0.5, on_message=lambda k, p: seen.append(k))
-    await proc.start()
+    await proc.astart()
     await _started(seen)
-    await proc.close()
+    await proc.aclose()
     assert proc._popen.returncode == -signal.SIGKILL and not _children()
 
 
@@ -162,7 +162,7 @@ from aiotrain import runtime
 from job_targets import cleanup
 async def main():
     proc = runtime.JobProcess(cleanup, {marker!r}, on_message=lambda k, p: print(proc.pid, flush=True))
-    await proc.start()
+    await proc.astart()
     await asyncio.sleep(3600)
 runtime.run(main())
 """

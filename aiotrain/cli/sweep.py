@@ -78,7 +78,7 @@ def _sweep(argv: list[str]) -> int:
             with cancel_on_signals():
                 if runner is None:
                     root = args.dir or os.environ.get("AIOTRAIN_DIR") or ".aiotrain"
-                    runner = await SweepRunner.resume(args.resume, root, on_update=table.update,
+                    runner = await SweepRunner.aresume(args.resume, root, on_update=table.update,
                                                       parallel=args.parallel if args.parallel > 1 else None)
                 record = await runner.run()
         except asyncio.CancelledError:

@@ -169,7 +169,11 @@ def spec(param: Any) -> str:
     if isinstance(param, Distribution):
         name = {Uniform: "uniform", LogUniform: "loguniform", IntUniform: "intuniform",
                 Normal: "normal"}[type(param)]
-        a, b = (param.mu, param.sigma) if isinstance(param, Normal) else (param.low, param.high)
+        if isinstance(param, Normal):
+            a, b = param.mu, param.sigma
+        else:
+            assert isinstance(param, Uniform | LogUniform | IntUniform)
+            a, b = param.low, param.high
         return f"{name}({a!r},{b!r})"
     text = sdn.dumps({"v": param}).strip()
     return text.partition("=")[2].strip() if "=" in text.splitlines()[0] else text.partition(":")[2].strip()
