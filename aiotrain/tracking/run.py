@@ -453,3 +453,16 @@ def _finish_open_runs() -> None:
             run.finish(*outcome(crashed))
         except Exception as exc:  # at exit there is no caller left to raise to
             print(f"aiotrain: could not finish run {run.id}: {exc}", file=sys.stderr)
+
+
+def set_run_status(run_dir: str | os.PathLike[str], status: str, error: str | None = None) -> None:
+    """Rewrite a stored run's status (atomically): ``pruned`` for a sweep trial stopped by its
+    pruner, ``interrupted`` for a run that a killed process left ``running``."""
+    from .store import read_sdn
+
+    path = Path(run_dir) / "metadata.sdn"
+    meta = read_sdn(path)
+    meta["status"] = status
+    if error is not None:
+        meta["error"] = error
+    write_sdn(path, meta)
