@@ -1,5 +1,5 @@
 """The one module that owns threads and processes: the event-loop runner, the compute worker, the
-I/O executor and the data worker processes.
+I/O executor, the data worker processes and the job worker processes.
 
 Everything else in aiotrain asks this module for a thread or a process; nobody else creates one.
 That keeps the rules checkable: a ComputeWorker lives for one ``Engine.run`` (started when it
@@ -12,6 +12,7 @@ deliberately abandoned (a validation check that hangs, a dataset item that never
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures as cf
 import contextlib
 import itertools
@@ -33,6 +34,9 @@ __all__ = [
     "DataWorkerPool",
     "WorkerContext",
     "WorkerDied",
+    "JobChannel",
+    "JobProcess",
+    "JobProcessError",
     "await_future",
     "io_executor",
     "portable_error",
@@ -652,3 +656,348 @@ class DataWorkerPool:
         for fut in w.calls.values():
             if not fut.done():
                 fut.set_exception(RuntimeError("the data worker pool was closed"))
+# Job worker processes ----------------------------------------------------------------------
+# A job that must not share torch's per-process state (global RNG, thread settings, modes) with
+# its neighbours runs in a worker process of its own. The child is a fresh interpreter started
+# with subprocess (spawned, never forked from a process that holds threads), so no
+# multiprocessing helper process (resource tracker, fork server) is left behind and the caller's
+# __main__ is not re-imported. Parent and child talk over one socket pair with
+# multiprocessing.connection's framing; the parent reads it with loop.add_reader, so a job holds
+# no thread of the parent (nor of the I/O executor) while it runs.
+
+_CANCEL, _RESULT, _ERROR, _CANCELLED = "__cancel__", "__result__", "__error__", "__cancelled__"
+_live_jobs: set[JobProcess] = set()
+
+
+class JobProcessError(RuntimeError):
+    """A job worker process ended without reporting a result (killed, or crashed in native code),
+    or raised an exception that cannot cross the process boundary (its text is kept)."""
+
+
+class JobChannel:
+    """The child's end of a job process's connection, handed to the target as its first argument.
+
+    ``send(kind, payload)`` may be called from any thread (the loop or the compute thread);
+    ``on_message`` (a sync callable run on the child's loop) receives the parent's messages;
+    messages that arrive before it is set are kept and delivered when it is.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._handler: Callable[[str, Any], None] | None = None
+        self._early: list[tuple[str, Any]] = []
+
+    def send(self, kind: str, payload: Any = None) -> None:
+        """Send one message to the parent (pickled; keep it small and plain)."""
+        with self._lock:
+            self._conn.send((kind, payload))
+
+    @property
+    def on_message(self) -> Callable[[str, Any], None] | None:
+        return self._handler
+
+    @on_message.setter
+    def on_message(self, handler: Callable[[str, Any], None] | None) -> None:
+        self._handler = handler
+        if handler is None:
+            return
+        early, self._early = self._early, []
+        for kind, payload in early:
+            handler(kind, payload)
+
+    def _deliver(self, kind: str, payload: Any) -> None:
+        if self._handler is None:
+            self._early.append((kind, payload))
+        else:
+            self._handler(kind, payload)
+
+
+class JobProcess:
+    """Run ``await target(channel, *args)`` in a worker process of its own; the parent's handle.
+
+    ``target`` is a module-level ``async def`` (it is sent by reference) and ``args`` are
+    pickled. ``on_message(kind, payload)`` (sync, on the parent's loop) receives what the child
+    ``send``s. ``await wait()`` returns the target's result, re-raises its exception, raises
+    ``CancelledError`` when the child was cancelled, and ``JobProcessError`` when it died
+    without a word. Cancelling the task that awaits ``wait()`` asks the child to cancel its
+    target (cancellation in the child is normal control flow: the step in flight ends, writes
+    are flushed), waits up to ``grace`` seconds for it to exit, kills it after that, and
+    re-raises. The child ignores SIGINT (the parent decides when a job stops) and cancels its
+    target by itself when the parent goes away (its end of the socket reads EOF), so no worker
+    outlives its parent. Use ``async with JobProcess(...) as proc`` or ``astart()`` + ``wait()``.
+    """
+
+    def __init__(self, target: Callable[..., Awaitable[Any]], *args: Any,
+                 on_message: Callable[[str, Any], None] | None = None, grace: float = 60.0,
+                 name: str | None = None) -> None:
+        self.target, self.args = target, args
+        self.on_message = on_message
+        self.grace = grace
+        self.name = name or f"aiotrain-job-{next(_ids)}"
+        # set by start(); Any rather than Optional: every use below comes after start()
+        self._popen: Any = None
+        self._conn: Any = None
+        self._outcome: Any = None  # asyncio.Future[tuple[str, Any]]
+        self._loop: Any = None  # the asyncio loop that started the process
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id once started."""
+        return self._popen.pid if self._popen is not None else None
+
+    async def astart(self) -> JobProcess:
+        """Start the worker and hand it the target; returns once the process exists."""
+        import socket
+        from multiprocessing.connection import Connection
+
+        if self._popen is not None:
+            raise RuntimeError(f"job process {self.name} was already started")
+        self._loop = asyncio.get_running_loop()
+        self._outcome = self._loop.create_future()
+        mine, theirs = socket.socketpair()
+        self._conn = Connection(mine.detach())
+        fut = submit_io(_spawn, theirs.fileno())
+        try:
+            self._popen = await await_future(fut)
+        except asyncio.CancelledError:  # the process may exist by now: it must not be left behind
+            if not fut.cancelled() and fut.exception() is None:
+                popen = fut.result()
+                popen.kill()
+                popen.wait()
+            self._conn.close()
+            raise
+        finally:
+            theirs.close()
+        _live_jobs.add(self)
+        self._loop.add_reader(self._conn.fileno(), self._readable)
+        try:
+            self._conn.send((self.target, self.args))
+        except BaseException:  # an unpicklable argument: nothing may keep running
+            self._kill()
+            self._release()
+            raise
+        return self
+
+    def send(self, kind: str, payload: Any = None) -> None:
+        """Send one message to the child's ``channel.on_message``."""
+        if self._conn is None or self._conn.closed:
+            raise RuntimeError(f"job process {self.name} is not running")
+        with contextlib.suppress(OSError):  # the child may just have exited; wait() reports it
+            self._conn.send((kind, payload))
+
+    def cancel(self) -> None:
+        """Ask the child to cancel its target (it finishes the step in flight and cleans up)."""
+        with contextlib.suppress(RuntimeError):
+            self.send(_CANCEL)
+
+    async def wait(self) -> Any:
+        """The target's result (see the class docstring for errors and cancellation)."""
+        if self._outcome is None:
+            raise RuntimeError(f"job process {self.name} was not started")
+        try:
+            kind, payload = await asyncio.shield(self._outcome)
+        except asyncio.CancelledError:
+            await self._stop()
+            raise
+        await self._reap()
+        if kind == _RESULT:
+            return payload
+        if kind == _CANCELLED:
+            raise asyncio.CancelledError(f"job process {self.name} was cancelled")
+        raise payload
+
+    async def aclose(self) -> None:
+        """Make sure the worker is gone: cancel it if it still runs, wait, kill after ``grace``."""
+        if self._popen is None:
+            return
+        if not self._outcome.done():
+            await self._stop()
+        else:
+            await self._reap()
+
+    async def __aenter__(self) -> JobProcess:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # internals ---------------------------------------------------------------------------------
+    def _readable(self) -> None:
+        conn = self._conn
+        try:
+            while conn.poll():
+                kind, payload = conn.recv()
+                if kind in (_RESULT, _ERROR, _CANCELLED):
+                    self._settle(kind, payload)
+                elif self.on_message is not None:
+                    self.on_message(kind, payload)
+        except (EOFError, OSError):
+            self._loop.remove_reader(conn.fileno())
+            self._settle(_ERROR, None)
+
+    def _settle(self, kind: str, payload: Any) -> None:
+        if self._outcome.done():
+            return
+        if kind == _ERROR:
+            payload = _remote_error(self, payload)
+        self._outcome.set_result((kind, payload))
+
+    async def _stop(self) -> None:
+        """Cancel the child, give it ``grace`` seconds to clean up, then kill it; always reap."""
+        self.cancel()
+        try:
+            await asyncio.wait_for(self._exited(), self.grace)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:  # cancelled again while waiting: no more patience
+            self._kill()
+            raise
+        finally:
+            if self._popen.returncode is None:
+                self._kill()
+            self._release()
+
+    async def _exited(self) -> None:
+        """Wait for the process to exit without blocking the loop (a pidfd where Linux has one)."""
+        popen = self._popen
+        if popen.poll() is not None:
+            return
+        try:
+            fd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):  # no pidfd: poll, the exit is usually imminent
+            delay = 0.001
+            while popen.poll() is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            return
+        done = self._loop.create_future()
+        self._loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        popen.wait()  # already exited: only reaps
+
+    async def _reap(self) -> None:
+        try:
+            await self._exited()
+        except asyncio.CancelledError:
+            self._kill()
+            raise
+        finally:
+            self._release()
+
+    def _kill(self) -> None:
+        """SIGKILL and reap: the process is gone within milliseconds."""
+        if self._popen.poll() is None:
+            self._popen.kill()
+            self._popen.wait()
+
+    def _release(self) -> None:
+        if not self._conn.closed:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._conn.fileno())
+            self._conn.close()
+        if self._popen.returncode is not None:
+            _live_jobs.discard(self)
+        if self._outcome is not None and not self._outcome.done():
+            self._settle(_ERROR, None)
+
+
+def _spawn(fd: int) -> Any:
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
+            "from aiotrain.runtime import _job_child; _job_child(int(sys.argv[1]))")
+    path = [p or os.getcwd() for p in sys.path]
+    return subprocess.Popen([sys.executable, "-c", code, str(fd), json.dumps(path)],
+                            pass_fds=(fd,), stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def _remote_error(proc: JobProcess, payload: Any) -> BaseException:
+    if payload is None:
+        code = proc._popen.poll() if proc._popen is not None else None
+        return JobProcessError(f"job process {proc.name} (pid {proc.pid}) ended without a result"
+                               + (f" (exit status {code})" if code is not None else ""))
+    exc: BaseException = payload[0]
+    remote_tb: str = payload[1]
+    exc.add_note(f"raised in job process {proc.name} (pid {proc.pid}):\n{remote_tb}")
+    return exc
+
+
+def _job_child(fd: int) -> None:
+    """The worker process's main: receive the target, run it on a fresh loop, report the outcome."""
+    import signal
+    import sys
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which decides
+    conn = Connection(fd)
+    target, args = conn.recv()
+    channel = JobChannel(conn)
+    try:
+        run(_serve_job(channel, conn, target, args))
+    except asyncio.CancelledError:
+        pass  # a cancel that came after the outcome was sent
+    conn.close()
+    sys.exit(0)
+
+
+async def _serve_job(channel: JobChannel, conn: Any, target: Callable[..., Awaitable[Any]],
+                     args: tuple[Any, ...]) -> None:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None  # runs as the main task of run()
+
+    def readable() -> None:
+        try:
+            while conn.poll():
+                kind, payload = conn.recv()
+                if kind == _CANCEL:
+                    main.cancel()
+                else:
+                    channel._deliver(kind, payload)
+        except (EOFError, OSError):  # the parent is gone: stop cleanly, nobody will read more
+            loop.remove_reader(conn.fileno())
+            main.cancel()
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        outcome: tuple[str, Any] = (_RESULT, await target(channel, *args))
+    except asyncio.CancelledError:
+        outcome = (_CANCELLED, None)
+    except BaseException as exc:  # reported to the parent, which re-raises it
+        outcome = (_ERROR, _portable(exc))
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(conn.fileno())
+    try:
+        channel.send(*outcome)
+    except Exception as exc:  # an unpicklable result: say so rather than vanish
+        with contextlib.suppress(OSError):
+            channel.send(_ERROR, _portable(exc))
+
+
+def _portable(exc: BaseException) -> tuple[BaseException, str]:
+    import pickle
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = JobProcessError(f"{type(exc).__name__}: {exc}")
+    return exc, text
+
+
+def _kill_live_jobs() -> None:
+    """At interpreter exit, no job worker is left running (their own EOF watch is the backup)."""
+    for proc in list(_live_jobs):
+        proc._kill()
+
+
+atexit.register(_kill_live_jobs)

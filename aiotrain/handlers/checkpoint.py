@@ -65,6 +65,9 @@ log = logging.getLogger("aiotrain.checkpoint")
 
 # one file name: <stem>_<step>[_<score name>=<score>].pt (the stem holds prefix and name)
 _NAME_RE = re.compile(r"^(?P<stem>.+?)_(?P<step>\d+)(?:_(?P<sname>[^=/]+)=(?P<score>[^/]+))?\.pt$")
+# torch's weights_only refusal, and the global the pickle wanted to call
+_REFUSED = "Weights only load failed"
+_GLOBAL = re.compile(r"GLOBAL (?P<name>[^\s]+)")
 # below this many bytes the snapshot memcpy runs inline: a thread hop would cost more than it saves
 _INLINE_COPY_BYTES = 4 << 20
 
@@ -451,6 +454,11 @@ def _torch_load(path: Path, mmap: bool = False) -> Any:
     except FileNotFoundError:
         raise
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError) as exc:
+        if _REFUSED in str(exc):  # a well-formed file whose pickle asks to run code: unsafe
+            named = _GLOBAL.search(str(exc))
+            what = f"it references {named['name']}" if named else "it holds more than tensors"
+            raise CheckpointError(f"{path}: unsafe content, not loaded: {what}, which is neither "
+                                  "a tensor nor a plain container (only state_dicts load)") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from exc
 
