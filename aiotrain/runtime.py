@@ -293,7 +293,7 @@ class _DaemonPool:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
 
@@ -309,7 +309,7 @@ class _DaemonPool:
                          daemon=True).start()
         return fut
 
-    def _main(self, item: tuple[cf.Future[Any], Callable[..., Any], tuple]) -> None:
+    def _main(self, item: tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...]]) -> None:
         while True:
             fut, fn, args = item
             if fut.set_running_or_notify_cancel():
@@ -595,16 +595,16 @@ class DataWorkerPool:
                         fut.set_exception(RuntimeError(f"unreadable reply from data worker "
                                                        f"{worker.proc.pid}: {exc}"))
                 continue
-            fut = worker.calls.get(call_id)
-            if fut is None or fut.done():  # cancelled meanwhile: the result is discarded
+            reply = worker.calls.get(call_id)
+            if reply is None or reply.done():  # cancelled meanwhile: the result is discarded
                 for fd in fds:
                     os.close(fd)
             elif ok:
-                fut.set_result((value, fds))
+                reply.set_result((value, fds))
             else:
                 for fd in fds:
                     os.close(fd)
-                fut.set_exception(value)
+                reply.set_exception(value)
 
     def _mark_dead(self, index: int, worker: _Worker) -> None:
         if worker.dead:

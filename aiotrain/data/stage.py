@@ -69,7 +69,8 @@ class CpuStage:
             return self.dataset.__getitems__(job.indices), []
         fetch = job.items is None
         items: Sequence[Any] = job.indices if fetch else job.items  # type: ignore[assignment]
-        samples, failures = [], []
+        samples: list[Any] = []
+        failures: list[tuple[int, BaseException]] = []
         for index, item in zip(job.indices, items, strict=True):
             if note is not None:
                 note(index)

@@ -46,14 +46,15 @@ def share(obj: Any) -> tuple[Any, list[int]]:
         storage = x.untyped_storage()
         if not storage.is_shared():  # not built in shared memory: one copy into it
             storage = torch.UntypedStorage._new_shared(x.numel() * x.element_size())
-            x = torch.empty(0, dtype=x.dtype).set_(storage, 0, x.shape).copy_(x)
+            x = torch.empty(0, dtype=x.dtype).set_(  # type: ignore[call-overload]
+                storage, 0, x.shape).copy_(x)
         key = storage.data_ptr()
         if key not in seen:
             fd, _size = storage._share_fd_cpu_()
             seen[key] = len(fds)
             fds.append(os.dup(fd))  # the storage keeps its own fd; ours is for the message
         return _TensorRef(seen[key], x.dtype, tuple(x.shape), tuple(x.stride()),
-                          x.storage_offset(), storage.nbytes())
+                          int(x.storage_offset()), storage.nbytes())
 
     try:
         return map_leaves(obj, torch.Tensor, ref), fds
@@ -70,7 +71,8 @@ def rebuild(header: Any, fds: list[int]) -> Any:
         def tensor(x: _TensorRef) -> torch.Tensor:
             storage = storages.get(x.storage)
             if storage is None:
-                storage = torch.UntypedStorage._new_shared_fd_cpu(fds[x.storage], x.nbytes)
+                storage = torch.UntypedStorage._new_shared_fd_cpu(  # type: ignore[attr-defined]
+                    fds[x.storage], x.nbytes)
                 storages[x.storage] = storage
             return torch.empty(0, dtype=x.dtype).set_(storage, x.offset, x.shape, x.stride)
 
