@@ -17,7 +17,7 @@ import torch
 from aiotrain import distributed as dist
 from aiotrain.engine import Engine
 from aiotrain.events import Events
-from aiotrain.handlers import checkpoint as ckpt_mod
+from aiotrain.handlers.checkpoint import single_file
 from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -67,14 +67,14 @@ def _names(folder) -> list[str]:
 def _gated_writes(monkeypatch):
     """Make every write wait for the returned Event; count the writes that started."""
     gate, started = threading.Event(), []
-    real = ckpt_mod._atomic_save
+    real = single_file.atomic_save
 
     def slow(obj, path):
         started.append(path.name)
         assert gate.wait(10)
         real(obj, path)
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    monkeypatch.setattr(single_file, "atomic_save", slow)
     return gate, started
 
 
@@ -273,7 +273,7 @@ async def test_a_failed_write_is_raised_at_the_next_save_and_keeps_the_old_file(
     def full_disk(obj, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", full_disk)
+    monkeypatch.setattr(single_file, "atomic_save", full_disk)
     await ckpt(FakeEngine(2))
     with pytest.raises(CheckpointError, match="No space left"):
         await ckpt(FakeEngine(3))
@@ -282,13 +282,13 @@ async def test_a_failed_write_is_raised_at_the_next_save_and_keeps_the_old_file(
 
 
 async def test_engine_run_returns_only_when_the_last_write_is_durable(tmp_path, monkeypatch):
-    real = ckpt_mod._atomic_save
+    real = single_file.atomic_save
 
     def slow(obj, path):
         time.sleep(0.2)
         real(obj, path)
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    monkeypatch.setattr(single_file, "atomic_save", slow)
     model = torch.nn.Linear(2, 2)
     trainer = Engine(lambda e, b: None)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5),
