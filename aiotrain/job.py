@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import torch
@@ -32,6 +32,7 @@ from .config import Conf, Config, ConfigError
 from .engine import Engine, State
 from .events import Events
 from .handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
+from .parallel import parallelize
 from .runtime import to_compute, to_io
 from .tracking import Track
 from .validation import RuntimeValidator, ValidationMode, ValidationReport
@@ -46,6 +47,8 @@ class TrainSection(msgspec.Struct):
     patience: int | None = None
     min_delta: float = 0.0
     device: str | None = None
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # see aiotrain.parallel
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # FSDP's mixed-precision policy
 
 
 class CheckpointSection(msgspec.Struct):
@@ -192,10 +195,7 @@ class TrainJob:
 
     async def _train(self, task: Task, device: torch.device) -> JobResult:
         s = self.settings
-        net = task.model
-        if dist.world_size() > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                task.model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = parallelize(task.model, s.train.strategy, s.train.precision, device, optimizer=task.optimizer)
         prepare = task.prepare_batch or default_prepare_batch
         trainer = Engine(_train_step(net, task.optimizer, task.loss_fn, prepare, device))
         evaluator = Engine(_eval_step(net, prepare, device))
@@ -228,7 +228,8 @@ class TrainJob:
                 art = Track.Artifact(f"{s.tracking.project}-model", type="model",
                                      metadata={"score_name": task.score_name,
                                                **{k: float(v) for k, v in evaluator.state.metrics.items()}})
-                art.add_file(str(best.last_checkpoint))
+                path = best.last_checkpoint  # a folder when sharded
+                (art.add_dir if path.is_dir() else art.add_file)(str(path))
                 await run.alog_artifact(art, aliases=["best"])
             run.summary.update({f"val/{k}": v for k, v in evaluator.state.metrics.items()})
             await run.afinish()
