@@ -413,3 +413,19 @@ async def test_global_step_must_be_a_non_negative_integer(tmp_path):
     await ckpt(eng)
     await ckpt.flush()
     assert _names(tmp_path) == ["box_4.pt"]
+
+
+async def test_cancel_during_the_final_flush_returns_after_the_write_is_durable(tmp_path, monkeypatch):
+    gate, started = _gated_writes(monkeypatch)
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5), Checkpoint({"box": Box(1.0)}, tmp_path))
+    task = asyncio.create_task(trainer.run(range(5), max_epochs=1))
+    while not started:  # the last step is done; run now waits for the final write
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    asyncio.get_running_loop().call_later(0.3, gate.set)  # the write ends well after the cancel
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _names(tmp_path) == ["box_5.pt"], "cancel returned while the write was in flight"
+    Checkpoint.load_objects({"box": Box()}, tmp_path / "box_5.pt")

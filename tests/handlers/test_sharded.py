@@ -44,7 +44,8 @@ def _launch(world: int, *args: str) -> list[subprocess.Popen]:
     return procs
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float = 120) -> None:
+def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> None:
+    # generous: on a 2-core machine shared with other jobs, four ranks importing torch take minutes
     for rank, proc in enumerate(procs):
         _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}: {err[-3000:]}"
@@ -65,6 +66,9 @@ def _assert_same_state(ours: dict, reference: dict, where: str) -> None:
                 assert torch.equal(ours[part][key], value), f"{where}: {part}.{key} differs"
             else:
                 assert ours[part][key] == value, f"{where}: {part}.{key} differs"
+
+
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +143,7 @@ def test_a_damaged_shard_is_an_error_naming_it_and_latest_skips_it(trained, tmp_
 
 def test_ranks_dying_before_the_rename_leave_no_checkpoint_under_its_name(tmp_path):
     procs = _launch(2, "die", str(tmp_path / "ckpt"))
-    procs[0].wait(timeout=120)
+    procs[0].wait(timeout=600)
     assert procs[0].returncode == 17, procs[0].communicate()[1][-3000:]
     _kill(procs[1:])
     names = sorted(os.listdir(tmp_path / "ckpt"))
@@ -153,7 +157,6 @@ def test_ranks_dying_before_the_rename_leave_no_checkpoint_under_its_name(tmp_pa
     assert ckpt.last_checkpoint == tmp_path / "ckpt" / "checkpoint_4"
 
 
-@pytest.mark.timeout(240)
 def test_sigkill_of_all_ranks_then_resume_is_bit_identical(trained, tmp_path):
     _, reference = trained
     rng = random.Random(20261127)
