@@ -147,10 +147,8 @@ class Checkpoint:
             return
         step = self._global_step(engine)
         score = float(self.score_function(engine)) if self.score_function is not None else None
-        busy = self._pending is not None and not self._pending.done()
-        if collective:  # every rank must take the same decision
-            busy = dist.any_rank(busy)
-        if busy and self.when_busy == "skip" and score is None and not _is_final(engine):
+        if self.when_busy == "skip" and score is None and not _is_final(engine) \
+                and self._busy(collective):
             self.skipped += 1
             log.debug("checkpoint at step %d skipped: the previous write is still running", step)
             return
@@ -257,6 +255,11 @@ class Checkpoint:
             _load_one(obj, checkpoint[key], strict)
 
     # internals ------------------------------------------------------------------------------
+    def _busy(self, collective: bool) -> bool:
+        """The previous write is still running (on some rank: every rank takes the same decision)."""
+        busy = self._pending is not None and not self._pending.done()
+        return dist.any_rank(busy) if collective else busy
+
     def _global_step(self, engine: Any) -> int:
         if self.global_step_transform is not None:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))

@@ -103,6 +103,10 @@ class ShardedWriter:
     (it makes the Gloo group the writes use and agrees on a token for temp folder names)."""
 
     def __init__(self, sharded_keys: set[str]) -> None:
+        # DCP's modules take seconds to import: here, at set-up, not at the first save's event
+        import torch.distributed.checkpoint  # noqa: F401
+        import torch.distributed.checkpoint.state_dict  # noqa: F401
+
         self.sharded_keys = frozenset(sharded_keys)
         self.group = dist.new_group("gloo")
         self.token = dist.broadcast_object(secrets.token_hex(6))
@@ -184,7 +188,7 @@ def verify(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: not a finished sharded checkpoint (no {MANIFEST})") from None
+        raise CheckpointError(f"{path}: not a finished sharded checkpoint (its manifest {MANIFEST} is missing)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
