@@ -24,6 +24,7 @@ pointed at the new parameters (``optimizer=``, or ``rebind_optimizer``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 import torch
 from torch import nn
 

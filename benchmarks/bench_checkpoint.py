@@ -7,8 +7,8 @@ parameter bytes in all). A step stands for a GPU-bound step: ~1 ms of CPU work o
 thread that ends in a (small) optimizer step, then a wait until 20 ms are up (as a CUDA sync would
 wait), so the CPU is free for the writer the way it is beside a GPU.
 
-First the disk's write time is measured: one durable save of the whole state (torch.save, fsync
-of the file and the folder), ``disk_write_s``. A save then triggers every ``--every`` steps; by
+First the disk's write time is measured: one durable save of the whole state (torch.save to a temp
+file, fsync, rename, fsync of the folder), ``disk_write_s``. A save then triggers every ``--every`` steps; by
 default the fewest steps that make the save interval at least twice that write time (the regime
 the throughput target is about). Figures per variant:
 
@@ -54,8 +54,7 @@ from _common import emit  # noqa: E402
 
 from aiotrain import Engine, Events  # noqa: E402
 from aiotrain import distributed as dist  # noqa: E402
-from aiotrain.files import fsync_dir  # noqa: E402
-from aiotrain.handlers.checkpoint import Checkpoint  # noqa: E402
+from aiotrain.handlers.checkpoint import Checkpoint, single_file  # noqa: E402
 from aiotrain.runtime import run as run_main  # noqa: E402
 
 TICK = 0.005
@@ -140,20 +139,9 @@ async def train(head: torch.nn.Linear, steps: int, every: int,
     return out
 
 
-def durable_save(obj: object, path: Path) -> None:
-    """torch.save, then fsync the file and its folder: what 'durable' costs on this disk."""
-    torch.save(obj, str(path))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-
-
 def blocking_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path):
     async def save(engine: Engine) -> None:
-        durable_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, folder / "blocking.pt")
+        single_file.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, folder / "blocking.pt")
 
     async def flush() -> None:  # nothing is ever in flight
         return None
@@ -235,7 +223,7 @@ async def single_process(args: argparse.Namespace, folder: Path) -> dict:
     head = torch.nn.Linear(SIDE, SIDE)
     nbytes = state_bytes(model, opt)
     t = time.perf_counter()
-    durable_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, folder / "probe.pt")
+    single_file.atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, folder / "probe.pt")
     write_s = time.perf_counter() - t
     (folder / "probe.pt").unlink()
     every = args.every or max(1, math.ceil(2 * write_s / STEP_S))

@@ -17,8 +17,7 @@ import torch
 from aiotrain import distributed as dist
 from aiotrain.engine import Engine
 from aiotrain.events import Events
-from aiotrain.handlers.checkpoint import single_file, staging
-from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError
+from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, single_file, staging
 
 SCRIPTS = Path(__file__).parent / "scripts"
 BIG = 2_000_000  # floats: 8 MB, above the inline-copy threshold, so the copy goes to a thread
@@ -64,9 +63,24 @@ def _names(folder) -> list[str]:
     return sorted(os.listdir(folder))
 
 
+class _Started(list):
+    """Names of the writes that started; ``await started.first()`` waits for one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def append(self, name: str) -> None:
+        super().append(name)
+        self.event.set()
+
+    async def first(self) -> None:
+        assert await asyncio.to_thread(self.event.wait, 10)
+
+
 def _gated_writes(monkeypatch):
     """Make every write wait for the returned Event; count the writes that started."""
-    gate, started = threading.Event(), []
+    gate, started = threading.Event(), _Started()
     real = single_file.atomic_save
 
     def slow(obj, path):
@@ -420,8 +434,7 @@ async def test_cancel_during_the_final_flush_returns_after_the_write_is_durable(
     trainer = Engine(lambda e, b: None)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5), Checkpoint({"box": Box(1.0)}, tmp_path))
     task = asyncio.create_task(trainer.run(range(5), max_epochs=1))
-    while not started:  # the last step is done; run now waits for the final write
-        await asyncio.sleep(0.01)
+    await started.first()  # the last step is done; run now waits for the final write
     await asyncio.sleep(0.05)
     task.cancel()
     asyncio.get_running_loop().call_later(0.3, gate.set)  # the write ends well after the cancel
@@ -492,8 +505,7 @@ async def test_when_busy_skip_drops_a_superseded_save_but_never_the_last_one(tmp
     gate, started = _gated_writes(monkeypatch)
     ckpt = Checkpoint({"box": Box(1.0)}, tmp_path, n_saved=5, when_busy="skip")
     await ckpt(FakeEngine(1))
-    while not started:
-        await asyncio.sleep(0.01)
+    await started.first()
     await ckpt(FakeEngine(2))  # the write of step 1 is still running: dropped, counted
     assert ckpt.skipped == 1 and started == ["box_1.pt"]
     final = FakeEngine(3)

@@ -73,7 +73,10 @@ def _options(strict: bool = True) -> Any:
 def capture(to_save: Mapping[str, Any]) -> dict[str, Any]:
     """Every object's state now: modules and optimizers by parameter name (DTensor shards for
     sharded models), the others through their own ``state_dict()``."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     out: dict[str, Any] = {}
     for key, obj in to_save.items():
@@ -151,13 +154,7 @@ class ShardedWriter:
 
     def _write_rank_file(self, temp: Path, rank: int, state: dict[str, Any]) -> None:
         temp.mkdir(parents=True, exist_ok=True)
-        target = temp / f"rank{rank}.pt"
-        torch.save(state, str(target))
-        fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        single_file.atomic_save(state, temp / f"rank{rank}.pt")
 
     def _agree(self, fn: Any, what: str) -> None:
         """Run ``fn`` on this rank, then learn whether every rank succeeded (no rank hangs in a
@@ -208,7 +205,10 @@ def verify(path: Path) -> dict[str, Any]:
 def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
     """Load ``to_load`` from a sharded checkpoint, on any number of ranks (every rank calls it)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     manifest = verify(path)
     saved = set(manifest["sharded"]) | set(manifest["per_rank"])
