@@ -36,11 +36,15 @@ def _final_model(tmp: Path) -> dict:
 
 def _final_sharded_model(tmp: Path) -> dict:
     """The model of the sharded last checkpoint, loaded whole in this (single) process."""
-    from aiotrain.handlers.checkpoint import Checkpoint
-    from examples.digits import SmallCNN
+    import importlib.util
 
+    from aiotrain.handlers.checkpoint import Checkpoint
+
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits.py")
+    digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits)
     (last,) = [p for p in (tmp / "checkpoints").rglob("last_*") if p.is_dir()]
-    model = SmallCNN(dropout=0.0)
+    model = digits.SmallCNN(dropout=0.0)
     Checkpoint.load_objects({"model": model}, last)
     return model.state_dict()
 

@@ -11,7 +11,7 @@ until it is done (``staging.GATE``). The I/O executor then writes the snapshot a
 fell out of retention. A process killed at any moment leaves the previous newest checkpoint
 intact and loadable.
 
-Decisions where DESIGN §8 is silent (as an Ignite user would expect):
+Decisions where the contract is silent (as an Ignite user would expect):
 
 - ``backend``: ``"file"`` (one ``.pt`` file, written by rank 0: the model must be whole on rank 0,
   as with DDP), ``"sharded"`` (a directory, every rank writes its own shards; needed for FSDP),
