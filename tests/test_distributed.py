@@ -85,6 +85,9 @@ def test_helpers_in_a_single_process():
     assert dist.all_reduce(t) is t and t.tolist() == [1.0, 2.0]
     assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
     assert dist.rank_zero_only(lambda: 5)() == 5
+    assert dist.broadcast_object({"b": 2}) == {"b": 2}
+    assert dist.any_rank(True) is True and dist.any_rank(False) is False
+    assert dist.new_group("gloo") is None  # nothing to group alone
     assert dist.init() is False
 
 
