@@ -145,7 +145,7 @@ def blocking_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: P
 
     async def flush() -> None:  # nothing is ever in flight
         return None
-    save.flush = flush  # type: ignore[attr-defined]
+    save.aflush = flush  # type: ignore[attr-defined]
     return save
 
 
@@ -154,7 +154,7 @@ def aiotrain_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: P
 
     async def save(engine: Engine) -> None:
         await ckpt(engine)
-    save.flush = ckpt.flush  # type: ignore[attr-defined]
+    save.aflush = ckpt.aflush  # type: ignore[attr-defined]
     return save
 
 
@@ -176,7 +176,7 @@ def dcp_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path):
     async def flush() -> None:
         if state["pending"] is not None:
             await asyncio.wrap_future(state["pending"])
-    save.flush = flush  # type: ignore[attr-defined]
+    save.aflush = flush  # type: ignore[attr-defined]
     return save
 
 
@@ -195,7 +195,7 @@ def lightning_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: 
     async def flush() -> None:
         await asyncio.to_thread(io.teardown)  # waits for the writes it queued
         io.__init__(TorchCheckpointIO())  # teardown closes its executor: a fresh one for the next
-    save.flush = flush  # type: ignore[attr-defined]
+    save.aflush = flush  # type: ignore[attr-defined]
     return save
 
 
@@ -214,7 +214,7 @@ async def first_pause(save, engine: Engine) -> float:
     t = time.perf_counter()
     await save(engine)
     pause = (time.perf_counter() - t) * 1e3
-    await save.flush()
+    await save.aflush()
     return round(pause, 1)
 
 

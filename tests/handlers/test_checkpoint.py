@@ -56,7 +56,7 @@ async def _save(ckpt: Checkpoint, step: int, **metrics) -> None:
     eng = FakeEngine(step)
     eng.state.metrics.update(metrics)
     await ckpt(eng)
-    await ckpt.flush()
+    await ckpt.aflush()
 
 
 def _names(folder) -> list[str]:
@@ -167,7 +167,7 @@ async def test_snapshot_holds_the_values_at_the_event_not_later_ones(tmp_path, m
     state["step"] = 2
     state["groups"][0]["lr"] = 0.5
     gate.set()
-    await ckpt.flush()
+    await ckpt.aflush()
     assert started == ["obj_1.pt"]
     loaded = torch.load(tmp_path / "obj_1.pt", weights_only=True)
     assert loaded["w"].abs().sum().item() == 0.0
@@ -180,7 +180,7 @@ async def test_rng_states_are_captured_at_the_save_event(tmp_path):
     torch.manual_seed(123)
     await ckpt(FakeEngine(1))
     expected = torch.rand(5)  # a later handler draws from the RNG before the write happens
-    await ckpt.flush()
+    await ckpt.aflush()
     Checkpoint.load_objects({"trainer": Engine(lambda e, b: None)}, tmp_path / "trainer_1.pt")
     assert torch.equal(torch.rand(5), expected)
 
@@ -205,7 +205,7 @@ async def test_retention_by_step_keeps_the_newest_and_deletes_after_the_write(tm
     await asyncio.sleep(0.05)
     assert _names(tmp_path)[:2] == ["box_2.pt", "box_3.pt"]  # nothing deleted before step 4 is durable
     gate.set()
-    await ckpt.flush()
+    await ckpt.aflush()
     assert _names(tmp_path) == ["box_3.pt", "box_4.pt"]
     assert ckpt.last_checkpoint == tmp_path / "box_4.pt"
 
@@ -274,7 +274,7 @@ async def test_a_save_during_a_write_waits_for_it_without_blocking_the_loop(tmp_
     box.big.fill_(2.0)  # the first write still holds the staging buffers: the second waits
     gate.set()
     await second
-    await ckpt.flush()
+    await ckpt.aflush()
     assert started == ["box_1.pt", "box_2.pt"]
     assert torch.load(tmp_path / "box_1.pt", weights_only=True)["big"][0].item() == 1.0
     assert torch.load(tmp_path / "box_2.pt", weights_only=True)["big"][0].item() == 2.0
@@ -425,7 +425,7 @@ async def test_global_step_must_be_a_non_negative_integer(tmp_path):
     eng = FakeEngine()
     eng.state.epoch = torch.tensor(4)
     await ckpt(eng)
-    await ckpt.flush()
+    await ckpt.aflush()
     assert _names(tmp_path) == ["box_4.pt"]
 
 
@@ -482,7 +482,7 @@ async def test_the_parameter_copy_runs_behind_the_next_step_and_the_optimizer_wa
     assert not step.done() and order == []  # forward and backward ran; the step waits
     gate.set()
     await step
-    await ckpt.flush()
+    await ckpt.aflush()
     assert order == ["copied", "stepped"]
     saved = torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)["model"]
     for key, value in before.items():
@@ -515,7 +515,7 @@ async def test_when_busy_skip_drops_a_superseded_save_but_never_the_last_one(tmp
     assert not last.done() and ckpt.skipped == 1
     gate.set()
     await last
-    await ckpt.flush()
+    await ckpt.aflush()
     assert _names(tmp_path) == ["box_1.pt", "box_3.pt"]
 
 
@@ -531,7 +531,7 @@ async def test_when_busy_skip_never_drops_a_scored_save(tmp_path, monkeypatch):
     await asyncio.sleep(0.05)
     gate.set()
     await second
-    await ckpt.flush()
+    await ckpt.aflush()
     assert ckpt.skipped == 0 and _names(tmp_path) == ["box_1_acc=0.5000.pt", "box_2_acc=0.9000.pt"]
 
 

@@ -11,7 +11,7 @@ until it is done (``staging.GATE``). The I/O executor then writes the snapshot a
 fell out of retention. A process killed at any moment leaves the previous newest checkpoint
 intact and loadable.
 
-Decisions where the contract is silent (as an Ignite user would expect):
+Decisions (as an Ignite user would expect):
 
 - ``backend``: ``"file"`` (one ``.pt`` file, written by rank 0: the model must be whole on rank 0,
   as with DDP), ``"sharded"`` (a directory, every rank writes its own shards; needed for FSDP),
@@ -20,7 +20,7 @@ Decisions where the contract is silent (as an Ignite user would expect):
   it (``"wait"``: the step loop stays paused, the event loop does not block) or, for saves that
   keep the newest state (no score), is dropped because a later one will supersede it (``"skip"``,
   counted in ``skipped``; the save at the run's last step is never dropped). A failed write is
-  raised at the next save, or by ``await checkpoint.flush()``.
+  raised at the next save, or by ``await checkpoint.aflush()``.
 - ``last_checkpoint`` is the kept checkpoint with the highest priority (newest, or best score),
   as in Ignite, once its write is durable.
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import operator
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -39,8 +38,11 @@ from typing import Any, Protocol
 import torch
 
 from ... import distributed as dist
+from ...deprecation import renamed_method
 from ...events import Events
+from ...protocols import Stateful
 from ...runtime import await_future, submit_io, to_io
+from ...values import check_int
 from . import sharded, single_file
 from .errors import CheckpointError
 from .retention import NAME_RE, Retention
@@ -69,20 +71,19 @@ class Checkpoint:
     ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
     reads ``engine.state.metrics[score_name]``) the ``n_saved`` best are kept, else the ``n_saved``
     newest. The write is registered with ``engine.add_pending`` so ``run`` returns only once it is
-    durable; outside an engine, ``await checkpoint.flush()``. ``overlap=False`` copies everything
+    durable; outside an engine, ``await checkpoint.aflush()``. ``overlap=False`` copies everything
     at the event (for code that changes parameters other than through an optimizer step).
     """
 
-    def __init__(self, to_save: Mapping[str, Any], save_dir: str | os.PathLike[str],
+    def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
                  filename_prefix: str = "", n_saved: int | None = 1,
                  score_function: Callable[[Any], float] | None = None,
                  score_name: str | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None,
                  *, backend: str = "auto", when_busy: str = "wait", overlap: bool = True) -> None:
         _check_to_save(to_save)
-        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int)
-                                    or n_saved < 1):
-            raise ValueError(f"n_saved must be a positive integer or None, got {n_saved!r}")
+        if n_saved is not None:
+            n_saved = check_int("n_saved (or None)", n_saved)
         if not isinstance(filename_prefix, str) or "/" in filename_prefix or os.sep in filename_prefix:
             raise ValueError(f"filename_prefix must be a plain string without separators, got {filename_prefix!r}")
         if score_name is not None and ("=" in score_name or "/" in score_name):
@@ -155,7 +156,7 @@ class Checkpoint:
         state = sharded.capture(self.to_save) if collective else \
             {k: obj.state_dict() for k, obj in self.to_save.items()}
         frozen = freeze(state)
-        await self.flush()  # at most one write in flight; its staging buffers are ours after
+        await self.aflush()  # at most one write in flight; its staging buffers are ours after
         plan = self._retention.plan(step, score)
         if plan is None:
             return
@@ -178,7 +179,7 @@ class Checkpoint:
         if add_pending is not None:
             add_pending(fut)
 
-    async def flush(self) -> None:
+    async def aflush(self) -> None:
         """Wait until the last write is durable; raise CheckpointError if it failed."""
         fut = self._pending
         if fut is None:
@@ -192,6 +193,8 @@ class Checkpoint:
             self._pending = None
             raise CheckpointError(f"writing a checkpoint in {self.save_dir} failed: {exc}") from exc
         self._pending = None
+
+    flush = renamed_method(aflush, "flush")
 
     @staticmethod
     def latest(save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
@@ -265,13 +268,7 @@ class Checkpoint:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
-        try:
-            value = operator.index(step)  # ints, numpy integers, 0-d integer tensors
-        except TypeError:
-            value = -1
-        if isinstance(step, bool) or value < 0:
-            raise ValueError(f"global step must be a non-negative integer, got {step!r}")
-        return value
+        return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
     def _write(self, snapshot: dict[str, Any], later: Pairs, copied: cf.Future[None] | None,
                path: Path, priority: tuple[float, ...], seq: int) -> None:
@@ -324,7 +321,7 @@ def _check_to_save(objs: Any) -> None:
     for key, obj in objs.items():
         if not isinstance(key, str):
             raise TypeError(f"keys must be strings, got {key!r}")
-        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        if not isinstance(obj, Stateful):
             raise TypeError(f"{key!r}: {type(obj).__name__} has no state_dict/load_state_dict")
 
 

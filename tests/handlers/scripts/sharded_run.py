@@ -117,7 +117,7 @@ async def die(save_dir: str) -> None:
     async def arm(engine: Engine) -> None:
         """Once the first save is durable, rank 0 dies where the second one would be renamed
         into place (its manifest, then its folder)."""
-        await ckpt.flush()
+        await ckpt.aflush()
         if dist.is_main():
             os.replace = lambda src, dst: os._exit(17)
 
