@@ -18,7 +18,7 @@ import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -37,7 +37,7 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
-DTensor = _dtensor_type()  # None in a torch without torch.distributed
+DTensor: Any = _dtensor_type()  # None in a torch without torch.distributed
 
 
 class Staging:
@@ -73,7 +73,7 @@ class Staging:
 
         def stage(t: torch.Tensor, where: Where) -> Any:
             if DTensor is not None and isinstance(t, DTensor):
-                local = t._local_tensor
+                local = cast(Any, t)._local_tensor
                 if not _stageable(local):
                     return t.detach().to("cpu")
                 shell = self._shell(t, buffer(local, where), where)
