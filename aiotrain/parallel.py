@@ -33,10 +33,10 @@ from . import distributed as dist
 __all__ = ["PRECISIONS", "STRATEGIES", "default_blocks", "parallelize", "rebind_optimizer"]
 
 STRATEGIES = ("ddp", "fsdp")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", 32, 16)  # 32 / 16: the pipeline's train.precision
 
 
-def parallelize(model: nn.Module, strategy: str = "ddp", precision: str = "fp32",
+def parallelize(model: nn.Module, strategy: str = "ddp", precision: str | int = "fp32",
                 device: torch.device | str | None = None,
                 blocks: Iterable[nn.Module] | None = None,
                 optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
@@ -49,7 +49,7 @@ def parallelize(model: nn.Module, strategy: str = "ddp", precision: str = "fp32"
     if strategy not in STRATEGIES:
         raise ValueError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"train.precision must be one of {', '.join(map(str, PRECISIONS))}, got {precision!r}")
     dev = torch.device(device) if device is not None else _param_device(model)
     if dist.world_size() == 1:
         return model
@@ -63,13 +63,13 @@ def parallelize(model: nn.Module, strategy: str = "ddp", precision: str = "fp32"
     return model
 
 
-def _fully_shard(model: nn.Module, precision: str, device: torch.device,
+def _fully_shard(model: nn.Module, precision: str | int, device: torch.device,
                  blocks: Iterable[nn.Module] | None) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (dist.world_size(),))
-    low = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    low = {"fp32": None, 32: None, "bf16": torch.bfloat16, "fp16": torch.float16, 16: torch.float16}[precision]
     policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32 if low else None)
     for block in (default_blocks(model) if blocks is None else blocks):
         fully_shard(block, mesh=mesh, mp_policy=policy)

@@ -2,8 +2,10 @@
 
 Starts the service on a loopback port (127.0.0.1 only), then runs two jobs one after the other
 and probes /health every 20 ms while each trains: the "cold" job is the first in a fresh process
-(it pays one-time imports and lazy initialisation, which hold the GIL), the "warm" one is a job
-in a running service. Reports p50/p99/max of each. Target p99 <= 50 ms. One JSON line.
+and has an async task factory (examples/text.sdn: its factory runs on the loop, so any one-time
+import or lazy initialisation it triggers there would stall the service), the "warm" one is a
+digits job in a running service. Reports p50/p99/max of each and the machine's load average.
+Targets: p99 <= 20 ms and max <= 50 ms, cold job included. One JSON line.
 """
 
 from __future__ import annotations
@@ -26,11 +28,9 @@ from _common import emit  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def probe(url: str, epochs: int) -> dict:
+async def probe(url: str, job: dict) -> dict:
     lat = []
     async with aiohttp.ClientSession() as s:
-        job = {"config": "examples/digits.sdn",
-               "overrides": [f"train.max_epochs={epochs}", "train.patience=null"]}
         async with s.post(f"{url}/jobs", json=job) as r:
             job_id = (await r.json())["id"]
         t_end = None
@@ -52,8 +52,8 @@ async def probe(url: str, epochs: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--epochs", type=int, default=5, help="epochs of the cold job")
-    p.add_argument("--warm-epochs", type=int, default=30, help="epochs of the warm job")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the cold (text) job")
+    p.add_argument("--warm-epochs", type=int, default=20, help="epochs of the warm (digits) job")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as store:
         env = {**os.environ, "AIOTRAIN_DIR": store, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -61,12 +61,17 @@ def main() -> None:
                                 env=env, stdout=subprocess.PIPE, text=True)
         try:
             url = proc.stdout.readline().split("listening on ")[1].strip()
-            res = {"cold_first_job": asyncio.run(probe(url, a.epochs)),
-                   "warm_job": asyncio.run(probe(url, a.warm_epochs))}
+            cold = {"config": "examples/text.sdn",
+                    "overrides": [f"train.max_epochs={a.epochs}", "data.extra_vocab=20000"]}
+            warm = {"config": "examples/digits.sdn",
+                    "overrides": [f"train.max_epochs={a.warm_epochs}", "train.patience=null"]}
+            res = {"cold_first_job_async_factory": asyncio.run(probe(url, cold)),
+                   "warm_job": asyncio.run(probe(url, warm))}
         finally:
             proc.terminate()
             proc.wait()
-    emit("service_health", **res, targets={"p99_ms_max": 50})
+    emit("service_health", **res, load_avg_1m=round(os.getloadavg()[0], 2),
+         targets={"p99_ms_max": 20, "max_ms_max": 50})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def test_a_single_process_trains_the_model_itself():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"strategy": "zero3"}, "train.strategy must be one of ddp, fsdp, got 'zero3'"),
-    ({"precision": "int8"}, "train.precision must be one of fp32, bf16, fp16, got 'int8'"),
+    ({"precision": "int8"}, "train.precision must be one of fp32, bf16, fp16, 32, 16, got 'int8'"),
 ])
 def test_unknown_strategy_or_precision_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):

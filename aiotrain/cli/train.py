@@ -1,8 +1,10 @@
-"""``aiotrain train CONFIG.sdn [--mode=...] [--resume] [key=value ...]``.
+"""``aiotrain train CONFIG.sdn [--mode=...] [--resume [RUN]] [--force] [key=value ...]``.
 
-Exit codes (:mod:`aiotrain.errors`): 0 trained (or check_only passed), 1 validation errors,
-2 usage or config errors, 130 interrupted (Ctrl-C or SIGTERM: the step in flight finishes, pending
-checkpoint writes are flushed, the tracked run is marked, then the process exits).
+Exit codes (:mod:`aiotrain.errors`): 0 trained (or check_only passed), 1 validation errors or a
+failed run (a non-finite loss or score under ``train.on_nan = stop``), 2 usage or config errors
+(one line, ``FILE:LINE:COL:`` when the key is written in the config file), 130 interrupted
+(Ctrl-C or SIGTERM: the step in flight finishes, a final ``last`` checkpoint is written at that
+point, the run is marked, and the message says how to continue).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from ..config import Conf, Config, ConfigError
 from ..errors import ExitCode, UserError
@@ -23,7 +26,10 @@ def _parser() -> Parser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, SDN values")
     p.add_argument("--mode", default=ValidationMode.TRAIN_ONLY.value,
                    choices=[m.value for m in ValidationMode], help="validation mode")
-    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the newest run of the project (or RUN, an id or name)")
+    p.add_argument("--force", action="store_true",
+                   help="resume even though the config differs from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -43,16 +49,20 @@ def main(argv: list[str]) -> int:
 
 def _train(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume:  # `--resume key=value`: an override
+        args.overrides.insert(0, args.resume)
+        args.resume = True
     from ..job import TrainJob  # heavy imports after argument errors are out of the way
     from ..runtime import run
 
     try:
         cfg = load_config(args.config, args.overrides)
-        job = TrainJob(cfg, mode=args.mode, resume=args.resume, progress=not args.no_progress)
+        job = TrainJob(cfg, mode=args.mode, resume=args.resume, force=args.force,
+                       progress=not args.no_progress)
     except OSError as exc:
         raise UserError.from_os(exc, args.config) from None
-    except ConfigError as exc:  # an override or the task: the config file is the place to look
-        raise UserError.from_config(exc, args.config) from None
+    except ConfigError as exc:
+        raise _user_error(exc, args.config, args.overrides) from None
 
     async def go() -> int:
         task = asyncio.current_task()
@@ -64,10 +74,17 @@ def _train(argv: list[str]) -> int:
             result = await job.run()
             if result.state is not None:
                 shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
-                print(f"done: epoch {result.state.epoch}, iteration {result.state.iteration}  {shown}")
+                print(f"{result.status}: epoch {result.state.epoch}, iteration "
+                      f"{result.state.iteration}  {shown}".rstrip())
+            if result.run_dir:
+                print(f"dashboard: aiotrain runs serve --dir {Path(result.run_dir).parents[2]}")
             return result.exit_code
         except asyncio.CancelledError:
-            print("interrupted: pending checkpoint writes flushed; run marked", file=sys.stderr)
+            where = (f"checkpoint {job.stop_checkpoint}; continue with: aiotrain train "
+                     f"{args.config} --resume {job.identity.id}"
+                     if job.stop_checkpoint is not None and job.identity is not None
+                     else "no checkpoint written")
+            print(f"interrupted: {where}", file=sys.stderr)
             return ExitCode.INTERRUPTED
         finally:
             loop.remove_signal_handler(signal.SIGINT)
@@ -76,4 +93,29 @@ def _train(argv: list[str]) -> int:
     try:
         return run(go())
     except ConfigError as exc:
-        raise UserError.from_config(exc, args.config) from None
+        raise _user_error(exc, args.config, args.overrides) from None
+
+
+def _user_error(exc: ConfigError, path: str, overrides: list[str]) -> UserError:
+    """The user error for a config error, placed at the key's line when the file sets it."""
+    err = UserError.from_config(exc, path)
+    if err.line is None:
+        err.line, err.col = _locate(path, exc.full_key, overrides) or (None, None)
+    return err
+
+
+def _locate(path: str, key: str | None, overrides: list[str]) -> tuple[int, int] | None:
+    """Line and column of ``key`` in the config file, when the file sets it (not an override)."""
+    if not key or any(o.partition("=")[0].strip() == key for o in overrides):
+        return None
+    from ..config.sdn import SdnDocument, split_path
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = SdnDocument(f.read()).entries.get(tuple(split_path(key)))
+    except (OSError, ConfigError, ValueError):
+        return None
+    if entry is None:
+        return None
+    idx, indent, _ = entry
+    return idx + 1, indent + 1

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LabelRangeError", "check_label_range", "class_count", "label_range_error"]
+__all__ = ["LabelRangeError", "check_label_range", "class_count", "label_layout_error",
+           "label_range_error"]
 
 
 class LabelRangeError(ValueError):
@@ -24,13 +25,38 @@ _CLASSIFICATION = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
 _CLASSIFICATION_FNS = (F.cross_entropy, F.nll_loss)
 
 
+def _named(loss_fn: Any) -> bool:
+    return isinstance(loss_fn, _CLASSIFICATION) or loss_fn in _CLASSIFICATION_FNS
+
+
+def _index_targets(out: Any, y: Any) -> bool:
+    return (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor) and out.dim() >= 2
+            and not y.is_floating_point() and y.dtype != torch.bool)
+
+
+def label_layout_error(loss_fn: Any, out: Any, y: Any) -> str | None:
+    """CrossEntropyLoss / NLLLoss take the classes in dim 1, logits ``(B, C, d1, ...)`` with
+    targets ``(B, d1, ...)``; sequence logits ``(B, T, V)`` with targets ``(B, T)`` do not fit,
+    and that is said in those words (not as a label range problem)."""
+    if not (_named(loss_fn) and _index_targets(out, y)) or out.dim() < 3:
+        return None
+    expected = (out.shape[0], *out.shape[2:])
+    if tuple(y.shape) == tuple(expected):
+        return None
+    name = type(loss_fn).__name__ if isinstance(loss_fn, _CLASSIFICATION) else loss_fn.__name__
+    got = f"got logits {tuple(out.shape)} and targets {tuple(y.shape)}"
+    if tuple(y.shape) == tuple(out.shape[:-1]):
+        return (f"{name} takes the classes in dim 1, logits (B, C, ...) with targets (B, ...); "
+                f"{got}, which look like sequence logits (B, T, V): pass "
+                "logits.flatten(0, -2) with targets.flatten(), or logits.transpose(1, 2)")
+    return f"{name} takes logits (B, C, ...) with targets (B, ...) = {tuple(expected)}; {got}"
+
+
 def class_count(loss_fn: Any, out: Any, y: Any) -> int | None:
     """The number of classes when this is a classification loss on index targets, else None."""
-    if not (isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor)) or out.dim() < 2:
-        return None
-    if y.is_floating_point() or y.dtype == torch.bool:
-        return None  # probabilities or binary targets: no index range to check
-    named = isinstance(loss_fn, _CLASSIFICATION) or loss_fn in _CLASSIFICATION_FNS
+    if not _index_targets(out, y) or label_layout_error(loss_fn, out, y) is not None:
+        return None  # probabilities, binary targets or a layout problem: no range to check
+    named = _named(loss_fn)
     logits = out.is_floating_point() and out.dim() == 2 and y.dim() == 1
     return int(out.shape[1]) if named or logits else None
 
@@ -55,5 +81,8 @@ def label_range_error(loss_fn: Any, out: Any, y: Any) -> str | None:
 
 def check_label_range(loss_fn: Any, out: Any, y: Any) -> None:
     """Raise LabelRangeError (a short message pointing at Shapes) when the labels do not fit."""
+    if label_layout_error(loss_fn, out, y):
+        raise LabelRangeError(f"logits {tuple(out.shape)} and targets {tuple(y.shape)} do not fit "
+                              "the loss's (B, C, ...) layout (see Shapes)")
     if label_range_error(loss_fn, out, y):
         raise LabelRangeError(f"labels outside [0, {class_count(loss_fn, out, y)}) (see Shapes)")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,6 +52,12 @@ def test_failing_validation_exits_1(tmp_path):
     (["examples/digits.sdn", "task=nowhere.mod:build"], "task"),
     (["examples/digits.sdn", "noequals"], "noequals"),
     (["missing.sdn"], "missing.sdn"),
+    (["examples/digits.sdn", "train.max_epoch=2"], "did you mean train.max_epochs?"),
+    (["examples/digits.sdn", "tracking.mode=ofline"], "tracking.mode = 'ofline'"),
+    (["examples/digits.sdn", "checkpoint.n_saved=-1"], "checkpoint.n_saved = -1"),
+    (["examples/digits.sdn", "train.device=cpux"], "train.device = 'cpux'"),
+    (["examples/digits.sdn", 'train.max_epochs="3"'], "train.max_epochs = '3'"),
+    (["examples/digits.sdn", "--resume", "nosuchrun"], "resume: no run 'nosuchrun'"),
 ])
 def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     r = train(tmp_path, *args)
@@ -60,6 +65,15 @@ def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and fragment in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_bad_key_written_in_the_file_names_its_line(tmp_path):
+    bad = tmp_path / "bad.sdn"
+    bad.write_text("task: examples.digits:build\ntrain:\n  max_epochs = 2\n  patiense = 3\n")
+    r = train(tmp_path, str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"{bad}:4:3: train.patiense: unknown key in the "
+                                "runtime's 'train' section; did you mean train.patience?")
 
 
 def test_syntax_error_names_file_line_col(tmp_path):
@@ -79,20 +93,6 @@ def test_usage_error_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("aiotrain train: argument --mode: invalid choice")
     assert len(r.stderr.strip().splitlines()) == 1
-
-
-def test_resume_continues_from_latest_checkpoint(tmp_path):
-    first = train(tmp_path, "examples/digits.sdn", "train.max_epochs=2", "train.patience=null")
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = train(tmp_path, "examples/digits.sdn", "train.max_epochs=3", "train.patience=null",
-                   "--resume")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resume: from" in second.stdout and "epoch 2" in second.stdout
-    epochs = [ln for ln in second.stdout.splitlines() if ln.startswith("epoch ")]
-    assert [ln.split(":")[0] for ln in epochs] == ["epoch 3"]
-    last = _checkpoints(tmp_path, "last")[-1]
-    state = torch.load(last, weights_only=True)
-    assert state["trainer"]["epoch"] == 3
 
 
 def test_console_script_finds_the_task_from_the_working_directory(tmp_path):
@@ -115,13 +115,13 @@ def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
     env = {**os.environ, "AIOTRAIN_DIR": str(tmp_path / "store"), "PYTHONPATH": str(ROOT),
            "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "aiotrain", "train", "examples/digits.sdn",
-                             "train.max_epochs=500", "train.patience=null", "--no-progress"],
+                             "train.max_epochs=3", "train.patience=null", "--no-progress"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
-            if line.startswith("epoch 2:"):
+            if line.startswith("epoch 1:"):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -129,8 +129,19 @@ def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err and "Traceback" not in err
-    latest = Checkpoint.latest(tmp_path / "store" / "checkpoints" / "digits" / "default", "last")
-    assert latest is not None
+    assert "interrupted: checkpoint " in err and "--resume " in err and "Traceback" not in err
+    (record,) = (tmp_path / "store" / "checkpoints" / "digits").glob("*/run.sdn")
+    assert sdn.loads(record.read_text())["status"] == "interrupted"
+    latest = Checkpoint.latest(record.parent, "last")
+    assert latest is not None and str(latest) in err
     (meta,) = (tmp_path / "store" / "runs" / "digits").glob("*/metadata.sdn")
     assert sdn.loads(meta.read_text())["status"] == "interrupted"
+    # the stop point is where the run continues: same run, appended, finished once resumed
+    again = train(tmp_path, "examples/digits.sdn", "train.max_epochs=3", "train.patience=null",
+                  "--resume", record.parent.name)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resume: run {record.parent.name} from {latest}" in again.stdout
+    assert sdn.loads(meta.read_text())["status"] == "finished"
+    refused = train(tmp_path, "examples/digits.sdn", "--resume")
+    assert refused.returncode == 2 and "finished" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -11,6 +11,7 @@ error naming the file, not silent garbage.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from ...files import atomic_path
 from .errors import CheckpointError
 
 __all__ = ["atomic_save", "read", "verify"]
+
+# torch's weights_only refusal, and the global the pickle wanted to call
+_REFUSED = "Weights only load failed"
+_GLOBAL = re.compile(r"GLOBAL (?P<name>[^\s]+)")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -60,5 +65,10 @@ def _torch_load(path: Path, mmap: bool = False) -> Any:
     except FileNotFoundError:
         raise
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError) as exc:
+        if _REFUSED in str(exc):  # a well-formed file whose pickle asks to run code: unsafe
+            named = _GLOBAL.search(str(exc))
+            what = f"it references {named['name']}" if named else "it holds more than tensors"
+            raise CheckpointError(f"{path}: unsafe content, not loaded: {what}, which is neither "
+                                  "a tensor nor a plain container (only state_dicts load)") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from exc

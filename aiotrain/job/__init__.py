@@ -1,0 +1,19 @@
+"""The training pipeline behind ``aiotrain train`` and services: TrainJob, Task, TrainSettings.
+
+- ``settings``: the runtime's config sections, checked strictly (TrainSettings)
+- ``identity``: a run's id, checkpoint folder and what makes a resume safe
+- ``task``: Task (what a config's task factory returns) and the factory call
+- ``step``: the built-in train and eval steps (precision, accumulation, clipping, on_nan)
+- ``parts``: the wiring as an ordered list of small parts
+- ``sharding``: a train loader's share of the data under torchrun
+- ``train_job``: TrainJob and JobResult
+"""
+
+from .parts import JobContext, On, Part
+from .settings import TrainSettings
+from .step import NonFiniteError
+from .task import Task, default_prepare_batch
+from .train_job import JobResult, TrainJob
+
+__all__ = ["JobContext", "JobResult", "NonFiniteError", "On", "Part", "Task", "TrainJob",
+           "TrainSettings", "default_prepare_batch"]

@@ -1,0 +1,296 @@
+"""The wiring of a TrainJob as an explicit, ordered list of small parts.
+
+Each part attaches its handlers to the trainer when the job starts; parts attach in list order
+and the engine runs the handlers of one event in registration order, so the order of
+``default_parts()`` below is the order things happen at the end of an epoch: evaluate, tell the
+score listeners, early stopping, the best checkpoint, the epoch's LR step, tracking, progress,
+the caller's and the Task's parts, and last the ``last`` checkpoint, which therefore captures the
+effects of everything before it. A service or a Task adds parts (``TrainJob(parts=...)``,
+``Task.handlers``); they run after the built-in ones and before the ``last`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..events import Events
+from ..handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
+from .step import NonFiniteError
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from .identity import RunIdentity
+    from .settings import TrainSettings
+    from .task import Task
+
+__all__ = ["BestCheckpoint", "EarlyStop", "Evaluate", "JobContext", "LastCheckpoint", "On",
+           "Part", "Progress", "Schedule", "ScoreListeners", "TrackTrain", "default_parts"]
+
+ScoreListener = Callable[[int, float, dict[str, float]], "Awaitable[None] | None"]
+
+
+@dataclass
+class JobContext:
+    """What parts attach to: the settings, the task, both engines, the tracked run (None when
+    tracking is off or on a non-zero rank), the run's identity, and shared state."""
+
+    settings: TrainSettings
+    task: Task
+    trainer: Engine
+    evaluator: Engine
+    run: Any
+    identity: RunIdentity
+    echo: Callable[[str], None]
+    main: bool
+    stop: Callable[[str], None]  # stop training after this step, with a reason that is echoed
+    to_save: dict[str, Any] = field(default_factory=dict)  # what the ``last`` checkpoint holds
+    score_listeners: list[ScoreListener] = field(default_factory=list)
+    best: Checkpoint | None = None
+    last: Checkpoint | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        return self.task.val_loader is not None and bool(self.task.metrics)
+
+    @property
+    def eval_event(self) -> Any:
+        return Events.EPOCH_COMPLETED(every=self.settings.train.eval_every)
+
+    @property
+    def sign(self) -> float:
+        """+1 when a higher score is better, -1 when lower is."""
+        return 1.0 if self.task.score_mode == "max" else -1.0
+
+    def score(self) -> float:
+        """The latest validation score, as the metric reports it (not negated)."""
+        return float(self.evaluator.state.metrics[self.task.score_name])
+
+
+@runtime_checkable
+class Part(Protocol):
+    """One piece of the wiring: attaches its handlers to ``ctx.trainer`` (or the evaluator)."""
+
+    def attach(self, ctx: JobContext) -> None: ...
+
+
+@dataclass
+class On:
+    """A plain handler as a part: ``On(Events.EPOCH_COMPLETED, fn)``."""
+
+    event: Any
+    handler: Callable[..., Any]
+
+    def attach(self, ctx: JobContext) -> None:
+        ctx.trainer.add_event_handler(self.event, self.handler)
+
+
+class Evaluate:
+    """Every ``train.eval_every`` epochs: run the evaluator, publish ``val/*`` metrics in the
+    trainer's state (so ``observe`` snapshots carry them), log them, echo one line. A non-finite
+    score stops a run under ``train.on_nan = stop``."""
+
+    def attach(self, ctx: JobContext) -> None:
+        if not ctx.evaluates:
+            return
+
+        async def evaluate(engine: Any) -> None:
+            await ctx.evaluator.run(ctx.task.val_loader, max_epochs=1)
+            metrics = {f"val/{k}": _number(v) for k, v in ctx.evaluator.state.metrics.items()}
+            engine.state.metrics.update(metrics)
+            if ctx.run is not None:
+                ctx.run.log(metrics, step=engine.state.iteration)
+            if ctx.main:
+                shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                  if isinstance(v, float))
+                ctx.echo(f"epoch {engine.state.epoch}: {shown}")
+            score = ctx.score()
+            if not math.isfinite(score) and ctx.settings.train.on_nan == "stop":
+                raise NonFiniteError(f"the validation score val/{ctx.task.score_name}", score,
+                                     engine.state.epoch, engine.state.iteration)
+
+        ctx.trainer.add_event_handler(ctx.eval_event, evaluate)
+
+
+class ScoreListeners:
+    """After each evaluation, ``listener(epoch, score, metrics)`` for every listener (sync or
+    async; e.g. a sweep's pruning, which may call ``ctx.stop``)."""
+
+    def attach(self, ctx: JobContext) -> None:
+        if not ctx.evaluates:
+            return
+
+        async def notify(engine: Any) -> None:
+            metrics = {k: _number(v) for k, v in ctx.evaluator.state.metrics.items()}
+            for listener in ctx.score_listeners:
+                result = listener(engine.state.epoch, ctx.score(), metrics)
+                if inspect.isawaitable(result):
+                    await result
+
+        ctx.trainer.add_event_handler(ctx.eval_event, notify)
+
+
+class EarlyStop:
+    """``train.patience`` evaluations without an improvement of more than ``train.min_delta``
+    stop the run, and say so."""
+
+    def attach(self, ctx: JobContext) -> None:
+        s = ctx.settings.train
+        if not (s.patience and ctx.evaluates):
+            return
+        # the part stops the run itself, with a reason, so the stopper gets a quiet trainer
+        stopper = EarlyStopping(s.patience, lambda _: ctx.sign * ctx.score(), _Quiet(),
+                                min_delta=s.min_delta)
+        ctx.to_save["early_stopping"] = stopper
+
+        async def check(engine: Any) -> None:
+            stopper(ctx.evaluator)
+            if stopper.counter >= stopper.patience:
+                best = ctx.sign * stopper.best_score if stopper.best_score is not None else math.nan
+                ctx.stop(f"early stopping: val/{ctx.task.score_name} has not improved on "
+                         f"{best:.4f} (by more than {s.min_delta:g}) for {s.patience} evaluations")
+
+        ctx.trainer.add_event_handler(ctx.eval_event, check)
+
+
+class BestCheckpoint:
+    """Keep the ``checkpoint.n_saved`` best models by score, named with the real score; a
+    non-finite score is never saved."""
+
+    def attach(self, ctx: JobContext) -> None:
+        if not (ctx.task.score_name and ctx.evaluates):
+            return
+        best = ScoredCheckpoint({"model": ctx.task.model}, str(ctx.identity.dir),
+                                filename_prefix="best", n_saved=ctx.settings.checkpoint.n_saved,
+                                score_function=lambda _: ctx.sign * ctx.score(),
+                                score_name=ctx.task.score_name, sign=ctx.sign,
+                                global_step_transform=lambda *_: ctx.trainer.state.epoch)
+        ctx.best = best
+
+        async def save(engine: Any) -> None:
+            score = ctx.score()
+            if not math.isfinite(score):
+                if ctx.main:
+                    ctx.echo(f"best: not saved, val/{ctx.task.score_name} is {score}")
+                return
+            await best(engine)
+
+        ctx.trainer.add_event_handler(ctx.eval_event, save)
+
+
+class Schedule:
+    """The Task's LR scheduler: per epoch (after evaluation, so ReduceLROnPlateau sees the new
+    score) or, with ``scheduler.per = iteration``, after every optimizer step (inside the built-in
+    train step; a Task's own ``train_step`` gets it as an iteration compute hook)."""
+
+    def __init__(self, in_step: bool) -> None:
+        self.in_step = in_step  # the built-in step steps it per iteration
+
+    def attach(self, ctx: JobContext) -> None:
+        sched = ctx.task.scheduler
+        if sched is None:
+            return
+        ctx.to_save["scheduler"] = sched
+        per = ctx.settings.scheduler.per
+        if per == "iteration":
+            if not self.in_step:
+                LRScheduler(sched).attach(ctx.trainer, Events.ITERATION_COMPLETED)
+            return
+        handler = LRScheduler(sched)
+        if handler.plateau:
+            metric = ctx.settings.scheduler.metric or ctx.task.score_name
+            handler = LRScheduler(sched, metric_name=metric, metric_engine=ctx.evaluator)
+            handler.attach(ctx.trainer, ctx.eval_event)
+        else:
+            handler.attach(ctx.trainer, Events.EPOCH_COMPLETED)
+
+
+class TrackTrain:
+    """Log the step's scalars (loss, lr, grad_norm) every ``train.log_every`` iterations."""
+
+    def attach(self, ctx: JobContext) -> None:
+        if not ctx.main or ctx.settings.tracking.mode == "disabled":
+            return
+        handlers: list[TrackingHandler] = []
+
+        def log(engine: Any) -> None:  # ctx.run is set once a resumed run's checkpoint loaded
+            if ctx.run is None:
+                return
+            if not handlers:
+                handlers.append(TrackingHandler(ctx.run, tag="train"))
+            handlers[0](engine)
+
+        ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED(every=ctx.settings.train.log_every), log)
+
+
+class Progress:
+    """A progress bar on the main rank (``progress=False`` leaves it out)."""
+
+    def attach(self, ctx: JobContext) -> None:
+        if ctx.main:
+            ProgressBar(persist=True).attach(ctx.trainer, output_transform=dict)
+
+
+class LastCheckpoint:
+    """The ``last`` checkpoint (what ``--resume`` loads): everything in ``ctx.to_save``, each
+    epoch or every ``checkpoint.every`` iterations; also written at a stop (``TrainJob``)."""
+
+    def attach(self, ctx: JobContext) -> None:
+        every = ctx.settings.checkpoint.every
+        last = Checkpoint(ctx.to_save, str(ctx.identity.dir), filename_prefix="last", n_saved=1)
+        ctx.last = last
+        event = Events.ITERATION_COMPLETED(every=every) if every else Events.EPOCH_COMPLETED
+        ctx.trainer.add_event_handler(event, last)
+
+
+def default_parts(*, progress: bool, in_step_schedule: bool, extra: list[Any]) -> list[Any]:
+    """The built-in wiring, in the order it runs; ``extra`` goes before the last checkpoint."""
+    parts: list[Any] = [Evaluate(), ScoreListeners(), EarlyStop(), BestCheckpoint(),
+                        Schedule(in_step_schedule), TrackTrain()]
+    if progress:
+        parts.append(Progress())
+    return [*parts, *extra, LastCheckpoint()]
+
+
+class ScoredCheckpoint(Checkpoint):
+    """A Checkpoint ranking by ``sign * score`` whose file names show the score itself
+    (``best_model_3_loss=0.4120.pt``, not ``loss=-0.4120``) and that reads such names back."""
+
+    def __init__(self, *args: Any, sign: float = 1.0, **kwargs: Any) -> None:
+        self.sign = sign
+        super().__init__(*args, **kwargs)
+
+    def _filename(self, step: int, score: float | None) -> str:
+        return super()._filename(step, None if score is None else self.sign * score)
+
+    def _adopt_existing(self) -> None:
+        super()._adopt_existing()
+        if self.sign == 1.0:
+            return
+        named = self._own_name()
+        kept = []
+        for k in self._kept:  # names hold the real score: rank by its signed value
+            m = named.match(k.path.name)
+            score = float(m["score"]) if m is not None else math.nan
+            rank = -math.inf if math.isnan(score) else self.sign * score
+            kept.append(replace(k, priority=(rank, *k.priority[1:])))
+        self._kept = sorted(kept, key=lambda k: k.priority)
+
+
+class _Quiet:
+    """EarlyStopping's trainer stand-in: the EarlyStop part stops the run with a message."""
+
+    def terminate(self) -> None:
+        pass
+
+
+def _number(value: Any) -> Any:
+    """Scalar metrics (numbers, 0-d tensors) as floats; anything else as it is."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return value
+

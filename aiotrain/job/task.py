@@ -1,0 +1,163 @@
+"""Task: what a config's task factory returns, and how the factory is found and called."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+# The first optimizer construction imports torch._dynamo (some 800 modules: seconds on a busy
+# machine), holding the GIL in long stretches, so no thread of the process, the event loop's
+# included, gets to run meanwhile; doing it in a worker thread does not help. Importing it with
+# the pipeline pays that once, before a service starts serving, not during its first job.
+import torch._dynamo  # noqa: F401, E402, I001
+
+from ..config import Config, ConfigError
+from ..runtime import to_compute, to_io
+
+__all__ = ["Task", "build_task", "close_resources", "default_prepare_batch"]
+
+
+@dataclass
+class Task:
+    """What a task factory returns. ``metrics`` are evaluated on ``val_loader`` every
+    ``train.eval_every`` epochs; ``score_name`` (one of them; default the first) picks the best
+    checkpoint and drives early stopping, higher is better unless ``score_mode = "min"``.
+
+    ``train_step(engine, batch)`` replaces the built-in step (which then cannot apply
+    ``train.grad_clip`` / ``accumulate`` / ``precision`` / ``on_nan = skip_step`` for it: those
+    settings are refused with it). ``handlers`` are parts (objects with ``attach(ctx)``, see
+    ``aiotrain.job.parts``) or ``(event, handler)`` pairs, run after the built-in parts and
+    before the ``last`` checkpoint. ``resources`` are closed when the job ends (``aclose()``,
+    ``cleanup()`` or ``close()``; awaited when they are coroutines)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., torch.Tensor]
+    train_loader: Any
+    val_loader: Any = None
+    scheduler: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    prepare_batch: Callable[[Any, torch.device], tuple[Any, Any]] | None = None
+    score_name: str | None = None
+    score_mode: str = "max"
+    resources: list[Any] = field(default_factory=list)
+    train_step: Callable[[Any, Any], Any] | None = None
+    handlers: list[Any] = field(default_factory=list)
+
+
+def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:
+    """``(x, y)`` tuples/lists or ``{"x"/"input", "y"/"label"/"target"}`` dicts, moved to ``device``."""
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in ("x", "input", "inputs") if k in batch), None)
+        y = next((batch[k] for k in ("y", "label", "labels", "target") if k in batch), None)
+        if x is None or y is None:
+            raise ValueError(f"cannot find inputs and targets in batch keys {sorted(batch)}")
+    elif isinstance(batch, list | tuple) and len(batch) == 2:
+        x, y = batch
+    else:
+        raise ValueError(f"a batch must be (x, y) or a dict; got {type(batch).__name__}: "
+                         "give the Task a prepare_batch")
+    nb = device.type == "cuda"
+    return x.to(device, non_blocking=nb), y.to(device, non_blocking=nb)
+
+
+async def build_task(spec: str, cfg: Config) -> Task:
+    """Import ``package.module:function`` (off the loop), call it with ``cfg`` (an async factory
+    on the loop, a sync one on a compute thread) and check what it returns."""
+    factory = await to_io(_import_factory, spec)
+    await to_io(_warm_up)
+    if inspect.iscoroutinefunction(factory):
+        task = await factory(cfg)
+    else:  # model building is compute: keep it off the loop
+        task = await to_compute(factory, cfg)
+    if isinstance(task, dict):
+        try:
+            task = Task(**task)
+        except TypeError as exc:
+            raise ConfigError(f"task: {spec} returned a dict that is not a Task: {exc}") from None
+    if not isinstance(task, Task):
+        raise ConfigError(f"task: {spec} returned {type(task).__name__}, "
+                          "expected aiotrain.job.Task or a dict of its fields")
+    _check(task, spec)
+    return task
+
+
+def _check(task: Task, spec: str) -> None:
+    if task.score_mode not in ("max", "min"):
+        raise ConfigError(f"task: {spec}: score_mode = {task.score_mode!r}; expected 'max' or 'min'")
+    if task.score_name is None and task.metrics:
+        task.score_name = next(iter(task.metrics))
+    if task.score_name is not None and task.score_name not in task.metrics:
+        raise ConfigError(f"task: {spec}: score_name {task.score_name!r} is not one of its "
+                          f"metrics ({', '.join(task.metrics) or 'none'})")
+
+
+def _warm_up() -> None:
+    """First-use initialisation that would otherwise run inside the factory (an ``async`` one
+    runs on the loop): the optimizers' and schedulers' first construction, on an I/O thread."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    for opt in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+        opt([p], lr=0.1)
+    torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([p], lr=0.1), lambda _: 1.0)
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    """``package.module:function`` -> the function; ConfigError naming the ``task`` key if not."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"task: expected 'package.module:function', got {spec!r}")
+    if os.getcwd() not in sys.path:  # task modules resolve from the working directory, as with
+        sys.path.insert(0, os.getcwd())  # `python -m` (and uvicorn's app loading)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"task: cannot import module {module_name!r}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"task: module {module_name!r} has no function {attr!r}")
+    return fn
+
+
+@runtime_checkable
+class _AsyncClosing(Protocol):
+    def aclose(self) -> Any: ...
+
+
+@runtime_checkable
+class _CleaningUp(Protocol):
+    def cleanup(self) -> Any: ...
+
+
+@runtime_checkable
+class _Closing(Protocol):
+    def close(self) -> Any: ...
+
+
+async def close_resources(resources: list[Any]) -> None:
+    """Close each resource (``aclose``, ``cleanup`` or ``close``), awaiting coroutines; every one
+    is closed even when another fails, and the first failure is raised after."""
+    first: BaseException | None = None
+    for res in resources:
+        try:
+            if isinstance(res, _AsyncClosing):
+                result = res.aclose()
+            elif isinstance(res, _CleaningUp):
+                result = res.cleanup()
+            elif isinstance(res, _Closing):
+                result = res.close()
+            else:
+                raise TypeError(f"Task.resources: {type(res).__name__} has no aclose, cleanup "
+                                "or close")
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            first = first or exc
+    if first is not None:
+        raise first
