@@ -21,12 +21,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = [
     "all_gather_object",
     "all_reduce",
+    "any_rank",
     "barrier",
+    "broadcast_object",
     "destroy",
     "init",
     "is_initialized",
     "is_main",
     "local_rank",
+    "new_group",
     "rank",
     "rank_zero_only",
     "world_size",
@@ -121,13 +124,38 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
-def all_gather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order (``[obj]`` when alone)."""
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` when alone); on ``group`` when given."""
     if not is_initialized() or world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when alone)."""
+    if not is_initialized() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on some rank: a decision all ranks must share."""
+    if not is_initialized() or world_size() == 1:
+        return flag
+    return bool(all_reduce(torch.tensor([int(flag)]), op="max").item())
+
+
+def new_group(backend: str = "gloo") -> Any:
+    """A new group of all ranks on ``backend`` (None when alone). Every rank must call it, in the
+    same order. Work that runs beside the training step (checkpoint writes in the I/O executor)
+    uses a group of its own so its collectives never interleave with the step's."""
+    if not is_initialized() or world_size() == 1:
+        return None
+    return dist.new_group(backend=backend)
 
 
 def barrier() -> None:

@@ -378,11 +378,20 @@ class Engine:
         try:
             if self._feed is not None:
                 await self._feed.aclose()
+            cancelled: asyncio.CancelledError | None = None
             while self._pending:
                 pending = [asyncio.wrap_future(f) if isinstance(f, cf.Future) else f
                            for f in list(self._pending)]
-                await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+                gathered = asyncio.gather(*pending, return_exceptions=True)
+                while not gathered.done():
+                    try:
+                        await asyncio.shield(gathered)
+                    except asyncio.CancelledError as exc:
+                        # a write in flight cannot be stopped: return once it is durable
+                        cancelled = exc
             error, self._write_error = self._write_error, None
+            if cancelled is not None:
+                raise cancelled
             return error
         finally:
             self._feed = None

@@ -1,5 +1,6 @@
-"""Two processes under torchrun (Gloo, CPU) train the same weights as one process over the
-same global batches; metrics are global on every rank; rank 0 alone writes."""
+"""Two processes under torchrun (Gloo, CPU), with DDP and with FSDP2, train the same weights as
+one process over the same global batches; metrics are global on every rank; with DDP rank 0 alone
+writes, with FSDP every rank writes its shards of one checkpoint folder."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ ARGS = ["examples/digits.sdn", "train.max_epochs=2", "model.dropout=0.0", "train
         "optim.name=sgd", "optim.lr=0.05", "--no-progress"]
 
 
-def _run(tmp: Path, nproc: int) -> subprocess.CompletedProcess:
+def _run(tmp: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "AIOTRAIN_DIR": str(tmp), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "aiotrain", "train", *ARGS] if nproc > 1 else \
-          [sys.executable, "-m", "aiotrain", "train", *ARGS]
+           "-m", "aiotrain", "train", *ARGS, *extra] if nproc > 1 else \
+          [sys.executable, "-m", "aiotrain", "train", *ARGS, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -33,16 +34,45 @@ def _final_model(tmp: Path) -> dict:
     return torch.load(last, weights_only=True)["model"]
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    one = _run(tmp_path / "one", 1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _run(tmp_path / "two", 2)
+def _final_sharded_model(tmp: Path) -> dict:
+    """The model of the sharded last checkpoint, loaded whole in this (single) process."""
+    import importlib.util
+
+    from aiotrain.handlers.checkpoint import Checkpoint
+
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits.py")
+    digits = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits)
+    (last,) = [p for p in (tmp / "checkpoints").rglob("last_*") if p.is_dir()]
+    model = digits.SmallCNN(dropout=0.0)
+    Checkpoint.load_objects({"model": model}, last)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One process trained on the global batches: the reference both strategies must match."""
+    tmp = tmp_path_factory.mktemp("one")
+    proc = _run(tmp, 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, proc
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(tmp_path, single_process, strategy):
+    one_dir, one = single_process
+    two = _run(tmp_path / "two", 2, f"train.strategy={strategy}")
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _final_model(tmp_path / "one"), _final_model(tmp_path / "two")
+    a = _final_model(one_dir)
+    b = _final_model(tmp_path / "two") if strategy == "ddp" else _final_sharded_model(tmp_path / "two")
+    assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
-    # rank 0 alone wrote: one run folder, one set of checkpoints
+    # rank 0 alone wrote tracking: one run folder
     assert len(list((tmp_path / "two" / "runs").rglob("metadata.sdn"))) == 1
+    if strategy == "fsdp":  # each rank wrote its own shards of the one checkpoint folder
+        (last,) = [p for p in (tmp_path / "two" / "checkpoints").rglob("last_*") if p.is_dir()]
+        assert {"__0_0.distcp", "__1_0.distcp", "rank0.pt", "rank1.pt"} <= set(os.listdir(last))
     acc_one = [ln for ln in one.stdout.splitlines() if ln.startswith("epoch 2")]
     acc_two = [ln for ln in two.stdout.splitlines() if ln.startswith("epoch 2")]
     assert len(acc_two) == 1, two.stdout  # printed once, by rank 0
@@ -55,6 +85,9 @@ def test_helpers_in_a_single_process():
     assert dist.all_reduce(t) is t and t.tolist() == [1.0, 2.0]
     assert dist.all_gather_object({"a": 1}) == [{"a": 1}]
     assert dist.rank_zero_only(lambda: 5)() == 5
+    assert dist.broadcast_object({"b": 2}) == {"b": 2}
+    assert dist.any_rank(True) is True and dist.any_rank(False) is False
+    assert dist.new_group("gloo") is None  # nothing to group alone
     assert dist.init() is False
 
 

@@ -42,6 +42,7 @@ class TrainSection(msgspec.Struct, frozen=True):
     grad_clip: PositiveFloat | None = None  # max total gradient norm
     accumulate: PositiveInt = 1           # micro-batches per optimizer step
     precision: Literal[32, 16, "bf16"] = 32  # 16: float16 autocast + GradScaler (CUDA only)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; see aiotrain.parallel
     on_nan: Literal["stop", "skip_step", "ignore"] = "stop"  # a non-finite loss or gradient
 
 

@@ -26,6 +26,7 @@ from .. import distributed as dist
 from ..config import Conf, Config, ConfigError
 from ..engine import Engine, State
 from ..handlers import Checkpoint, CheckpointError
+from ..parallel import parallelize
 from ..runtime import to_io
 from ..tracking import Track
 from ..tracking.run import Run
@@ -192,7 +193,7 @@ class TrainJob:
             ref = self.resume if isinstance(self.resume, str) else None
             resumed = await to_io(find_run, self.runs_root, ref, s.tracking.name)
             check_resumable(resumed, Conf.to_dict(self.cfg), self.force)
-        net = self._wrap(task.model, device)
+        net = self._wrap(task.model, device, task.optimizer)
         prepare = task.prepare_batch or default_prepare_batch
         step = None
         if task.train_step is None:
@@ -255,13 +256,13 @@ class TrainJob:
         await self._end(ctx, "finished", None)
         return self._result(ctx, EXIT_OK, "finished", state)
 
-    def _wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The module the steps call: ``model`` itself, or its DistributedDataParallel wrapper
-        under torchrun (the one place that decides how a model is distributed)."""
-        if dist.world_size() <= 1:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    def _wrap(self, model: torch.nn.Module, device: torch.device,
+              optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+        """The module the steps call under torchrun, for ``train.strategy``: ``model`` itself
+        alone, its DistributedDataParallel wrapper, or ``model`` sharded in place by FSDP2
+        (the one place that decides how a model is distributed; see aiotrain.parallel)."""
+        s = self.settings.train
+        return parallelize(model, s.strategy, s.precision, device, optimizer=optimizer)
 
     def _load_last(self, ctx: JobContext) -> None:
         """Load the resumed run's newest loadable ``last`` checkpoint; an error naming the file
@@ -315,7 +316,7 @@ class TrainJob:
             art = Track.Artifact(f"{self.settings.tracking.project}-model", type="model",
                                  metadata={"score_name": ctx.task.score_name, "run": ctx.identity.id,
                                            **metrics})
-            art.add_file(str(best))
+            (art.add_dir if best.is_dir() else art.add_file)(str(best))  # a folder when sharded
             await run.alog_artifact(art, aliases=["best"])
         run.summary.update({f"val/{k}": v for k, v in ctx.evaluator.state.metrics.items()})
         await run.afinish(status, error=error)

@@ -17,8 +17,7 @@ import torch
 from aiotrain import distributed as dist
 from aiotrain.engine import Engine
 from aiotrain.events import Events
-from aiotrain.handlers import checkpoint as ckpt_mod
-from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError
+from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, single_file, staging
 
 SCRIPTS = Path(__file__).parent / "scripts"
 BIG = 2_000_000  # floats: 8 MB, above the inline-copy threshold, so the copy goes to a thread
@@ -64,17 +63,32 @@ def _names(folder) -> list[str]:
     return sorted(os.listdir(folder))
 
 
+class _Started(list):
+    """Names of the writes that started; ``await started.first()`` waits for one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def append(self, name: str) -> None:
+        super().append(name)
+        self.event.set()
+
+    async def first(self) -> None:
+        assert await asyncio.to_thread(self.event.wait, 10)
+
+
 def _gated_writes(monkeypatch):
     """Make every write wait for the returned Event; count the writes that started."""
-    gate, started = threading.Event(), []
-    real = ckpt_mod._atomic_save
+    gate, started = threading.Event(), _Started()
+    real = single_file.atomic_save
 
     def slow(obj, path):
         started.append(path.name)
         assert gate.wait(10)
         real(obj, path)
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    monkeypatch.setattr(single_file, "atomic_save", slow)
     return gate, started
 
 
@@ -273,7 +287,7 @@ async def test_a_failed_write_is_raised_at_the_next_save_and_keeps_the_old_file(
     def full_disk(obj, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", full_disk)
+    monkeypatch.setattr(single_file, "atomic_save", full_disk)
     await ckpt(FakeEngine(2))
     with pytest.raises(CheckpointError, match="No space left"):
         await ckpt(FakeEngine(3))
@@ -282,13 +296,13 @@ async def test_a_failed_write_is_raised_at_the_next_save_and_keeps_the_old_file(
 
 
 async def test_engine_run_returns_only_when_the_last_write_is_durable(tmp_path, monkeypatch):
-    real = ckpt_mod._atomic_save
+    real = single_file.atomic_save
 
     def slow(obj, path):
         time.sleep(0.2)
         real(obj, path)
 
-    monkeypatch.setattr(ckpt_mod, "_atomic_save", slow)
+    monkeypatch.setattr(single_file, "atomic_save", slow)
     model = torch.nn.Linear(2, 2)
     trainer = Engine(lambda e, b: None)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5),
@@ -375,7 +389,7 @@ def test_constructor_rejects_bad_arguments(tmp_path):
 @pytest.mark.parametrize("moment", ["mid-write", "before-rename"])
 def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path, moment):
     proc = subprocess.run([sys.executable, str(SCRIPTS / "die_while_writing.py"), str(tmp_path), moment],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)  # a loaded 2-core machine
     assert proc.returncode == 17, proc.stderr
     temps = [n for n in _names(tmp_path) if n.endswith(".tmp")]
     assert len(temps) == 1 and not temps[0].endswith(".pt")  # the torn temp file is left behind
@@ -413,3 +427,116 @@ async def test_global_step_must_be_a_non_negative_integer(tmp_path):
     await ckpt(eng)
     await ckpt.aflush()
     assert _names(tmp_path) == ["box_4.pt"]
+
+
+async def test_cancel_during_the_final_flush_returns_after_the_write_is_durable(tmp_path, monkeypatch):
+    gate, started = _gated_writes(monkeypatch)
+    trainer = Engine(lambda e, b: None)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=5), Checkpoint({"box": Box(1.0)}, tmp_path))
+    task = asyncio.create_task(trainer.run(range(5), max_epochs=1))
+    await started.first()  # the last step is done; run now waits for the final write
+    await asyncio.sleep(0.05)
+    task.cancel()
+    asyncio.get_running_loop().call_later(0.3, gate.set)  # the write ends well after the cancel
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _names(tmp_path) == ["box_5.pt"], "cancel returned while the write was in flight"
+    Checkpoint.load_objects({"box": Box()}, tmp_path / "box_5.pt")
+
+
+# the copy behind the next step ----------------------------------------------------------------
+def _gated_deferred_copy(monkeypatch, order: list[str]) -> threading.Event:
+    """Hold the copy of parameters and optimizer state (it runs in the I/O executor) until the
+    returned Event is set; note in ``order`` when it ends."""
+    gate, real = threading.Event(), staging.Staging.copy
+
+    def copy(self, pairs):
+        if pairs and threading.current_thread() is not threading.main_thread():
+            assert gate.wait(10)
+            real(self, pairs)
+            order.append("copied")
+            return
+        real(self, pairs)
+
+    monkeypatch.setattr(staging.Staging, "copy", copy)
+    return gate
+
+
+async def test_the_parameter_copy_runs_behind_the_next_step_and_the_optimizer_waits_for_it(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    order: list[str] = []
+    gate = _gated_deferred_copy(monkeypatch, order)
+    opt.register_step_post_hook(lambda *a: order.append("stepped"))
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    await ckpt(FakeEngine(1))  # returns with the parameter copy still to do
+
+    def next_step() -> None:  # forward updates BatchNorm's statistics, then the optimizer steps
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+
+    step = asyncio.create_task(asyncio.to_thread(next_step))
+    await asyncio.sleep(0.1)
+    assert not step.done() and order == []  # forward and backward ran; the step waits
+    gate.set()
+    await step
+    await ckpt.aflush()
+    assert order == ["copied", "stepped"]
+    saved = torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)["model"]
+    for key, value in before.items():
+        assert torch.equal(saved[key], value), f"{key} is not the state at the save event"
+    assert not torch.equal(model[0].weight, before["0.weight"])  # the step did happen after
+    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+
+
+async def test_overlap_off_copies_everything_at_the_event(tmp_path, monkeypatch):
+    order: list[str] = []
+    _gated_deferred_copy(monkeypatch, order)  # never opened: nothing may wait for it
+    model = torch.nn.Linear(4, 4)
+    ckpt = Checkpoint({"model": model}, tmp_path, overlap=False)
+    await _save(ckpt, 1)
+    assert order == [] and _names(tmp_path) == ["model_1.pt"]
+
+
+# when_busy --------------------------------------------------------------------------------------
+async def test_when_busy_skip_drops_a_superseded_save_but_never_the_last_one(tmp_path, monkeypatch):
+    gate, started = _gated_writes(monkeypatch)
+    ckpt = Checkpoint({"box": Box(1.0)}, tmp_path, n_saved=5, when_busy="skip")
+    await ckpt(FakeEngine(1))
+    await started.first()
+    await ckpt(FakeEngine(2))  # the write of step 1 is still running: dropped, counted
+    assert ckpt.skipped == 1 and started == ["box_1.pt"]
+    final = FakeEngine(3)
+    final.state.max_epochs, final.state.epoch_length, final.state.epoch_iteration = 1, 3, 3
+    last = asyncio.create_task(ckpt(final))  # the run's last step: waits instead
+    await asyncio.sleep(0.05)
+    assert not last.done() and ckpt.skipped == 1
+    gate.set()
+    await last
+    await ckpt.aflush()
+    assert _names(tmp_path) == ["box_1.pt", "box_3.pt"]
+
+
+async def test_when_busy_skip_never_drops_a_scored_save(tmp_path, monkeypatch):
+    gate, started = _gated_writes(monkeypatch)
+    ckpt = Checkpoint({"box": Box(1.0)}, tmp_path, n_saved=5, score_name="acc", when_busy="skip")
+    eng = FakeEngine(1)
+    eng.state.metrics["acc"] = 0.5
+    await ckpt(eng)
+    eng = FakeEngine(2)
+    eng.state.metrics["acc"] = 0.9
+    second = asyncio.create_task(ckpt(eng))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await second
+    await ckpt.aflush()
+    assert ckpt.skipped == 0 and _names(tmp_path) == ["box_1_acc=0.5000.pt", "box_2_acc=0.9000.pt"]
+
+
+def test_unknown_backend_or_busy_policy_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="backend must be one of auto, file, sharded, got 'nfs'"):
+        Checkpoint({"b": Box()}, tmp_path, backend="nfs")
+    with pytest.raises(ValueError, match="when_busy must be one of wait, skip, got 'drop'"):
+        Checkpoint({"b": Box()}, tmp_path, when_busy="drop")

@@ -1,0 +1,253 @@
+"""A sharded checkpoint: one directory that every rank writes its own shards into, through
+torch.distributed.checkpoint (DCP), and that appears whole or not at all.
+
+Layout of ``{stem}_{step}/``:
+
+- ``__{rank}_{n}.distcp`` and ``.metadata``: DCP's files for the modules and optimizers of
+  ``to_save``, keyed by parameter name (``get_model_state_dict`` / ``get_optimizer_state_dict``),
+  so a checkpoint written by N ranks loads on M ranks, or in one process into a plain model
+  (resharding is DCP's planner reading the chunks each rank needs).
+- ``rank{r}.pt``: the state of every other object (engine with its RNG states, loader position,
+  LR scheduler, ...), one file per rank, because RNG states differ per rank. Loaded on a different
+  number of ranks, rank r reads ``rank{r mod N}.pt``: exact resume needs the same world size.
+- ``aiotrain.json``: the manifest, written last: world size, which keys are where, and the size
+  and CRC32 of every file. Loading checks all of them first, so a torn or flipped file is an error
+  naming it.
+
+Atomicity: every rank writes into ``.{name}.{token}.tmp/``; once all ranks report their files
+durable (fsynced; DCP's writer syncs its files), rank 0 writes the manifest, fsyncs the folder,
+renames it to its final name and fsyncs the parent. A kill at any moment leaves a hidden temp
+folder (removed by the next run's Checkpoint), never a half checkpoint under a checkpoint's name.
+The collectives of a write run on a Gloo group of their own, so a write in the I/O executor
+never interleaves with the training step's collectives on the default group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import warnings
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ... import distributed as dist
+from ...files import TEMP_SUFFIX, atomic_write, fsync_dir
+from . import single_file
+from .errors import CheckpointError
+
+__all__ = ["MANIFEST", "ShardedWriter", "capture", "deferred_paths", "is_sharded", "load", "remove", "verify"]
+
+MANIFEST = "aiotrain.json"
+_FORMAT = 1
+_CHUNK = 8 << 20
+
+
+def is_sharded(obj: Any) -> bool:
+    """Objects whose tensors go through DCP: modules and optimizers."""
+    return isinstance(obj, torch.nn.Module | torch.optim.Optimizer)
+
+
+def _pair(key: str, opt: torch.optim.Optimizer, to_save: Mapping[str, Any]) -> torch.nn.Module:
+    """The module of ``to_save`` that holds every parameter ``opt`` updates."""
+    wanted = {id(p) for g in opt.param_groups for p in g["params"]}
+    for obj in to_save.values():
+        if isinstance(obj, torch.nn.Module) and wanted <= {id(p) for p in obj.parameters()}:
+            return obj
+    raise CheckpointError(f"{key!r}: a sharded checkpoint saves optimizer state by parameter name, "
+                          "so its parameters must all belong to one module of the same to_save dict; "
+                          "add that module")
+
+
+def _options(strict: bool = True) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(flatten_optimizer_state_dict=True, strict=strict)
+
+
+def capture(to_save: Mapping[str, Any]) -> dict[str, Any]:
+    """Every object's state now: modules and optimizers by parameter name (DTensor shards for
+    sharded models), the others through their own ``state_dict()``."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    out: dict[str, Any] = {}
+    for key, obj in to_save.items():
+        if isinstance(obj, torch.nn.Module):
+            out[key] = get_model_state_dict(obj, options=_options())
+        elif isinstance(obj, torch.optim.Optimizer):
+            out[key] = get_optimizer_state_dict(_pair(key, obj, to_save), obj, options=_options())
+        else:
+            out[key] = obj.state_dict()
+    return out
+
+
+def deferred_paths(to_save: Mapping[str, Any]) -> set[tuple[str, ...]]:
+    """Paths of the state that only an optimizer step changes (parameters, optimizer state):
+    ``(key, name)`` for a module's parameters, ``(key,)`` for a whole optimizer."""
+    paths: set[tuple[str, ...]] = set()
+    for key, obj in to_save.items():
+        if isinstance(obj, torch.nn.Module):
+            paths.update((key, name) for name, _ in obj.named_parameters(remove_duplicate=False))
+        elif isinstance(obj, torch.optim.Optimizer):
+            paths.add((key,))
+    return paths
+
+
+class ShardedWriter:
+    """Writes sharded checkpoints for one Checkpoint; created on every rank in the same order
+    (it makes the Gloo group the writes use and agrees on a token for temp folder names)."""
+
+    def __init__(self, sharded_keys: set[str]) -> None:
+        # DCP's modules take seconds to import: here, at set-up, not at the first save's event
+        import torch.distributed.checkpoint  # noqa: F401
+        import torch.distributed.checkpoint.state_dict  # noqa: F401
+
+        self.sharded_keys = frozenset(sharded_keys)
+        self.group = dist.new_group("gloo")
+        self.token = dist.broadcast_object(secrets.token_hex(6))
+
+    def temp_for(self, path: Path, seq: int) -> Path:
+        return path.parent / f".{path.name}.{self.token}-{seq}{TEMP_SUFFIX}"
+
+    def write(self, snapshot: Mapping[str, Any], path: Path, temp: Path) -> None:
+        """On every rank, in the I/O executor: write this rank's part, then rank 0 commits."""
+        import torch.distributed.checkpoint as dcp
+
+        rank, world = dist.rank(), dist.world_size()
+        sharded = {k: v for k, v in snapshot.items() if k in self.sharded_keys}
+        per_rank = {k: v for k, v in snapshot.items() if k not in sharded}
+        self._agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
+        if sharded:  # the same on every rank: the keys come from to_save
+            writer = dcp.FileSystemWriter(str(temp), sync_files=True, single_file_per_rank=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.distributed.*")
+                dcp.save(sharded, storage_writer=writer, process_group=self.group,
+                         no_dist=not dist.is_initialized())
+        mine = {p.name: _describe(p) for p in temp.iterdir()
+                if p.name.startswith(f"__{rank}_") or p.name == f"rank{rank}.pt"
+                or (rank == 0 and p.name == ".metadata")}
+        files: dict[str, Any] = {}
+        for part in dist.all_gather_object(mine, group=self.group):
+            files.update(part)
+
+        def commit() -> None:
+            if rank != 0:
+                return
+            atomic_write(temp / MANIFEST, json.dumps(
+                {"format": _FORMAT, "world_size": world, "sharded": sorted(sharded),
+                 "per_rank": sorted(per_rank), "files": files}, indent=1, sort_keys=True))
+            fsync_dir(temp)
+            if path.exists():  # the same name saved again: the newer state wins
+                remove(path)
+            os.replace(temp, path)
+            fsync_dir(path.parent)
+
+        self._agree(commit, "committing the checkpoint")
+
+    def _write_rank_file(self, temp: Path, rank: int, state: dict[str, Any]) -> None:
+        temp.mkdir(parents=True, exist_ok=True)
+        single_file.atomic_save(state, temp / f"rank{rank}.pt")
+
+    def _agree(self, fn: Any, what: str) -> None:
+        """Run ``fn`` on this rank, then learn whether every rank succeeded (no rank hangs in a
+        later collective because another failed); raise a CheckpointError naming the failure."""
+        error = None
+        try:
+            fn()
+        except Exception as exc:  # reported to every rank below
+            error = f"rank {dist.rank()}: {type(exc).__name__}: {exc}"
+        failed = [e for e in dist.all_gather_object(error, group=self.group) if e is not None]
+        if failed:
+            raise CheckpointError(f"{what} failed: {'; '.join(failed)}")
+
+
+def _describe(path: Path) -> list[int]:
+    """[size, crc32] of a file."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return [size, crc]
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The manifest of a complete, intact sharded checkpoint; CheckpointError naming the file
+    that is missing, torn or corrupt otherwise."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a finished sharded checkpoint (its manifest {MANIFEST} is missing)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise CheckpointError(f"{path}: unknown manifest format in {MANIFEST}")
+    for name, (size, crc) in manifest["files"].items():
+        try:
+            actual = _describe(path / name)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path / name}: missing from the sharded checkpoint") from None
+        if actual[0] != size:
+            raise CheckpointError(f"{path / name}: truncated or grown ({actual[0]} bytes, expected {size})")
+        if actual[1] != crc:
+            raise CheckpointError(f"{path / name}: corrupt checkpoint (CRC mismatch)")
+    return manifest
+
+
+def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
+    """Load ``to_load`` from a sharded checkpoint, on any number of ranks (every rank calls it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    manifest = verify(path)
+    saved = set(manifest["sharded"]) | set(manifest["per_rank"])
+    missing = [k for k in to_load if k not in saved]
+    if missing:
+        raise CheckpointError(f"{path}: no entry for {', '.join(map(repr, missing))} "
+                              f"(it holds {', '.join(map(repr, sorted(saved)))})")
+    sharded = {k: obj for k, obj in to_load.items() if is_sharded(obj)}
+    wrong = [k for k in sharded if k not in manifest["sharded"]] + \
+            [k for k in to_load if k not in sharded and k not in manifest["per_rank"]]
+    if wrong:
+        raise CheckpointError(f"{path}: {', '.join(map(repr, wrong))} saved as another kind of object")
+    if sharded:
+        targets = capture(sharded)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed.*")
+            try:
+                dcp.load(targets, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+            except Exception as exc:  # DCP wraps errors of every rank in one CheckpointException
+                raise CheckpointError(f"{path}: cannot load the sharded state ({exc})"[:2000]) from exc
+        for key, obj in sharded.items():
+            if isinstance(obj, torch.nn.Module):
+                set_model_state_dict(obj, targets[key], options=_options(strict))
+            else:
+                set_optimizer_state_dict(_pair(key, obj, sharded), obj, targets[key], options=_options(strict))
+    others = {k: obj for k, obj in to_load.items() if k not in sharded}
+    if others:
+        world = int(manifest["world_size"])
+        state = single_file.read(path / f"rank{dist.rank() % world}.pt")
+        for key, obj in others.items():
+            obj.load_state_dict(state[key])
+
+
+def remove(path: Path) -> None:
+    """Delete a sharded checkpoint: renamed to a hidden temp name first, so a crash mid-delete
+    never leaves a partial folder under a checkpoint's name."""
+    aside = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
