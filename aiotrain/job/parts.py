@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..events import Events
@@ -260,24 +260,7 @@ class ScoredCheckpoint(Checkpoint):
     (``best_model_3_loss=0.4120.pt``, not ``loss=-0.4120``) and that reads such names back."""
 
     def __init__(self, *args: Any, sign: float = 1.0, **kwargs: Any) -> None:
-        self.sign = sign
-        super().__init__(*args, **kwargs)
-
-    def _filename(self, step: int, score: float | None) -> str:
-        return super()._filename(step, None if score is None else self.sign * score)
-
-    def _adopt_existing(self) -> None:
-        super()._adopt_existing()
-        if self.sign == 1.0:
-            return
-        named = self._own_name()
-        kept = []
-        for k in self._kept:  # names hold the real score: rank by its signed value
-            m = named.match(k.path.name)
-            score = float(m["score"]) if m is not None else math.nan
-            rank = -math.inf if math.isnan(score) else self.sign * score
-            kept.append(replace(k, priority=(rank, *k.priority[1:])))
-        self._kept = sorted(kept, key=lambda k: k.priority)
+        super().__init__(*args, score_sign=sign, **kwargs)
 
 
 class _Quiet:

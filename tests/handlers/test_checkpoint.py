@@ -219,6 +219,24 @@ async def test_retention_by_score_keeps_the_best_and_skips_worse(tmp_path):
     assert ckpt.last_checkpoint == tmp_path / "box_4_acc=0.9500.pt"  # Ignite: the best one
 
 
+async def test_score_sign_names_show_a_minimised_metric_and_rank_it_across_restarts(tmp_path):
+    def make():
+        return Checkpoint({"box": Box()}, tmp_path, n_saved=2, score_name="loss", score_sign=-1.0,
+                          score_function=lambda e: -e.state.metrics["loss"])
+
+    ckpt = make()
+    for step, loss in enumerate([0.5, 0.2, 0.9], start=1):
+        await _save(ckpt, step, loss=loss)
+    assert _names(tmp_path) == ["box_1_loss=0.5000.pt", "box_2_loss=0.2000.pt"]
+    assert ckpt.last_checkpoint == tmp_path / "box_2_loss=0.2000.pt"
+    again = make()  # names read back as the metric: the lowest loss is still the best
+    assert again.last_checkpoint == tmp_path / "box_2_loss=0.2000.pt"
+    await _save(again, 4, loss=0.7)  # worse than both kept files: skipped
+    assert _names(tmp_path) == ["box_1_loss=0.5000.pt", "box_2_loss=0.2000.pt"]
+    with pytest.raises(ValueError, match="score_sign"):
+        Checkpoint({"box": Box()}, tmp_path, score_sign=2.0)
+
+
 async def test_n_saved_none_keeps_everything(tmp_path):
     ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=None)
     for step in range(1, 5):

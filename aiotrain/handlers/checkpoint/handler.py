@@ -73,6 +73,8 @@ class Checkpoint:
     newest. The write is registered with ``engine.add_pending`` so ``run`` returns only once it is
     durable; outside an engine, ``await checkpoint.aflush()``. ``overlap=False`` copies everything
     at the event (for code that changes parameters other than through an optimizer step).
+    ``score_sign=-1`` says the score function negated a minimised metric (higher is still better):
+    names then show the metric's own value (``loss=0.4120``, not ``loss=-0.4120``).
     """
 
     def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
@@ -80,7 +82,8 @@ class Checkpoint:
                  score_function: Callable[[Any], float] | None = None,
                  score_name: str | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None,
-                 *, backend: str = "auto", when_busy: str = "wait", overlap: bool = True) -> None:
+                 *, backend: str = "auto", when_busy: str = "wait", overlap: bool = True,
+                 score_sign: float = 1.0) -> None:
         _check_to_save(to_save)
         if n_saved is not None:
             n_saved = check_int("n_saved (or None)", n_saved)
@@ -108,8 +111,10 @@ class Checkpoint:
         name = next(iter(self.to_save)) if len(self.to_save) == 1 else "checkpoint"
         stem = f"{filename_prefix}_{name}" if filename_prefix else name
         suffix = ".pt" if self.backend == "file" else ""
+        if score_sign not in (1.0, -1.0):
+            raise ValueError(f"score_sign must be 1 or -1, got {score_sign!r}")
         self._retention = Retention(self.save_dir, stem, suffix, n_saved, score_name,
-                                    scored=score_function is not None)
+                                    scored=score_function is not None, score_sign=score_sign)
         self._staging = Staging()
         self._pending: cf.Future[None] | None = None
         self._seq = 0

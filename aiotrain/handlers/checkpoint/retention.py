@@ -1,7 +1,8 @@
 """Retention: how checkpoints are named, which are kept, and what an earlier run left behind.
 
 - Names: ``{stem}_{step}{suffix}``, or ``{stem}_{step}_{score_name}={score:.4f}{suffix}`` with a
-  score (``score`` stands in for a missing ``score_name``); the suffix is ``.pt`` for a single
+  score (``score`` stands in for a missing ``score_name``; the name shows ``score_sign * score``,
+  the metric's own value when the score function negated a minimised metric); the suffix is ``.pt`` for a single
   file and empty for a sharded checkpoint directory. The step is always in the name so that two
   saves never share a name by accident.
 - By step the ``n_saved`` most recent saves are kept (a new save is the most recent even if a
@@ -42,8 +43,9 @@ class Retention:
     thread commits, the loop plans)."""
 
     def __init__(self, folder: Path, stem: str, suffix: str, n_saved: int | None,
-                 score_name: str | None, scored: bool) -> None:
+                 score_name: str | None, scored: bool, score_sign: float = 1.0) -> None:
         self.folder, self.stem, self.suffix = folder, stem, suffix
+        self.score_sign = score_sign
         self.n_saved, self.score_name, self.scored = n_saved, score_name, scored
         self._lock = threading.Lock()
         self._kept: list[Kept] = []
@@ -58,7 +60,8 @@ class Retention:
     def name(self, step: int, score: float | None) -> str:
         if score is None:
             return f"{self.stem}_{step}{self.suffix}"
-        return f"{self.stem}_{step}_{self.score_name or 'score'}={score:.4f}{self.suffix}"
+        shown = self.score_sign * score  # the metric's own value, not the ranked one
+        return f"{self.stem}_{step}_{self.score_name or 'score'}={shown:.4f}{self.suffix}"
 
     def is_temp(self, name: str) -> bool:
         """A temp file or folder of an earlier save of this Checkpoint (never a finished one)."""
@@ -83,7 +86,7 @@ class Retention:
                 found.append(Kept(path, (step, path.stat().st_mtime_ns)))
                 continue
             try:
-                found.append(Kept(path, (rank_score(float(m["score"])), step)))
+                found.append(Kept(path, (rank_score(self.score_sign * float(m["score"])), step)))
             except ValueError:  # a score we did not write
                 continue
         with self._lock:
