@@ -113,6 +113,6 @@ def test_bad_name_and_transform():
 def test_epoch_without_iterations_is_not_computable():
     trainer = Engine(_passthrough)
     Accuracy().attach(trainer, "acc")
-    trainer.on(Events.EPOCH_STARTED, lambda e: e.terminate_epoch())
+    trainer.on(Events.GET_BATCH_STARTED(once=1), lambda e: e.terminate_epoch())  # an epoch of 0 steps
     with pytest.raises(NotComputableError, match="Accuracy must have at least one example"):
         trainer.run_sync(_batches(2))

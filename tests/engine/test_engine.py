@@ -142,9 +142,11 @@ def test_empty_data_sources_are_clear_errors():
         Engine(lambda e, b: None).run_sync([])
     with pytest.raises(ValueError, match="data source is empty"):
         Engine(lambda e, b: None).run_sync(iter([]))
-    with pytest.raises(ValueError, match="data must be"):
+    with pytest.raises(ValueError, match="epoch_length must be given when data is None"):
         Engine(lambda e, b: None).run_sync(None)
-    with pytest.raises(TypeError, match="process_function must be callable"):
+    with pytest.raises(TypeError, match="data must be iterable"):
+        Engine(lambda e, b: None).run_sync(42)
+    with pytest.raises(ValueError, match="Engine must be given a processing function"):
         Engine(None)
     with pytest.raises(ValueError, match="process_function"):
         Engine(lambda: None)
@@ -367,7 +369,7 @@ def test_finished_run_continues_when_asked_for_more_epochs_and_restarts_otherwis
     assert seen == [1, 1, 2, 2, 3, 3] and engine.state.iteration == 6
     engine.run_sync([1, 2], max_epochs=3)  # done for 3: a fresh run
     assert seen[6:] == [1, 1, 2, 2, 3, 3]
-    with pytest.raises(ValueError, match="less than the current epoch"):
+    with pytest.raises(ValueError, match="less than the epoch 2 already reached"):
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda e: e.terminate())
         engine.run_sync([1, 2], max_epochs=3)
         engine.run_sync([1, 2], max_epochs=1)
