@@ -20,6 +20,7 @@ import bisect
 import inspect
 import itertools
 import numbers
+import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -58,6 +59,15 @@ class EventEnum(str, Enum):
 
     def __str__(self) -> str:
         return self.name
+
+    def __eq__(self, other: object) -> bool:
+        # equal to its value (``"iteration_completed"``) and, as Ignite's events, to its name
+        if isinstance(other, FilteredEvent):
+            return other.event is self
+        return str.__eq__(self, other) or (isinstance(other, str) and other == self.name)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
 
 class Events(EventEnum):
@@ -196,9 +206,10 @@ def check_signature(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any
     if not _binds(fn, args, kwargs):
         sig = inspect.signature(fn)
         name = getattr(fn, "__qualname__", repr(fn))
-        shown = ", ".join(["engine", *(repr(a) for a in args[1:]),
-                           *(f"{k}={v!r}" for k, v in kwargs.items())])
-        raise ValueError(f"{what} {name}{sig} cannot be called as {what}({shown})")
+        shown = ["engine" if a is None and i == 0 else repr(a) for i, a in enumerate(args)]
+        shown += [f"{k}={v!r}" for k, v in kwargs.items()]
+        raise ValueError(f"Error adding {what} '{name}': takes parameters {list(sig.parameters)} "
+                         f"but will be called with ({', '.join(shown)})")
 
 
 def _binds(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
@@ -222,7 +233,7 @@ def resolve_events(event: Any) -> list[tuple[EventKey, EventFilter | None]]:
     if isinstance(event, EventEnum):
         return [(event, None)]
     if isinstance(event, str):
-        return [(Events._value2member_map_.get(event, event), None)]
+        return [(Events._value2member_map_.get(event) or Events.__members__.get(event, event), None)]
     if _is_foreign_event(event):
         key = Events._value2member_map_.get(event.value, event)
         return [(key, getattr(event, "filter", None))]
@@ -266,8 +277,9 @@ class RemovableHandle:
 
     def __init__(self, bus: EventBus, entries: list[HandlerEntry], engine: Any = None) -> None:
         self._bus, self._entries = bus, entries
-        self.engine = engine
-        self.handler = entries[0].handler if entries else None
+        # weak references, as Ignite's handle: ``handle.engine()``, ``handle.handler()``
+        self.engine = _weak(engine)
+        self.handler = _weak(entries[0].handler if entries else None)
         self.event_name = entries[0].event if len(entries) == 1 else [e.event for e in entries]
 
     def remove(self) -> None:
@@ -321,10 +333,10 @@ class EventBus:
         pairs = resolve_events(event)
         for key, _ in pairs:
             if key not in self.allowed:
-                raise ValueError(f"event {key!r} is not registered on this engine; "
-                                 f"call engine.register_events(...) first")
+                raise ValueError(f"Event {key!r} is not a valid event for this Engine: "
+                                 "call engine.register_events(...) first")
         takes_engine = _binds(handler, (None, *event_args, *args), kwargs)
-        if not takes_engine:
+        if not takes_engine and not _binds(handler, (*event_args, *args), kwargs):
             check_signature(handler, "handler", None, *event_args, *args, **kwargs)
         is_async = _is_async(handler)
         entries = [HandlerEntry(key, handler, tuple(args), kwargs, flt,
@@ -345,9 +357,12 @@ class EventBus:
     def remove(self, handler: Callable[..., Any], event: Any) -> None:
         """Detach every attachment of ``handler`` to ``event``; ValueError if there is none."""
         key = resolve_key(event)
-        found = [e for e in self.entries.get(key, []) if _same(e.handler, handler)]
+        if key not in self.entries:
+            raise ValueError(f"Input event name '{key}' does not exist: no handler is attached to it")
+        found = [e for e in self.entries[key] if _same(e.handler, handler)]
         if not found:
-            raise ValueError(f"handler {handler!r} is not attached to {key!r}")
+            raise ValueError(f"Input handler '{handler!r}' is not found among registered event "
+                             f"handlers of '{key}'")
         for entry in found:
             self.discard(entry)
 
@@ -356,6 +371,13 @@ class EventBus:
         lists = [self.entries.get(resolve_key(event), [])] if event is not None \
             else self.entries.values()
         return any(_same(e.handler, handler) for lst in lists for e in lst)
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weakly referenceable (None, some builtins): a strong one
+        return lambda: obj
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

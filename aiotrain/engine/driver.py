@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ..data.batch import move_batch
@@ -41,13 +42,16 @@ class Interrupt(Exception):
 class Driver:
     """One run of an engine over its data, on the compute thread."""
 
-    def __init__(self, engine: Engine, bridge: LoopBridge, feed: Feed) -> None:
+    def __init__(self, engine: Engine, bridge: LoopBridge, feed: Feed, watched: bool = False) -> None:
         self.engine, self.bridge, self.feed = engine, bridge, feed
         self.handlers = engine._bus.entries  # the hot path reads the dict directly
         self.counts = engine._event_counts
+        self.exhausted = False  # the data ran out for good (a one-shot iterator)
+        # an Ignite-style subclass that defines _fire_event sees every event
+        self.fire = engine._fire_event if watched else self.fire_now
 
     # events ---------------------------------------------------------------------------------
-    def fire(self, event: EventKey, *args: Any) -> None:
+    def fire_now(self, event: EventKey, *args: Any) -> None:
         """Fire ``event``: due handlers in order (sync inline, async on the loop), then observers."""
         eng = self.engine
         eng.last_event_name = event
@@ -136,7 +140,7 @@ class Driver:
 
     def is_done(self) -> bool:
         st = self.engine.state
-        if st.max_iters is not None and st.iteration >= st.max_iters:
+        if self.exhausted or (st.max_iters is not None and st.iteration >= st.max_iters):
             return True
         if st.max_epochs is None or st.epoch_iteration:
             return False
@@ -148,8 +152,9 @@ class Driver:
         self.check_cancel()
         continuing, eng._continuing = eng._continuing, False
         start = time.perf_counter()
-        if st.epoch_iteration == 0 and not continuing:
+        if not continuing and not eng._epoch_open:
             st.epoch += 1
+            eng._epoch_open = True
         if not continuing and not (st.epoch_length and st.epoch_iteration >= st.epoch_length):
             self.fire(Events.EPOCH_STARTED)
         self.check_stop_before_epoch("EPOCH_STARTED")
@@ -157,7 +162,7 @@ class Driver:
             self.iterate()
         except TerminateEpoch:
             self.fire(Events.TERMINATE_SINGLE_EPOCH)
-            self.feed.restart()
+            self.feed.restart(st.dataloader)
         st.times["EPOCH_COMPLETED"] = time.perf_counter() - start
         if st.epoch_length is None:
             st.epoch_length = st.epoch_iteration
@@ -173,6 +178,7 @@ class Driver:
             st.times["EPOCH_COMPLETED"] = time.perf_counter() - start
         eng.should_terminate_single_epoch = False
         st.epoch_iteration = 0
+        eng._epoch_open = False
         if eng.should_terminate:
             raise Terminate
         if eng.should_interrupt:
@@ -181,11 +187,12 @@ class Driver:
     def iterate(self) -> None:
         eng, st, fire, check, feed = self.engine, self.engine.state, self.fire, self.check, self.feed
         restarted = False
+        has_data = st.dataloader is not None  # as Ignite: no batch events without data
         while st.epoch_length is None or st.epoch_iteration < st.epoch_length:
             if self.bridge.cancelled:
                 raise Cancelled
             st.batch = None
-            if not restarted:
+            if not restarted and has_data:
                 fire(Events.GET_BATCH_STARTED)
                 check()
             try:
@@ -193,11 +200,18 @@ class Driver:
             except StreamEnd:
                 if st.epoch_length is None and st.epoch_iteration > 0:
                     return  # an unsized source defines the epoch length by running out
-                if restarted or (st.epoch_length is None and st.iteration == 0):
+                if st.iteration == 0 and (restarted or st.epoch_length is None):
                     raise ValueError("data source is empty: it yielded no batches") from None
-                fire(Events.DATALOADER_STOP_ITERATION)
-                check()
-                feed.restart()
+                if restarted:  # a one-shot iterator ran dry before the run's end: as Ignite
+                    warnings.warn("Data iterator can not provide data anymore but required total "
+                                  f"number of iterations to run is not reached. Current iteration: "
+                                  f"{st.iteration}", stacklevel=1)
+                    self.exhausted = True
+                    return
+                if has_data:
+                    fire(Events.DATALOADER_STOP_ITERATION)
+                    check()
+                feed.restart(st.dataloader)
                 restarted = True
                 continue
             restarted = False
@@ -220,8 +234,9 @@ class Driver:
         st.batch, st.output = batch, None
         counted = False
         try:
-            self.fire(Events.GET_BATCH_COMPLETED)
-            self.check()
+            if st.dataloader is not None:
+                self.fire(Events.GET_BATCH_COMPLETED)
+                self.check()
             st.epoch_iteration += 1
             st.iteration += 1
             counted = True

@@ -56,6 +56,9 @@ class Engine:
     """
 
     interrupt_resume_enabled = True  # Ignite's switch; interrupt() always resumes here
+    # the keys every state_dict has, and the groups of which it has one (Ignite's names)
+    _state_dict_all_req_keys: tuple[str, ...] = ("epoch_length", "iteration")
+    _state_dict_one_of_opt_keys: tuple[tuple[str, ...], ...] = (("max_epochs", "max_iters"),)
 
     def __init__(self, process_function: Callable[..., Any], *, device: Any = None,
                  worker: ComputeWorker | None = None) -> None:
@@ -88,6 +91,7 @@ class Engine:
         self._owed: list[Any] = []  # ITERATION_COMPLETED handlers a cancel left unrun
         self._continuing = False  # the last run was interrupted: the next one continues it
         self._epoch_done = False  # inside EPOCH_COMPLETED: a state_dict now is a finished epoch
+        self._epoch_open = False  # state.epoch already counts the epoch in progress
 
     # handlers -------------------------------------------------------------------------------
     def add_event_handler(self, event: Any, handler: Callable[..., Any], *args: Any,
@@ -175,6 +179,9 @@ class Engine:
     def interrupt(self) -> None:
         """Return from ``run`` after the current iteration (INTERRUPT fires); the next ``run``
         continues where this one stopped, without firing STARTED again."""
+        if not self.interrupt_resume_enabled:
+            raise RuntimeError("Engine 'interrupt/resume' feature is disabled. Please, set "
+                               "Engine.interrupt_resume_enabled=True to enable it")
         self.should_interrupt = True
 
     def set_data(self, data: Iterable[Any]) -> None:
@@ -211,6 +218,14 @@ class Engine:
         await acall_handlers(self._due(key, count), self, args)
         if self._observers:
             self._notify(key, count)
+
+    def _fire_event(self, event: Any, *args: Any) -> None:
+        """Ignite's override point: a subclass that defines it sees every event the driver fires
+        (and calls ``super()._fire_event`` to run the handlers)."""
+        if self._driver is not None:
+            self._driver.fire_now(resolve_key(event), *args)
+        else:
+            self.fire_event(event, *args)
 
     def _due(self, key: EventKey, count: int) -> list[Any]:
         self.last_event_name = key
@@ -286,58 +301,57 @@ class Engine:
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Restore a ``state_dict`` (also one of Ignite's, by epoch or by iteration): the next
-        ``run`` resumes from that exact iteration."""
+        ``run`` resumes from that exact iteration. Errors use Ignite's wording."""
         if not isinstance(sd, Mapping):
-            raise TypeError(f"state_dict must be a mapping, got {type(sd).__name__}")
+            raise TypeError(f"Argument state_dict should be a dictionary, but given {type(sd)}")
         if self._running:
             raise RuntimeError("cannot load a state_dict while the engine is running")
         resume = sd.get("resume")
         if resume is None and "iteration" in sd and "epoch" in sd:
-            raise ValueError("state_dict should contain only one of 'iteration' or 'epoch', "
-                             f"found both: iteration={sd['iteration']}, epoch={sd['epoch']}")
-        missing = [k for k in ("epoch_length",) if k not in sd]
-        if "iteration" not in sd and "epoch" not in sd:
-            missing.append("iteration (or epoch)")
-        if "max_epochs" not in sd and "max_iters" not in sd:
-            missing.append("max_epochs (or max_iters)")
-        missing += [k for k in self._state_dict_user_keys if k not in sd]
-        if missing:
-            raise ValueError(f"engine state_dict lacks {', '.join(missing)}; it has {sorted(sd)}")
-        st = self.state
+            raise ValueError("State dictionary should contain only one of 'iteration' or 'epoch' "
+                             f"keys. Found both: iteration={sd['iteration']}, epoch={sd['epoch']}")
+        for key in ("epoch_length", "iteration" if "epoch" not in sd else "epoch"):
+            if key not in sd:
+                raise ValueError(f"Required state attribute '{key}' is absent in provided "
+                                 f"state_dict {sorted(sd)}")
+        if ("max_epochs" in sd) == ("max_iters" in sd):
+            raise ValueError("state_dict should contain exactly one of "
+                             f"'{('max_epochs', 'max_iters')}': it has {sorted(sd)}")
+        for key in self._state_dict_user_keys:
+            if key not in sd:
+                raise ValueError(f"Required user state attribute '{key}' is absent in provided "
+                                 f"state_dict {sorted(sd)}")
         length = sd["epoch_length"]
-        if "iteration" in sd:
-            iteration = int(sd["iteration"])
-        else:
-            if not length:
-                raise ValueError(f"state_dict gives an epoch without an epoch_length: {dict(sd)}")
-            iteration = int(sd["epoch"]) * length
+        progress = sd.get("iteration", sd.get("epoch"))
+        if progress and (length is None or length <= 0):
+            raise ValueError("epoch_length must be a positive integer to calculate missing "
+                             f"'iteration' or 'epoch' key. Input state_dict: {dict(sd)}")
+        iteration = int(sd["iteration"]) if "iteration" in sd else int(sd["epoch"]) * (length or 0)
         if resume is not None:
             epoch, epoch_iteration = int(resume["epoch"]), int(resume["epoch_iteration"])
-        elif iteration and not length:
-            raise ValueError(f"epoch_length must be a positive integer to resume at iteration "
-                             f"{iteration}: {dict(sd)}")
-        else:
-            done, epoch_iteration = divmod(iteration, length) if length else (0, 0)
-            epoch = done + (1 if epoch_iteration else 0)
+        else:  # Ignite's: epoch counts finished epochs, the next run starts the partial one
+            epoch, epoch_iteration = divmod(iteration, length) if length else (0, 0)
+        for name, progress_name, reached in (("max_epochs", "epoch", epoch),
+                                             ("max_iters", "iteration", iteration)):
+            value = sd.get(name)
+            if value is not None and value < reached:
+                raise ValueError(f"Argument {name} should be greater than or equal to the start "
+                                 f"{progress_name} defined in the state: {value} vs {reached}")
+        st = self.state
         for key in self._state_dict_user_keys:
             setattr(st, key, sd[key])
         st.iteration, st.epoch, st.epoch_iteration, st.epoch_length = \
             iteration, epoch, epoch_iteration, length
-        st.max_epochs = sd.get("max_epochs") if "max_epochs" in sd else None
-        st.max_iters = sd.get("max_iters") if "max_iters" in sd else None
-        for name, progress in (("max_epochs", epoch), ("max_iters", iteration)):
-            value = getattr(st, name)
-            if value is not None and value < progress:
-                raise ValueError(f"{name}={value} is less than the {name[4:-1]} {progress} "
-                                 "already reached in this state_dict")
+        st.max_epochs, st.max_iters = sd.get("max_epochs"), sd.get("max_iters")
         self._continuing, self._owed = False, []
+        self._epoch_open = resume is not None and epoch_iteration > 0
         if resume is not None:
             st.seed = resume.get("seed")
             self._data_epoch, self._data_pos = int(resume["data_epoch"]), int(resume["data_pos"])
             if "rng" in resume:
                 set_rng_state(resume["rng"])
         else:
-            self._data_epoch, self._data_pos = max(epoch - 1, 0), epoch_iteration
+            self._data_epoch, self._data_pos = epoch, epoch_iteration
 
     # running --------------------------------------------------------------------------------
     def run_sync(self, data: Any = None, max_epochs: int | None = None,
@@ -382,7 +396,7 @@ class Engine:
         bridge = LoopBridge(asyncio.get_running_loop(), modes)
         source = st.dataloader if st.dataloader is not None else NoData(st.epoch_length)
         feed = Feed(source, bridge.cross, self._data_epoch, self._data_pos, lambda: bridge.cancelled)
-        driver = Driver(self, bridge, feed)
+        driver = Driver(self, bridge, feed, watched=type(self)._fire_event is not Engine._fire_event)
         self._bridge, self._feed, self._driver = bridge, feed, driver
         self._running, self._write_error = True, None
         worker = self._worker or ComputeWorker(device=self.device)
@@ -410,45 +424,51 @@ class Engine:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if max_epochs is not None and max_iters is not None:
-            raise ValueError("max_epochs and max_iters are mutually exclusive: give one")
+            raise ValueError("Arguments max_iters and max_epochs are mutually exclusive. "
+                             "Please provide only max_epochs or max_iters.")
         if data is not None and not isinstance(data, Iterable | AsyncSource):
-            raise TypeError(f"data must be iterable, got {type(data).__name__}")
+            raise TypeError(f"Argument data should be iterable, got {type(data).__name__}")
         st = self.state
-        if max_iters is not None and st.max_epochs is not None and not self._finished():
-            raise ValueError("to switch from max_epochs to max_iters, set engine.state.max_epochs "
-                             "= None before run()")
-        if max_epochs is not None and st.max_iters is not None and not self._finished():
-            raise ValueError("to switch from max_iters to max_epochs, set engine.state.max_iters "
-                             "= None before run()")
+        if max_iters is not None and st.max_epochs is not None:
+            raise ValueError("To switch from max_epochs to max_iters mode during resume, you must "
+                             "first reset by setting 'engine.state.max_epochs = None' before "
+                             "calling run().")
+        if max_epochs is not None and st.max_iters is not None:
+            raise ValueError("To switch from max_iters to max_epochs mode during resume, you must "
+                             "first reset by setting 'engine.state.max_iters = None' before "
+                             "calling run().")
         for name, value, progress in (("max_epochs", max_epochs, st.epoch),
                                       ("max_iters", max_iters, st.iteration)):
             if value is not None and getattr(st, name) is not None:
                 if value < progress:
-                    raise ValueError(f"{name}={value} is less than the {name[4:-1]} {progress} "
-                                     f"already reached; set engine.state.{name} = None to start over")
+                    raise ValueError(f"Argument {name} should be greater than or equal to the start "
+                                     f"{name[4:-1]} defined in the state: {value} vs {progress}. "
+                                     f"Please, set engine.state.{name} = None before calling "
+                                     "engine.run() in order to restart the training from the beginning.")
                 setattr(st, name, value)  # a finished run asked for more continues (resume)
         n_batches = sized_len(data) if data is not None else None
         if n_batches == 0:
-            raise ValueError("data source is empty: it has no batches to train on")
+            raise ValueError("data source is empty: Input data has zero size. Please provide "
+                             "non-empty data")
         if (st.max_epochs is None and st.max_iters is None) or (self._finished() and not self._continuing):
             if data is None and epoch_length is None and st.epoch_length is None:
-                raise ValueError("epoch_length must be given when data is None")
+                raise ValueError("epoch_length should be provided if data is None")
             st.iteration = st.epoch = st.epoch_iteration = 0
             st.max_iters = max_iters
             st.max_epochs = None if max_iters is not None else (max_epochs or 1)
             st.epoch_length = epoch_length or n_batches or st.epoch_length
             st.seed = seed
             self._data_epoch = self._data_pos = 0
-            self._owed, self._continuing = [], False
+            self._owed, self._continuing, self._epoch_open = [], False, False
             if seed is not None:
                 seed_everything(seed)
         else:
             if epoch_length is not None and st.epoch_length is not None and epoch_length != st.epoch_length:
-                raise ValueError(f"epoch_length={epoch_length} differs from the state's "
-                                 f"{st.epoch_length}; resume needs the same epoch length")
+                raise ValueError("Argument epoch_length should be same as in the state, but given "
+                                 f"{epoch_length} vs {st.epoch_length}")
             st.epoch_length = st.epoch_length or epoch_length or n_batches
             if data is None and st.epoch_length is None and st.dataloader is None:
-                raise ValueError("epoch_length must be given when data is None")
+                raise ValueError("epoch_length should be provided if data is None")
         if st.max_iters is not None and st.epoch_length:
             st.max_epochs = None
         if data is not None:

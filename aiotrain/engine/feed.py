@@ -67,9 +67,14 @@ class NoData:
         return iter([None] * self.epoch_length)
 
 
+def is_stream_source(data: Any) -> bool:
+    """True for a StreamSource (its class defines ``open_stream``: a mock's attribute is not one)."""
+    return isinstance(data, StreamSource) and callable(getattr(type(data), "open_stream", None))
+
+
 def as_source(data: Any) -> Any:
     """A source the feed can read: async iterables are wrapped into a stream."""
-    if isinstance(data, AsyncSource) and not isinstance(data, StreamSource):
+    if isinstance(data, AsyncSource) and not isinstance(data, Iterable) and not is_stream_source(data):
         return AsyncLoader.wrap(data)
     return data
 
@@ -82,13 +87,14 @@ class Feed:
                  cancelled: Callable[[], bool]) -> None:
         self._cross, self._cancelled = cross, cancelled
         self.epoch, self.pos = epoch, pos
+        self.origin = source
         self.source = as_source(source)
         self.stream: BatchStream | None = None
         self.it: Iterator[Any] | None = None
         self._opened = False
 
     def _open(self) -> None:
-        if isinstance(self.source, StreamSource):
+        if is_stream_source(self.source):
             self.stream = self._cross(self.source.open_stream(self.epoch, self.pos))
         else:
             for target in (self.source, getattr(self.source, "sampler", None)):
@@ -119,16 +125,19 @@ class Feed:
         """The last batch was taken but its step never ran: a resume takes it again."""
         self.pos -= 1
 
-    def restart(self) -> None:
-        """Start the next pass over the data (the next data epoch, from its first batch)."""
+    def restart(self, source: Any = None) -> None:
+        """Start the next pass over the data (the next data epoch, from its first batch); over
+        ``source`` when a handler put a new one in ``state.dataloader``, as Ignite allows."""
         self._close_stream()
         self.epoch += 1
         self.pos = 0
+        if source is not None and source is not self.origin:
+            self.origin, self.source = source, as_source(source)
 
     def replace(self, source: Iterable[Any]) -> None:
         """``engine.set_data``: read ``source`` from its first batch from now on."""
         self._close_stream()
-        self.source = as_source(source)
+        self.origin, self.source = source, as_source(source)
         self.pos = 0
 
     def _close_stream(self) -> None:

@@ -60,8 +60,8 @@ class State:
         return getattr(self, attr)
 
     def __repr__(self) -> str:
-        # a State's repr (asyncio prints a main task's result at Ctrl-C) must not format the
-        # whole data source or a batch of tensors: non-scalars show as their type
-        parts = [f"{k}={v!r}" if isinstance(v, numbers.Number | str) or v is None
-                 else f"{k}={type(v).__name__}" for k, v in self.__dict__.items()]
-        return f"State({', '.join(parts)})"
+        # Ignite's layout; a State's repr (asyncio prints a main task's result at Ctrl-C) must
+        # not format the whole data source or a batch of tensors: non-scalars show as their type
+        lines = [f"\t{k}: {v if isinstance(v, numbers.Number | str) else type(v)}"
+                 for k, v in self.__dict__.items()]
+        return "State:\n" + "\n".join(lines) + "\n"

@@ -106,7 +106,7 @@ def test_decorator_with_args_remove_and_has():
     assert seen == ["tag", "tag"]
     engine.remove_event_handler(mark, Events.EPOCH_COMPLETED)
     assert not engine.has_event_handler(mark)
-    with pytest.raises(ValueError, match="not attached"):
+    with pytest.raises(ValueError, match="Input event name"):
         engine.remove_event_handler(mark, Events.EPOCH_COMPLETED)
     handle = engine.add_event_handler(Events.EPOCH_COMPLETED, mark, "x")
     handle.remove()
