@@ -60,6 +60,11 @@ class EventEnum(str, Enum):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def filter(self) -> EventFilter | None:
+        """An unfiltered event has no filter (Ignite's attribute)."""
+        return None
+
     def __eq__(self, other: object) -> bool:
         # equal to its value (``"iteration_completed"``) and, as Ignite's events, to its name
         if isinstance(other, FilteredEvent):
@@ -169,19 +174,19 @@ def make_filter(event_filter: EventFilter | None, every: int | None,
     counts from ``after`` (``every=5, after=8`` fires at 9, 14, 19, ...), ``before`` is exclusive."""
     given = {k: v for k, v in dict(every=every, once=once, before=before, after=after).items()
              if v is not None}
+    kinds = (event_filter is not None) + (once is not None) + \
+        (every is not None or before is not None or after is not None)
+    if kinds != 1:
+        raise ValueError("Only one of the input arguments should be specified, except before, "
+                         f"after and every: give event_filter, once, or every/before/after "
+                         f"(got {sorted(given) + (['event_filter'] if event_filter else [])})")
     if event_filter is not None:
-        if given:
-            raise ValueError("event_filter cannot be combined with every/once/before/after")
         if not callable(event_filter):
-            raise TypeError(f"event_filter must be callable, got {event_filter!r}")
+            raise TypeError(f"Argument event_filter should be a callable, got {event_filter!r}")
         check_signature(event_filter, "event_filter", None, 0)
         return event_filter, getattr(event_filter, "__name__", "event_filter")
-    if not given:
-        raise ValueError("a filtered event needs event_filter, every, once, before or after")
     label = ", ".join(f"{k}={v}" for k, v in given.items())
     if once is not None:
-        if len(given) > 1:
-            raise ValueError("once cannot be combined with every/before/after")
         wanted = frozenset([_nonneg("once", once, 1)] if isinstance(once, numbers.Integral)
                            else [_nonneg("once", n, 1) for n in once])
         if not wanted:
@@ -317,7 +322,7 @@ class EventBus:
         """Allow custom events on this bus: EventEnum members, strings or foreign enum members."""
         for index, ev in enumerate(events):
             if not (isinstance(ev, str | EventEnum) or _is_foreign_event(ev)):
-                raise TypeError(f"value at {index} of event_names should be a str or EventEnum, "
+                raise TypeError(f"Value at {index} of event_names should be a str or EventEnum, "
                                 f"got {ev!r}")
             set.add(self.allowed, resolve_key(ev))
 

@@ -110,7 +110,7 @@ class Driver:
                 self.fire(Events.COMPLETED)
                 st.times["COMPLETED"] = time.perf_counter() - start
         except Interrupt:
-            eng._continuing = True
+            eng._continuing, eng.should_interrupt = True, False
             self.fire(Events.INTERRUPT)
         except Cancelled:
             raise
@@ -157,7 +157,12 @@ class Driver:
             eng._epoch_open = True
         if not continuing and not (st.epoch_length and st.epoch_iteration >= st.epoch_length):
             self.fire(Events.EPOCH_STARTED)
-        self.check_stop_before_epoch("EPOCH_STARTED")
+        try:
+            self.check_stop_before_epoch("EPOCH_STARTED")
+        except Terminate:
+            if st.epoch_iteration == 0:
+                eng._epoch_open = False  # as Ignite: an epoch stopped at its start is skipped
+            raise
         try:
             self.iterate()
         except TerminateEpoch:

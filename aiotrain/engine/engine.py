@@ -90,6 +90,7 @@ class Engine:
         self._data_pos = 0
         self._owed: list[Any] = []  # ITERATION_COMPLETED handlers a cancel left unrun
         self._continuing = False  # the last run was interrupted: the next one continues it
+        self._held: Any = None  # the interrupted run's data iterator (a sync source's)
         self._epoch_done = False  # inside EPOCH_COMPLETED: a state_dict now is a finished epoch
         self._epoch_open = False  # state.epoch already counts the epoch in progress
 
@@ -343,7 +344,7 @@ class Engine:
         st.iteration, st.epoch, st.epoch_iteration, st.epoch_length = \
             iteration, epoch, epoch_iteration, length
         st.max_epochs, st.max_iters = sd.get("max_epochs"), sd.get("max_iters")
-        self._continuing, self._owed = False, []
+        self._continuing, self._owed, self._held = False, [], None
         self._epoch_open = resume is not None and epoch_iteration > 0
         if resume is not None:
             st.seed = resume.get("seed")
@@ -395,7 +396,9 @@ class Engine:
         st = self.state
         bridge = LoopBridge(asyncio.get_running_loop(), modes)
         source = st.dataloader if st.dataloader is not None else NoData(st.epoch_length)
-        feed = Feed(source, bridge.cross, self._data_epoch, self._data_pos, lambda: bridge.cancelled)
+        held, self._held = (self._held if self._continuing else None), None
+        feed = Feed(source, bridge.cross, self._data_epoch, self._data_pos, lambda: bridge.cancelled,
+                    held)
         driver = Driver(self, bridge, feed, watched=type(self)._fire_event is not Engine._fire_event)
         self._bridge, self._feed, self._driver = bridge, feed, driver
         self._running, self._write_error = True, None
@@ -416,6 +419,13 @@ class Engine:
                 driver.drive()
         finally:
             self._data_epoch, self._data_pos = driver.feed.epoch, driver.feed.pos
+            self._held = driver.feed.it if self._continuing else None
+
+    @property
+    def _dataloader_iter(self) -> Any:
+        # Ignite's name: the data iterator a run is reading, or that an interrupted run left to
+        # continue (None otherwise; a streaming source is reopened at its position instead)
+        return self._feed.it if self._feed is not None else self._held
 
     def _prepare(self, data: Any, max_epochs: int | None, max_iters: int | None,
                  epoch_length: int | None, seed: int | None) -> None:

@@ -84,14 +84,14 @@ class Feed:
     ``epoch``/``pos`` are the data epoch and the batches taken in it."""
 
     def __init__(self, source: Any, cross: Callable[[Any], Any], epoch: int, pos: int,
-                 cancelled: Callable[[], bool]) -> None:
+                 cancelled: Callable[[], bool], held: Iterator[Any] | None = None) -> None:
         self._cross, self._cancelled = cross, cancelled
         self.epoch, self.pos = epoch, pos
         self.origin = source
         self.source = as_source(source)
         self.stream: BatchStream | None = None
-        self.it: Iterator[Any] | None = None
-        self._opened = False
+        self.it: Iterator[Any] | None = held  # an interrupted run's iterator, continued as is
+        self._opened = held is not None
 
     def _open(self) -> None:
         if is_stream_source(self.source):

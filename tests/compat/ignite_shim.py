@@ -32,6 +32,7 @@ RENAMES = {
     ignite.engine.State: aiotrain.State,
     ignite.engine.EventEnum: aio_events.EventEnum,
     ignite.engine.events.EventsList: aio_events.EventsList,
+    ignite.engine.events.CallableEventWithFilter: aio_events.FilteredEvent,
     ignite.engine.events.RemovableEventHandle: aio_events.RemovableHandle,
 }
 

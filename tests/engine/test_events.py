@@ -52,8 +52,8 @@ def test_or_attaches_to_both():
 @pytest.mark.parametrize("kwargs, message", [
     ({"every": 0}, "every must be a positive integer"),
     ({"every": -3}, "every must be a positive integer"),
-    ({"once": 2, "every": 3}, "once cannot be combined"),
-    ({}, "needs event_filter, every, once"),
+    ({"once": 2, "every": 3}, "Only one of the input arguments"),
+    ({}, "Only one of the input arguments"),
     ({"before": -1}, "before must be a non-negative integer"),
     ({"after": 1.5}, "after must be a non-negative integer"),
 ])
