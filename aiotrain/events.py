@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from .values import check_int
+
 __all__ = [
     "EventBus",
     "EventEnum",
@@ -160,13 +162,6 @@ def _is_foreign_event(obj: object) -> bool:
             and isinstance(getattr(obj, "name", None), str))
 
 
-def _nonneg(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive integer" if minimum else "a non-negative integer"
-        raise ValueError(f"event filter argument {name} must be {kind}, got {value!r}")
-    return int(value)
-
-
 def make_filter(event_filter: EventFilter | None, every: int | None,
                 once: int | Sequence[int] | None, before: int | None,
                 after: int | None) -> tuple[EventFilter | None, str]:
@@ -187,18 +182,18 @@ def make_filter(event_filter: EventFilter | None, every: int | None,
         return event_filter, getattr(event_filter, "__name__", "event_filter")
     label = ", ".join(f"{k}={v}" for k, v in given.items())
     if once is not None:
-        wanted = frozenset([_nonneg("once", once, 1)] if isinstance(once, numbers.Integral)
-                           else [_nonneg("once", n, 1) for n in once])
+        wanted = frozenset([check_int("event filter argument once", once)] if isinstance(once, numbers.Integral)
+                           else [check_int("event filter argument once", n) for n in once])
         if not wanted:
             raise ValueError("event filter argument once must not be an empty list")
         return (lambda _e, n: n in wanted), label
-    n_every = _nonneg("every", every, 1) if every is not None else 1
+    n_every = check_int("event filter argument every", every) if every is not None else 1
     if before is None and after is None:
         if n_every == 1:
             return None, label  # every=1: Ignite drops the filter
         return (lambda _e, n: n % n_every == 0), label
-    lo = _nonneg("after", after, 0) if after is not None else 0
-    hi = _nonneg("before", before, 0) if before is not None else None
+    lo = check_int("event filter argument after", after, minimum=0) if after is not None else 0
+    hi = check_int("event filter argument before", before, minimum=0) if before is not None else None
 
     def fn(_engine: Any, n: int) -> bool:
         return lo < n and (hi is None or n < hi) and (n - lo - 1) % n_every == 0

@@ -34,8 +34,15 @@ from ..events import (
     resolve_key,
 )
 from ..runtime import ComputeWorker, await_future
-from .bridge import Cancelled, LoopBridge, acall_handlers, call_handlers, current_bridge, \
-    note_run_created
+from ..values import check_int
+from .bridge import (
+    Cancelled,
+    LoopBridge,
+    acall_handlers,
+    call_handlers,
+    current_bridge,
+    note_run_created,
+)
 from .driver import Driver
 from .feed import AsyncSource, Feed, NoData
 from .modes import TorchModes
@@ -431,8 +438,8 @@ class Engine:
                  epoch_length: int | None, seed: int | None) -> None:
         for name, value in (("max_epochs", max_epochs), ("max_iters", max_iters),
                             ("epoch_length", epoch_length)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                check_int(name, value)
         if max_epochs is not None and max_iters is not None:
             raise ValueError("Arguments max_iters and max_epochs are mutually exclusive. "
                              "Please provide only max_epochs or max_iters.")

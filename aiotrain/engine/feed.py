@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..data.loader import AsyncLoader, StreamClosed
+from ..protocols import EpochAware
 from .bridge import Cancelled
 
-__all__ = ["BatchStream", "EpochAware", "Feed", "StreamEnd", "StreamSource"]
+__all__ = ["BatchStream", "Feed", "StreamEnd", "StreamSource"]
 
 
 class StreamEnd(Exception):
@@ -43,13 +44,6 @@ class StreamSource(Protocol):
 
     async def open_stream(self, epoch: int, start: int = 0) -> BatchStream:
         """Start a pass over epoch ``epoch`` from batch ``start`` (on the loop)."""
-
-
-@runtime_checkable
-class EpochAware(Protocol):
-    """A source or sampler whose order depends on the epoch (DistributedSampler)."""
-
-    def set_epoch(self, epoch: int) -> None: ...
 
 
 @runtime_checkable

@@ -7,9 +7,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..events import EventFilter, EventKey
+from ..values import as_number, number_or_value
 
 __all__ = ["Observer", "Snapshot"]
 
@@ -67,16 +66,9 @@ class Observer:
 def scalars(output: Any) -> dict[str, float]:
     """Numbers in a step output, for observers: a number, a 0-d tensor, or a dict of them."""
     items = output.items() if isinstance(output, dict) else [("output", output)]
-    out = {}
-    for key, value in items:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[str(key)] = value
-    return out
+    return {str(key): number for key, value in items if (number := as_number(value)) is not None}
 
 
 def plain(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics with one-element tensors as Python numbers."""
-    return {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
-            for k, v in metrics.items()}
+    return {k: number_or_value(v) for k, v in metrics.items()}

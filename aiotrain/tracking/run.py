@@ -36,6 +36,7 @@ from typing import Any
 
 from ..distributed import is_main
 from ..runtime import submit_io, to_io
+from ..values import ScalarLike, as_number
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
 from .reader import iter_history, list_runs, load_run
 from .store import atomic_write, check_name, get_dir, get_mode, jsonable, write_sdn
@@ -121,6 +122,7 @@ class Run:
         self._queue.append(record)
         self.summary.update(metrics)
         writer = self._writer
+        assert writer is not None  # a queue means a writer
         if now - writer.last_kick >= writer.FLUSH_INTERVAL_S or len(self._queue) >= writer.FLUSH_RECORDS:
             writer.kick(now)
 
@@ -376,7 +378,7 @@ def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
             raise TypeError(f"metric names must be strings, got {key!r}")
         if value.__class__ in _PLAIN:
             pass
-        elif hasattr(value, "item") and hasattr(value, "shape"):  # torch / numpy scalar
+        elif isinstance(value, ScalarLike):  # torch / numpy scalar
             value = _item(value)
         else:
             value = jsonable(value)
@@ -384,11 +386,12 @@ def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _item(value: Any) -> Any:
+def _item(value: ScalarLike) -> Any:
     if math.prod(value.shape) != 1:
         raise ValueError(f"only one-element tensors can be logged as metrics, got shape "
                          f"{tuple(value.shape)}; use log_histogram for many values")
-    return value.item()
+    number = as_number(value)
+    return value.item() if number is None else number  # a one-element bool stays a bool
 
 
 @atexit.register

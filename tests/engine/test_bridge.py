@@ -165,10 +165,16 @@ def test_resume_after_cancel_with_sync_handlers_misses_no_iteration():
         async def hold(e):
             await release.wait()
 
-        engine.on(Events.ITERATION_COMPLETED, lambda e: counted.append(e.state.iteration))
+        loop, reached = asyncio.get_running_loop(), asyncio.Event()
+
+        @engine.on(Events.ITERATION_COMPLETED)
+        def count(e):  # compute thread: tell the loop through call_soon_threadsafe
+            counted.append(e.state.iteration)
+            if e.state.iteration == 2:
+                loop.call_soon_threadsafe(reached.set)
+
         task = asyncio.create_task(engine.run(list(range(5))))
-        while len(counted) < 2:
-            await asyncio.sleep(0.001)
+        await reached.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
