@@ -182,8 +182,8 @@ def make_filter(event_filter: EventFilter | None, every: int | None,
         return event_filter, getattr(event_filter, "__name__", "event_filter")
     label = ", ".join(f"{k}={v}" for k, v in given.items())
     if once is not None:
-        wanted = frozenset([check_int("event filter argument once", once)] if isinstance(once, numbers.Integral)
-                           else [check_int("event filter argument once", n) for n in once])
+        values = [once] if isinstance(once, numbers.Integral) else list(once)  # type: ignore[arg-type]
+        wanted = frozenset(check_int("event filter argument once", n) for n in values)
         if not wanted:
             raise ValueError("event filter argument once must not be an empty list")
         return (lambda _e, n: n in wanted), label
@@ -256,14 +256,14 @@ class HandlerEntry:
 
     event: EventKey
     handler: Callable[..., Any]
-    args: tuple
-    kwargs: dict
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     filter: EventFilter | None
     key: tuple[int, int, int]
     takes_engine: bool
     is_async: bool
 
-    def call(self, engine: Any, event_args: tuple) -> Any:
+    def call(self, engine: Any, event_args: tuple[Any, ...]) -> Any:
         if self.takes_engine:
             return self.handler(engine, *event_args, *self.args, **self.kwargs)
         return self.handler(*event_args, *self.args, **self.kwargs)
@@ -294,7 +294,7 @@ class RemovableHandle:
         self.remove()
 
 
-class AllowedEvents(set):
+class AllowedEvents(set[EventKey]):
     """The events an engine accepts; membership resolves Ignite-shaped events and filters."""
 
     def __contains__(self, event: object) -> bool:

@@ -402,7 +402,7 @@ class Engine:
         self._prepare(data, max_epochs, max_iters, epoch_length, seed)
         st = self.state
         bridge = LoopBridge(asyncio.get_running_loop(), modes)
-        source = st.dataloader if st.dataloader is not None else NoData(st.epoch_length)
+        source = st.dataloader if st.dataloader is not None else NoData(st.epoch_length or 0)
         held, self._held = (self._held if self._continuing else None), None
         feed = Feed(source, bridge.cross, self._data_epoch, self._data_pos, lambda: bridge.cancelled,
                     held)

@@ -105,7 +105,11 @@ class Feed:
         if not self._opened:
             self._open()
         try:
-            batch = self.stream.next_blocking() if self.stream is not None else next(self.it)
+            if self.stream is not None:
+                batch = self.stream.next_blocking()
+            else:
+                assert self.it is not None  # _open set one of the two
+                batch = next(self.it)
         except StopIteration:
             raise StreamEnd from None
         except StreamClosed:

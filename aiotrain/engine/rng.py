@@ -22,7 +22,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state of this process, at this moment."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy tuple form: (kind, keys, pos, has_gauss, gauss)
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
