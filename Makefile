@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint clean compat
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ test: setup
 
 demo: setup
 	$(BIN)/aiotrain train examples/digits.sdn --mode=check_and_train
+
+# pytorch-ignite's own engine/event/state-dict/handler tests against aiotrain (downloads its sdist)
+compat: setup
+	$(BIN)/python tests/compat/run_ignite_suite.py
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "# $$b"; $(BIN)/python $$b || exit 1; done

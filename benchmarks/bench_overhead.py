@@ -1,9 +1,9 @@
 """Per-iteration overhead of a no-op step: bare loop vs Ignite vs aiotrain, 0 and 10 handlers.
 
 "10 handlers (filtered)" are ten handlers on ITERATION_COMPLETED(every=100), the usual shape of
-logging and checkpoint handlers; "10 handlers (every)" fire on every iteration, which costs
-aiotrain one loop crossing per iteration. Also aiotrain's throughput relative to a bare loop at a
-2 ms step. Prints one JSON line.
+logging and checkpoint handlers; "10 handlers (every)" fire on every iteration (sync handlers run
+inline on the compute thread, no loop crossing). Also throughput relative to a bare loop at a
+2 ms step. Ignite and aiotrain run side by side in one process. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def main() -> None:
          throughput_vs_bare_at_2ms={"aiotrain": round(t_bare / t_ours, 4), "ignite": round(t_bare / t_ign, 4)},
          ratio_aiotrain_over_ignite={k: round(us[f"aiotrain_{k}_us"] / max(us[f"ignite_{k}_us"], 1e-9), 2)
                                      for k in ("0", "10_filtered", "10_every")},
-         targets={"per_iteration_us_max": 60, "throughput_vs_bare_min": 0.97})
+         targets={"ratio_aiotrain_over_ignite_max": {"0": 1.0, "10_filtered": 1.0, "10_every": 1.5},
+                  "throughput_vs_bare_min": 0.99}, load=os.getloadavg()[0])
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ class _StreamingLoader(abc.ABC):
     def _finalize(self, batch: Any) -> Any:
         return move_batch(batch, self.device) if self.device is not None else batch
 
-    async def _open_stream(self, epoch: int, start: int = 0) -> _Stream:
+    async def open_stream(self, epoch: int, start: int = 0) -> _Stream:
         """Start filling a stream with epoch ``epoch``'s batches from batch ``start`` (loop only).
 
         When that epoch was already started early (the previous stream was consumed to its end),
@@ -276,7 +276,7 @@ class _StreamingLoader(abc.ABC):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        stream = await self._open_stream(self._epoch, self._position)
+        stream = await self.open_stream(self._epoch, self._position)
         try:
             while True:
                 try:

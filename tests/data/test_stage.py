@@ -148,7 +148,7 @@ def test_the_next_epoch_is_prefetched_before_the_current_one_is_closed_within_th
     async def main():
         loader = AsyncLoader(AsyncItems(n=32, log=log), 4, prefetch=3)
         async with loader:
-            stream = await loader._open_stream(0)
+            stream = await loader.open_stream(0)
             for _ in range(8):
                 await stream.anext()
             for _ in range(200):  # the epoch-1 fetches start without anyone asking for epoch 1
@@ -159,7 +159,7 @@ def test_the_next_epoch_is_prefetched_before_the_current_one_is_closed_within_th
             await asyncio.sleep(0.05)
             bounded = len(log) - 32
             await stream.aclose()
-            nxt = await loader._open_stream(1)
+            nxt = await loader.open_stream(1)
             first = await nxt.anext()
             await nxt.aclose()
         return early, bounded, first

@@ -113,6 +113,7 @@ def test_bad_name_and_transform():
 def test_epoch_without_iterations_is_not_computable():
     trainer = Engine(_passthrough)
     Accuracy().attach(trainer, "acc")
-    trainer.on(Events.EPOCH_STARTED, lambda e: e.terminate_epoch())
+    trainer.on(Events.GET_BATCH_STARTED(event_filter=lambda e, n: n == 0),  # an epoch of 0 steps
+               lambda e: e.terminate_epoch())
     with pytest.raises(NotComputableError, match="Accuracy must have at least one example"):
         trainer.run_sync(_batches(2))
