@@ -198,7 +198,9 @@ class TrainJob:
                              grad_clip=s.train.grad_clip, accumulate=s.train.accumulate,
                              precision=s.train.precision, on_nan=s.train.on_nan,
                              iteration_scheduler=per_iteration)
-        trainer = Engine(step if step is not None else task.train_step)
+        process = step if step is not None else task.train_step
+        assert process is not None  # the built-in step, or the task's own
+        trainer = Engine(process)
         evaluator = Engine(EvalStep(net, prepare, device, s.train.precision))
         evaluator.add_metrics(task.metrics)
         self.trainer, self.evaluator = trainer, evaluator
