@@ -13,8 +13,11 @@ kernel-bound, as initialising or loading large weights is; "narrow" (many 256-wi
 short ops, each waiting for the GIL; ``--narrow``) is Python-bound and shows the limit.
 
 Sequential: set up, then load, then step. Overlapped: create the TokenizerCache (it starts
-loading), set up, ``await wait_ready()``, step. Target (issue 4): overlapped <= 1.1x the longer
-of the two (plus the step itself). Prints one JSON line; the temporary files are removed.
+loading), set up, ``await wait_ready()``, step. In workers: tokenization is the data pipeline's
+job, so the tokenizer loads in AsyncLoader's worker processes (``worker_init=tc.load``) while the
+main process sets up the model; the first step takes its first batch of token ids from them.
+Target: <= 1.1x the longer of the two (plus the step itself), i.e. >= 30% faster than sequential
+when the two are equal. Prints one JSON line; the temporary files are removed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from aiotrain.data.loader import AsyncLoader
 from aiotrain.data.tokenizer import TokenizerCache, _unicode_to_byte
 from aiotrain.runtime import ComputeWorker, run
 
@@ -105,6 +109,38 @@ async def first_step(worker: ComputeWorker, layers: int, width: int, paths: tupl
     return time.perf_counter() - t0
 
 
+class Texts:
+    """The text items of the first batch (read in the workers)."""
+
+    def __len__(self) -> int:
+        return len(TEXTS)
+
+    def __getitem__(self, i: int) -> str:
+        return TEXTS[i]
+
+
+def encoder(tc: TokenizerCache):
+    def encode(text: str, gen: torch.Generator) -> torch.Tensor:  # runs in a worker process
+        ids = tc.encode(text)[:16]
+        return torch.tensor(ids + [0] * (16 - len(ids)))
+    return encode
+
+
+async def first_step_in_workers(worker: ComputeWorker, layers: int, width: int,
+                                paths: tuple[str, str]) -> float:
+    t0 = time.perf_counter()
+    tc = TokenizerCache(*paths, background=False)
+    loader = AsyncLoader(Texts(), len(TEXTS), transform=encoder(tc), workers=1,
+                         worker_init=tc.load)
+    async with loader:
+        await loader.start()  # the worker loads the tokenizer while we build the model
+        model, _ = await timed_setup(worker, layers, width)
+        async for batch in loader:
+            await worker.call(train_step, model, batch.tolist())
+            break
+    return time.perf_counter() - t0
+
+
 async def calibrate_layers(worker: ComputeWorker, width: int, setup_s: float) -> int:
     await timed_setup(worker, 1, width)  # warm-up: first-call costs are not set-up work
     probe, t = 1, 0.0
@@ -126,12 +162,13 @@ async def scenario(worker: ComputeWorker, width: int, paths: tuple[str, str],
     """Set-up alone, load alone, sequential and overlapped, rounds interleaved; medians."""
     layers = await calibrate_layers(worker, width, args.setup_s)
     runs: dict[str, list[float]] = {"setup_s": [], "load_s": [], "sequential_s": [],
-                                    "overlapped_s": []}
+                                    "overlapped_s": [], "in_workers_s": []}
     for _ in range(args.rounds):
         runs["setup_s"].append((await timed_setup(worker, layers, width))[1])
         runs["load_s"].append(await timed_load(paths))
         runs["sequential_s"].append(await first_step(worker, layers, width, paths, False))
         runs["overlapped_s"].append(await first_step(worker, layers, width, paths, True))
+        runs["in_workers_s"].append(await first_step_in_workers(worker, layers, width, paths))
     med = {k: statistics.median(v) for k, v in runs.items()}
     # the step itself is in both timings: the sequential run minus set-up and load
     step = max(0.0, med["sequential_s"] - med["setup_s"] - med["load_s"])
@@ -141,7 +178,11 @@ async def scenario(worker: ComputeWorker, width: int, paths: tuple[str, str],
         "step_s": round(step, 3),
         "overlapped_vs_longer": round(med["overlapped_s"] / longer, 3),
         "sequential_vs_overlapped": round(med["sequential_s"] / med["overlapped_s"], 3),
+        "in_workers_vs_longer": round(med["in_workers_s"] / longer, 3),
+        "in_workers_faster_than_sequential_pct": round(100 * (1 - med["in_workers_s"]
+                                                               / med["sequential_s"]), 1),
         "target_met": med["overlapped_s"] <= 1.1 * longer,
+        "target_met_in_workers": med["in_workers_s"] <= 1.1 * longer,
     }
 
 

@@ -1,7 +1,10 @@
 """Digits: scikit-learn's bundled 8x8 digit images, a small CNN, served from memory-mapped files.
 
-The arrays are written once to two binary files (float32 images, int64 labels); training reads
-them through CacheManager + MmapDataset, one zero-copy gather per batch, via AsyncLoader.
+The arrays are written once to two binary files (float32 images, int64 labels) and read through
+CacheManager + MmapDataset. Training images get random noise and shifts (``augment``) in AsyncLoader's
+worker processes (``data.workers``); each image's shift is drawn from its own generator, seeded
+from (seed, epoch, index), so a resumed run sees exactly the augmentations the original saw, with any
+number of workers. Validation reads one zero-copy gather per batch, unaugmented.
 ``aiotrain train examples/digits.sdn`` calls ``build(cfg)``.
 """
 
@@ -63,6 +66,19 @@ class Digits:
         return self.images.__getitems__(rows), self.labels.__getitems__(rows)
 
 
+def augment(item: tuple[torch.Tensor, torch.Tensor], gen: torch.Generator,
+            noise: float = 0.05, p_shift: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel noise, and now and then a one-pixel shift (zero fill), drawn only from ``gen``."""
+    image, label = item
+    image = image + noise * torch.randn(image.shape, generator=gen)
+    if torch.rand((), generator=gen).item() < p_shift:
+        dy, dx = torch.randint(-1, 2, (2,), generator=gen).tolist()
+        padded = nn.functional.pad(image, (1, 1, 1, 1))
+        h, w = image.shape[-2:]
+        image = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    return image.contiguous(), label
+
+
 class SmallCNN(nn.Module):
     def __init__(self, channels: int = 16, dropout: float = 0.1) -> None:
         super().__init__()
@@ -95,7 +111,8 @@ def build(cfg: Any) -> Task:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by {world} ranks")
     sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(),
                                                   shuffle=True, seed=cfg.seed)
-    train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler)
+    train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler,
+                               transform=augment, seed=cfg.seed, workers=cfg.data.get("workers", 0))
     val_loader = AsyncLoader(val_ds, 256)
     model = SmallCNN(cfg.model.channels, cfg.model.dropout)
     optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -108,4 +125,4 @@ def build(cfg: Any) -> Task:
     return Task(model=model, optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader,
                 val_loader=val_loader, scheduler=scheduler,
                 metrics={"accuracy": Accuracy(), "loss": Loss(loss_fn)}, score_name="accuracy",
-                resources=[cache])
+                resources=[train_loader, cache])

@@ -17,3 +17,17 @@ def no_compute_thread_left():
     yield
     left = [t for t in _compute_threads() if t not in before and t.is_alive()]
     assert not left, f"compute threads left running: {[t.name for t in left]}"
+
+
+@pytest.fixture
+def track_root(tmp_path, monkeypatch):
+    """A tracking root of the test's own (offline mode), restored afterwards."""
+    from aiotrain.tracking import Track
+
+    monkeypatch.delenv("AIOTRAIN_DIR", raising=False)
+    root = tmp_path / "track"
+    Track.set_dir(root)
+    Track.set_mode("offline")
+    yield root
+    Track.set_dir(None)
+    Track.set_mode("offline")

@@ -1,4 +1,4 @@
-"""The ``aiotrain`` command: dispatches ``train``, ``sdn`` and ``runs`` to their modules.
+"""The ``aiotrain`` command: dispatches ``train``, ``sdn``, ``runs`` and ``sweep`` to their modules.
 
 Every subcommand follows one exit-code table (:mod:`aiotrain.errors`): 0 ok, 1 failed checks or
 a failed run, 2 usage or config errors, 130 interrupted.
@@ -15,10 +15,11 @@ from .command import run_command
 _COMMANDS = {
     "train": ("aiotrain.cli.train", "train a model from an SDN config"),
     "sdn": ("aiotrain.cli.sdn", "check, convert, query and edit SDN files"),
-    "runs": ("aiotrain.cli.runs", "list, show, plot and export tracked runs"),
+    "runs": ("aiotrain.cli.runs", "list, compare, plot, export, delete and serve (dashboard) tracked runs"),
+    "sweep": ("aiotrain.cli.sweep", "search hyperparameters: trials of a config, in parallel"),
 }
 
-USAGE = "usage: aiotrain {train,sdn,runs} ...\n" + "\n".join(
+USAGE = "usage: aiotrain {train,sdn,runs,sweep} ...\n" + "\n".join(
     f"  {name:<6} {help_}" for name, (_, help_) in _COMMANDS.items()
 )
 

@@ -1,14 +1,20 @@
-"""``aiotrain runs``: list, show, plot and export tracked runs.
+"""``aiotrain runs``: list, show, compare, plot, export, delete and serve tracked runs.
 
-    aiotrain runs ls [--project P] [--dir ROOT]
+    aiotrain runs ls [--project P] [--columns K,K] [--filter EXPR]... [--sort=[-]KEY] [--dir ROOT]
     aiotrain runs show RUN [--dir ROOT]
-    aiotrain runs plot RUN --metric M [-o FILE.png] [--dir ROOT]
-    aiotrain runs export RUN --tensorboard DIR [--dir ROOT]
+    aiotrain runs compare RUN RUN... [--all] [--dir ROOT]
+    aiotrain runs plot RUN... --metric M [--metric M]... [--x step|time] [-o FILE.png] [--dir ROOT]
+    aiotrain runs export RUN... (--tensorboard DIR | --mlflow URI) [--dir ROOT]
+    aiotrain runs rm RUN... [--yes] [--dir ROOT]
+    aiotrain runs serve [--dir ROOT] [--host 127.0.0.1] [--port 8765]
 
-RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (the newest of that name). ROOT
-defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Exit codes follow :mod:`aiotrain.errors`: a
-mistake (unknown run, missing metric, bad option or name) prints one line to stderr and exits 2;
-an OS error (unreadable or unwritable files) exits 1.
+RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (refused, with the candidates listed,
+when several runs have it). ROOT defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Keys in
+``--columns``, ``--filter`` and ``--sort`` are run fields (status, tags, duration, ...),
+``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``). Exit codes
+follow :mod:`aiotrain.errors`: a mistake (unknown run, missing metric, bad option or name)
+prints one line to stderr and exits 2; an OS error (unreadable or unwritable files) exits 1;
+Ctrl-C (which is how ``serve`` stops) exits 130.
 """
 
 from __future__ import annotations
@@ -26,20 +32,36 @@ __all__ = ["main"]
 
 
 def _parser() -> Parser:
-    parser = Parser(prog="aiotrain runs", description="list, show, plot and export tracked runs")
+    parser = Parser(prog="aiotrain runs", description="list, show, compare, plot, export, delete and serve runs")
     sub = parser.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("ls", help="list runs")
+    ls = sub.add_parser("ls", help="list runs (with chosen columns, filtered and sorted)")
     ls.add_argument("--project", help="only this project")
+    ls.add_argument("--columns", default="", help="extra columns: config.KEY or metric names, comma-separated")
+    ls.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                    help="KEY OP VALUE, OP one of = != < <= > >= ~ (repeatable: all must hold)")
+    ls.add_argument("--sort", metavar="[-]KEY", help="sort by KEY; --sort=-KEY: descending")
     show = sub.add_parser("show", help="a run's metadata, config and summary")
     show.add_argument("run")
-    plot = sub.add_parser("plot", help="plot one metric against steps (matplotlib)")
-    plot.add_argument("run")
-    plot.add_argument("--metric", required=True)
-    plot.add_argument("-o", "--output", help="PNG file (default: RUNID_METRIC.png)")
-    export = sub.add_parser("export", help="write a run's history as TensorBoard event files")
-    export.add_argument("run")
-    export.add_argument("--tensorboard", required=True, metavar="DIR")
-    for p in (ls, show, plot, export):
+    compare = sub.add_parser("compare", help="config differences and summaries of runs side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    compare.add_argument("--all", action="store_true", help="also the config keys that are the same")
+    plot = sub.add_parser("plot", help="plot metrics of one or more runs in one figure (matplotlib)")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--metric", action="append", required=True, help="a scalar metric (repeatable)")
+    plot.add_argument("--x", choices=("step", "time"), default="step", help="x axis: step or wall time")
+    plot.add_argument("-o", "--output", help="PNG file (default: IDS_METRICS.png)")
+    export = sub.add_parser("export", help="write runs as TensorBoard event files or into MLflow")
+    export.add_argument("runs", nargs="+", metavar="RUN")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tensorboard", metavar="DIR", help="one folder per run under DIR, with hparams")
+    target.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI (e.g. sqlite:///mlflow.db)")
+    rm = sub.add_parser("rm", help="delete runs (their folders)")
+    rm.add_argument("runs", nargs="+", metavar="RUN")
+    rm.add_argument("-y", "--yes", action="store_true", help="really delete (without it: only list)")
+    serve = sub.add_parser("serve", help="the web dashboard (live charts, comparison, artifacts)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    for p in (ls, show, compare, plot, export, rm, serve):
         p.add_argument("--dir", help="tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
     return parser
 
@@ -71,29 +93,71 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(args.dir) if args.dir else get_dir()
 
 
-def _find(args: argparse.Namespace) -> Any:
+def _find(args: argparse.Namespace, ref: str | None = None) -> Any:
     from ..tracking.reader import find_run
 
-    return find_run(args.run, _root(args))
+    return find_run(ref if ref is not None else args.run, _root(args))
+
+
+def _find_all(args: argparse.Namespace) -> list[Any]:
+    records = [_find(args, ref) for ref in args.runs]
+    seen: set[Any] = set()
+    for r in records:
+        if r.dir in seen:
+            raise UserError(f"aiotrain runs: run {r.project}/{r.id} is named twice")
+        seen.add(r.dir)
+    return records
 
 
 def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "-"
 
 
-def _cmd_ls(args: argparse.Namespace) -> int:
-    from ..tracking.reader import list_runs
-    from ..tracking.store import check_name
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
-    if args.project is not None:
-        check_name("project", args.project)
-    runs = list_runs(args.project, _root(args))
-    rows = [("ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS")]
-    rows += [(r.id, r.project, r.name, r.status, _when(r.created_at), ",".join(r.tags)) for r in runs]
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    from ..tracking import query
+    from ..tracking.index import RunIndex
+    from ..tracking.store import check_name
+
+    filters = list(args.filter)
+    if args.project is not None:
+        check_name("project", args.project)
+        filters.append(f"project={args.project}")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    rows = query.apply(RunIndex(_root(args)).refresh(), filters, args.sort)
+    table = [("ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS", *(c.upper() for c in columns))]
+    for r in rows:
+        f = r.fields()
+        table.append((f["id"], f["project"], f["name"], f["status"], _when(f["created"]), ",".join(f["tags"]),
+                      *(_duration(query.column_value(r, c)) if c == "duration" else _cell(query.column_value(r, c))
+                        for c in columns)))
+    _print_table(table)
     return 0
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _brief(value: Any) -> Any:
@@ -122,39 +186,69 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scalar_points(record: Any, metric: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    seen: set[str] = set()
-    for entry in record.history():
-        seen.update(entry)
-        value = entry.get(metric)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            steps.append(entry["step"])
-            values.append(float(value))
-    if not steps:
-        known = sorted(k for k in seen if k not in ("step", "timestamp"))
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..tracking.store import flatten
+
+    records = _find_all(args)
+    if len(records) < 2:
+        raise UserError("aiotrain runs compare: give at least two runs")
+    configs = [flatten(r.config) for r in records]
+    head = ("KEY", *(f"{r.name} ({r.id})" for r in records))
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    differ = [k for k in keys if len({repr(c.get(k, "<unset>")) for c in configs}) > 1]
+    shown = keys if args.all else differ
+    print(f"config: {len(differ)} of {len(keys)} keys differ" + ("" if args.all else " (--all: every key)"))
+    if shown:
+        _print_table([head, *((f"config.{k}", *(_cell(c.get(k)) if k in c else "<unset>" for c in configs))
+                              for k in shown)])
+    summaries = [{k: _brief(v) for k, v in r.summary.items()} for r in records]
+    metrics = sorted({k for s in summaries for k in s})
+    print(f"\nsummary: {len(metrics)} metrics")
+    if metrics:
+        _print_table([head, *((k, *(_cell(s.get(k)) for s in summaries)) for k in metrics)])
+    return 0
+
+
+def _points(record: Any, metric: str, x: str) -> tuple[Any, Any]:
+    from ..tracking.series import SeriesFile
+
+    which = "system" if metric.startswith("system/") else "metrics"
+    series = SeriesFile(record.dir / f"{which}.jsonl")
+    series.refresh()
+    column = series.column(metric)
+    if column is None:
+        known = series.keys()
         raise LookupError(f"run {record.id} has no scalar metric {metric!r}; it has: {', '.join(known) or 'none'}")
-    return steps, values
+    return (column.step if x == "step" else column.time - record.created_at), column.value
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from ..tracking.media import safe_filename
 
-    record = _find(args)
-    steps, values = _scalar_points(record, args.metric)
-    out = Path(args.output or f"{record.id}_{safe_filename(args.metric)}.png")
+    records = _find_all(args)
+    data = {(r.dir, m): _points(r, m, args.x) for r in records for m in args.metric}
+    default = "_".join(r.id for r in records) + "_" + "_".join(args.metric)
+    out = Path(args.output or f"{safe_filename(default)[:120]}.png")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    n = len(args.metric)
+    fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False, sharex=True)
     try:
-        ax.plot(steps, values)
-        ax.set_xlabel("step")
-        ax.set_ylabel(args.metric)
-        ax.set_title(f"{record.project}/{record.name}")
-        ax.grid(True, alpha=0.3)
+        for ax, metric in zip(axes[:, 0], args.metric, strict=True):
+            for r in records:
+                xs, ys = data[r.dir, metric]
+                ax.plot(xs, ys, label=f"{r.name} ({r.id})" if len(records) > 1 else None)
+            ax.set_ylabel(metric)
+            ax.grid(True, alpha=0.3)
+            if len(records) > 1:
+                ax.legend(fontsize="small")
+        axes[-1, 0].set_xlabel("step" if args.x == "step" else "seconds since start")
+        title = f"{records[0].project}/{records[0].name}" if len(records) == 1 else f"{len(records)} runs"
+        axes[0, 0].set_title(title)
+        fig.tight_layout()
         fig.savefig(out, dpi=100)
     finally:
         plt.close(fig)
@@ -163,13 +257,59 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..tracking.export import export_tensorboard
+    from ..tracking.export import export_mlflow, export_tensorboard, tensorboard_folder
 
-    record = _find(args)
-    counts = export_tensorboard(record, Path(args.tensorboard))
-    print(f"wrote {counts['scalars']} scalars, {counts['histograms']} histograms, "
-          f"{counts['images']} images to {args.tensorboard}")
+    records = _find_all(args)
+    for record in records:
+        name = f"{record.project}/{record.id}"
+        if args.tensorboard:
+            folder = Path(args.tensorboard) / tensorboard_folder(record)
+            counts = export_tensorboard(record, folder)
+            print(f"{name}: {counts['scalars']} scalars, {counts['histograms']} histograms, "
+                  f"{counts['images']} images, hparams -> {folder}")
+        else:
+            result = export_mlflow(record, args.mlflow)
+            if result["skipped"]:
+                print(f"{name}: already in {args.mlflow} as MLflow run {result['run_id']}; skipped")
+            else:
+                print(f"{name}: {result['params']} params, {result['metrics']} metric values, "
+                      f"{result['artifacts']} artifact files -> MLflow run {result['run_id']}")
     return 0
 
 
-_COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "plot": _cmd_plot, "export": _cmd_export}
+def _cmd_rm(args: argparse.Namespace) -> int:
+    import secrets
+    import shutil
+
+    records = _find_all(args)
+    for r in records:
+        if r.status == "running":
+            pid = r.metadata.get("pid")
+            raise UserError(f"aiotrain runs rm: run {r.project}/{r.id} is still running (pid {pid}); "
+                              "stop it first")
+    if not args.yes:
+        for r in records:
+            print(f"would delete {r.project}/{r.id} ({r.name}, {r.status}): {r.dir}")
+        raise UserError("aiotrain runs rm: nothing deleted; pass --yes to delete these runs")
+    trash = _root(args) / ".trash"
+    trash.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        # out of runs/ in one rename, so no reader ever sees half a run; then removed
+        target = trash / f"{r.project}-{r.id}-{secrets.token_hex(4)}"
+        r.dir.rename(target)
+        shutil.rmtree(target)
+        print(f"deleted {r.project}/{r.id} ({r.name})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ..dashboard.server import serve
+    from ..runtime import run
+
+    run(serve(_root(args), args.host, args.port,
+              on_ready=lambda url: print(f"dashboard on {url}  (Ctrl-C stops it)", flush=True)))
+    return 0
+
+
+_COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "compare": _cmd_compare, "plot": _cmd_plot, "export": _cmd_export,
+             "rm": _cmd_rm, "serve": _cmd_serve}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 
 from ..config import Conf, Config, ConfigError
 from ..errors import ExitCode, UserError
@@ -75,6 +76,8 @@ def _train(argv: list[str]) -> int:
                 shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
                 print(f"{result.status}: epoch {result.state.epoch}, iteration "
                       f"{result.state.iteration}  {shown}".rstrip())
+            if result.run_dir:
+                print(f"dashboard: aiotrain runs serve --dir {Path(result.run_dir).parents[2]}")
             return result.exit_code
         except asyncio.CancelledError:
             where = (f"checkpoint {job.stop_checkpoint}; continue with: aiotrain train "

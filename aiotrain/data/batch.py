@@ -7,19 +7,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["map_tensors", "move_batch", "pin_batch"]
+__all__ = ["map_leaves", "map_tensors", "move_batch", "pin_batch"]
+
+
+def map_leaves(batch: Any, leaf: type | tuple[type, ...], fn: Callable[[Any], Any]) -> Any:
+    """Apply ``fn`` to every instance of ``leaf`` in a nested batch (dicts, lists, tuples,
+    namedtuples), keeping the container types; anything else is left as it is."""
+    if isinstance(batch, leaf):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return type(batch)({k: map_leaves(v, leaf, fn) for k, v in batch.items()})
+    if isinstance(batch, list | tuple):
+        items = [map_leaves(v, leaf, fn) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
 
 
 def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """Apply ``fn`` to every tensor in a nested batch, keeping the container types."""
-    if isinstance(batch, torch.Tensor):
-        return fn(batch)
-    if isinstance(batch, dict):
-        return type(batch)({k: map_tensors(v, fn) for k, v in batch.items()})
-    if isinstance(batch, list | tuple):
-        items = [map_tensors(v, fn) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    return batch
+    return map_leaves(batch, torch.Tensor, fn)
 
 
 def move_batch(batch: Any, device: torch.device) -> Any:

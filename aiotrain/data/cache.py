@@ -10,14 +10,17 @@ Change detection compares ``(st_dev, st_ino, size, mtime_ns, ctime_ns)`` of the 
 was mapped, so an in-place rewrite and an atomic replace that keeps size and mtime are both seen;
 a changed file is re-mapped before any view of it is handed out.
 
-Truncation and SIGBUS: touching a page of a mapping that lies past the end of a file that was
-truncated after it was mapped kills the process with SIGBUS; Python cannot catch that. ``get``
-stats the path before every view it hands out and re-maps the file when it changed, so a view
-obtained *after* a truncation is always safe. What no user-space check can close is the window
-after the check: a view handed out before the file was truncated (or between the stat and its
-use) still points into the old mapping, and reading its pages beyond the new end of file faults.
-Replacing a file atomically (write a new file, ``os.replace``) is always safe, because the old
-inode stays alive while it is mapped; only truncating or rewriting a mapped file in place is not.
+Truncation and SIGBUS: touching a page of a file mapping that lies past the end of a file that
+was truncated after it was mapped kills the process with SIGBUS, and Python cannot catch that.
+So the cache never maps the data file itself: a MMAP file is copied once, by the kernel, into an
+anonymous memory file (memfd, named after the path) and that copy is mapped. Every view handed
+out is zero-copy over the snapshot, which nothing outside this process can shrink: a file
+truncated or rewritten in place while views of it are alive can no longer fault. The copy is
+checked against the file's signature before and after it is taken and retaken if the file moved
+underneath. The price is the copy at first use (a memcpy-speed read) and memory that is resident
+rather than page cache, which the memory limit already budgets for. Change detection then decides
+what a reader sees: ``get`` re-snapshots a changed file, and MmapDataset refuses a file that was
+truncated or rewritten in place under it (``DatasetError`` naming the file).
 
 Mappings are private (``MAP_PRIVATE``, copy-on-write): a tensor over a mapping is writable, and
 writes go to private pages of this process, never to the file.
@@ -59,7 +62,7 @@ DEFAULT_MEMORY_FRACTION = 0.8
 class CacheMode(enum.Enum):
     """How ``CacheManager.get`` serves one file."""
 
-    MMAP = "mmap"          # shared memory mapping, zero-copy views
+    MMAP = "mmap"          # one in-memory snapshot per file, zero-copy views
     NORMAL = "normal"      # read into a fresh buffer on every get (buffered I/O)
     NONE = "none"          # read on every get, then drop the file from the OS page cache
     DISABLED = "disabled"  # like NONE, and kept so when the file is scanned again
@@ -232,22 +235,35 @@ class CacheManager:
     def get(self, path: PathLike) -> CachedData:
         """The bytes of ``path``: a zero-copy view for MMAP files, a fresh read otherwise.
 
-        The path is stat'ed first; a changed file is re-mapped (or re-read). An untracked path is
-        read directly. A missing path or a directory raises ``FileNotFoundError`` /
-        ``IsADirectoryError``.
+        The path is stat'ed first; a changed file is re-mapped (or re-read). A path met here for
+        the first time (never scanned) is admitted as a scan of that one file would: mapped when
+        it fits in what is left of the memory limit, read normally when it does not. A missing
+        path or a directory raises ``FileNotFoundError`` / ``IsADirectoryError``.
         """
         key = _key(path)
         entry = self._entries.get(key)
-        if entry is None:
-            buf, sig = _read_file(key, drop_from_page_cache=False)
-            return CachedData(buf, cached=False, mode=CacheMode.NORMAL, path=key, signature=sig)
         st = _stat_file(key)
+        if entry is None:
+            entry = self._admit(key, st)
         entry.last_accessed = time.time()
         if entry.mode is CacheMode.MMAP:
             return self._get_mapped(entry, st)
         buf, sig = _read_file(key, drop_from_page_cache=entry.mode is not CacheMode.NORMAL)
         entry.signature, entry.size = sig, sig[2]
         return CachedData(buf, cached=False, mode=entry.mode, path=key, signature=sig)
+
+    def _admit(self, key: str, st: os.stat_result) -> FileCacheEntry:
+        """First use of an unscanned file: plan it with the default priority under the budget
+        left (files already planned keep their place: first use never evicts)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                fits = st.st_size <= self.memory_limit - self._planned_bytes()
+                entry = FileCacheEntry(key, st.st_size, DEFAULT_PRIORITY,
+                                       CacheMode.MMAP if fits else CacheMode.NORMAL,
+                                       file_signature(st), time.time())
+                self._entries[key] = entry
+            return entry
 
     async def aget(self, path: PathLike) -> CachedData:
         """``get`` with the stat, the mapping and any read done in the I/O executor."""
@@ -402,17 +418,60 @@ def _stat_all(paths: Iterable[PathLike]) -> tuple[dict[str, os.stat_result], lis
     return found, missing
 
 
+SNAPSHOT_ATTEMPTS = 5  # a file that keeps changing while it is copied is an error after this
+
+
 def _map_file(path: str) -> _Region | None:
-    """Map ``path`` privately; the signature comes from the descriptor that was mapped."""
+    """Snapshot ``path`` into an anonymous memory file and map that privately (see the module
+    docstring: a truncation of the data file can then never fault a view)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         _check_regular(path, st)
-        if st.st_size == 0:
-            return None
-        return _Region(mmap.mmap(fd, st.st_size, access=mmap.ACCESS_COPY), file_signature(st))
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            if st.st_size == 0:
+                return None
+            mm = _snapshot(fd, path, st.st_size)
+            after = os.fstat(fd)
+            if mm is not None and file_signature(after) == file_signature(st):
+                return _Region(mm, file_signature(st))
+            if mm is not None:
+                mm.close()
+            st = after
+        raise OSError(errno.EAGAIN, f"kept changing while it was read ({SNAPSHOT_ATTEMPTS} tries); "
+                      "replace data files atomically (write a new file, os.replace)", path)
     finally:
-        os.close(fd)  # the mmap object keeps its own duplicate
+        os.close(fd)
+
+
+def _snapshot(fd: int, path: str, size: int) -> mmap.mmap | None:
+    """``size`` bytes of ``fd`` in private anonymous memory; None when the file got shorter."""
+    if hasattr(os, "memfd_create"):  # named, so /proc/<pid>/maps says which file it holds
+        mfd = os.memfd_create(path[-200:], os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(mfd, size)
+            done = 0
+            while done < size:
+                n = os.sendfile(mfd, fd, done, size - done)
+                if n == 0:
+                    return None
+                done += n
+            return mmap.mmap(mfd, size, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(mfd)
+    mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    view, done = memoryview(mm), 0
+    try:
+        while done < size:
+            n = os.preadv(fd, [view[done:]], done)
+            if n == 0:
+                view.release()
+                mm.close()
+                return None
+            done += n
+    finally:
+        view.release()
+    return mm
 
 
 def _read_file(path: str, *, drop_from_page_cache: bool) -> tuple[bytearray, Signature]:

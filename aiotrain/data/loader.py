@@ -1,20 +1,31 @@
 """AsyncLoader: batches fetched as tasks on the event loop, delivered in sampler order.
 
 Items of a map-style dataset are fetched concurrently (``aget`` coroutines as tasks, sync
-``__getitem__`` calls in the I/O executor, or one ``__getitems__`` call per batch), at most
+``__getitem__`` calls on threads, or one ``__getitems__`` call per batch), at most
 ``concurrency`` at a time, and assembled into batches that come out in sampler order even though
-items finish out of order. At most ``prefetch`` batches are started but not yet consumed, which
-bounds memory. The same ordered stream serves ``async for`` on the loop and, without a loop
-crossing per batch, the Engine's compute thread.
+items finish out of order. With ``workers=N`` the CPU stage (sync reads, ``transform``, collate)
+runs in N worker processes and the batch comes back through shared memory (see ``stage`` and
+``transport``). At most ``prefetch`` batches are started but not yet consumed, which bounds
+memory; once every batch of an epoch is started, the next epoch's first batches start too, within
+the same bound, so an epoch boundary costs no fetch latency. The same ordered stream serves
+``async for`` on the loop and, without a loop crossing per batch, the Engine's compute thread.
+
+Sync dataset code that never returns cannot stop a cancellation: sync reads run on abandonable
+daemon threads (``runtime.submit_abandonable``), so a cancelled stream reports the item still running,
+discards its result when it comes, and completes at once; in worker processes, the workers are
+killed.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures as cf
 import contextlib
+import logging
 import math
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -23,9 +34,15 @@ import torch
 from torch.utils.data import default_collate
 
 from ..protocols import EpochAware
-from ..runtime import to_io
+from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
+from .stage import BatchJob, CpuStage
+from .transport import rebuild
+
+log = logging.getLogger(__name__)
+
+ABANDON_GRACE_S = 0.2  # how long a cancelled stream waits for a sync read before abandoning it
 
 __all__ = ["AsyncLoader", "DatasetError", "StreamClosed", "sized_len"]
 
@@ -42,6 +59,26 @@ class StreamClosed(RuntimeError):
     """The stream was closed (the run was cancelled) while a consumer waited for a batch."""
 
 
+class _Budget:
+    """Batch slots shared by an epoch's stream and the next epoch's early start: ``prefetch``
+    batches at most are started and not yet consumed, across both."""
+
+    def __init__(self, limit: int, concurrency: int = 1) -> None:
+        self.limit, self.used = limit, 0
+        self._room = asyncio.Event()
+        self.fetches = asyncio.Semaphore(concurrency)  # items in flight, across both epochs
+
+    async def take(self) -> None:
+        while self.used >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self.used += 1
+
+    def give(self, n: int = 1) -> None:
+        self.used -= n
+        self._room.set()
+
+
 class _Stream:
     """One pass over a sequence of batches: filled on the loop, in order, bounded.
 
@@ -49,11 +86,11 @@ class _Stream:
     loop (``await anext()``) or from another thread (``next_blocking()``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, prefetch: int,
+    def __init__(self, loop: asyncio.AbstractEventLoop, budget: _Budget,
                  on_consume: Callable[[], None], finalize: Callable[[Any], Any]) -> None:
         self._loop = loop
-        self._prefetch = prefetch
-        self._on_consume = on_consume
+        self.budget = budget
+        self.on_consume = on_consume
         self._finalize = finalize
         self._cond = threading.Condition()
         self._ready: dict[int, tuple[bool, Any]] = {}
@@ -62,17 +99,20 @@ class _Stream:
         self._error: BaseException | None = None
         self._closed = False
         self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
         self.outstanding = 0  # batches started and not yet consumed (loop-side count)
         self.task: asyncio.Task[None] | None = None
+        self.on_close: Callable[[_Stream], Any] | None = None  # async hook (the loader's)
 
     # producer side (loop) -------------------------------------------------------------------
     async def wait_room(self) -> None:
         """Wait until fewer than ``prefetch`` batches are started and unconsumed; take a slot."""
-        while self.outstanding >= self._prefetch:
-            self._room.clear()
-            await self._room.wait()
+        await self.budget.take()
         self.outstanding += 1
+
+    @property
+    def complete(self) -> bool:
+        """Every batch of this stream was handed to the consumer."""
+        return self._total is not None and self._next >= self._total and self._error is None
 
     def put(self, seq: int, ok: bool, value: Any) -> None:
         with self._cond:
@@ -95,9 +135,10 @@ class _Stream:
         self._arrived.set()
 
     def _consumed(self) -> None:
-        self.outstanding -= 1
-        self._room.set()
-        self._on_consume()
+        if self.outstanding > 0:
+            self.outstanding -= 1
+            self.budget.give()
+        self.on_consume()
 
     # consumer side --------------------------------------------------------------------------
     def _take(self) -> tuple[bool, Any] | None:
@@ -159,6 +200,12 @@ class _Stream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         self._ready.clear()
+        if self.outstanding:
+            self.budget.give(self.outstanding)
+            self.outstanding = 0
+        hook, self.on_close = self.on_close, None
+        if hook is not None:
+            await hook(self)
 
 
 class _StreamingLoader(abc.ABC):
@@ -170,6 +217,7 @@ class _StreamingLoader(abc.ABC):
     def __init__(self) -> None:
         self._epoch = 0
         self._position = 0
+        self._early: tuple[int, _Stream] | None = None  # the next epoch, started early
 
     @abc.abstractmethod
     async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
@@ -179,11 +227,39 @@ class _StreamingLoader(abc.ABC):
         return move_batch(batch, self.device) if self.device is not None else batch
 
     async def _open_stream(self, epoch: int, start: int = 0) -> _Stream:
-        """Start filling a stream with epoch ``epoch``'s batches from batch ``start`` (loop only)."""
+        """Start filling a stream with epoch ``epoch``'s batches from batch ``start`` (loop only).
+
+        When that epoch was already started early (the previous stream was consumed to its end),
+        its stream is handed over with the batches it has prefetched."""
+        early, self._early = self._early, None
+        if early is not None:
+            if early[0] == epoch and start == 0 and early[1].task is not None \
+                    and early[1].task.get_loop() is asyncio.get_running_loop():
+                self._epoch, self._position = epoch, start
+                return early[1]
+            await early[1].aclose()
         self._epoch, self._position = epoch, start
-        stream = _Stream(asyncio.get_running_loop(), self.prefetch, self._advance, self._finalize)
+        return self._start_stream(epoch, start, self._new_budget())
+
+    def _new_budget(self) -> _Budget:
+        return _Budget(self.prefetch)
+
+    def _start_stream(self, epoch: int, start: int, budget: _Budget) -> _Stream:
+        stream = _Stream(asyncio.get_running_loop(), budget, self._advance, self._finalize)
+        stream.on_close = self._stream_closed
         stream.task = asyncio.create_task(self._run_producer(stream, epoch, start))
         return stream
+
+    def _start_early(self, current: _Stream, epoch: int) -> None:
+        """Start epoch ``epoch`` (the one after ``current``'s) within ``current``'s budget."""
+        if self._early is None:
+            self._early = (epoch, self._start_stream(epoch, 0, current.budget))
+
+    async def _stream_closed(self, stream: _Stream) -> None:
+        """A stream closed before its end takes the early-started next epoch with it."""
+        if not stream.complete and self._early is not None and self._early[1].budget is stream.budget:
+            early, self._early = self._early[1], None
+            await early.aclose()
 
     async def _run_producer(self, stream: _Stream, epoch: int, start: int) -> None:
         try:
@@ -239,16 +315,39 @@ class AsyncLoader(_StreamingLoader):
     is a function of ``(seed, e)`` when shuffling; with ``sampler`` it is the sampler's order
     (its ``set_epoch`` is called with the epoch, so DistributedSampler shards and reshuffles).
     With ``device`` set, batches are moved there by the consumer (pinned, non-blocking on CUDA).
+
+    The CPU stage: ``transform(item, generator)`` is applied to every item before collation;
+    ``generator`` is a ``torch.Generator`` seeded from ``(seed, epoch, index)`` only, so random
+    augmentation drawn from it is the same whatever the worker count and across a resume. With
+    ``transform`` set, items are fetched one by one (``__getitems__`` is not used).
+    ``workers=N`` runs the stage (sync ``__getitem__`` reads of datasets without ``aget``, the
+    transform, ``collate_fn``) in N forked worker processes, started on first use and reused
+    across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
+    this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
+    open a connection); ``await loader.start()`` starts the workers ahead of the first batch, so
+    that work overlaps whatever this process does meanwhile (building the model). Close the loader
+    (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
+    stream stops them too.
+
+    ``skip_errors=K``: up to K items per epoch that fail (fetch or transform) are left out of
+    their batch, counted in ``skipped`` and logged with index and error; the next failure is a
+    ``DatasetError``. A batch whose every item failed is an error. The default, 0, fails on the
+    first bad item.
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, collate_fn: Callable[[list[Any]], Any] | None = None,
                  concurrency: int = 32, prefetch: int = 4, device: Any = None,
-                 pin_memory: bool | None = None, sampler: Iterable[int] | None = None) -> None:
+                 pin_memory: bool | None = None, sampler: Iterable[int] | None = None,
+                 transform: Callable[[Any, torch.Generator], Any] | None = None,
+                 workers: int = 0, skip_errors: int = 0,
+                 worker_init: Callable[[], Any] | None = None) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("concurrency", concurrency),
                             ("prefetch", prefetch)):
             check_int(name, value)
+        for name, value in (("workers", workers), ("skip_errors", skip_errors)):
+            check_int(name, value, minimum=0)
         if sampler is not None and shuffle:
             raise ValueError("sampler and shuffle=True are mutually exclusive (the sampler orders)")
         if not hasattr(dataset, "__len__"):
@@ -256,6 +355,9 @@ class AsyncLoader(_StreamingLoader):
                             "use AsyncLoader.wrap() for iterables")
         if not any(hasattr(dataset, a) for a in ("aget", "__getitems__", "__getitem__")):
             raise TypeError(f"dataset {type(dataset).__name__} has no aget, __getitems__ or __getitem__")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable as transform(item, generator), got "
+                            f"{type(transform).__name__}")
         self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
         self.drop_last, self.concurrency, self.prefetch = drop_last, concurrency, prefetch
         self.collate_fn = collate_fn or default_collate
@@ -263,6 +365,11 @@ class AsyncLoader(_StreamingLoader):
         self.device = torch.device(device) if device is not None else None
         on_cuda = self.device is not None and self.device.type == "cuda"
         self.pin_memory = on_cuda if pin_memory is None else bool(pin_memory and on_cuda)
+        self.transform, self.workers, self.skip_errors = transform, workers, skip_errors
+        self.skipped: list[tuple[int, int, str]] = []  # (epoch, index, error) of skipped items
+        self._stage = CpuStage(dataset, transform, self.collate_fn, seed, worker_init)
+        self._pool: DataWorkerPool | None = None
+        self._pool_finalizer: weakref.finalize | None = None
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)  # type: ignore[arg-type]
@@ -281,6 +388,62 @@ class AsyncLoader(_StreamingLoader):
         gen = torch.Generator().manual_seed(int(mixed))
         return torch.randperm(n, generator=gen).tolist()
 
+    # lifecycle ----------------------------------------------------------------------------------
+    def _worker_pool(self) -> DataWorkerPool:
+        pool = self._pool
+        if pool is not None and pool._loop is not None and pool._loop is not asyncio.get_running_loop():
+            pool.close()  # a previous event loop's pool (run_sync runs a loop per call)
+            pool = None
+        if pool is None:
+            pool = DataWorkerPool(self.workers, self._stage.handle,
+                                  initializer=self._stage.init_worker)
+            if self._pool_finalizer is not None:
+                self._pool_finalizer.detach()
+            self._pool_finalizer = weakref.finalize(self, pool.close)
+            self._pool = pool
+        return pool
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (empty with ``workers=0`` or when stopped)."""
+        return [] if self._pool is None else self._pool.pids
+
+    async def start(self) -> AsyncLoader:
+        """Start the worker processes now (they also start with the first stream); their
+        ``worker_init`` runs while this process goes on. No-op with ``workers=0``."""
+        if self.workers:
+            self._worker_pool().start()
+        return self
+
+    async def aclose(self) -> None:
+        """Stop the worker processes and drop the next epoch's early start. The loader can be
+        used again (workers start afresh)."""
+        early, self._early = self._early, None
+        if early is not None:
+            await early[1].aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    def close(self) -> None:
+        """``aclose`` for synchronous code (``TrainJob`` resources): kills the workers at once."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[1].interrupt()
+            if early[1].task is not None:
+                early[1].task.cancel()
+        if self._pool is not None:
+            self._pool.close()
+
+    async def __aenter__(self) -> AsyncLoader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # producing ----------------------------------------------------------------------------------
+    def _new_budget(self) -> _Budget:
+        return _Budget(self.prefetch, self.concurrency)
+
     async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
         order = await to_io(self.order, epoch)
         bs = self.batch_size
@@ -289,32 +452,30 @@ class AsyncLoader(_StreamingLoader):
             batches.pop()
         todo = batches[start:]
         stream.finish(len(todo))
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = stream.budget.fetches
         tasks: set[asyncio.Task[None]] = set()
         try:
             for seq, indices in enumerate(todo):
                 await stream.wait_room()
-                task = asyncio.create_task(self._assemble(stream, seq, indices, sem))
+                task = asyncio.create_task(self._assemble(stream, seq, epoch, indices, sem))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            self._start_early(stream, epoch + 1)  # every batch started: the next epoch may begin
             while tasks:
                 await asyncio.wait(list(tasks))
         finally:
-            for task in list(tasks):
+            pending = [task for task in tasks if not task.done()]
+            for task in pending:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                if self._pool is not None:
+                    await self._pool.aclose()  # calls in flight may never return: stop the workers
 
-    async def _assemble(self, stream: _Stream, seq: int, indices: list[int],
+    async def _assemble(self, stream: _Stream, seq: int, epoch: int, indices: list[int],
                         sem: asyncio.Semaphore) -> None:
         try:
-            ds = self.dataset
-            if hasattr(ds, "__getitems__"):
-                async with sem:
-                    batch = await to_io(_call_getitems, ds, indices)
-            else:
-                items = await asyncio.gather(*(self._fetch(i, sem) for i in indices))
-                batch = await to_io(self.collate_fn, items)
+            batch = await self._batch(epoch, indices, sem)
             if self.pin_memory:
                 batch = await to_io(pin_batch, batch)
         except asyncio.CancelledError:
@@ -324,16 +485,72 @@ class AsyncLoader(_StreamingLoader):
         else:
             stream.put(seq, True, batch)
 
-    async def _fetch(self, index: int, sem: asyncio.Semaphore) -> Any:
+    async def _batch(self, epoch: int, indices: list[int], sem: asyncio.Semaphore) -> Any:
+        ds = self.dataset
+        if self.transform is None and hasattr(ds, "__getitems__"):
+            job = BatchJob(epoch, indices, None, getitems=True)
+            async with sem:
+                return (await self._run_stage(job, what=indices))[0]
+        tolerate = self.skip_errors > 0
+        failures: list[tuple[int, BaseException]] = []
+        if hasattr(ds, "aget") or self.workers == 0:
+            fetched = await asyncio.gather(*(self._fetch(i, sem) for i in indices))
+            kept = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if ok]
+            failures = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if not ok]
+            if failures and not tolerate:
+                self._account(epoch, failures)
+            if self.workers == 0 and self.transform is None:
+                batch = await to_io(self.collate_fn, [v for _, v in kept]) if kept else None
+                self._account(epoch, failures)
+                return _whole(batch, indices)
+            job = BatchJob(epoch, [i for i, _ in kept], [v for _, v in kept], tolerate)
+        else:  # a sync dataset read in the worker processes
+            job = BatchJob(epoch, indices, None, tolerate)
+        batch, more = await self._run_stage(job, what=indices) if job.indices else (None, [])
+        self._account(epoch, failures + more)
+        return _whole(batch, indices)
+
+    async def _run_stage(self, job: BatchJob, what: Any) -> tuple[Any, list[tuple[int, BaseException]]]:
+        """The CPU stage of one batch, in a worker process or on an abandonable thread."""
+        if self.workers == 0:
+            try:
+                return await _abandonable(self._stage.process, job, what=what)
+            except Exception as exc:
+                raise DatasetError(what, exc) from exc
+        try:
+            (header, failures), fds = await self._worker_pool().call(job)
+        except WorkerDied as exc:
+            index = exc.note if exc.note in job.indices else what
+            raise DatasetError(index, exc) from exc
+        except Exception as exc:
+            raise DatasetError(what, exc) from exc
+        return rebuild(header, fds), failures
+
+    async def _fetch(self, index: int, sem: asyncio.Semaphore) -> tuple[bool, Any]:
+        """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""
         async with sem:
             try:
                 if hasattr(self.dataset, "aget"):
-                    return await self.dataset.aget(index)
-                return await to_io(self.dataset.__getitem__, index)
+                    return True, await self.dataset.aget(index)
+                return True, await _abandonable(self.dataset.__getitem__, index, what=index)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                return False, exc
+
+    def _account(self, epoch: int, failures: list[tuple[int, BaseException]]) -> None:
+        """Count failed items against ``skip_errors`` (per epoch); raise past the budget."""
+        for index, exc in failures:
+            used = sum(1 for e, _, _ in self.skipped if e == epoch)
+            if used >= self.skip_errors:
+                if self.skip_errors:
+                    exc.add_note(f"skip_errors={self.skip_errors} items were already skipped in "
+                                 f"epoch {epoch}; raise skip_errors to tolerate more")
                 raise DatasetError(index, exc) from exc
+            text = f"{type(exc).__name__}: {exc}"
+            self.skipped.append((epoch, index, text))
+            log.warning("skipped dataset item %s in epoch %s (%d of skip_errors=%d): %s",
+                        index, epoch, used + 1, self.skip_errors, text)
 
     @staticmethod
     def wrap(source: Any, prefetch: int = 4) -> _WrappedLoader:
@@ -342,11 +559,32 @@ class AsyncLoader(_StreamingLoader):
         return _WrappedLoader(source, prefetch)
 
 
-def _call_getitems(ds: Any, indices: list[int]) -> Any:
+def _whole(batch: Any, indices: list[int]) -> Any:
+    if batch is None:
+        raise DatasetError(indices, RuntimeError("every item of this batch failed and was skipped; "
+                                                 "a batch cannot be empty"))
+    return batch
+
+
+async def _abandonable(fn: Callable[..., Any], *args: Any, what: Any) -> Any:
+    """Run sync dataset code on a daemon thread. Cancelled, the caller returns at once: the call,
+    if still running (a read that hangs), is reported and abandoned, its result discarded."""
+    fut: cf.Future[Any] = submit_abandonable(fn, *args)
     try:
-        return ds.__getitems__(indices)
-    except Exception as exc:
-        raise DatasetError(indices, exc) from exc
+        return await asyncio.wrap_future(fut)
+    except asyncio.CancelledError:
+        if not fut.done():  # a short grace, so a call about to finish is not reported
+            await asyncio.wait([asyncio.wrap_future(fut)], timeout=ABANDON_GRACE_S)
+        if not fut.done():
+            log.warning("dataset item %s: sync read still running at cancellation; abandoned "
+                        "(its result will be discarded)", what)
+            fut.add_done_callback(_discard)
+        raise
+
+
+def _discard(fut: cf.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so nothing is reported as never retrieved
 
 
 class _WrappedLoader(_StreamingLoader):

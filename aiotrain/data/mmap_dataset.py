@@ -3,8 +3,10 @@
 The files go through a ``CacheManager``: files it maps (``CacheMode.MMAP``) are served as views
 of the mapping (``__getitem__``) or as one gather over it (``__getitems__``); files it plans to
 read normally (too large for the memory limit) are served with one positioned read per record.
-Every access stats the file first (see ``aiotrain.data.cache`` for what that does and does not
-protect against when a file is truncated while mapped).
+Every access stats the file first. A file truncated or rewritten in place after the dataset
+opened it is a ``DatasetError`` naming the file (the views already handed out stay readable: they
+are over the cache's snapshot, see ``aiotrain.data.cache``); a file replaced atomically (a new
+inode of the same size) is served with its new content.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ..values import check_int
 from .cache import CacheManager, CacheMode, PathLike, Signature, file_signature
+from .loader import DatasetError
 
 __all__ = ["MmapDataset"]
 
@@ -58,7 +61,9 @@ class MmapDataset(torch.utils.data.Dataset):
             missing = self.cache.scan_files(untracked)["missing"]
             if missing:
                 raise FileNotFoundError(f"MmapDataset: no such data file: {missing[0]}")
-        self._counts = [self._record_count(p, os.stat(p).st_size) for p in self.paths]
+        stats = [os.stat(p) for p in self.paths]
+        self._counts = [self._record_count(p, st.st_size) for p, st in zip(self.paths, stats, strict=True)]
+        self._opened = [file_signature(st) for st in stats]  # what a change is measured against
         self._starts = [0, *np.cumsum(self._counts).tolist()]
         self._len = self._starts[-1]
         self._views: dict[int, tuple[Signature | None, torch.Tensor]] = {}
@@ -119,29 +124,52 @@ class MmapDataset(torch.utils.data.Dataset):
         for a new one (that costs more than the record itself).
         """
         path, count = self.paths[f], self._counts[f]
-        sig = file_signature(os.stat(path))
+        sig = self._check(f)
         hit = self._views.get(f)
         if hit is not None and hit[0] == sig:
             return hit[1]
         data = self.cache.get(path)
         if len(data) != count * self.record_bytes:
-            raise RuntimeError(f"{path} changed size since the dataset was opened "
-                               f"({count * self.record_bytes} -> {len(data)} bytes)")
+            raise self._changed(f, f"changed size since the dataset was opened "
+                                   f"({count * self.record_bytes} -> {len(data)} bytes)")
         tensor = data.as_tensor(self.dtype, (count, *self.record_shape))
         self._views[f] = (data.signature, tensor)
         return tensor
 
+    def _check(self, f: int) -> Signature:
+        """The file's signature now; a DatasetError when it was truncated or rewritten in place
+        (same inode, or a different size) since the dataset opened it."""
+        path = self.paths[f]
+        try:
+            sig = file_signature(os.stat(path))
+        except FileNotFoundError as exc:
+            raise self._changed(f, "was removed while the dataset was reading it") from exc
+        opened = self._opened[f]
+        if sig != opened:
+            if sig[2] != opened[2]:
+                raise self._changed(f, f"changed size since the dataset was opened "
+                                       f"({opened[2]} -> {sig[2]} bytes)")
+            if sig[:2] == opened[:2]:
+                raise self._changed(f, "was rewritten in place while the dataset was reading it")
+            self._opened[f] = sig  # replaced atomically by a file of the same size: serve it
+        return sig
+
+    def _changed(self, f: int, what: str) -> DatasetError:
+        return DatasetError(self.paths[f], OSError(
+            f"{self.paths[f]} {what}; replace data files atomically (write a new file, os.replace)"))
+
     def _read_records(self, f: int, local: torch.Tensor) -> torch.Tensor:
         """Positioned reads of the records ``local`` of file ``f`` (a file served without mmap)."""
         path, size = self.paths[f], self.record_bytes
+        self._check(f)
         out = torch.empty((len(local), *self.record_shape), dtype=self.dtype)
         raw = out.view(torch.uint8).numpy().data.cast("B")
         fd = os.open(path, os.O_RDONLY)
         try:
             for k, j in enumerate(local.tolist()):
                 if os.preadv(fd, [raw[k * size:(k + 1) * size]], j * size) != size:
-                    raise RuntimeError(f"{path}: short read at record {j}; the file shrank "
-                                       "since the dataset was opened")
+                    raise self._changed(f, f"shrank since the dataset was opened (short read at "
+                                           f"record {j})")
         finally:
             os.close(fd)
         return out

@@ -1,6 +1,7 @@
 """TokenizerCache: a tokenizer that loads in the background while the rest of training sets up.
 
-Created inside a running event loop, a ``TokenizerCache`` starts a task at once: the files are
+Created inside a running event loop, a ``TokenizerCache`` starts a task at once (unless
+``background=False``): the files are
 read with aiofiles (on aiotrain's I/O executor) and parsed and built on the I/O executor, so the
 loop keeps running. ``await wait_ready()`` joins it; created outside a loop, loading starts on
 the first ``wait_ready()`` (or happens synchronously on the first ``get_vocab()`` / ``encode``
@@ -21,8 +22,10 @@ which package it needs.
 
 Responsiveness, honestly: reading and parsing never stall the loop, but the ``tokenizers``
 constructors are Rust calls that hold the GIL for their whole run (about 0.1 s for a
-200 000-token vocabulary on a 2-core machine), and the loop cannot run Python code meanwhile.
-That one pause is the floor; nothing else in the load holds the GIL for long.
+200 000-token vocabulary on a 2-core machine), and the loop cannot run Python code meanwhile;
+and GIL-bound parsing slows Python-bound work of the main process (model building) while it
+runs. When tokenization belongs in AsyncLoader's worker processes anyway, load it there
+(``background=False`` + ``worker_init=tc.load``): the main process then does none of it.
 """
 
 from __future__ import annotations
@@ -69,11 +72,14 @@ class _Loaded:
 class TokenizerCache:
     """Loads ``vocab_path`` (and ``merges_path``) in the background; see the module docstring."""
 
-    def __init__(self, vocab_path: PathLike, merges_path: PathLike | None = None) -> None:
+    def __init__(self, vocab_path: PathLike, merges_path: PathLike | None = None, *,
+                 background: bool = True) -> None:
         self.vocab_path = os.fspath(vocab_path)
         self.merges_path = None if merges_path is None else os.fspath(merges_path)
         self._loaded: _Loaded | None = None
         self._task: asyncio.Task[None] | None = None
+        if not background:
+            return  # loaded where it is first used: ``load()``, e.g. as a loader's worker_init
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -107,6 +113,15 @@ class TokenizerCache:
         """
         if self._loaded is None:
             await asyncio.shield(self._start())
+        return self
+
+    def load(self) -> TokenizerCache:
+        """Load now, synchronously, where no event loop runs (a data worker process, a script).
+
+        With tokenization in AsyncLoader's worker processes, pass ``worker_init=tc.load`` and
+        ``background=False``: each worker loads its own copy while the main process builds the
+        model, undisturbed by the parse (which holds a GIL, but not the main process's)."""
+        self._ready()
         return self
 
     def _ready(self) -> _Loaded:

@@ -172,13 +172,16 @@ class TrainJob:
                                  config=Conf.to_dict(self.cfg), tags=tuple(s.tracking.tags),
                                  notes=s.tracking.notes, dir=str(self.root), mode="offline")
         if resume_id is None:
-            return await to_io(make)
-        try:
-            return await to_io(functools.partial(make, resume=resume_id))
-        except ValueError:  # the earlier run was not tracked (tracking was disabled)
-            self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
-                      "tracking it as a new run")
-            return await to_io(make)
+            run = await to_io(make)
+        else:
+            try:
+                run = await to_io(functools.partial(make, resume=resume_id))
+            except ValueError:  # the earlier run was not tracked (tracking was disabled)
+                self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
+                          "tracking it as a new run")
+                run = await to_io(make)
+        await run.astart()  # its folder, periodic flush and system metrics sampler
+        return run
 
     # training ---------------------------------------------------------------------------------
     async def _train(self, task: Task, device: torch.device) -> JobResult:

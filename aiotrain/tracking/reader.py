@@ -151,9 +151,10 @@ def list_runs(project: str | None = None, root: str | os.PathLike[str] | None = 
 
 
 def find_run(ref: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
-    """A run by folder path, id, ``project/id`` or name (the newest of that name).
+    """A run by folder path, id, ``project/id`` or name.
 
-    Raises ``LookupError`` with a one-line message when nothing (or more than one id) matches.
+    Raises ``LookupError`` with a one-line message when nothing matches, or when an id or a name
+    matches several runs (the message lists the candidates).
     """
     path = Path(ref)
     if (path / "metadata.sdn").is_file():
@@ -167,6 +168,10 @@ def find_run(ref: str, root: str | os.PathLike[str] | None = None) -> RunRecord:
     if len(by_id) > 1:
         raise LookupError(f"run id {key!r} exists in several projects; write PROJECT/{key}")
     by_name = [r for r in runs if r.name == key]
+    if len(by_name) == 1:
+        return by_name[0]
     if by_name:
-        return by_name[-1]
+        candidates = ", ".join(f"{r.project}/{r.id}" for r in by_name)
+        raise LookupError(f"run name {key!r} is ambiguous ({len(by_name)} runs): {candidates}; "
+                          "name one by PROJECT/ID")
     raise LookupError(f"no run {ref!r} under {base}")

@@ -43,7 +43,7 @@ from .store import atomic_write, check_name, get_dir, get_mode, jsonable, write_
 from .system import system_info
 from .writer import MetricsWriter
 
-__all__ = ["Run"]
+__all__ = ["Run", "drain_open_run"]
 
 _PLAIN = frozenset((float, int, str, bool, type(None)))
 _RESERVED = ("step", "timestamp")
@@ -65,7 +65,8 @@ class Run:
 
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
-                 resume: bool | str = False, *, mode: str | None = None) -> None:
+                 resume: bool | str = False, *, mode: str | None = None,
+                 system_interval: float | None = 2.0) -> None:
         self.project = check_name("project", project)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
@@ -87,6 +88,11 @@ class Run:
         self._watches: list[Any] = []
         self._ticker: asyncio.Task[None] | None = None
         self._ticker_loop: asyncio.AbstractEventLoop | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._system: MetricsWriter | None = None
+        if system_interval is not None and not system_interval > 0:
+            raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
+        self.system_interval = system_interval
         self._finished = False
         self._finish_lock = threading.Lock()
         self.id = self._resume(resume, name) if resume else _new_id()
@@ -167,6 +173,15 @@ class Run:
 
         self._watches.append(Watch(self, model, log, log_freq))
 
+    def _log_system(self, sample: dict[str, float]) -> None:
+        """Queue one system metrics sample for system.jsonl, at the current step."""
+        writer = self._system
+        if writer is None or self._finished:
+            return
+        now = _time()
+        writer.queue.append({"step": self._step, "timestamp": now, **sample})
+        writer.kick(now)
+
     def _log_side(self, metrics: dict[str, Any]) -> None:
         """Enqueue a record at the current step without advancing it (``watch``'s records)."""
         if self._queue is None or self._finished:
@@ -233,6 +248,9 @@ class Run:
         for fut in list(self._media):
             fut.result()
         self._writer.close()  # creates the folder and metadata if nothing was logged yet
+        if self._system is not None:
+            self._system.close()
+            self._system.check()
         write_sdn(self.dir / "summary.sdn", self.summary)
         self._write_metadata()
         self._writer.check()
@@ -306,16 +324,23 @@ class Run:
         self.finish(*outcome(exc))
 
     async def __aenter__(self) -> Run:
+        await self.astart()
+        return self
+
+    async def astart(self) -> None:
+        """Create the run's files and start its tasks on the running loop (the periodic flush and
+        the system metrics sampler): what ``async with`` does on entry, for runs created
+        without a ``with`` block."""
         if self._writer is not None:
             await to_io(self._writer.open)
         self._start_ticker()
-        return self
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         await self.afinish(*outcome(exc))
 
     def _start_ticker(self) -> None:
-        """Inside a running loop, kick a drain every second even when nothing is logged."""
+        """Inside a running loop, kick a drain every second even when nothing is logged, and
+        sample system metrics every ``system_interval`` seconds."""
         if self._writer is None or self._ticker is not None:
             return
         try:
@@ -324,6 +349,12 @@ class Run:
             return  # sync script: flushes piggy-back on log calls (see writer.py)
         self._ticker_loop = loop
         self._ticker = loop.create_task(self._tick(), name=f"aiotrain-track-{self.id}")
+        if self.system_interval is not None:
+            from .system_metrics import sample_forever
+
+            self._system = MetricsWriter(self.dir / "system.jsonl", self._writer.open)
+            self._sampler = loop.create_task(sample_forever(self._log_system, self.system_interval),
+                                             name=f"aiotrain-system-{self.id}")
 
     async def _tick(self) -> None:
         writer = self._writer
@@ -334,20 +365,37 @@ class Run:
                 writer.kick(_time())
 
     def _stop_ticker(self) -> None:
-        task, loop, self._ticker = self._ticker, self._ticker_loop, None
-        if task is None or loop is None:
+        loop = self._ticker_loop
+        tasks = [t for t in (self._ticker, self._sampler) if t is not None]
+        self._ticker = self._sampler = None
+        if not tasks or loop is None:
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
-            task.cancel()
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(task.cancel)
+        for task in tasks:
+            if running is loop:
+                task.cancel()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
 
     def __repr__(self) -> str:
         return f"Run(project={self.project!r}, id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+def drain_open_run(run_dir: Path) -> bool:
+    """Ask a run of this process that writes in ``run_dir`` to drain its queues now, so a live
+    reader of its files (the dashboard) sees new records without waiting for the periodic flush.
+    Returns whether such a run is open. Never blocks: the drain is queued on the I/O executor."""
+    with _open_lock:
+        runs = [r for r in _open_runs if r.dir == run_dir]
+    now = _time()
+    for run in runs:
+        for writer in (run._writer, run._system):
+            if writer is not None and writer.queue:
+                writer.kick(now)
+    return bool(runs)
 
 
 def _new_id() -> str:
@@ -405,3 +453,16 @@ def _finish_open_runs() -> None:
             run.finish(*outcome(crashed))
         except Exception as exc:  # at exit there is no caller left to raise to
             print(f"aiotrain: could not finish run {run.id}: {exc}", file=sys.stderr)
+
+
+def set_run_status(run_dir: str | os.PathLike[str], status: str, error: str | None = None) -> None:
+    """Rewrite a stored run's status (atomically): ``pruned`` for a sweep trial stopped by its
+    pruner, ``interrupted`` for a run that a killed process left ``running``."""
+    from .store import read_sdn
+
+    path = Path(run_dir) / "metadata.sdn"
+    meta = read_sdn(path)
+    meta["status"] = status
+    if error is not None:
+        meta["error"] = error
+    write_sdn(path, meta)

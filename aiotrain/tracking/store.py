@@ -27,6 +27,7 @@ __all__ = [
     "check_name",
     "decode_nonfinite",
     "encode_nonfinite",
+    "flatten",
     "get_dir",
     "get_mode",
     "jsonable",
@@ -111,6 +112,17 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # tensors and numpy arrays / scalars
         return jsonable(value.tolist())
     return repr(value)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _sdn() -> Any:

@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps: grid and random search over ``Track.Sweep`` distributions.
+"""Hyperparameter sweeps: grid, random and Bayesian search over ``Track.Sweep`` distributions.
 
 ``sweep = Track.Sweep.define(method="random", metric={"name": "val/loss", "goal": "minimize"},
 parameters={"lr": LogUniform(1e-5, 1e-1), "layers": Choice([2, 4]), "dropout": 0.1},
@@ -10,19 +10,19 @@ Each trial is a run in the sweep's project, named ``{sweep.id}-{i}`` and tagged
 Its objective is ``run.summary[metric name]``: the last value it logged under that name, or
 what it returned (a number is stored under the metric name, a dict is merged into the
 summary). A trial that raises is kept as a crashed run and the sweep goes on; only when every
-trial fails does the agent raise. Grid search visits the cartesian product of ``Choice``
-values, ``IntUniform`` ranges and fixed values in order (``count`` limits it); random search
-draws ``count`` configs from a ``random.Random(seed)``, so the same seed gives the same trials.
+trial fails does the agent raise. The methods are those of ``search.py``: grid visits the
+cartesian product of ``Choice`` values, ``IntUniform`` ranges and fixed values in order
+(``count`` limits it), random draws from ``random.Random(seed)`` and bayes asks Optuna's TPE
+(the ``sweeps`` extra); the same seed gives the same trials. ``early_terminate`` (pruning)
+needs trials that report scores while they train, which training jobs do: it is honoured by
+``aiotrain sweep`` / ``SweepRunner`` (see ``aiotrain/sweeper.py``), not by ``agent``.
 Progress is saved after every trial to ``{root}/sweeps/{project}/{sweep_id}.json``.
 """
 
 from __future__ import annotations
 
-import abc
 import inspect
-import itertools
 import math
-import random
 import secrets
 import string
 from collections.abc import Callable, Iterator, Mapping
@@ -31,116 +31,24 @@ from typing import Any
 
 from ..runtime import to_io
 from .run import Run, outcome
+from .space import (
+    Choice,
+    Distribution,
+    IntUniform,
+    LogUniform,
+    Normal,
+    Uniform,
+    flatten,
+    grid_axes,
+    spec,
+    unflatten,
+)
 from .store import check_name, get_dir, get_mode, write_json
 
-__all__ = ["Choice", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
+__all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
 
-
-class Distribution(abc.ABC):
-    """A parameter's search space; ``sample(rng)`` draws one value."""
-
-    @abc.abstractmethod
-    def sample(self, rng: random.Random) -> Any:
-        """One value drawn with ``rng``."""
-
-    def grid(self) -> list[Any]:
-        raise ValueError(f"grid search needs Choice, IntUniform or fixed values, not {self!r}")
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Uniform(Distribution):
-    """A float uniformly in [low, high]."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not _number("low", self.low) < _number("high", self.high):
-            raise ValueError(f"Uniform needs low < high, got {self.low}, {self.high}")
-
-    def sample(self, rng: random.Random) -> float:
-        return rng.uniform(self.low, self.high)
-
-
-@dataclass(frozen=True)
-class LogUniform(Distribution):
-    """A float whose logarithm is uniform in [log low, log high] (learning rates)."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not 0 < _number("low", self.low) < _number("high", self.high):
-            raise ValueError(f"LogUniform needs 0 < low < high, got {self.low}, {self.high}")
-
-    def sample(self, rng: random.Random) -> float:
-        return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-
-
-@dataclass(frozen=True)
-class IntUniform(Distribution):
-    """An integer uniformly in [low, high], both included."""
-
-    low: int
-    high: int
-
-    def __post_init__(self) -> None:
-        for name in ("low", "high"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
-                raise ValueError(f"IntUniform {name} must be an int, got {getattr(self, name)!r}")
-        if self.low > self.high:
-            raise ValueError(f"IntUniform needs low <= high, got {self.low}, {self.high}")
-
-    def sample(self, rng: random.Random) -> int:
-        return rng.randint(self.low, self.high)
-
-    def grid(self) -> list[Any]:
-        return list(range(self.low, self.high + 1))
-
-
-@dataclass(frozen=True)
-class Normal(Distribution):
-    """A float from a normal distribution N(mu, sigma)."""
-
-    mu: float = 0.0
-    sigma: float = 1.0
-
-    def __post_init__(self) -> None:
-        _number("mu", self.mu)
-        if not _number("sigma", self.sigma) > 0:
-            raise ValueError(f"Normal needs sigma > 0, got {self.sigma}")
-
-    def sample(self, rng: random.Random) -> float:
-        return rng.gauss(self.mu, self.sigma)
-
-
-@dataclass(frozen=True, init=False)
-class Choice(Distribution):
-    """One of ``values``, uniformly."""
-
-    values: tuple[Any, ...]
-
-    def __init__(self, values: Any) -> None:
-        values = tuple(values)
-        if not values:
-            raise ValueError("Choice needs at least one value")
-        object.__setattr__(self, "values", values)
-
-    def sample(self, rng: random.Random) -> Any:
-        return rng.choice(self.values)
-
-    def grid(self) -> list[Any]:
-        return list(self.values)
-
-
-_METHODS = ("grid", "random")
-_GOALS = ("minimize", "maximize")
+METHODS = ("grid", "random", "bayes")
+GOALS = ("minimize", "maximize")
 
 
 @dataclass
@@ -189,40 +97,63 @@ class Sweep:
     parameters: dict[str, Any]
     project: str = "sweeps"
     seed: int = 0
+    early_terminate: dict[str, Any] | None = None
 
     @classmethod
     def define(cls, method: str, metric: Mapping[str, str], parameters: Mapping[str, Any],
-               project: str = "sweeps", seed: int = 0) -> Sweep:
-        """Check and record a sweep (nothing runs yet)."""
-        if method not in _METHODS:
-            raise ValueError(f"sweep method must be one of {_METHODS}, got {method!r}")
+               project: str = "sweeps", seed: int = 0,
+               early_terminate: Mapping[str, Any] | None = None, id: str | None = None) -> Sweep:
+        """Check and record a sweep (nothing runs yet). ``early_terminate``:
+        ``{"type": "median" | "hyperband", ...options}`` (see ``search.make_pruner``)."""
+        if method not in METHODS:
+            raise ValueError(f"sweep method must be one of {METHODS}, got {method!r}")
         metric = dict(metric)
         if not isinstance(metric.get("name"), str) or not metric["name"]:
             raise ValueError(f"sweep metric needs a 'name', got {metric!r}")
         metric.setdefault("goal", "minimize")
-        if metric["goal"] not in _GOALS:
-            raise ValueError(f"sweep metric goal must be one of {_GOALS}, got {metric['goal']!r}")
+        if metric["goal"] not in GOALS:
+            raise ValueError(f"sweep metric goal must be one of {GOALS}, got {metric['goal']!r}")
         if not isinstance(parameters, Mapping) or not parameters:
             raise ValueError("sweep parameters must be a non-empty mapping")
-        sweep = cls(_sweep_id(), method, metric, dict(parameters), check_name("project", project), seed)
+        sweep = cls(check_name("sweep id", id) if id else _sweep_id(), method, metric, dict(parameters),
+                    check_name("project", project), seed, dict(early_terminate) if early_terminate else None)
         if method == "grid":
-            _grid_axes(sweep.parameters)  # fail now on a continuous distribution
+            grid_axes(sweep.parameters)  # fail now on a continuous distribution
+        if method == "bayes" or early_terminate:
+            sweep.search()  # fail now without Optuna, or on a space or pruner it cannot take
         return sweep
 
+    def search(self) -> Any:
+        """A fresh search backend for this sweep (``search.make_search``)."""
+        from .search import make_search
+
+        goal = "minimize" if self.metric["goal"] == "minimize" else "maximize"
+        return make_search(self.parameters, self.method, goal, self.seed, self.early_terminate)
+
     def configs(self, count: int | None = None) -> Iterator[dict[str, Any]]:
-        """The trial configs in order: the grid (up to ``count``) or ``count`` random draws."""
+        """The trial configs of a grid or random sweep in order: the grid (up to ``count``) or
+        ``count`` random draws (bayes proposals depend on results: use ``search()``)."""
+        from .search import GridSearch, RandomSearch
+
         if self.method == "grid":
-            keys, axes = _grid_axes(self.parameters)
-            combos = itertools.product(*axes)
-            for values in itertools.islice(combos, count):
-                yield _unflatten(dict(zip(keys, values, strict=True)))
-            return
-        if count is None:
-            raise ValueError("random search needs count=")
-        rng = random.Random(self.seed)
-        flat = _flatten(self.parameters)
-        for _ in range(count):
-            yield _unflatten({k: v.sample(rng) if isinstance(v, Distribution) else v for k, v in flat.items()})
+            search: Any = GridSearch(self.parameters)
+        elif self.method == "random":
+            if count is None:
+                raise ValueError("random search needs count=")
+            search = RandomSearch(self.parameters, self.seed)
+        else:
+            raise ValueError("bayes proposals depend on results; use sweep.search() ask/tell")
+        for _ in range(count) if count is not None else iter(int, 1):
+            params = search.ask()
+            if params is None:
+                return
+            yield unflatten(params)
+
+    def describe(self) -> dict[str, Any]:
+        """The definition as plain data (parameters in their text form): what a record stores."""
+        return {"id": self.id, "method": self.method, "metric": self.metric, "seed": self.seed,
+                "project": self.project, "early_terminate": self.early_terminate,
+                "parameters": {k: spec(v) for k, v in flatten(self.parameters).items()}}
 
     @staticmethod
     def agent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepResult:
@@ -232,8 +163,8 @@ class Sweep:
             from ..runtime import run as run_loop
 
             return run_loop(Sweep.aagent(sweep, function, count))
-        result = SweepResult(sweep.id, sweep.metric)
-        for i, config in enumerate(sweep.configs(count)):
+        result, search = _start(sweep, count)
+        for i, config in _proposals(search, count):
             run = _trial_run(sweep, i, config)
             error = None
             try:
@@ -244,15 +175,15 @@ class Sweep:
                 run.finish(*outcome(exc))
                 raise
             run.finish(*outcome(error))
-            result.add(run, config, error)
+            _told(search, result, i, run, config, error)
             _save(sweep, result)
         return result.checked()
 
     @staticmethod
     async def aagent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepResult:
         """``agent`` from a coroutine: sync trials run inline, async ones are awaited."""
-        result = SweepResult(sweep.id, sweep.metric)
-        for i, config in enumerate(sweep.configs(count)):
+        result, search = _start(sweep, count)
+        for i, config in _proposals(search, count):
             run = _trial_run(sweep, i, config)
             error = None
             try:
@@ -264,9 +195,36 @@ class Sweep:
                 await run.afinish(*outcome(exc))
                 raise
             await run.afinish(*outcome(error))
-            result.add(run, config, error)
+            _told(search, result, i, run, config, error)
             await to_io(_save, sweep, result)
         return result.checked()
+
+
+def _start(sweep: Sweep, count: int | None) -> tuple[SweepResult, Any]:
+    if sweep.early_terminate:
+        raise ValueError("early_terminate needs trials that report while they train: run the sweep "
+                         "with `aiotrain sweep` or aiotrain.sweeper.SweepRunner")
+    if count is None and sweep.method != "grid":
+        raise ValueError(f"{sweep.method} search needs count=")
+    return SweepResult(sweep.id, sweep.metric), sweep.search()
+
+
+def _proposals(search: Any, count: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    i = 0
+    while count is None or i < count:
+        params = search.ask()
+        if params is None:
+            return
+        yield i, unflatten(params)
+        i += 1
+
+
+def _told(search: Any, result: SweepResult, i: int, run: Run, config: dict[str, Any],
+          error: BaseException | None) -> None:
+    result.add(run, config, error)
+    value = result.trials[-1]["value"]
+    finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    search.tell(i, value if finite else None, "finished" if error is None and finite else "crashed")
 
 
 def _trial_run(sweep: Sweep, i: int, config: dict[str, Any]) -> Run:
@@ -293,42 +251,11 @@ def _args(function: Callable[..., Any], config: dict[str, Any], run: Run) -> tup
 def _save(sweep: Sweep, result: SweepResult) -> None:
     if get_mode() == "disabled":
         return
-    definition = {"id": sweep.id, "method": sweep.method, "metric": sweep.metric, "seed": sweep.seed,
-                  "parameters": {k: repr(v) for k, v in _flatten(sweep.parameters).items()}}
-    write_json(get_dir() / "sweeps" / sweep.project / f"{sweep.id}.json", {**definition, **result.to_dict()})
+    write_json(get_dir() / "sweeps" / sweep.project / f"{sweep.id}.json",
+               {**sweep.describe(), **result.to_dict()})
 
 
 def _sweep_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def _grid_axes(params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    flat = _flatten(params)
-    axes = []
-    for key, value in flat.items():
-        try:
-            axes.append(value.grid() if isinstance(value, Distribution) else [value])
-        except ValueError as exc:
-            raise ValueError(f"parameter {key!r}: {exc}") from None
-    return list(flat), axes

@@ -44,14 +44,17 @@ class Track:
     @staticmethod
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
-            resume: bool | str = False) -> _Run:
+            resume: bool | str = False, system_interval: float | None = 2.0) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
         run of this project with this ``name`` (a new one if there is none), ``resume="<id>"``
         continues that run (ValueError if missing): same folder, config merged, steps going on.
+        ``system_interval``: seconds between system metrics samples (system.jsonl) while the run
+        is open inside an event loop; None turns the sampler off.
         """
-        return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume)
+        return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
+                    system_interval=system_interval)
 
     @staticmethod
     def set_mode(mode: str) -> None:

@@ -70,10 +70,14 @@ def test_plot(root, tmp_path):
 def test_export_tensorboard_is_readable(root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from aiotrain.tracking.export import tensorboard_folder
+    from aiotrain.tracking.reader import load_run
+
     root, run, _ = root
     out = cli(root, "export", run.id, "--tensorboard", str(tmp_path / "tb"))
     assert out.returncode == 0, out.stderr
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    folder = tmp_path / "tb" / tensorboard_folder(load_run(run.dir))
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "histograms": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
     assert {"train/loss", "acc"} <= set(tags["scalars"])
@@ -86,6 +90,8 @@ def test_export_tensorboard_is_readable(root, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["show", "nope"], "no run 'nope'"),
+    (["ls", "--filter", "lr"], "KEY OP VALUE"),
+    (["export", "base"], "--tensorboard"),
     (["plot", "base", "--metric", "missing"], "no scalar metric 'missing'"),
     (["plot", "base"], "--metric"),
     (["bogus"], "invalid choice"),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +140,20 @@ def test_scalar_records(tmp_path):
     ds = MmapDataset(str(path), (), torch.int64)
     assert len(ds) == 10 and ds[3].shape == () and int(ds[3]) == 3
     assert ds.__getitems__([9, 0, 4]).tolist() == [9, 0, 4]
+
+
+TORTURE = Path(__file__).parent / "scripts" / "truncate_torture.py"
+
+
+@pytest.mark.timeout(600)
+def test_truncations_in_place_under_live_views_are_dataset_errors_never_sigbus(tmp_path):
+    """The long run (100 rounds) is ``AIOTRAIN_TORTURE_TRUNCATIONS=100``; ``make test`` does 20."""
+    rounds = int(os.environ.get("AIOTRAIN_TORTURE_TRUNCATIONS", "20"))
+    done = subprocess.run([sys.executable, str(TORTURE), str(tmp_path), str(rounds)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode >= 0, f"killed by signal {-done.returncode}: {done.stderr[-2000:]}"
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["truncations"] + counts["rewrites"] == rounds
+    assert counts["dataset_errors"] == rounds  # every change is reported, naming the file
+    assert counts["old_view_reads"] > 0 and counts["reads_during_change"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -54,8 +55,15 @@ def test_random_is_seeded_and_in_range():
 
 
 def test_bad_definitions():
-    with pytest.raises(ValueError):
-        Track.Sweep.define("bayes", {"name": "x"}, {"a": 1})
+    with pytest.raises(ValueError, match="method"):
+        Track.Sweep.define("hyperopt", {"name": "x"}, {"a": 1})
+    with pytest.raises(ValueError, match="Normal"):
+        Track.Sweep.define("bayes", {"name": "x"}, {"a": Normal(0, 1)})
+    with pytest.raises(ValueError, match="early_terminate type"):
+        Track.Sweep.define("random", {"name": "x"}, {"a": Uniform(0, 1)}, early_terminate={"type": "asha"})
+    with pytest.raises(ValueError, match="reduction_fctor"):
+        Track.Sweep.define("random", {"name": "x"}, {"a": Uniform(0, 1)},
+                           early_terminate={"type": "hyperband", "reduction_fctor": 2})
     with pytest.raises(ValueError):
         Track.Sweep.define("grid", {"name": "x", "goal": "up"}, {"a": 1})
     with pytest.raises(ValueError):
@@ -101,3 +109,39 @@ def test_async_trial_from_sync_agent():
         return config["a"]
 
     assert Track.Sweep.agent(sweep, trial).best["config"] == {"a": 1}
+
+
+def _quadratic(config):
+    """A deterministic objective with its optimum at lr=1e-2, width=64."""
+    return {"loss": (math.log10(config["lr"]) + 2) ** 2 + abs(config["width"] - 64) / 64}
+
+
+def test_bayes_is_seeded_and_beats_its_own_random_start(track_root):
+    params = {"lr": LogUniform(1e-4, 1e-1), "width": Choice([16, 32, 64, 128])}
+    runs = [Track.Sweep.agent(Track.Sweep.define("bayes", {"name": "loss"}, params, seed=s), _quadratic,
+                              count=24) for s in (5, 5, 6)]
+    configs = [[t["config"] for t in r.trials] for r in runs]
+    assert configs[0] == configs[1] and configs[0] != configs[2]
+    values = [t["value"] for t in runs[0].trials]
+    # TPE starts with 10 random trials; what it proposes after them is better on average
+    assert sum(values[12:]) / 12 < sum(values[:10]) / 10
+    assert runs[0].best["value"] < 0.3
+
+
+def test_grid_and_random_work_without_optuna(monkeypatch, track_root):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):
+        if name == "optuna" or name.startswith("optuna."):
+            raise ImportError("no optuna here")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    grid = Track.Sweep.define("grid", {"name": "loss"}, {"lr": Choice([1e-3, 1e-2]), "width": Choice([32, 64])})
+    assert len(Track.Sweep.agent(grid, _quadratic).trials) == 4
+    rnd = Track.Sweep.define("random", {"name": "loss"}, {"lr": LogUniform(1e-4, 1e-1), "width": 64}, seed=2)
+    assert len(Track.Sweep.agent(rnd, _quadratic, count=3).trials) == 3
+    with pytest.raises(ImportError, match="aiotrain\\[sweeps\\]"):
+        Track.Sweep.define("bayes", {"name": "loss"}, {"lr": LogUniform(1e-4, 1e-1)})

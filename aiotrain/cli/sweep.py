@@ -1,0 +1,187 @@
+"""``aiotrain sweep CONFIG.sdn --trials N [--parallel K] [--method grid|random|bayes] key=SPEC ...``.
+
+Each ``key=SPEC`` is a distribution (``loguniform(1e-4,1e-1)``, ``uniform(a,b)``,
+``intuniform(a,b)``, ``normal(mu,sigma)``, ``choice(32,64,128)``), a Hydra-multirun list
+(``a=1,2,3``: a choice, one grid axis) or a plain value (a fixed override). The table of trials
+is redrawn as they start, report and end (one line per change when stdout is not a terminal),
+then the best config is printed. ``--resume ID`` continues a sweep after a crash or kill -9.
+
+Exit codes: 0 the sweep ran and has a best trial, 1 every trial failed, 2 usage or config
+errors, 130 interrupted (Ctrl-C: trials in flight flush their checkpoints; resume with --resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any, TextIO
+
+from ..config import ConfigError
+from ..errors import ExitCode, UserError
+from ..tracking.space import Distribution, parse_parameter, unflatten
+from ..tracking.sweeps import GOALS, METHODS
+from .command import Parser, run_command
+from .signals import cancel_on_signals
+
+
+def _parser() -> Parser:
+    p = Parser(prog="aiotrain sweep", description="search hyperparameters: trials of a config")
+    p.add_argument("config", nargs="?", help="the SDN config file of one trial")
+    p.add_argument("params", nargs="*", metavar="key=SPEC", help="distributions, a,b,c lists or fixed values")
+    p.add_argument("--trials", type=int, help="how many trials (default for grid: the whole grid)")
+    p.add_argument("--parallel", type=int, default=1, help="trials at a time, each in its own process")
+    p.add_argument("--method", default="random", choices=METHODS)
+    p.add_argument("--metric", default="accuracy", help="an evaluated metric (default: accuracy)")
+    p.add_argument("--goal", default="maximize", choices=GOALS)
+    p.add_argument("--prune", choices=("median", "hyperband"), help="stop poor trials early")
+    p.add_argument("--seed", type=int, default=0, help="the search's seed (random and bayes)")
+    p.add_argument("--in-process", action="store_true", help="run trials in this process (one at a time)")
+    p.add_argument("--resume", metavar="ID", help="continue the sweep ID after a crash")
+    p.add_argument("--dir", help="the tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain sweep", lambda: _sweep(argv))
+
+
+def _sweep(argv: list[str]) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    if args.resume is None and args.config is None:
+        raise UserError("give a CONFIG.sdn (or --resume ID)")
+    from ..runtime import run
+    from ..sweeper import SweepRunner
+    from ..tracking.sweeps import Sweep
+
+    table = LiveTable(sys.stdout)
+    runner: SweepRunner | None = None
+    try:
+        if not args.resume:
+            space, fixed = split_params(args.params)
+            if not space:
+                raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
+                                 "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
+            if args.dir:
+                fixed.append(f"tracking.dir={args.dir}")
+            sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
+                                 seed=args.seed, early_terminate={"type": args.prune} if args.prune else None)
+            runner = SweepRunner(sweep, args.config, fixed, trials=args.trials, parallel=args.parallel,
+                                 isolate=not args.in_process, on_update=table.update)
+    except (ValueError, ImportError) as exc:
+        raise UserError(str(exc), file=args.config) from None
+
+    async def go() -> int:
+        nonlocal runner
+        try:
+            with cancel_on_signals():
+                if runner is None:
+                    root = args.dir or os.environ.get("AIOTRAIN_DIR") or ".aiotrain"
+                    runner = await SweepRunner.aresume(args.resume, root, on_update=table.update,
+                                                      parallel=args.parallel if args.parallel > 1 else None)
+                record = await runner.run()
+        except asyncio.CancelledError:
+            sid = runner.sweep.id if runner is not None else args.resume
+            print(f"interrupted: trials in flight flushed their checkpoints; continue with "
+                  f"aiotrain sweep --resume {sid}", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except ConfigError as exc:
+            raise UserError.from_config(exc, args.config) from None
+        except (ValueError, LookupError, RuntimeError, ImportError, OSError) as exc:
+            raise UserError(str(exc), file=args.config) from None
+        table.finish(record)
+        return ExitCode.OK if record.get("best") else ExitCode.FAILED
+
+    return run(go())
+
+
+def split_params(items: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """``key=SPEC`` arguments -> (the search space, nested; the fixed ``key=value`` overrides)."""
+    space: dict[str, Any] = {}
+    fixed: list[str] = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r} is not key=SPEC")
+        try:
+            param = parse_parameter(text)
+        except ValueError as exc:
+            raise ValueError(f"{key.strip()}: {exc}") from None
+        if isinstance(param, Distribution):
+            space[key.strip()] = param
+        else:
+            fixed.append(item)
+    return unflatten(space), fixed
+
+
+class LiveTable:
+    """The trials as a table: redrawn in place on a terminal, one line per change otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._seen: dict[int, tuple[str, int]] = {}
+
+    def update(self, record: dict[str, Any]) -> None:
+        if self.tty:
+            lines = render(record)
+            up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+            self.out.write(up + "\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        else:
+            for t in record["trials"]:
+                key = (t["status"], len(t["intermediate"]))
+                if self._seen.get(t["number"]) != key:
+                    self._seen[t["number"]] = key
+                    self.out.write(_row(t, record, _keys(record)) + "\n")
+        self.out.flush()
+
+    def finish(self, record: dict[str, Any]) -> None:
+        if not self.tty:
+            self.out.write("\n".join(render(record)) + "\n")
+        best = record.get("best")
+        if best:
+            params = "  ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+            self.out.write(f"best: trial {best.get('number')}  {record['metric']['name']}="
+                           f"{_fmt(best['value'])}  {params}\n")
+        else:
+            self.out.write("best: none (every trial failed; see the error column)\n")
+        self.out.flush()
+
+
+def render(record: dict[str, Any]) -> list[str]:
+    """The sweep's table as lines: a header, one row per trial."""
+    trials = record["trials"]
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("running", "finished", "pruned", "crashed")}
+    wanted = record.get("trials_wanted") or "grid"
+    head = (f"sweep {record['id']}  {record['method']}  {record['metric']['name']} "
+            f"({record['metric']['goal']})  {len(trials)}/{wanted} trials  "
+            + "  ".join(f"{n} {s}" for s, n in counts.items() if n))
+    keys = _keys(record)
+    cols = ["#", "status", record["metric"]["name"], "epochs", *keys]
+    lines = [head, "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cols))]
+    lines += [_row(t, record, keys) for t in trials]
+    return lines
+
+
+def _row(t: dict[str, Any], record: dict[str, Any], keys: list[str]) -> str:
+    value = t["value"] if t["value"] is not None else (t["intermediate"][-1][1] if t["intermediate"] else None)
+    cells = [str(t["number"]), t["status"], _fmt(value), str(len(t["intermediate"])),
+             *(_fmt(t["params"].get(k)) for k in keys)]
+    row = "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cells))
+    return row + (f"  {t['error']}" if t.get("error") else "")
+
+
+def _keys(record: dict[str, Any]) -> list[str]:
+    """The searched parameters (the record holds their text form; fixed ones have no call)."""
+    return [k for k, v in record["parameters"].items() if isinstance(parse_parameter(v), Distribution)]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

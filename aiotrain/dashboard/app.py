@@ -1,0 +1,422 @@
+"""The dashboard's web app (aiohttp): runs table, charts, live updates, run detail, artifacts.
+
+``dashboard_app(root)`` returns an ``aiohttp.web.Application``; ``aiotrain runs serve`` runs it
+on its own, and a service mounts it with ``app.add_subapp("/dashboard/", dashboard_app(root))``
+(the page uses relative URLs, so any prefix works). Every disk read runs in the I/O executor;
+the loop only routes requests, encodes JSON and streams events.
+
+Routes (GET):
+  /                          the single-page UI (static/index.html)
+  /static/{name}             its script and style, and plotly.min.js from the installed plotly
+  /api/runs                  rows: ?filter=KEY OP VALUE (repeatable) &sort=[-]KEY &q=TEXT &columns=K,K
+  /api/runs/{project}/{id}   one run: metadata, config, summary, system info, metric keys, media
+  /api/series                chart data: ?run=P/ID&key=K (both repeatable) &points=N, downsampled
+  /api/stream                server-sent events: the points appended since the series' cursor
+  /api/table/{project}/{id}  rows of a logged table: ?path=tables/...jsonl
+  /api/artifacts             every artifact, its versions and aliases, and the lineage graph
+  /files/{project}/{id}/{path}  a file inside that run's folder (images); nothing outside it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ..runtime import to_io
+from ..tracking import query
+from ..tracking.index import RunIndex, RunRow
+from ..tracking.media import Table
+from ..tracking.reader import load_run
+from ..tracking.run import drain_open_run
+from ..tracking.series import Column, SeriesFile, read_new_records
+from ..tracking.store import check_name, encode_nonfinite, get_dir, read_json
+
+__all__ = ["POLL_S", "dashboard_app"]
+
+POLL_S = 0.25  # how often a live stream looks for new lines
+_STATIC = Path(__file__).parent / "static"
+_SERIES_FILES = 64  # parsed histories kept in memory (least recently used dropped)
+_MAX_POINTS = 20_000
+_FILES = ("metrics", "system")
+
+
+def dashboard_app(root: str | os.PathLike[str] | None = None) -> web.Application:
+    """The dashboard over the runs under ``root`` (default: the tracking root in use)."""
+    return Dashboard(Path(root) if root is not None else get_dir()).app()
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(encode_nonfinite(data)), status=status,
+                        content_type="application/json")
+
+
+def _bad(message: str, status: int = 400) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
+    return cls(text=json.dumps({"error": message}), content_type="application/json")
+
+
+class Dashboard:
+    """State shared by the routes: the run index and the parsed histories."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runs_root = root / "runs"
+        self.index = RunIndex(root)
+        self._row_cache: list[RunRow] = []
+        self._rows_at = 0.0
+        self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
+        self._rows_lock = asyncio.Lock()
+        self._histories: OrderedDict[Path, SeriesFile] = OrderedDict()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/", self._page)
+        r.add_get("/static/{name}", self._static)
+        r.add_get("/api/runs", self._runs)
+        r.add_get("/api/runs/{project}/{id}", self._run_detail)
+        r.add_get("/api/series", self._series)
+        r.add_get("/api/stream", self._stream)
+        r.add_get("/api/table/{project}/{id}", self._table)
+        r.add_get("/api/artifacts", self._artifacts)
+        r.add_get("/files/{project}/{id}/{path:.+}", self._file)
+        return app
+
+    # pages and assets ---------------------------------------------------------------------------
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "plotly.min.js":
+            path = await to_io(_plotly_js)
+        elif name in ("app.js", "style.css"):
+            path = _STATIC / name
+        else:
+            raise _bad(f"no static file {name!r}", 404)
+        return web.FileResponse(path)
+
+    # the runs table --------------------------------------------------------------------------------
+    async def _current_rows(self) -> list[RunRow]:
+        """The index's rows, refreshed at most once a second (concurrent callers share one)."""
+        async with self._rows_lock:
+            if time.monotonic() - self._rows_at >= 1.0:
+                self._row_cache = await to_io(self.index.refresh)
+                self._rows_at = time.monotonic()
+            return self._row_cache
+
+    async def _runs(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        q = request.query
+        rows = await self._current_rows()
+        try:
+            shown = query.apply(rows, q.getall("filter", []), q.get("sort") or None, q.get("q", ""))
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        columns = [c for c in q.get("columns", "").split(",") if c]
+        if self._keys[0] != self.index.generation:
+            self._keys = (self.index.generation, _keys(rows))
+        config_keys, metric_keys, varying = self._keys[1]
+        data = [_row(r, columns) for r in shown]
+        return _json({"root": str(self.root), "total": len(rows), "rows": data, "config_keys": config_keys,
+                      "metric_keys": metric_keys, "varying_config": varying,
+                      "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    # one run -----------------------------------------------------------------------------------------
+    def run_dir(self, project: str, run_id: str) -> Path:
+        try:
+            check_name("project", project)
+            check_name("run", run_id)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        return self.runs_root / project / run_id
+
+    async def _history(self, run_dir: Path, which: str) -> SeriesFile:
+        """The run's parsed metrics (or system) history, brought up to date."""
+        path = run_dir / f"{which}.jsonl"
+        series = self._histories.get(path)
+        if series is None:
+            series = self._histories[path] = SeriesFile(path)
+            while len(self._histories) > _SERIES_FILES:
+                self._histories.popitem(last=False)
+        self._histories.move_to_end(path)
+        try:
+            await to_io(series.refresh)
+        except ValueError as exc:
+            raise _bad(str(exc), 400) from None
+        return series
+
+    async def _run_detail(self, request: web.Request) -> web.Response:
+        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
+        try:
+            record = await to_io(load_run, run_dir)
+        except FileNotFoundError:
+            raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
+        metrics = await self._history(run_dir, "metrics")
+        system = await self._history(run_dir, "system")
+        media, summary = await to_io(_media_and_summary, metrics, record.summary)
+        logged, used = await to_io(_artifact_refs, run_dir)
+        meta = record.metadata
+        return _json({
+            "key": f"{record.project}/{record.id}", "id": record.id, "name": record.name,
+            "project": record.project, "status": record.status, "tags": record.tags,
+            "notes": meta.get("notes") or "", "created": meta.get("created_at"),
+            "finished": meta.get("finished_at"), "error": meta.get("error"), "config": record.config,
+            "summary": summary,
+            "system": meta.get("system") or {}, "metric_keys": metrics.keys(), "system_keys": system.keys(),
+            "images": media["image"], "histograms": media["histogram"], "tables": media["table"],
+            "artifacts": {"logged": logged, "used": used}})
+
+    # charts ---------------------------------------------------------------------------------------------
+    def _refs(self, request: web.Request) -> list[tuple[str, Path]]:
+        refs = request.query.getall("run", [])
+        if not refs:
+            raise _bad("give at least one run=PROJECT/ID")
+        out = []
+        for ref in refs:
+            project, _, run_id = ref.partition("/")
+            out.append((ref, self.run_dir(project, run_id)))
+        return out
+
+    async def _series(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        keys = request.query.getall("key", [])
+        try:
+            points = int(request.query.get("points", "1500"))
+        except ValueError:
+            raise _bad("points must be an integer") from None
+        if not 4 <= points <= _MAX_POINTS:
+            raise _bad(f"points must be between 4 and {_MAX_POINTS}")
+        out, cursor = [], {}
+        for ref, run_dir in self._refs(request):
+            files = {which: await self._history(run_dir, which) for which in _FILES}
+            cursor[ref] = {which: f.offset for which, f in files.items()}
+            for key in keys:
+                found = await to_io(files[_file_of(key)].downsampled, key, points)
+                if found is not None:
+                    out.append({"run": ref, "key": key, "total": found[0], **_points(found[1])})
+        return _json({"series": out, "cursor": cursor, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: every ``POLL_S`` the lines appended to each run's files since the
+        cursor, as ``{"run", "key", "step": [...], "time": [...], "value": [...]}`` messages."""
+        refs = self._refs(request)
+        keys = request.query.getall("key", [])
+        try:
+            cursor = json.loads(request.query.get("cursor", "{}"))
+            offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0)) for ref, _ in refs for which in _FILES}
+        except (ValueError, TypeError, AttributeError):
+            raise _bad("cursor must be the JSON object /api/series returned") from None
+        wanted = {which: [k for k in keys if _file_of(k) == which] for which in _FILES}
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        await resp.write(b"retry: 1000\n: connected\n\n")
+        idle = 0.0
+        while request.transport is not None and not request.transport.is_closing():
+            sent = False
+            for ref, run_dir in refs:
+                drain_open_run(run_dir)  # an in-process run: flush now instead of within a second
+                for which in _FILES:
+                    if not wanted[which]:
+                        continue
+                    records, offsets[ref, which] = await to_io(
+                        read_new_records, run_dir / f"{which}.jsonl", offsets[ref, which])
+                    for message in _messages(ref, wanted[which], records):
+                        await resp.write(b"data: " + msgspec.json.encode(message) + b"\n\n")
+                        sent = True
+            idle = 0.0 if sent else idle + POLL_S
+            if idle >= 15.0:  # a comment line keeps proxies from closing an idle stream
+                await resp.write(b": ping\n\n")
+                idle = 0.0
+            await asyncio.sleep(POLL_S)
+        return resp
+
+    # tables, artifacts, files -------------------------------------------------------------------------
+    async def _table(self, request: web.Request) -> web.Response:
+        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
+        path = await to_io(_inside, run_dir, request.query.get("path", ""))
+        try:
+            limit = min(int(request.query.get("limit", "100")), 10_000)
+        except ValueError:
+            raise _bad("limit must be an integer") from None
+        try:
+            rows = await to_io(_table_rows, path, limit)
+        except FileNotFoundError:
+            raise _bad("no such table", 404) from None
+        except (ValueError, KeyError, msgspec.DecodeError) as exc:
+            raise _bad(f"not a table file: {exc}") from None
+        return _json(rows)
+
+    async def _artifacts(self, request: web.Request) -> web.Response:
+        return _json(await to_io(_artifacts, self.root / "artifacts" / "projects"))
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
+        path = await to_io(_inside, run_dir, request.match_info["path"])
+        if not await to_io(path.is_file):
+            raise _bad("no such file", 404)
+        return web.FileResponse(path)
+
+
+# helpers ---------------------------------------------------------------------------------------------
+def _plotly_js() -> Path:
+    """plotly.min.js as shipped inside the installed ``plotly`` package (never copied here)."""
+    try:
+        import plotly
+    except ImportError:
+        raise _bad("the charts need the plotly package: pip install 'aiotrain[dashboard]'", 404) from None
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise _bad(f"{path} is missing from the installed plotly package", 404)
+    return path
+
+
+def _inside(run_dir: Path, rel: str) -> Path:
+    """``run_dir / rel`` when it stays inside ``run_dir`` after resolving links; 403 otherwise."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\x00" in rel:
+        raise _bad(f"path {rel!r} must be relative to the run folder, without '..'", 403)
+    base = run_dir.resolve()
+    target = (run_dir / rel).resolve()
+    if not target.is_relative_to(base):
+        raise _bad(f"path {rel!r} leaves the run folder", 403)
+    return target
+
+
+def _file_of(key: str) -> str:
+    return "system" if key.startswith("system/") else "metrics"
+
+
+def _points(column: Column) -> dict[str, list[Any]]:
+    return {"step": column.step.tolist(), "time": column.time.tolist(), "value": column.value.tolist()}
+
+
+def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for key in keys:
+        steps, times, values = [], [], []
+        for r in records:
+            v = r.get(key)
+            if isinstance(v, str):
+                v = float(v) if v in ("inf", "-inf") else None
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                steps.append(r.get("step"))
+                times.append(r.get("timestamp"))
+                values.append(v)
+        if values:
+            out.append({"run": ref, "key": key, "step": steps, "time": times, "value": values})
+    return out
+
+
+def _media_and_summary(metrics: SeriesFile, stored: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Images, histograms and tables by key (at most 200 steps each), and the summary:
+    summary.sdn's scalars, or for a run still being written (none yet) its last logged values."""
+    media: dict[str, dict[str, list[dict[str, Any]]]] = {"image": {}, "histogram": {}, "table": {}}
+    for key, entries in metrics.media_entries().items():
+        for step, value in _thin(entries, 200):
+            kind = value.get("_type")
+            if kind in media:
+                media[kind].setdefault(key, []).append({"step": step, **value})
+    if stored:
+        summary = {k: v for k, v in stored.items() if not isinstance(v, dict)}
+    else:
+        summary = {k: float(c.value[-1]) for k in metrics.keys() if (c := metrics.column(k)) is not None}
+    return media, summary
+
+
+def _thin(entries: list[Any], n: int) -> list[Any]:
+    """At most ``n`` entries spread evenly, the last one always kept."""
+    if len(entries) <= n:
+        return entries
+    step = len(entries) / n
+    return [entries[int(i * step)] for i in range(n - 1)] + [entries[-1]]
+
+
+def _keys(rows: list[RunRow]) -> tuple[list[str], list[str], list[str]]:
+    """Config keys and metric keys by how many runs have them; config keys whose values differ."""
+    config: Counter[str] = Counter()
+    metrics: Counter[str] = Counter()
+    values: dict[str, set[str]] = {}
+    for row in rows:
+        config.update(row.config.keys())  # keys, not the mapping: Counter would add its values
+        metrics.update(row.summary.keys())
+        for k, v in row.config.items():
+            values.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    varying = [k for k, _ in config.most_common() if len(values[k]) > 1]
+    return [k for k, _ in config.most_common()], [k for k, _ in metrics.most_common()], varying
+
+
+def _row(row: RunRow, columns: list[str]) -> dict[str, Any]:
+    data = row.to_dict()
+    if columns:  # only what the table shows: keeps a 1,000-run answer small
+        data["config"] = {c[7:]: row.config.get(c[7:]) for c in columns if c.startswith("config.")}
+        data["summary"] = {c: row.summary.get(c) for c in columns if not c.startswith("config.")
+                           and c in row.summary}
+    return data
+
+
+def _artifact_refs(run_dir: Path) -> tuple[list[str], list[str]]:
+    out = []
+    for name in ("logged.jsonl", "used.jsonl"):
+        refs = []
+        try:
+            lines = (run_dir / "artifacts" / name).read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                refs.append(msgspec.json.decode(line)["ref"])
+            except (msgspec.DecodeError, KeyError, TypeError):
+                continue  # a torn last line
+        out.append(list(dict.fromkeys(refs)))
+    return out[0], out[1]
+
+
+def _table_rows(path: Path, limit: int) -> dict[str, Any]:
+    table = Table.load(path)
+    return {"columns": table.columns, "rows": table.data[:limit], "nrows": len(table)}
+
+
+def _artifacts(base: Path) -> dict[str, Any]:
+    """Every artifact index under ``base``, and the lineage graph: runs and versions as nodes,
+    producer run -> version and version -> consumer run as edges."""
+    artifacts, nodes, edges = [], {}, []
+    for index_path in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
+        try:
+            index = read_json(index_path)
+        except (OSError, ValueError):
+            continue
+        aliases: dict[int, list[str]] = {}
+        for alias, number in index.get("aliases", {}).items():
+            aliases.setdefault(number, []).append(alias)
+        versions = []
+        for v in index.get("versions", []):
+            ref = f"{index['name']}:v{v['version']}"
+            node = f"{index['project']}/{ref}"
+            nodes[node] = {"id": node, "kind": "artifact", "label": ref, "type": index.get("type")}
+            producer = v.get("producer")
+            if producer:
+                run = f"{producer['project']}/{producer['id']}"
+                nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
+                edges.append({"from": run, "to": node})
+            for consumer in v.get("consumers", []):
+                run = f"{consumer['project']}/{consumer['id']}"
+                nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
+                edges.append({"from": node, "to": run})
+            versions.append({"version": v["version"], "ref": ref, "digest": v["digest"][:12],
+                             "created": v.get("created_at"), "aliases": sorted(aliases.get(v["version"], [])),
+                             "files": len(v.get("files", {})),
+                             "size": sum(f.get("size", 0) for f in v.get("files", {}).values()),
+                             "producer": producer, "consumers": v.get("consumers", [])})
+        artifacts.append({"project": index["project"], "name": index["name"], "type": index.get("type"),
+                          "versions": versions})
+    return {"artifacts": artifacts, "graph": {"nodes": list(nodes.values()), "edges": edges}}

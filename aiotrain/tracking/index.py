@@ -1,0 +1,165 @@
+"""A cached index of run summaries: one row per run for ``runs ls`` and the dashboard's table.
+
+Loading a run means parsing its metadata.sdn and summary.sdn; with a thousand runs that takes
+seconds. ``RunIndex.refresh`` keeps each run's row and re-reads a run only when one of its files
+changed (size or mtime). A finished run costs one ``stat`` of its folder: its files are replaced
+atomically (``os.replace``), which changes the folder's mtime, and appending to it again means
+resuming, which rewrites metadata.sdn first; a folder changed in the last two seconds is checked
+file by file (coarse mtimes). A run still being written has no summary.sdn yet: its summary is
+folded from the lines appended to metrics.jsonl since the last refresh. ``refresh`` reads the
+disk: call it from a thread (the dashboard uses the I/O executor).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .reader import RunRecord, load_run
+from .series import read_new_records
+from .store import encode_nonfinite, flatten
+
+__all__ = ["RunIndex", "RunRow"]
+
+
+@dataclass
+class RunRow:
+    """What the runs table shows of one run: flat config, scalar summary, timing and status."""
+
+    record: RunRecord
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    last_write: float
+    _dict: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """``project/id``: unique under one tracking root."""
+        return f"{self.record.project}/{self.record.id}"
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to finish (or to the last write of a run that did not finish)."""
+        meta = self.record.metadata
+        start = meta.get("created_at")
+        end = meta.get("finished_at") or (time.time() if self.record.status == "running" else self.last_write)
+        return None if start is None else max(0.0, float(end) - float(start))
+
+    def fields(self) -> dict[str, Any]:
+        """The plain fields a filter or column can name (see ``aiotrain.tracking.query``)."""
+        r = self.record
+        return {"id": r.id, "name": r.name, "project": r.project, "status": r.status, "tags": r.tags,
+                "notes": r.metadata.get("notes") or "", "created": r.created_at, "duration": self.duration}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf");
+        kept once the run is done (its duration and status no longer move)."""
+        if self._dict is not None:
+            return self._dict
+        data = {**self.fields(), "key": self.key, "error": self.record.metadata.get("error"),
+                "config": self.config, "summary": encode_nonfinite(self.summary)}
+        if data["status"] != "running":
+            self._dict = data
+        return data
+
+
+@dataclass
+class _Entry:
+    stamp: tuple[Any, ...]
+    row: RunRow
+    offset: int = 0
+    folded: dict[str, Any] = field(default_factory=dict)
+    folder: tuple[int, int] | None = None  # the folder's stamp once the run is done
+
+
+class RunIndex:
+    """Rows of every run under ``root`` (all projects), refreshed from what changed on disk."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._entries: dict[str, _Entry] = {}
+        self.generation = 0  # bumped whenever a row changed, appeared or went away
+
+    def refresh(self) -> list[RunRow]:
+        """Every run's row, oldest first; re-reads only runs whose files changed."""
+        seen: dict[str, _Entry] = {}
+        changed = False
+        base = os.path.join(self.root, "runs")
+        try:
+            projects = sorted(e.path for e in os.scandir(base) if e.is_dir())
+        except FileNotFoundError:
+            projects = []
+        for project in projects:
+            for run in os.scandir(project):
+                before = self._entries.get(run.path)
+                entry = self._load(run.path, before)
+                if entry is not None:
+                    seen[run.path] = entry
+                    changed |= entry is not before or entry.row.record.status == "running"
+        if changed or seen.keys() != self._entries.keys():
+            self.generation += 1
+        self._entries = seen
+        rows = [e.row for e in seen.values()]
+        rows.sort(key=lambda r: (r.record.created_at, r.record.id))
+        return rows
+
+    def _load(self, run_dir: str, entry: _Entry | None) -> _Entry | None:
+        if entry is not None and entry.folder is not None:
+            folder = _stat(run_dir)
+            if folder == entry.folder and time.time() - folder[1] / 1e9 > 2.0:
+                return entry
+        stamp = tuple(_stat(os.path.join(run_dir, name)) for name in ("metadata.sdn", "summary.sdn", "metrics.jsonl"))
+        if stamp[0] is None:
+            return None  # not a run folder (or being created)
+        if entry is not None and entry.stamp == stamp:
+            entry.folder = _stat(run_dir) if entry.folder is not None else None
+            return entry
+        folder = _stat(run_dir)
+        try:
+            record = load_run(run_dir)
+        except (OSError, ValueError):  # replaced between stat and read: next refresh sees it
+            return entry
+        if entry is None or stamp[:2] != entry.stamp[:2]:
+            entry = _Entry(stamp, RunRow(record, {}, {}, 0.0))
+        entry.stamp = stamp
+        if stamp[1] is not None:  # finished: summary.sdn is the summary
+            summary = record.summary
+        else:  # still being written: fold the new lines of metrics.jsonl
+            try:
+                records, entry.offset = read_new_records(Path(run_dir, "metrics.jsonl"), entry.offset)
+            except ValueError:
+                records = []
+            for r in records:
+                entry.folded.update(r)
+            summary = {k: v for k, v in entry.folded.items() if k not in ("step", "timestamp")}
+        last_write = max((s[1] / 1e9 for s in stamp if s is not None), default=0.0)
+        entry = _Entry(entry.stamp, RunRow(record, flatten(record.config), _scalars(summary), last_write),
+                       entry.offset, entry.folded)
+        done = stamp[1] is not None and record.metadata.get("status") != "running"
+        entry.folder = folder if done else None
+        return entry
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as floats ("nan" strings decoded); media records and text left out."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, bool):
+            out[key] = float(value)
+        elif isinstance(value, int | float):
+            out[key] = float(value)
+        elif value in ("nan", "inf", "-inf"):
+            out[key] = float(value)
+    return out
+

@@ -1,0 +1,211 @@
+"""Metric histories as columns, read incrementally, and downsampling that keeps extremes.
+
+The dashboard charts histories of up to millions of points. ``SeriesFile`` decodes a
+metrics.jsonl (or system.jsonl) file once into per-key numpy columns (step, wall time, value)
+and afterwards reads only the bytes appended since, so a live run costs a few new lines per
+refresh. It stops at the last complete line, so a writer mid-append (or a torn last line) is
+never read half. Non-scalar values (histograms, images, tables) are kept aside per key with
+their step, for the run detail page. A scalar logged as nan is dropped from its column (a chart
+has nothing to draw there); inf values are kept.
+
+``downsample`` cuts a column to at most ``points`` points by equal-count buckets, keeping the
+minimum and the maximum of every bucket (and the first and last point), so spikes survive.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+__all__ = ["Column", "SeriesFile", "decode_lines", "downsample", "read_new_records"]
+
+_decoder = msgspec.json.Decoder()
+_RESERVED = ("step", "timestamp")
+
+
+def decode_lines(chunk: bytes, path: Path) -> list[dict[str, Any]]:
+    """Decode complete JSON lines; a corrupt line raises ``ValueError`` naming the file."""
+    lines = [line for line in chunk.split(b"\n") if line.strip()]
+    if not lines:
+        return []
+    try:
+        return msgspec.json.decode(b"[" + b",".join(lines) + b"]")
+    except msgspec.DecodeError:
+        for line in lines:  # find the bad one for the message
+            try:
+                _decoder.decode(line)
+            except msgspec.DecodeError:
+                raise ValueError(f"{path}: corrupt metrics line {line[:60]!r}") from None
+        raise
+
+
+def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete records appended to ``path`` after byte ``offset``, and the new offset.
+
+    A file that shrank below ``offset`` was replaced: it is read again from the start.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return [], 0
+    if size < offset:
+        offset = 0
+    if size == offset:
+        return [], offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read(size - offset)
+    end = chunk.rfind(b"\n") + 1
+    if end == 0:
+        return [], offset
+    return decode_lines(chunk[:end], path), offset + end
+
+
+@dataclass
+class Column:
+    """One scalar metric: steps, wall times and values, in file order."""
+
+    step: np.ndarray
+    time: np.ndarray
+    value: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+@dataclass
+class _Parts:
+    step: list[np.ndarray] = field(default_factory=list)
+    time: list[np.ndarray] = field(default_factory=list)
+    value: list[np.ndarray] = field(default_factory=list)
+    joined: Column | None = None
+
+
+class SeriesFile:
+    """The columns of one JSON-lines history file, refreshed incrementally. Thread-safe; call it
+    from a thread (``refresh`` reads the disk, ``downsampled`` works through whole columns)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._parts: dict[str, _Parts] = {}
+        self._small: dict[tuple[str, int], tuple[int, Column]] = {}
+        self.media: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> int:
+        """Read what was appended since the last call; returns how many records it added."""
+        with self._lock:
+            records, offset = read_new_records(self.path, self.offset)
+            if offset < self.offset or (offset == 0 and self.offset):  # replaced: start over
+                self._parts.clear()
+                self._small.clear()
+                self.media.clear()
+            self.offset = offset
+            if records:
+                self._add(records)
+            return len(records)
+
+    def downsampled(self, key: str, points: int) -> tuple[int, Column] | None:
+        """``(total points, downsample(column(key), points))``, cached until the column grows."""
+        with self._lock:
+            column = self._column(key)
+            if column is None:
+                return None
+            cached = self._small.get((key, points))
+            if cached is None or cached[0] != len(column):
+                cached = self._small[key, points] = (len(column), downsample(column, points))
+            return cached
+
+    def _add(self, records: list[dict[str, Any]]) -> None:
+        n = len(records)
+        steps = np.fromiter((r.get("step", 0) for r in records), np.int64, n)
+        times = np.array([r.get("timestamp") for r in records], dtype=np.float64)
+        keys = set().union(*records).difference(_RESERVED)
+        for key in keys:
+            raw = [r.get(key) for r in records]
+            try:
+                values = np.array(raw, dtype=np.float64)
+            except (TypeError, ValueError):  # dicts (media) or text among the values
+                values = np.array([_scalar(v) for v in raw], dtype=np.float64)
+                media = [(int(s), v) for s, v in zip(steps.tolist(), raw, strict=True)
+                         if isinstance(v, dict) and "_type" in v]
+                if media:
+                    self.media.setdefault(key, []).extend(media)
+            keep = ~np.isnan(values)
+            if not keep.any():
+                continue
+            parts = self._parts.setdefault(key, _Parts())
+            parts.step.append(steps[keep])
+            parts.time.append(times[keep])
+            parts.value.append(values[keep])
+            parts.joined = None
+
+    def media_entries(self) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+        """Non-scalar values (histograms, images, tables) by key, as ``(step, value)`` pairs."""
+        with self._lock:
+            return {k: list(v) for k, v in self.media.items()}
+
+    def keys(self) -> list[str]:
+        """The scalar keys seen so far, sorted."""
+        with self._lock:
+            return sorted(self._parts)
+
+    def column(self, key: str) -> Column | None:
+        """Every point of ``key`` so far (None when it has no scalar point)."""
+        with self._lock:
+            return self._column(key)
+
+    def _column(self, key: str) -> Column | None:
+        parts = self._parts.get(key)
+        if parts is None:
+            return None
+        if parts.joined is None:
+            parts.joined = Column(np.concatenate(parts.step), np.concatenate(parts.time),
+                                  np.concatenate(parts.value))
+            parts.step, parts.time, parts.value = [parts.joined.step], [parts.joined.time], [parts.joined.value]
+        return parts.joined
+
+
+def _scalar(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # "nan" / "inf" / "-inf" as written for non-finite values
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def downsample(column: Column, points: int) -> Column:
+    """At most about ``points`` points of ``column``: per equal-count bucket its min and max
+    (and the first and last point overall), in step order."""
+    if points < 4:
+        raise ValueError(f"points must be >= 4, got {points}")
+    step, time, value = column.step, column.time, column.value
+    if len(step) > 1 and np.any(step[1:] < step[:-1]):
+        order = np.argsort(step, kind="stable")
+        step, time, value = step[order], time[order], value[order]
+    n = len(value)
+    if n <= points:
+        return Column(step, time, value)
+    buckets = points // 2
+    size = -(-n // buckets)
+    padded = np.full(buckets * size, np.nan)
+    padded[:n] = value
+    grid = padded.reshape(buckets, size)
+    missing = np.isnan(grid)
+    lo = np.where(missing, np.inf, grid).argmin(axis=1)
+    hi = np.where(missing, -np.inf, grid).argmax(axis=1)
+    base = np.arange(buckets) * size
+    idx = np.unique(np.concatenate([base + lo, base + hi, [0, n - 1]]))
+    idx = idx[idx < n]
+    return Column(step[idx], time[idx], value[idx])
