@@ -180,7 +180,8 @@ class TrainJob:
                 self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
                           "tracking it as a new run")
                 run = await to_io(make)
-        await run.astart()  # its folder, periodic flush and system metrics sampler
+        # its folder exists from now on (a SIGKILL leaves it resumable); periodic flush, sampler
+        await run.astart()
         return run
 
     # training ---------------------------------------------------------------------------------
@@ -227,8 +228,6 @@ class TrainJob:
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
             run = ctx.run = await self._open_run(resumed.id)
-        if run is not None:  # its folder exists from now on: a SIGKILL leaves it resumable
-            await run.__aenter__()
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
                         run_dir=str(run.dir) if run is not None else None)
