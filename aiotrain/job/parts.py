@@ -67,6 +67,7 @@ class JobContext:
 
     def score(self) -> float:
         """The latest validation score, as the metric reports it (not negated)."""
+        assert self.task.score_name is not None  # parts score only when the task names one
         return float(self.evaluator.state.metrics[self.task.score_name])
 
 

@@ -176,8 +176,9 @@ def _words(info: Any) -> str:
         return f"{noun} {' and '.join(bounds)}" if bounds else noun
     if isinstance(info, mi.ListType):
         return f"a list of {_words(info.item_type).removeprefix('a ').removeprefix('an ')}s"
-    return {mi.StrType: "a string", mi.BoolType: "true or false",
-            mi.NoneType: "null"}.get(type(info), type(info).__name__)
+    names: dict[type, str] = {mi.StrType: "a string", mi.BoolType: "true or false",
+                              mi.NoneType: "null"}
+    return names.get(type(info), type(info).__name__)
 
 
 def _show(value: Any) -> str:

@@ -181,7 +181,8 @@ class TrainJob:
                 self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
                           "tracking it as a new run")
                 run = await to_io(make)
-        await run.astart()  # its folder, periodic flush and system metrics sampler
+        # its folder exists from now on (a SIGKILL leaves it resumable); periodic flush, sampler
+        await run.astart()
         return run
 
     # training ---------------------------------------------------------------------------------
@@ -202,7 +203,9 @@ class TrainJob:
                              grad_clip=s.train.grad_clip, accumulate=s.train.accumulate,
                              precision=s.train.precision, on_nan=s.train.on_nan,
                              iteration_scheduler=per_iteration)
-        trainer = Engine(step if step is not None else task.train_step)
+        process = step if step is not None else task.train_step
+        assert process is not None  # the built-in step, or the task's own
+        trainer = Engine(process)
         evaluator = Engine(EvalStep(net, prepare, device, s.train.precision))
         evaluator.add_metrics(task.metrics)
         self.trainer, self.evaluator = trainer, evaluator
@@ -226,8 +229,6 @@ class TrainJob:
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
             run = ctx.run = await self._open_run(resumed.id)
-        if run is not None:  # its folder exists from now on: a SIGKILL leaves it resumable
-            await run.__aenter__()
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
                         run_dir=str(run.dir) if run is not None else None)
