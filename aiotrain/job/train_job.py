@@ -163,6 +163,8 @@ class TrainJob:
             run_id = run.id
         else:
             run_id = Run(tr.project, mode="disabled").id  # same id scheme, nothing written
+        # every rank must name the same folder: rank 0's id wins (a collective: off the loop)
+        run_id = await to_io(dist.broadcast_object, run_id)
         return RunIdentity(run_id, tr.project, tr.name, self.runs_root / run_id, {})
 
     async def _open_run(self, resume_id: str | None) -> Run | None:
