@@ -35,6 +35,7 @@ from .config import Conf, Config, ConfigError
 from .files import atomic_write
 from .isolation import ProcessJob, run_evaluated
 from .job import TrainJob, TrainSettings
+from .job.identity import ResumeError
 from .runtime import to_io
 from .tracking.reader import list_runs
 from .tracking.run import set_run_status
@@ -225,7 +226,14 @@ class SweepRunner:
                 await self._save()
                 return prune
 
-            result, pruned = await run_evaluated(job, on_evaluation)
+            try:
+                result, pruned = await run_evaluated(job, on_evaluation)
+            except ResumeError as exc:  # nothing resumable was left (killed before its first
+                if not resume:  # checkpoint or record): the trial starts over, nothing else is lost
+                    raise
+                trial["error"] = f"restarted: {_one_line(exc)}"
+                job = kind(cfg, resume=False, progress=False, echo=_quiet)
+                result, pruned = await run_evaluated(job, on_evaluation)
         except asyncio.CancelledError:
             trial["status"] = "interrupted"
             raise

@@ -76,7 +76,7 @@ def test_resume_after_kill_9_repeats_no_finished_trial(tmp_path):
     per_trial = {n: sorted(r.status for r in runs if f"trial:{n}" in r.tags) for n in range(3)}
     assert per_trial[0] == ["finished"] and per_trial[2] == ["finished"]  # no finished trial ran twice
     # the killed trial's first run (if its folder was written yet) is marked, not left "running"
-    assert per_trial[1] in (["finished"], ["finished", "interrupted"])
+    assert per_trial[1].count("finished") == 1 and set(per_trial[1]) <= {"finished", "interrupted", "crashed"}
     assert "best: trial" in r.stdout and "optim.lr=" in r.stdout.splitlines()[-1]
     # the table lists the three trials
     assert sum(line.split()[:2] in (["0", "finished"], ["1", "finished"], ["2", "finished"])
