@@ -22,11 +22,20 @@ from typing import IO, Any
 from ..files import atomic_write
 from .errors import SdnError
 
-__all__ = ["MAX_DEPTH", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
            "parse_value", "split_path", "value_text", "write_atomic"]
 
-MAX_DEPTH = 1000
-"""Deepest nesting (blocks and inline values together) that reading and writing accept."""
+MAX_DEPTH = 100
+"""Deepest nesting (blocks and inline values together) that reading and writing accept.
+
+Every later stage (Config, ``Conf.resolve``, ``Conf.validate`` through msgspec, pickling a
+Config into a job process, tracking's metadata) must handle what the parser accepts; some of
+them recurse in C under Python's recursion limit, so the limit sits far below it. Real configs
+nest fewer than ten levels.
+"""
+
+MAX_FILE_BYTES = 64 << 20
+"""Largest SDN text (in UTF-8 bytes) that ``load`` and ``loads`` read: a config, not a data set."""
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IDENT_FULL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -41,6 +50,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _INT_RANGES = {"i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
                "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
                "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
+_F32_MAX = 3.4028234663852886e38
 _COLUMN_TYPES = frozenset([*_INT_RANGES, "f32", "f64", "float", "bool", "str"])
 _BLOCK = object()  # "the value is an indented block" marker
 
@@ -70,7 +80,11 @@ def _scalar(text: str, ln: int, col: int) -> Any:
 
 
 def _quoted(s: str, pos: int, ln: int) -> tuple[str, int]:
-    """Read the quoted string opening at ``s[pos]``; returns its value and the index after it."""
+    """Read the quoted string opening at ``s[pos]``; returns its value and the index after it.
+
+    Linear in the string's length: the next quote and the next backslash are each searched
+    for once and searched again only after the scan has passed them.
+    """
     end = s.find('"', pos + 1)
     slash = s.find("\\", pos + 1)
     if end >= 0 and (slash < 0 or slash > end):
@@ -78,8 +92,10 @@ def _quoted(s: str, pos: int, ln: int) -> tuple[str, int]:
     out: list[str] = []
     i = pos + 1
     while True:
-        end = s.find('"', i)
-        slash = s.find("\\", i)
+        if 0 <= end < i:
+            end = s.find('"', i)
+        if 0 <= slash < i:
+            slash = s.find("\\", i)
         if end < 0:
             raise _fail(ln, pos + 1, "unterminated string: expected a closing '\"' on this line")
         if slash < 0 or end < slash:
@@ -299,7 +315,13 @@ def _typed_cell(cell: tuple[Any, str | None, int], kind: str, ln: int) -> Any:
                 return value
             raise _fail(ln, col, f"{value} is out of range for {kind} ({lo}..{hi})")
     elif type(value) in (int, float):  # float columns take ints too, not rounded
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            raise _fail(ln, col, f"{bare or value} is out of range for {kind}") from None
+        if kind == "f32" and abs(number) > _F32_MAX:
+            raise _fail(ln, col, f"{bare or value} is out of range for f32 (|x| <= {_F32_MAX:.8g})")
+        return number
     raise _fail(ln, col, f"{bare if bare is not None else value!r} is not a valid {kind}")
 
 
@@ -559,16 +581,25 @@ class _Parser:
 # --------------------------------------------------------------------------- reading API
 
 def loads(text: str | bytes) -> dict:
-    """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars."""
+    """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars.
+
+    Time and memory are linear in the text's length; texts over :data:`MAX_FILE_BYTES` and
+    nesting deeper than :data:`MAX_DEPTH` are SdnErrors.
+    """
+    size = len(text) if isinstance(text, bytes | bytearray | memoryview | str) else 0
+    if size > MAX_FILE_BYTES:  # a str holds at least one byte per character
+        raise SdnError(f"the text is larger than {MAX_FILE_BYTES} bytes, the limit for an SDN "
+                       "config (keep data in data files)", line=1, col=1)
     return _Parser().parse(_split_lines(text))
 
 
 def load(source: str | os.PathLike | IO) -> dict:
     """Read an SDN file (a path or an open file); errors carry the file's name in ``path``."""
     if hasattr(source, "read"):
-        return loads(source.read())
-    data = Path(source).read_bytes()
+        return loads(source.read(MAX_FILE_BYTES + 1))
     try:
+        with open(source, "rb") as f:  # reads at most one byte past the limit
+            data = f.read(MAX_FILE_BYTES + 1)
         return loads(data)
     except SdnError as exc:
         exc.path = os.fspath(source)
