@@ -448,12 +448,17 @@ def _split_lines(text: str | bytes) -> list[str]:
 class _Parser:
     """Builds the value of an SDN text line by line; optionally records entry positions."""
 
-    def __init__(self, record: dict | None = None) -> None:
+    def __init__(self, record: dict | None = None, extra_depth: int = 0) -> None:
+        self.extra_depth = extra_depth  # levels allowed past MAX_DEPTH (see ``loads``)
         self.root: dict = {}
         self.stack = [_Frame("dict", self.root, 0, ())]
         self.pending: _Frame | None = None  # a block opened by the previous key line
         self.pending_slot: tuple[dict, str] | None = None
         self.record = record
+
+    def depth(self) -> int:
+        """The nesting of the current block as counted against MAX_DEPTH."""
+        return len(self.stack) - self.extra_depth
 
     def parse(self, lines: list[str]) -> dict:
         for idx, raw in enumerate(lines):
@@ -497,18 +502,18 @@ class _Parser:
             if _key_at(s, ind, ln) is not None:
                 raise _fail(ln, ind + 1, "a key line inside an array block: a block holds "
                             "either keys or values, not both")
-            top.container.append(self._line_value(s, ind, ln, len(stack))[0])
+            top.container.append(self._line_value(s, ind, ln, self.depth())[0])
         elif kind == "ntable":
-            cells, _ = _row(s, ind, ln, len(stack), len(top.columns))
+            cells, _ = _row(s, ind, ln, self.depth(), len(top.columns))
             top.container.append({f: c[0] for f, c in zip(top.columns, cells, strict=True)})
         else:
-            cells, _ = _row(s, ind, ln, len(stack), len(top.columns))
+            cells, _ = _row(s, ind, ln, self.depth(), len(top.columns))
             top.container.append([_typed_cell(c, t, ln)
                                   for c, t in zip(cells, top.columns, strict=True)])
 
     def _open(self, frame: _Frame, s: str, ind: int, ln: int) -> None:
         """The first line of a block: fixes its indentation and, for ``key:``, its kind."""
-        if len(self.stack) >= MAX_DEPTH:
+        if self.depth() >= MAX_DEPTH:
             raise _fail(ln, ind + 1, f"nesting deeper than {MAX_DEPTH} levels")
         frame.indent = ind
         if frame.kind == "block":
@@ -540,7 +545,7 @@ class _Parser:
         d = top.container
         if key in d:
             raise _fail(ln, ind + 1, f"duplicate key {key!r}")
-        depth = len(self.stack)
+        depth = self.depth()
         pos = _skip_ws(s, pos)
         span = None
         if sep == "|":
@@ -580,17 +585,18 @@ class _Parser:
 
 # --------------------------------------------------------------------------- reading API
 
-def loads(text: str | bytes) -> dict:
+def loads(text: str | bytes, *, extra_depth: int = 0) -> dict:
     """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars.
 
     Time and memory are linear in the text's length; texts over :data:`MAX_FILE_BYTES` and
-    nesting deeper than :data:`MAX_DEPTH` are SdnErrors.
+    nesting deeper than :data:`MAX_DEPTH` are SdnErrors. ``extra_depth`` allows that many more
+    levels, for documents that wrap a config (a run's metadata holds it one level down).
     """
     size = len(text) if isinstance(text, bytes | bytearray | memoryview | str) else 0
     if size > MAX_FILE_BYTES:  # a str holds at least one byte per character
         raise SdnError(f"the text is larger than {MAX_FILE_BYTES} bytes, the limit for an SDN "
                        "config (keep data in data files)", line=1, col=1)
-    return _Parser().parse(_split_lines(text))
+    return _Parser(extra_depth=extra_depth).parse(_split_lines(text))
 
 
 def load(source: str | os.PathLike | IO) -> dict:
@@ -757,7 +763,7 @@ def _entry_lines(mapping: dict, indent: int, out: list[str], depth: int = 0) -> 
             out.append(f"{pad}{key}: {_scalar_text(v)}")
 
 
-def dumps(obj: dict) -> str:
+def dumps(obj: dict, *, extra_depth: int = 0) -> str:
     """Write a dict as SDN text: blocks for dicts, inline lists, named tables for records.
 
     ``loads(dumps(x)) == x`` for JSON-like values (floats exactly, ints stay ints). Non-finite
@@ -766,7 +772,7 @@ def dumps(obj: dict) -> str:
     if not isinstance(obj, dict):
         raise SdnError(f"the top level of an SDN document must be a dict, not {type(obj).__name__}")
     out: list[str] = []
-    _entry_lines(obj, 0, out)
+    _entry_lines(obj, 0, out, -extra_depth)
     return "\n".join(out) + "\n" if out else ""
 
 
