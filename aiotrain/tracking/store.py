@@ -137,8 +137,9 @@ def check_text(what: str, text: str) -> str:
 
 def _walk(value: Any, leaf: Callable[[Any], Any], mapping: type, sequence: tuple) -> Any:
     """A copy of ``value`` with ``mapping`` instances as dicts, ``sequence`` ones as lists and
-    ``leaf`` applied to everything else. Iterative; deeper than ``MAX_DEPTH`` or self-containing
-    is a ValueError (nothing deeper can be written as SDN or JSON)."""
+    ``leaf`` applied to everything else. Iterative; deeper than ``MAX_DEPTH`` + 1 (metadata
+    holds a config one level down) or self-containing is a ValueError (nothing deeper can be
+    written as SDN)."""
     kinds = (mapping, *sequence)
     if not isinstance(value, kinds):
         return leaf(value)
@@ -146,7 +147,7 @@ def _walk(value: Any, leaf: Callable[[Any], Any], mapping: type, sequence: tuple
     stack = [(value, root, 0)]
     while stack:
         src, dst, depth = stack.pop()
-        if depth >= MAX_DEPTH:
+        if depth > MAX_DEPTH:
             raise ValueError(f"a value nested deeper than {MAX_DEPTH} levels cannot be stored")
         for k, v in (src.items() if isinstance(src, mapping) else enumerate(src)):
             if isinstance(v, kinds):
