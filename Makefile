@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench torture lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "# $$b"; $(BIN)/python $$b || exit 1; done
+
+# the long fault runs (not part of `make test`): about an hour on 2 cores; prints one line of counts
+torture: setup
+	$(BIN)/python torture/run.py
 
 lint: setup
 	$(BIN)/ruff check aiotrain tests benchmarks examples
