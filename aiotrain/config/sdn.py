@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
+from json.decoder import scanstring as _scan_json_string
 from typing import IO, Any
 
 from ..files import atomic_write
@@ -47,6 +47,8 @@ _KEYWORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "nil": 
 _NUM_START = frozenset("-0123456789")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _HEX = frozenset("0123456789abcdefABCDEF")
+_JSON_ONLY_ESCAPES = ("\\/", "\\b", "\\f")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _INT_RANGES = {"i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
                "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
                "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
@@ -82,8 +84,25 @@ def _scalar(text: str, ln: int, col: int) -> Any:
 def _quoted(s: str, pos: int, ln: int) -> tuple[str, int]:
     """Read the quoted string opening at ``s[pos]``; returns its value and the index after it.
 
-    Linear in the string's length: the next quote and the next backslash are each searched
-    for once and searched again only after the scan has passed them.
+    SDN's escapes are JSON's less ``\\/ \\b \\f``, so the json module's C string scanner reads
+    the string; one holding those three, an escape JSON rejects or an unpaired surrogate takes
+    the slow path, which finds the first problem and names its column. Both are linear.
+    """
+    try:
+        value, end = _scan_json_string(s, pos + 1, False)
+    except ValueError:
+        return _quoted_slowly(s, pos, ln)
+    raw = s[pos:end]
+    if any(e in raw for e in _JSON_ONLY_ESCAPES) or _SURROGATE.search(value) is not None:
+        return _quoted_slowly(s, pos, ln)  # slower, exact (a "\\\\b" lands here too)
+    return value, end
+
+
+def _quoted_slowly(s: str, pos: int, ln: int) -> tuple[str, int]:
+    """``_quoted`` one escape at a time, to report the first bad one (or a missing quote).
+
+    Linear too: the next quote and the next backslash are each searched for once and searched
+    again only after the scan has passed them.
     """
     end = s.find('"', pos + 1)
     slash = s.find("\\", pos + 1)
@@ -634,7 +653,6 @@ _NEEDS_QUOTES = re.compile(r"[,#\[\]{}()|:\x00-\x1f\x7f\ud800-\udfff]")
 _QUOTE_TABLE = {i: f"\\u{i:04x}" for i in [*range(0x20), 0x7F]}
 _QUOTE_TABLE.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t",
                      ord("\r"): "\\r"})
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _END = object()
 
 

@@ -286,7 +286,7 @@ class _CountingStr(str):
         return at
 
 
-@pytest.mark.parametrize("escape", ["\\n", '\\"', "\\\\", "\\u00e9", "x\\t"])
+@pytest.mark.parametrize("escape", ["\\n", '\\"', "\\\\", "\\u00e9", "x\\t", "\\\\b"])
 def test_escapes_are_read_in_time_linear_in_the_string(escape):
     n = 20_000
     line = _CountingStr('"' + escape * n + '" # done')
@@ -294,6 +294,17 @@ def test_escapes_are_read_in_time_linear_in_the_string(escape):
     value, end = sdn._quoted(line, 0, 1)
     assert value == loads(f'a: "{escape}"')["a"] * n and line[end:] == " # done"
     assert _CountingStr.scanned <= 4 * len(line), "each escape rescanned the rest of the line"
+
+
+@pytest.mark.parametrize("bad, col", [("\\x", 1), ("\\u12", 1), ("\\/", 1), ("\\ud800", 1)])
+def test_a_bad_escape_after_many_good_ones_is_found_in_linear_time(bad, col):
+    n = 20_000
+    line = _CountingStr('"' + "\\n" * n + bad + '"')
+    _CountingStr.scanned = 0
+    with pytest.raises(SdnError) as info:
+        sdn._quoted(line, 0, 1)
+    assert info.value.col == 2 * n + 1 + col
+    assert _CountingStr.scanned <= 4 * len(line)
 
 
 @pytest.mark.parametrize("text", [
