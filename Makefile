@@ -31,6 +31,7 @@ torture: setup
 
 lint: setup
 	$(BIN)/ruff check aiotrain tests benchmarks examples
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -6,7 +6,7 @@ crosses to the event loop only when some loop handler is due, or to open the nex
 async data source. With no handler due an iteration costs a few microseconds. Handlers run on
 the loop while the compute thread waits, so a handler always sees a quiescent model.
 
-Deviation from Ignite, on purpose (DESIGN §3): ``run`` on an engine whose state is part way
+Deviation from Ignite, on purpose (docs/architecture.md): ``run`` on an engine whose state is part way
 resumes from that exact iteration (Ignite restarts the interrupted epoch's remainder at the next
 epoch).
 """
@@ -41,6 +41,7 @@ from .events import (
     _flatten,
 )
 from .runtime import ComputeWorker, await_future
+from .values import as_number, check_int, number_or_value
 
 __all__ = ["Engine", "Snapshot", "State"]
 
@@ -321,8 +322,8 @@ class Engine:
     def _prepare(self, data: Any, max_epochs: int | None, epoch_length: int | None,
                  seed: int | None) -> None:
         for name, value in (("max_epochs", max_epochs), ("epoch_length", epoch_length)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                check_int(name, value)
         if data is None:
             raise ValueError("data must be an iterable, an async iterable or an AsyncLoader, got None")
         if not (hasattr(data, "__iter__") or hasattr(data, "__aiter__")):
@@ -697,18 +698,11 @@ def _event_of(event: Any) -> set[EventEnum]:
 def _scalars(output: Any) -> dict[str, float]:
     """Numbers in a step output, for observers: a number, a 0-d tensor, or a dict of them."""
     items = output.items() if isinstance(output, dict) else [("output", output)]
-    out = {}
-    for key, value in items:
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[str(key)] = value
-    return out
+    return {str(key): number for key, value in items if (number := as_number(value)) is not None}
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
-            for k, v in metrics.items()}
+    return {k: number_or_value(v) for k, v in metrics.items()}
 
 
 def _seed_everything(seed: int) -> None:

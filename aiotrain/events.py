@@ -12,10 +12,12 @@ from __future__ import annotations
 import bisect
 import inspect
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from .values import check_int
 
 __all__ = [
     "EventBus",
@@ -94,14 +96,8 @@ class EventsList:
             return EventsList([*self.events, other])
         return NotImplemented
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[EventEnum | FilteredEvent]:
         return iter(self.events)
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"event filter argument {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _make_filter(event_filter: EventFilter | None, every: int | None,
@@ -122,14 +118,12 @@ def _make_filter(event_filter: EventFilter | None, every: int | None,
     if once is not None:
         if len(given) > 1:
             raise ValueError("once cannot be combined with every/before/after")
-        wanted = frozenset([_positive("once", once)] if isinstance(once, int)
-                           else [_positive("once", n) for n in once])
+        wanted = frozenset([check_int("once", once)] if isinstance(once, int)
+                           else [check_int("once", n) for n in once])
         return (lambda _e, n: n in wanted), f"once={sorted(wanted)}"
-    n_every = _positive("every", every) if every is not None else None
-    if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
-        raise ValueError(f"event filter argument after must be a non-negative integer, got {after!r}")
-    lo = after
-    hi = _positive("before", before) if before is not None else None
+    n_every = check_int("every", every) if every is not None else None
+    lo = check_int("after", after, minimum=0) if after is not None else None
+    hi = check_int("before", before) if before is not None else None
 
     def fn(_engine: Any, n: int) -> bool:
         return ((n_every is None or n % n_every == 0) and (lo is None or n > lo)
@@ -159,8 +153,8 @@ class _Entry:
 
     event: EventEnum
     handler: Callable[..., Any]
-    args: tuple
-    kwargs: dict
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     filter: EventFilter | None
     priority: int
     seq: int

@@ -7,8 +7,8 @@ every epoch, checkpoints (the latest for resume, the best by score), early stopp
 schedule and tracking, and trains. It is a library object so that a service can run one as a task
 and observe its ``trainer`` (``examples/service.py``); the CLI is a thin shell around it.
 
-Not in DESIGN's module list: added because the CLI and services share the pipeline; the
-contract should list ``aiotrain/job.py`` (TrainJob, Task, TrainSettings).
+The CLI and services share this pipeline, so it is a module of its own (TrainJob, Task,
+TrainSettings; see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -242,6 +242,7 @@ class TrainJob:
         sign = 1.0 if task.score_mode == "max" else -1.0
 
         def score(engine: Engine) -> float:
+            assert task.score_name is not None  # attached only when the task names a score
             return sign * float(engine.state.metrics[task.score_name])
 
         if task.val_loader is not None and task.metrics:
@@ -293,8 +294,10 @@ class TrainJob:
             self.echo(f"resume: no checkpoint in {self.checkpoint_dir}; starting fresh")
             return
         Checkpoint.load_objects(last.to_save, path)
-        self.echo(f"resume: from {path} (epoch {self.trainer.state.epoch}, "
-                  f"iteration {self.trainer.state.iteration})")
+        trainer = self.trainer
+        assert trainer is not None  # built before resuming
+        self.echo(f"resume: from {path} (epoch {trainer.state.epoch}, "
+                  f"iteration {trainer.state.iteration})")
 
 
 def _train_step(net: torch.nn.Module, optimizer: Any, loss_fn: Any, prepare: Any,

@@ -89,7 +89,7 @@ class ComputeWorker:
         self.name = name or f"aiotrain-compute-{next(_ids)}"
         self.device = device
         self.stream: Any = None
-        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple, dict] | None]
+        self._queue: queue.SimpleQueue[tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None]
         self._queue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

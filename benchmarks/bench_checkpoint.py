@@ -95,7 +95,7 @@ async def train(model: torch.nn.Module, steps: int, every: int,
     if save is not None:
         async def timed(e: Engine) -> None:
             t = time.perf_counter()
-            await save.flush()  # the previous write, if still going (part of this save's pause)
+            await save.aflush()  # the previous write, if still going (part of this save's pause)
             mid = time.perf_counter()
             await save(e)
             waits.append((mid - t) * 1e3)
@@ -165,7 +165,7 @@ async def first_pause(save, engine: Engine) -> float:
     t = time.perf_counter()
     await save(engine)
     pause = (time.perf_counter() - t) * 1e3
-    await save.flush()
+    await save.aflush()
     return round(pause, 1)
 
 

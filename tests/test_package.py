@@ -1,4 +1,4 @@
-"""The package's public names: every DESIGN name is importable from ``aiotrain``."""
+"""The package's public names: every documented name is importable from ``aiotrain``."""
 
 from __future__ import annotations
 

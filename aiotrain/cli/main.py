@@ -1,9 +1,16 @@
-"""The ``aiotrain`` command: dispatches ``train``, ``sdn`` and ``runs`` to their modules."""
+"""The ``aiotrain`` command: dispatches ``train``, ``sdn`` and ``runs`` to their modules.
+
+Every subcommand follows one exit-code table (:mod:`aiotrain.errors`): 0 ok, 1 failed checks or
+a failed run, 2 usage or config errors, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from ..errors import ExitCode, UserError
+from .command import run_command
 
 _COMMANDS = {
     "train": ("aiotrain.cli.train", "train a model from an SDN config"),
@@ -19,15 +26,18 @@ USAGE = "usage: aiotrain {train,sdn,runs} ...\n" + "\n".join(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``aiotrain`` and ``python -m aiotrain``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    return run_command("aiotrain", lambda: _dispatch(args))
+
+
+def _dispatch(args: list[str]) -> int:
+    if args and args[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if args else 2
-    name, rest = args[0], args[1:]
-    if name not in _COMMANDS:
-        print(f"aiotrain: unknown command {name!r}\n{USAGE}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(_COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+        return ExitCode.OK
+    if not args or args[0] not in _COMMANDS:
+        what = f"unknown command {args[0]!r}" if args else "no command given"
+        raise UserError(f"{what}; the commands are {', '.join(_COMMANDS)} (see aiotrain --help)")
+    module = importlib.import_module(_COMMANDS[args[0]][0])
+    return int(module.main(args[1:]))
 
 
 if __name__ == "__main__":

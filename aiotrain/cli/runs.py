@@ -6,35 +6,28 @@
     aiotrain runs export RUN --tensorboard DIR [--dir ROOT]
 
 RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (the newest of that name). ROOT
-defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. A mistake (unknown run, missing metric, bad
-option or name) prints one line to stderr and exits 2; an OS error (unreadable or unwritable
-files) exits 1.
+defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Exit codes follow :mod:`aiotrain.errors`: a
+mistake (unknown run, missing metric, bad option or name) prints one line to stderr and exits 2;
+an OS error (unreadable or unwritable files) exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExitCode, UserError
+from .command import Parser, run_command
+
 __all__ = ["main"]
 
 
-class _UsageError(Exception):
-    """A user mistake: one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit
-        raise _UsageError(f"{self.prog}: {message}")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="aiotrain runs", description="list, show, plot and export tracked runs")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _parser() -> Parser:
+    parser = Parser(prog="aiotrain runs", description="list, show, plot and export tracked runs")
+    sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list runs")
     ls.add_argument("--project", help="only this project")
     show = sub.add_parser("show", help="a run's metadata, config and summary")
@@ -52,22 +45,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``aiotrain runs ...``; returns the exit status."""
+    """Run ``aiotrain runs ...``; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain runs", lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
     try:
-        args = _parser().parse_args(argv)
         return _COMMANDS[args.command](args)
-    except (_UsageError, LookupError, ValueError) as exc:
-        print(_one_line(exc), file=sys.stderr)
-        return 2
+    except LookupError as exc:  # an unknown run or metric: the message is the first argument
+        raise UserError(_first_line(str(exc.args[0]) if exc.args else "")) from None
+    except ValueError as exc:  # a bad name
+        raise UserError(_first_line(str(exc))) from None
     except OSError as exc:
-        print(_one_line(exc), file=sys.stderr)
-        return 1
+        raise UserError.from_os(exc, doing="cannot read or write", code=ExitCode.FAILED) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, LookupError) and exc.args else str(exc)
-    text = text.splitlines()[0] if text else type(exc).__name__
-    return text if text.startswith("aiotrain runs:") else f"aiotrain runs: {text}"
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else "invalid argument"
 
 
 def _root(args: argparse.Namespace) -> Path:

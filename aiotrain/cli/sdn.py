@@ -1,10 +1,11 @@
 """``aiotrain sdn check|to-json|from-json|get|set|fmt``: check, convert, query and edit SDN files.
 
-A user's mistake (a syntax error, a missing file or path, a bad value) prints one line,
-``FILE:LINE:COL: message`` (or ``FILE: message`` when there is no position), on stderr and
-exits 1; a usage error exits 2. ``set`` rewrites only the value it changes and writes
-atomically. ``fmt`` prints the canonical form (what ``dumps`` writes; comments are not kept,
-so it prints unless ``--write`` is given); ``--check`` exits 1 when the file is not canonical.
+Exit codes follow :mod:`aiotrain.errors`: a mistake in the input (a syntax error, a missing file
+or path, a bad value) prints one line, ``FILE:LINE:COL: message`` (``FILE: message`` without a
+position), and exits 2; a file that cannot be written exits 1, and so does ``fmt --check`` on a
+file that is not canonical. ``set`` rewrites only the value it changes and writes atomically.
+``fmt`` prints the canonical form (what ``dumps`` writes; comments are not kept, so it prints
+unless ``--write`` is given).
 """
 
 from __future__ import annotations
@@ -16,42 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from ..config import sdn
-from ..config.errors import ConfigError
-
-USER_ERROR, USAGE_ERROR = 1, 2
-
-
-class _Failure(Exception):
-    """A user's mistake about ``where`` (a file name, or ``-`` for stdin)."""
-
-    def __init__(self, where: str, message: str, line: int | None = None, col: int | None = None):
-        super().__init__(message)
-        self.where, self.message, self.line, self.col = where, message, line, col
-
-    def __str__(self) -> str:
-        pos = f":{self.line}:{self.col}" if self.line is not None else ""
-        return f"{self.where}{pos}: {self.message}"
+from ..errors import ExitCode, UserError
+from .command import Parser, run_command
 
 
 def _read_bytes(name: str) -> bytes:
     try:
         return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as exc:
-        raise _Failure(name, f"cannot read: {exc.strerror or exc}") from None
+        raise UserError.from_os(exc, name) from None
 
 
-def _sdn_failure(name: str, exc: ConfigError) -> _Failure:
-    return _Failure(name, exc.msg, exc.line, exc.col)
-
-
-def _loads_named(name: str, raw: bytes) -> dict:
+def _loads_named(name: str, raw: bytes) -> dict[str, Any]:
     try:
         return sdn.loads(raw)
     except sdn.SdnError as exc:
-        raise _sdn_failure(name, exc) from None
+        raise UserError.from_config(exc, name) from None
 
 
-def _load(name: str) -> dict:
+def _load(name: str) -> dict[str, Any]:
     return _loads_named(name, _read_bytes(name))
 
 
@@ -68,14 +52,14 @@ def _lookup(data: Any, path: str, name: str) -> Any:
     try:
         keys = sdn.split_path(path)
     except sdn.SdnError as exc:
-        raise _Failure(name, exc.msg) from None
+        raise UserError(exc.msg, file=name) from None
     for i, k in enumerate(keys):
         if isinstance(data, dict) and str(k) in data:
             data = data[str(k)]
         elif isinstance(data, list) and isinstance(k, int) and k < len(data):
             data = data[k]
         else:
-            raise _Failure(name, f"no such path: {'.'.join(map(str, keys[:i + 1]))}")
+            raise UserError(f"no such path: {'.'.join(map(str, keys[:i + 1]))}", file=name)
     return data
 
 
@@ -83,7 +67,7 @@ def _write(name: str, text: str) -> None:
     try:
         sdn.write_atomic(name, text)
     except OSError as exc:
-        raise _Failure(name, f"cannot write: {exc.strerror or exc}") from None
+        raise UserError.from_os(exc, name, doing="cannot write", code=ExitCode.FAILED) from None
 
 
 # --------------------------------------------------------------------------- commands
@@ -105,13 +89,13 @@ def _from_json(args: argparse.Namespace) -> int:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _Failure(args.file, exc.msg, exc.lineno, exc.colno) from None
+        raise UserError(exc.msg, file=args.file, line=exc.lineno, col=exc.colno) from None
     except UnicodeDecodeError as exc:
-        raise _Failure(args.file, f"invalid text: {exc.reason}") from None
+        raise UserError(f"invalid text: {exc.reason}", file=args.file) from None
     try:
         sys.stdout.write(sdn.dumps(data))
     except sdn.SdnError as exc:
-        raise _Failure(args.file, exc.msg) from None
+        raise UserError(exc.msg, file=args.file) from None
     return 0
 
 
@@ -124,15 +108,16 @@ def _set(args: argparse.Namespace) -> int:
     try:
         value = sdn.parse_value(args.value)
     except sdn.SdnError as exc:
-        raise _Failure(args.file, f"bad value {args.value!r}: column {exc.col}: {exc.msg}") from None
+        raise UserError(f"bad value {args.value!r}: column {exc.col}: {exc.msg}",
+                        file=args.file) from None
     try:
         doc = sdn.SdnDocument(_read_bytes(args.file))
     except sdn.SdnError as exc:
-        raise _sdn_failure(args.file, exc) from None
+        raise UserError.from_config(exc, args.file) from None
     try:
         doc.set(args.path, value)
     except sdn.SdnError as exc:
-        raise _Failure(args.file, f"cannot set {args.path}: {exc.msg}") from None
+        raise UserError(f"cannot set {args.path}: {exc.msg}", file=args.file) from None
     _write(args.file, str(doc))
     return 0
 
@@ -144,7 +129,7 @@ def _fmt(args: argparse.Namespace) -> int:
         same = raw.decode("utf-8", "replace").replace("\r\n", "\n").lstrip("\ufeff") == text
         if not same:
             print(f"{args.file}: not formatted", file=sys.stderr)
-        return 0 if same else USER_ERROR
+        return ExitCode.OK if same else ExitCode.FAILED
     if args.write:
         _write(args.file, text)
     else:
@@ -152,8 +137,8 @@ def _fmt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aiotrain sdn", description=__doc__.splitlines()[0])
+def _parser() -> Parser:
+    p = Parser(prog="aiotrain sdn", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check", help="check that files parse")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -183,13 +168,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``aiotrain sdn ARGS``; returns the exit code."""
-    try:
+    """Run ``aiotrain sdn ARGS``; returns the exit code (:mod:`aiotrain.errors`)."""
+
+    def body() -> int:
         args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed usage or help
-        return int(exc.code or 0) and USAGE_ERROR
-    try:
-        return args.run(args)
-    except _Failure as exc:
-        print(str(exc).replace("\n", " "), file=sys.stderr)
-        return USER_ERROR
+        return int(args.run(args))
+
+    return run_command("aiotrain sdn", body)

@@ -1,25 +1,24 @@
 """``aiotrain train CONFIG.sdn [--mode=...] [--resume] [key=value ...]``.
 
-Exit codes: 0 trained (or check_only passed), 1 validation errors, 2 usage or config errors,
-130 interrupted (Ctrl-C: the step in flight finishes, pending checkpoint writes are flushed, the
-tracked run is marked, then the process exits).
+Exit codes (:mod:`aiotrain.errors`): 0 trained (or check_only passed), 1 validation errors,
+2 usage or config errors, 130 interrupted (Ctrl-C or SIGTERM: the step in flight finishes, pending
+checkpoint writes are flushed, the tracked run is marked, then the process exits).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 
-from ..config import Conf, ConfigError
+from ..config import Conf, Config, ConfigError
+from ..errors import ExitCode, UserError
 from ..validation import ValidationMode
+from .command import Parser, run_command
 
-USAGE_ERROR, INTERRUPTED = 2, 130
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aiotrain train", description=__doc__.splitlines()[0])
+def _parser() -> Parser:
+    p = Parser(prog="aiotrain train", description="train a model from an SDN config")
     p.add_argument("config", help="the SDN config file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, SDN values")
     p.add_argument("--mode", default=ValidationMode.TRAIN_ONLY.value,
@@ -29,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(path: str, overrides: list[str]) -> object:
+def load_config(path: str, overrides: list[str]) -> Config:
     """Load ``path``, merge the dotlist overrides and resolve interpolations."""
     cfg = Conf.load_sdn(path)
     if overrides:
@@ -38,7 +37,11 @@ def load_config(path: str, overrides: list[str]) -> object:
 
 
 def main(argv: list[str]) -> int:
-    """Run the command; returns the exit code."""
+    """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
+    return run_command("aiotrain train", lambda: _train(argv))
+
+
+def _train(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     from ..job import TrainJob  # heavy imports after argument errors are out of the way
     from ..runtime import run
@@ -46,11 +49,14 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         job = TrainJob(cfg, mode=args.mode, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, OSError) as exc:
-        return _fail(args.config, exc)
+    except OSError as exc:
+        raise UserError.from_os(exc, args.config) from None
+    except ConfigError as exc:  # an override or the task: the config file is the place to look
+        raise UserError.from_config(exc, args.config) from None
 
     async def go() -> int:
         task = asyncio.current_task()
+        assert task is not None  # go() runs as the main task of run()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, task.cancel)
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
@@ -62,20 +68,12 @@ def main(argv: list[str]) -> int:
             return result.exit_code
         except asyncio.CancelledError:
             print("interrupted: pending checkpoint writes flushed; run marked", file=sys.stderr)
-            return INTERRUPTED
-        except ConfigError as exc:
-            return _fail(args.config, exc)
+            return ExitCode.INTERRUPTED
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
 
-    return run(go())
-
-
-def _fail(path: str, exc: BaseException) -> int:
-    """One line on stderr: ``FILE:LINE:COL: message`` where the error has a position."""
-    line, col = getattr(exc, "line", None), getattr(exc, "col", None)
-    where = f"{getattr(exc, 'path', None) or path}:{line}:{col}: " if line else f"{path}: "
-    message = getattr(exc, "msg", None) or str(exc)
-    print(f"aiotrain train: {where}{message}", file=sys.stderr)
-    return USAGE_ERROR
+    try:
+        return run(go())
+    except ConfigError as exc:
+        raise UserError.from_config(exc, args.config) from None

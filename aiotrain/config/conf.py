@@ -7,7 +7,7 @@ static methods, so that config keys never collide with method names: loading (SD
 dicts, dotlists), ``merge``, ``resolve``, path access, freezing, ``validate``, ``to_dict``,
 ``to_sdn`` and ``save``.
 
-Decisions where DESIGN is silent (OmegaConf's behaviour unless noted):
+Decisions (OmegaConf's behaviour unless noted; see docs/architecture.md):
 
 - Reading a key that is not there raises :class:`MissingValueError` (also a KeyError and an
   AttributeError); ``Conf.set_throw_on_missing(cfg, False)`` makes absent keys and ``???``
@@ -66,7 +66,7 @@ InterpolationError names the key."""
 _MAX_YAML_VALUES = 1 << 20  # a YAML file's aliases may not expand it past this many values
 
 
-def _dotted(key: Iterable) -> str:
+def _dotted(key: Iterable[Any]) -> str:
     return ".".join(str(k) for k in key)
 
 
@@ -75,8 +75,8 @@ def _dotted(key: Iterable) -> str:
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
-def _rebuild(data: Any, leaf: Callable[[tuple, Any], Any] | None = None, key: tuple = (),
-             max_values: int | None = None) -> Any:
+def _rebuild(data: Any, leaf: Callable[[tuple[Any, ...], Any], Any] | None = None,
+             key: tuple[Any, ...] = (), max_values: int | None = None) -> Any:
     """A deep copy of ``data`` (dicts and lists; tuples become lists; Configs are unwrapped),
     with ``leaf(key, value)`` applied to every other value. Iterative, so no depth can recurse;
     a tree nested deeper than ``sdn.MAX_DEPTH`` below the root (``key`` counts: it is where
@@ -141,7 +141,8 @@ def _size(value: Any) -> int:
     return total
 
 
-def _merge_into(dst: dict, src: dict, append_arrays: bool, at: tuple = ()) -> None:
+def _merge_into(dst: dict[str, Any], src: dict[str, Any], append_arrays: bool,
+                at: tuple[Any, ...] = ()) -> None:
     """Deep-merge ``src`` into ``dst`` (found at key ``at``) in place: dicts merge, lists are
     replaced or appended."""
     stack = [(dst, src, at)]
@@ -171,7 +172,7 @@ def _child(node: Any, k: Any) -> Any:
     return _ABSENT
 
 
-def _keys(path: str | Iterable) -> list:
+def _keys(path: str | Iterable[Any]) -> list[Any]:
     try:
         return sdn.split_path(path if isinstance(path, str) else list(path))
     except SdnError as exc:
@@ -261,7 +262,9 @@ def _closing_brace(s: str, i: int, where: str) -> int:
 
 def _split_args(text: str) -> list[str]:
     """Resolver arguments: split at commas outside quotes and nested ``${...}``."""
-    args, buf, depth, quote = [], [], 0, ""
+    args: list[str] = []
+    buf: list[str] = []
+    depth, quote = 0, ""
     i = 0
     while i < len(text):
         c = text[i]
@@ -295,8 +298,8 @@ class _Resolver:
     def __init__(self, root: Any) -> None:
         self.root = root
         self.active: list[str] = []
-        self.cache: dict[tuple, Any] = {}
-        self.done: dict[tuple, Any] = {}
+        self.cache: dict[tuple[Any, ...], Any] = {}
+        self.done: dict[tuple[Any, ...], Any] = {}
         self.budget = MAX_RESOLVED_SIZE
 
     def charge(self, size: int, where: str) -> None:
@@ -307,7 +310,7 @@ class _Resolver:
                 f"{where}: interpolation produces more than {MAX_RESOLVED_SIZE} characters "
                 "(values that repeat each other grow exponentially)", full_key=where)
 
-    def value(self, key: tuple, raw: Any) -> Any:
+    def value(self, key: tuple[Any, ...], raw: Any) -> Any:
         """The final value of ``raw`` found at ``key``: strings interpolated, nodes resolved."""
         if isinstance(raw, dict | list):
             done = self.done.get(key, _ABSENT)
@@ -334,7 +337,7 @@ class _Resolver:
             self.active.pop()
         return done if not isinstance(done, dict | list) else _rebuild(done)
 
-    def text(self, s: str, key: tuple, where: str) -> Any:
+    def text(self, s: str, key: tuple[Any, ...], where: str) -> Any:
         parts = _segments(s, where)
         if len(parts) == 1 and parts[0][0]:
             return self.inner(parts[0][1], key, where)
@@ -345,14 +348,14 @@ class _Resolver:
         self.charge(sum(map(len, pieces)), where)  # before the join allocates it
         return "".join(pieces)
 
-    def inner(self, body: str, key: tuple, where: str) -> Any:
+    def inner(self, body: str, key: tuple[Any, ...], where: str) -> Any:
         m = _RESOLVER_NAME.match(body)
         if m is not None:
             return self.call(m.group(1), body[m.end():], key, where)
         path = self.text(body.strip(), key, where) if "${" in body else body.strip()
         return self.lookup(str(path), key, where)
 
-    def call(self, name: str, arg_text: str, key: tuple, where: str) -> Any:
+    def call(self, name: str, arg_text: str, key: tuple[Any, ...], where: str) -> Any:
         fn = _RESOLVERS.get(name)
         if fn is None:
             raise InterpolationError(f"{where}: unknown resolver {name!r} (known: "
@@ -374,12 +377,12 @@ class _Resolver:
             self.cache[cache_key] = result
         return result
 
-    def arg(self, text: str, key: tuple, where: str) -> Any:
+    def arg(self, text: str, key: tuple[Any, ...], where: str) -> Any:
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             return text[1:-1]
         return self.text(text, key, where) if "${" in text else text
 
-    def lookup(self, path: str, key: tuple, where: str) -> Any:
+    def lookup(self, path: str, key: tuple[Any, ...], where: str) -> Any:
         if path.startswith("."):
             up = len(path) - len(path.lstrip("."))
             base = key[:max(len(key) - up, 0)]
@@ -425,8 +428,8 @@ class Config:
 
     __slots__ = ("_data", "_key", "_state")
 
-    def __init__(self, data: Mapping | list | None = None, *, _state: _State | None = None,
-                 _key: tuple = ()) -> None:
+    def __init__(self, data: Mapping[str, Any] | list[Any] | None = None, *, _state: _State | None = None,
+                 _key: tuple[Any, ...] = ()) -> None:
         if _state is None:
             data = _rebuild({} if data is None else data)
             _state = _State(data)
@@ -504,7 +507,7 @@ class Config:
             return key in self._data
         return any(v == key for v in self)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[Any]:
         if isinstance(self._data, dict):
             return iter(list(self._data))
         return (self._read(i) for i in range(len(self._data)))
@@ -512,10 +515,10 @@ class Config:
     def __len__(self) -> int:
         return len(self._data)
 
-    def keys(self) -> list[str]:
+    def keys(self) -> list[str | int]:
         return list(self._data) if isinstance(self._data, dict) else list(range(len(self._data)))
 
-    def values(self) -> list:
+    def values(self) -> list[Any]:
         return [self._read(k) for k in self.keys()]
 
     def items(self) -> list[tuple[Any, Any]]:
@@ -526,7 +529,7 @@ class Config:
             other = other._data
         return isinstance(other, dict | list) and self._data == other
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable (as dict)
 
     def __dir__(self) -> list[str]:
         names = [k for k in self._data if isinstance(k, str) and k.isidentifier()] \
@@ -539,10 +542,10 @@ class Config:
     def __copy__(self) -> Config:
         return Config(self._data)
 
-    def __deepcopy__(self, memo: dict) -> Config:
+    def __deepcopy__(self, memo: dict[str, Any]) -> Config:
         return Config(self._data)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (Config, (_rebuild(self._data),))
 
 
@@ -575,11 +578,11 @@ def _is_schema(tp: Any) -> bool:
 def _schema_in(tp: Any) -> type | None:
     """The Struct / dataclass that a field of type ``tp`` holds (``X`` or ``X | None``)."""
     if _is_schema(tp):
-        return tp
+        return typing.cast(type, tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(inner) == 1 and _is_schema(inner[0]):
-            return inner[0]
+            return typing.cast(type, inner[0])
     return None
 
 
@@ -592,7 +595,7 @@ class _Validator:
     def __init__(self, convert: bool, strict: bool, allow_missing: bool) -> None:
         self.convert, self.strict, self.allow_missing = convert, strict, allow_missing
 
-    def build(self, schema: type, data: Any, key: tuple) -> Any:
+    def build(self, schema: type, data: Any, key: tuple[Any, ...]) -> Any:
         where = _dotted(key) or "the config"
         if not isinstance(data, dict):
             raise SchemaError(f"{where}: expected a dict for {schema.__name__}, got "
@@ -622,7 +625,7 @@ class _Validator:
         except (TypeError, ValueError) as exc:
             raise SchemaError(f"{where}: {schema.__name__}: {exc}", full_key=_dotted(key)) from exc
 
-    def value(self, tp: Any, value: Any, key: tuple) -> Any:
+    def value(self, tp: Any, value: Any, key: tuple[Any, ...]) -> Any:
         nested = _schema_in(tp)
         if nested is not None and isinstance(value, dict):
             return self.build(nested, value, key)
@@ -654,19 +657,19 @@ class Conf:
 
     # loading
     @staticmethod
-    def from_dict(data: Mapping) -> Config:
+    def from_dict(data: Mapping[str, Any]) -> Config:
         """A Config holding a deep copy of ``data`` (keys must be strings)."""
         if not isinstance(data, Mapping | Config):
             raise ConfigError(f"a config must be a dict, not {type(data).__name__}")
         return Config(data)
 
     @staticmethod
-    def load_sdn(path: str | os.PathLike) -> Config:
+    def load_sdn(path: str | os.PathLike[str]) -> Config:
         """Read an SDN file; syntax errors are SdnErrors with the file, line and column."""
         return Config(sdn.load(path))
 
     @staticmethod
-    def load_yaml(path: str | os.PathLike) -> Config:
+    def load_yaml(path: str | os.PathLike[str]) -> Config:
         """Read a YAML file with PyYAML's safe loader (its C version when available).
 
         The limits of SDN apply: ``sdn.MAX_FILE_BYTES``, ``sdn.MAX_DEPTH``, and aliases may
@@ -703,9 +706,9 @@ class Conf:
             raise
 
     @staticmethod
-    def parse_dotlist(items: Iterable[str]) -> dict:
+    def parse_dotlist(items: Iterable[str]) -> dict[str, Any]:
         """``["a.b=1", "c=[1, 2]"]`` -> ``{"a": {"b": 1}, "c": [1, 2]}`` (values are SDN)."""
-        out: dict = {}
+        out: dict[str, Any] = {}
         for item in items:
             if not isinstance(item, str) or "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value")
@@ -734,10 +737,10 @@ class Conf:
 
     # combining and resolving
     @staticmethod
-    def merge(*cfgs: Config | Mapping, append_arrays: bool = False) -> Config:
+    def merge(*cfgs: Config | Mapping[str, Any], append_arrays: bool = False) -> Config:
         """A new Config: later configs override earlier ones key by key (deeply). Lists are
         replaced, or extended with ``append_arrays=True``."""
-        out: dict = {}
+        out: dict[str, Any] = {}
         for cfg in cfgs:
             data = _plain(cfg)
             if not isinstance(data, Mapping):
@@ -847,7 +850,7 @@ class Conf:
 
     @staticmethod
     def is_frozen(cfg: Config) -> bool:
-        return cfg._state.frozen
+        return bool(cfg._state.frozen)
 
     @staticmethod
     def set_throw_on_missing(cfg: Config, flag: bool = True) -> Config:
@@ -858,7 +861,7 @@ class Conf:
 
     # checking and exporting
     @staticmethod
-    def validate(schema: type, cfg: Config | Mapping, convert: bool = True, strict: bool = False,
+    def validate(schema: type, cfg: Config | Mapping[str, Any], convert: bool = True, strict: bool = False,
                  allow_missing: bool = False) -> Any:
         """Check ``cfg`` (resolved first) against a msgspec Struct or dataclass and return the
         instance with defaults filled in. ``convert`` accepts "100" for 100; ``strict``
@@ -868,19 +871,20 @@ class Conf:
         return _Validator(convert, strict, allow_missing).build(schema, data, ())
 
     @staticmethod
-    def to_dict(cfg: Config | Mapping, resolve: bool = False) -> dict:
+    def to_dict(cfg: Config | Mapping[str, Any], resolve: bool = False) -> dict[str, Any]:
         """Plain nested dicts and lists (a deep copy); ``resolve=True`` interpolates first."""
         if resolve:
-            return Conf.resolve(cfg if isinstance(cfg, Config) else Config(cfg))._data
-        return _rebuild(_plain(cfg))
+            return typing.cast(dict[str, Any],
+                               Conf.resolve(cfg if isinstance(cfg, Config) else Config(cfg))._data)
+        return typing.cast(dict[str, Any], _rebuild(_plain(cfg)))
 
     @staticmethod
-    def to_sdn(cfg: Config | Mapping, resolve: bool = False) -> str:
+    def to_sdn(cfg: Config | Mapping[str, Any], resolve: bool = False) -> str:
         """The config as SDN text."""
         return sdn.dumps(Conf.to_dict(cfg, resolve=resolve))
 
     @staticmethod
-    def save(cfg: Config | Mapping, path: str | os.PathLike, resolve: bool = False) -> None:
+    def save(cfg: Config | Mapping[str, Any], path: str | os.PathLike[str], resolve: bool = False) -> None:
         """Write the config to ``path`` atomically: SDN, or YAML for ``.yaml`` / ``.yml``."""
         data = Conf.to_dict(cfg, resolve=resolve)
         if Path(path).suffix in (".yaml", ".yml"):

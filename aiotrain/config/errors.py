@@ -8,6 +8,8 @@ dotted config path, OmegaConf's name for it, or None), ``path`` (the file, when 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "FrozenConfigError",
@@ -31,11 +33,11 @@ class ConfigError(Exception):
             return self.msg
         return f"line {self.line}, column {self.col}: {self.msg}"
 
-    def __reduce__(self):  # picklable across processes despite keyword-only fields
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes despite keyword-only fields
         return (_rebuild, (type(self), self.__dict__))
 
 
-def _rebuild(cls: type[ConfigError], state: dict) -> ConfigError:
+def _rebuild(cls: type[ConfigError], state: dict[str, Any]) -> ConfigError:
     err = cls.__new__(cls)
     err.__dict__.update(state)
     err.args = (state.get("msg"),)

@@ -1,6 +1,6 @@
 """SDN ("Simple Data Notation"): the indentation-based config format aiotrain reads and writes.
 
-The reference is ``shared/SDN.md``. ``loads`` / ``load`` read, ``dumps`` / ``dump`` write,
+The format is described in ``docs/sdn.md``. ``loads`` / ``load`` read, ``dumps`` / ``dump`` write,
 every reading error is an :class:`SdnError` whose message starts ``line L, column C:``.
 
 The parser is hand written and line oriented: a block structure is a stack of frames (one per
@@ -12,11 +12,11 @@ is an error. :class:`SdnDocument` keeps the text and where each dict entry sits 
 
 from __future__ import annotations
 
+import json.decoder
 import math
 import os
 import re
 from collections.abc import Iterator
-from json.decoder import scanstring as _scan_json_string
 from typing import IO, Any
 
 from ..files import atomic_write
@@ -47,11 +47,13 @@ _KEYWORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "nil": 
 _NUM_START = frozenset("-0123456789")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _HEX = frozenset("0123456789abcdefABCDEF")
+_scan_json_string = json.decoder.scanstring  # type: ignore[attr-defined]  # C, not in the stubs
 _JSON_ONLY_ESCAPES = ("\\/", "\\b", "\\f")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_INT_RANGES = {"i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
-               "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
-               "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
+_INT_RANGES: dict[str, tuple[int, int] | tuple[None, None]] = {
+    "i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
+    "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
+    "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
 _F32_MAX = 3.4028234663852886e38
 _COLUMN_TYPES = frozenset([*_INT_RANGES, "f32", "f64", "float", "bool", "str"])
 _BLOCK = object()  # "the value is an indented block" marker
@@ -182,7 +184,7 @@ def _bare_to_eol(s: str, pos: int) -> tuple[str, int]:
 
 def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
     """Parse one inline value at ``s[pos]`` (``{}``, ``[]``, quoted or bare); no recursion."""
-    stack: list[list] = []  # [container, closer, key or None, opening column]
+    stack: list[list[Any]] = []  # [container, closer, key or None, opening column]
     while True:
         pos = _skip_ws(s, pos)
         if _at_end(s, pos):
@@ -192,7 +194,7 @@ def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
             if depth + len(stack) >= MAX_DEPTH:
                 raise _fail(ln, pos + 1, f"nesting deeper than {MAX_DEPTH} levels")
             closer = "}" if c == "{" else "]"
-            frame = [{} if c == "{" else [], closer, None, pos + 1]
+            frame: list[Any] = [{} if c == "{" else [], closer, None, pos + 1]
             stack.append(frame)
             pos = _skip_ws(s, pos + 1)
             if pos < len(s) and s[pos] == closer:
@@ -238,7 +240,7 @@ def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
             raise _fail(ln, pos + 1, f"expected ',' or '{closer}', found {c!r}")
 
 
-def _inline_key(s: str, pos: int, ln: int, frame: list) -> int:
+def _inline_key(s: str, pos: int, ln: int, frame: list[Any]) -> int:
     """Read ``key:`` of an inline dict into ``frame[2]``; returns the index after the colon."""
     if _at_end(s, pos):
         raise _unclosed(s, ln, [frame])
@@ -259,7 +261,7 @@ def _inline_key(s: str, pos: int, ln: int, frame: list) -> int:
     return end + 1
 
 
-def _unclosed(s: str, ln: int, stack: list[list]) -> SdnError:
+def _unclosed(s: str, ln: int, stack: list[list[Any]]) -> SdnError:
     frame = stack[-1]
     opener = "{" if frame[1] == "}" else "["
     return _fail(ln, len(s.rstrip(" \t")) + 1,
@@ -269,7 +271,8 @@ def _unclosed(s: str, ln: int, stack: list[list]) -> SdnError:
 
 # --------------------------------------------------------------------------- tables
 
-def _row(s: str, pos: int, ln: int, depth: int, width: int, closer: str = "") -> tuple[list, int]:
+def _row(s: str, pos: int, ln: int, depth: int, width: int,
+         closer: str = "") -> tuple[list[Any], int]:
     """Comma-separated cells from ``pos`` to the line's end (or ``closer``).
 
     Each cell is ``(value, bare_text_or_None, column)``; the bare text lets ``str`` columns keep
@@ -330,7 +333,7 @@ def _typed_cell(cell: tuple[Any, str | None, int], kind: str, ln: int) -> Any:
     elif kind in _INT_RANGES:
         if type(value) is int:
             lo, hi = _INT_RANGES[kind]
-            if lo is None or lo <= value <= hi:
+            if lo is None or hi is None or lo <= value <= hi:
                 return value
             raise _fail(ln, col, f"{value} is out of range for {kind} ({lo}..{hi})")
     elif type(value) in (int, float):  # float columns take ints too, not rounded
@@ -360,11 +363,11 @@ def _column_types(s: str, pos: int, ln: int) -> tuple[list[str], int]:
     return types, close + 1
 
 
-def _inline_typed_rows(s: str, pos: int, ln: int, depth: int, types: list[str]) -> list:
+def _inline_typed_rows(s: str, pos: int, ln: int, depth: int, types: list[str]) -> list[Any]:
     """``[(1, 2), (3, 4)]`` at ``s[pos]`` converted to lists of typed values."""
     if pos >= len(s) or s[pos] != "[":
         raise _fail(ln, pos + 1, "expected '[' and rows like (1, 2) after 'table{...} ='")
-    rows: list[list] = []
+    rows: list[list[Any]] = []
     pos = _skip_ws(s, pos + 1)
     while True:
         if pos < len(s) and s[pos] == "]":
@@ -413,9 +416,10 @@ class _Frame:
 
     __slots__ = ("columns", "container", "indent", "kind", "path")
 
-    def __init__(self, kind: str, container: Any, indent: int, path: tuple, columns=None) -> None:
+    def __init__(self, kind: str, container: Any, indent: int, path: tuple[Any, ...],
+                 columns: list[str] | None = None) -> None:
         self.kind, self.container, self.indent, self.path = kind, container, indent, path
-        self.columns = columns
+        self.columns: list[str] = columns or []  # the fields or types of a table frame
 
 
 def _key_at(s: str, p: int, ln: int) -> tuple[str, str, int] | None:
@@ -467,19 +471,19 @@ def _split_lines(text: str | bytes) -> list[str]:
 class _Parser:
     """Builds the value of an SDN text line by line; optionally records entry positions."""
 
-    def __init__(self, record: dict | None = None, extra_depth: int = 0) -> None:
+    def __init__(self, record: dict[tuple[Any, ...], Any] | None = None, extra_depth: int = 0) -> None:
         self.extra_depth = extra_depth  # levels allowed past MAX_DEPTH (see ``loads``)
-        self.root: dict = {}
+        self.root: dict[str, Any] = {}
         self.stack = [_Frame("dict", self.root, 0, ())]
         self.pending: _Frame | None = None  # a block opened by the previous key line
-        self.pending_slot: tuple[dict, str] | None = None
+        self.pending_slot: tuple[dict[str, Any], str] | None = None
         self.record = record
 
     def depth(self) -> int:
         """The nesting of the current block as counted against MAX_DEPTH."""
         return len(self.stack) - self.extra_depth
 
-    def parse(self, lines: list[str]) -> dict:
+    def parse(self, lines: list[str]) -> dict[str, Any]:
         for idx, raw in enumerate(lines):
             body = raw.lstrip(" ")
             if not body:
@@ -538,6 +542,7 @@ class _Parser:
         if frame.kind == "block":
             is_dict = _key_at(s, ind, ln) is not None
             frame.kind, frame.container = ("dict", {}) if is_dict else ("array", [])
+            assert self.pending_slot is not None  # set with pending by the key line
             parent, key = self.pending_slot
             parent[key] = frame.container
         self.stack.append(frame)
@@ -597,14 +602,15 @@ class _Parser:
         if self.record is not None:
             self.record[(*top.path, key)] = (idx, ind, span)
 
-    def _expect_block(self, kind: str, container: Any, top: _Frame, key: str, columns) -> Any:
+    def _expect_block(self, kind: str, container: Any, top: _Frame, key: str,
+                      columns: list[str] | None) -> Any:
         self.pending = _Frame(kind, container, -1, (*top.path, key), columns)
         return container
 
 
 # --------------------------------------------------------------------------- reading API
 
-def loads(text: str | bytes, *, extra_depth: int = 0) -> dict:
+def loads(text: str | bytes, *, extra_depth: int = 0) -> dict[str, Any]:
     """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars.
 
     Time and memory are linear in the text's length; texts over :data:`MAX_FILE_BYTES` and
@@ -618,9 +624,9 @@ def loads(text: str | bytes, *, extra_depth: int = 0) -> dict:
     return _Parser(extra_depth=extra_depth).parse(_split_lines(text))
 
 
-def load(source: str | os.PathLike | IO) -> dict:
+def load(source: str | os.PathLike[str] | IO[Any]) -> dict[str, Any]:
     """Read an SDN file (a path or an open file); errors carry the file's name in ``path``."""
-    if hasattr(source, "read"):
+    if not isinstance(source, str | os.PathLike):
         return loads(source.read(MAX_FILE_BYTES + 1))
     try:
         with open(source, "rb") as f:  # reads at most one byte past the limit
@@ -697,7 +703,7 @@ def _scalar_text(v: Any) -> str:
 def value_text(value: Any, depth: int = 0) -> str:
     """One value written inline (``[1, {a: x}]``, ``"quoted"``, ``3.5``); no recursion."""
     out: list[str] = []
-    stack: list[list] = []  # [iterator, is_dict, first]
+    stack: list[list[Any]] = []  # [iterator, is_dict, first]
     cur = value
     while True:
         if isinstance(cur, dict) and cur:
@@ -718,7 +724,7 @@ def value_text(value: Any, depth: int = 0) -> str:
             out.append(_scalar_text(cur))
         while stack:
             frame = stack[-1]
-            nxt = next(frame[0], _END)
+            nxt: Any = next(frame[0], _END)
             if nxt is _END:
                 out.append("}" if frame[1] else "]")
                 stack.pop()
@@ -736,7 +742,7 @@ def value_text(value: Any, depth: int = 0) -> str:
             return "".join(out)
 
 
-def _table_fields(items: list | tuple) -> list[str] | None:
+def _table_fields(items: list[Any] | tuple[Any, ...]) -> list[str] | None:
     """The fields when ``items`` reads best as a named table: 2+ same-keyed, non-empty dicts."""
     if len(items) < 2 or not isinstance(items[0], dict) or not items[0]:
         return None
@@ -750,9 +756,9 @@ def _table_fields(items: list | tuple) -> list[str] | None:
     return fields
 
 
-def _entry_lines(mapping: dict, indent: int, out: list[str], depth: int = 0) -> None:
+def _entry_lines(mapping: dict[str, Any], indent: int, out: list[str], depth: int = 0) -> None:
     """Append the block lines of ``mapping``'s entries at ``indent`` spaces; no recursion."""
-    stack: list[tuple[Iterator, str]] = [(iter(mapping.items()), " " * indent)]
+    stack: list[tuple[Iterator[Any], str]] = [(iter(mapping.items()), " " * indent)]
     while stack:
         it, pad = stack[-1]
         item = next(it, None)
@@ -781,7 +787,7 @@ def _entry_lines(mapping: dict, indent: int, out: list[str], depth: int = 0) -> 
             out.append(f"{pad}{key}: {_scalar_text(v)}")
 
 
-def dumps(obj: dict, *, extra_depth: int = 0) -> str:
+def dumps(obj: dict[str, Any], *, extra_depth: int = 0) -> str:
     """Write a dict as SDN text: blocks for dicts, inline lists, named tables for records.
 
     ``loads(dumps(x)) == x`` for JSON-like values (floats exactly, ints stay ints). Non-finite
@@ -794,18 +800,18 @@ def dumps(obj: dict, *, extra_depth: int = 0) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) so that a crash leaves the old or the new file."""
     atomic_write(path, text)
 
 
-def dump(obj: dict, target: str | os.PathLike | IO) -> None:
+def dump(obj: dict[str, Any], target: str | os.PathLike[str] | IO[Any]) -> None:
     """Write ``obj`` as SDN to an open text file, or atomically to a path."""
     text = dumps(obj)
-    if hasattr(target, "write"):
-        target.write(text)
-    else:
+    if isinstance(target, str | os.PathLike):
         write_atomic(target, text)
+    else:
+        target.write(text)
 
 
 # --------------------------------------------------------------------------- documents
@@ -821,18 +827,18 @@ class SdnDocument:
 
     def __init__(self, text: str | bytes) -> None:
         self.lines = _split_lines(text)
-        self._crlf = ("\r\n" if isinstance(text, str) else b"\r\n") in text
+        self._crlf = "\r\n" in text if isinstance(text, str) else b"\r\n" in text
         self._parse()
 
     def _parse(self) -> None:
-        self.entries: dict[tuple, tuple[int, int, tuple[int, int] | None]] = {}
+        self.entries: dict[tuple[Any, ...], tuple[int, int, tuple[int, int] | None]] = {}
         self.data = _Parser(self.entries).parse(self.lines)
 
     def __str__(self) -> str:
         text = "\n".join(self.lines)
         return text.replace("\n", "\r\n") if self._crlf else text
 
-    def set(self, path: str | list | tuple, value: Any) -> None:
+    def set(self, path: str | list[Any] | tuple[Any, ...], value: Any) -> None:
         """Set the value at ``path`` (dotted string or key list; list items by index)."""
         keys = split_path(path)
         if not keys:
@@ -848,7 +854,7 @@ class SdnDocument:
         self._replace_entry(prefix, entry_value)
         self._parse()
 
-    def _insert_or_replace(self, keys: list, value: Any) -> None:
+    def _insert_or_replace(self, keys: list[Any], value: Any) -> None:
         if not isinstance(keys[0], str):
             raise SdnError(f"the document's top level is a dict: {keys[0]!r} is not a key")
         new = _with_value(self.data.get(keys[0], _MISSING_VALUE), keys[1:], value)
@@ -860,7 +866,7 @@ class SdnDocument:
         self.lines[end:end] = lines
         self._parse()
 
-    def _replace_entry(self, prefix: tuple, value: Any) -> None:
+    def _replace_entry(self, prefix: tuple[Any, ...], value: Any) -> None:
         idx, ind, span = self.entries[prefix]
         s = self.lines[idx]
         block_value = isinstance(value, dict) and value or (
@@ -891,7 +897,7 @@ class SdnDocument:
 _MISSING_VALUE = object()
 
 
-def split_path(path: str | list | tuple) -> list:
+def split_path(path: str | list[Any] | tuple[Any, ...]) -> list[Any]:
     """A dotted path as keys: ``"a.b.0"`` -> ``["a", "b", 0]`` (digits index lists).
 
     ``a[0]`` is read as ``a.0``; lists and tuples of keys pass through.
@@ -906,13 +912,13 @@ def split_path(path: str | list | tuple) -> list:
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-def _lookup(data: Any, keys: tuple | list) -> Any:
+def _lookup(data: Any, keys: tuple[Any, ...] | list[Any]) -> Any:
     for k in keys:
         data = data[k]
     return data
 
 
-def _with_value(current: Any, keys: list, value: Any) -> Any:
+def _with_value(current: Any, keys: list[Any], value: Any) -> Any:
     """A copy of ``current`` with ``value`` at ``keys`` (intermediate dicts made as needed)."""
     if not keys:
         return value
@@ -923,6 +929,6 @@ def _with_value(current: Any, keys: list, value: Any) -> Any:
         out = list(current)
         out[k] = _with_value(out[k], keys[1:], value)
         return out
-    out = dict(current) if isinstance(current, dict) else {}
-    out[str(k)] = _with_value(out.get(str(k), _MISSING_VALUE), keys[1:], value)
-    return out
+    node: dict[str, Any] = dict(current) if isinstance(current, dict) else {}
+    node[str(k)] = _with_value(node.get(str(k), _MISSING_VALUE), keys[1:], value)
+    return node

@@ -42,6 +42,7 @@ import psutil
 import torch
 
 from ..runtime import to_io
+from ..values import check_int
 
 __all__ = ["CacheManager", "CacheMode", "CacheValidator", "CachedData", "FileCacheEntry",
            "file_signature"]
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 Signature = tuple[int, int, int, int, int]
 
-DEFAULT_PRIORITY = 1  # the seed's "normal": 0 = low, 1 = normal, 2 = high
+DEFAULT_PRIORITY = 1  # "normal": 0 = low, 1 = normal, 2 = high
 DEFAULT_MEMORY_FRACTION = 0.8
 
 
@@ -135,7 +136,7 @@ class CacheManager:
     the manager is created. Thread-safe: ``get`` may run on many I/O threads at once. Use it as a
     context manager, or call ``cleanup()``, to release the mappings.
 
-    Decisions where the seed is silent: an explicit ``set_cache_mode`` overrides the budget; a
+    Decisions: an explicit ``set_cache_mode`` overrides the budget; a
     file scanned again is re-planned (except a DISABLED one, which stays disabled); ``cleanup``
     keeps the scanned entries, so a later ``get`` maps the file again.
     """
@@ -143,9 +144,7 @@ class CacheManager:
     def __init__(self, memory_limit: int | None = None) -> None:
         if memory_limit is None:
             memory_limit = int(psutil.virtual_memory().available * DEFAULT_MEMORY_FRACTION)
-        if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
-            raise ValueError(f"memory_limit must be a byte count >= 0, got {memory_limit!r}")
-        self.memory_limit: int = memory_limit
+        self.memory_limit: int = check_int("memory_limit (bytes)", memory_limit, minimum=0)
         self._entries: dict[str, FileCacheEntry] = {}
         self._regions: dict[str, _Region] = {}
         self._retired: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
@@ -318,7 +317,7 @@ class CacheManager:
 
     # reporting ----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """The seed's statistics: ``total_size`` is the bytes planned for MMAP.
+        """The cache's statistics: ``total_size`` is the bytes planned for MMAP.
 
         Extras: ``normal_count``, ``missing`` (paths scans skipped), ``mapped_bytes`` (bytes of the
         live mappings) and ``retired_mmaps`` (mappings released but still held by live views).
@@ -340,7 +339,7 @@ class CacheManager:
 
 
 class CacheValidator:
-    """Finds scanned files that changed on disk and invalidates them (the seed's validator)."""
+    """Finds scanned files that changed on disk and invalidates them (CacheManager's change check, run on demand)."""
 
     def check_source_changes(self, entries: Iterable[FileCacheEntry]) -> list[str]:
         """Paths of ``entries`` that are gone or whose stat signature differs from the cached one."""

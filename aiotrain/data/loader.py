@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from ..protocols import EpochAware
 from ..runtime import to_io
+from ..values import check_int
 from .batch import move_batch, pin_batch
 
 __all__ = ["AsyncLoader", "DatasetError", "StreamClosed", "sized_len"]
@@ -212,9 +214,7 @@ class _StreamingLoader(abc.ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next pass uses (0-based), from its first batch."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self._epoch, self._position = epoch, 0
+        self._epoch, self._position = check_int("epoch", epoch, minimum=0), 0
 
     def state_dict(self) -> dict[str, int]:
         """The consumer's position (epoch, batches taken), not the prefetch position."""
@@ -232,7 +232,7 @@ class _StreamingLoader(abc.ABC):
 
 
 class AsyncLoader(_StreamingLoader):
-    """Prefetching, order-preserving batch loader for map-style datasets (DESIGN §4).
+    """Prefetching, order-preserving batch loader for map-style datasets (docs/data.md).
 
     ``dataset`` has ``__len__`` and ``async def aget(i)``, or ``__getitems__(indices)`` (one call
     per batch, returned as the batch, not collated), or sync ``__getitem__``. Epoch ``e``'s order
@@ -248,8 +248,7 @@ class AsyncLoader(_StreamingLoader):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("concurrency", concurrency),
                             ("prefetch", prefetch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(name, value)
         if sampler is not None and shuffle:
             raise ValueError("sampler and shuffle=True are mutually exclusive (the sampler orders)")
         if not hasattr(dataset, "__len__"):
@@ -272,7 +271,7 @@ class AsyncLoader(_StreamingLoader):
     def order(self, epoch: int) -> list[int]:
         """The item indices of epoch ``epoch``, in the order they are served."""
         if self.sampler is not None:
-            if hasattr(self.sampler, "set_epoch"):
+            if isinstance(self.sampler, EpochAware):
                 self.sampler.set_epoch(epoch)
             return [int(i) for i in self.sampler]
         n = len(self.dataset)
@@ -359,8 +358,7 @@ class _WrappedLoader(_StreamingLoader):
 
     def __init__(self, source: Any, prefetch: int = 4) -> None:
         super().__init__()
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be a positive integer, got {prefetch!r}")
+        check_int("prefetch", prefetch)
         if not (hasattr(source, "__iter__") or hasattr(source, "__aiter__")):
             raise TypeError(f"AsyncLoader.wrap needs an iterable or async iterable, got "
                             f"{type(source).__name__}")
@@ -372,7 +370,7 @@ class _WrappedLoader(_StreamingLoader):
 
     async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
         for target in (self.source, self.sampler):
-            if hasattr(target, "set_epoch"):
+            if isinstance(target, EpochAware):
                 target.set_epoch(epoch)
                 break
         n = 0

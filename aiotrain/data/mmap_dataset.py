@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..values import check_int
 from .cache import CacheManager, CacheMode, PathLike, Signature, file_signature
 
 __all__ = ["MmapDataset"]
@@ -60,7 +61,7 @@ class MmapDataset(torch.utils.data.Dataset):
         self._counts = [self._record_count(p, os.stat(p).st_size) for p in self.paths]
         self._starts = [0, *np.cumsum(self._counts).tolist()]
         self._len = self._starts[-1]
-        self._views: dict[int, tuple[Signature, torch.Tensor]] = {}
+        self._views: dict[int, tuple[Signature | None, torch.Tensor]] = {}
 
     def _record_count(self, path: str, size: int) -> int:
         if size % self.record_bytes:
@@ -134,7 +135,7 @@ class MmapDataset(torch.utils.data.Dataset):
         """Positioned reads of the records ``local`` of file ``f`` (a file served without mmap)."""
         path, size = self.paths[f], self.record_bytes
         out = torch.empty((len(local), *self.record_shape), dtype=self.dtype)
-        raw = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        raw = out.view(torch.uint8).numpy().data.cast("B")
         fd = os.open(path, os.O_RDONLY)
         try:
             for k, j in enumerate(local.tolist()):
@@ -177,9 +178,8 @@ def _within(idx: torch.Tensor, n: int) -> bool:
 def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     """``()`` is a scalar record (labels); every dimension given must be a positive int."""
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims):
-        raise ValueError(f"record_shape must be positive ints (or () for scalars), got {shape!r}")
-    return dims
+    return tuple(check_int(f"record_shape {shape!r}: each dimension (or () for scalars)", d)
+                 for d in dims)
 
 
 def _torch_dtype(dtype: Any) -> torch.dtype:

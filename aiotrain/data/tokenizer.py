@@ -39,12 +39,13 @@ from typing import Any
 import aiofiles
 import msgspec
 
+from ..errors import where
 from ..runtime import io_executor, to_io
 
 try:
     import tokenizers
 except ImportError:  # the `text` extra is optional: fall back to the plain vocabulary loader
-    tokenizers = None
+    tokenizers = None  # type: ignore[assignment]
 
 __all__ = ["TokenizerCache", "TokenizerError"]
 
@@ -217,7 +218,7 @@ def _parse_vocab_json(path: str, raw: bytes) -> dict[str, int]:
     try:
         vocab = msgspec.json.decode(raw, type=dict[str, int])
     except msgspec.DecodeError as exc:
-        raise TokenizerError(f"{path}: {_json_where(raw, str(exc))}") from None
+        raise TokenizerError(_json_where(path, raw, str(exc))) from None
     if not vocab:
         raise TokenizerError(f"{path}: empty vocabulary")
     seen: dict[int, str] = {}
@@ -229,15 +230,15 @@ def _parse_vocab_json(path: str, raw: bytes) -> dict[str, int]:
     return vocab
 
 
-def _json_where(raw: bytes, message: str) -> str:
-    """msgspec reports a byte offset; say line:col instead."""
+def _json_where(path: str, raw: bytes, message: str) -> str:
+    """msgspec reports a byte offset; say ``FILE:LINE:COL: message`` instead."""
     m = re.search(r"\(byte (\d+)\)", message)
     if not m:
-        return message
+        return f"{path}: {message}"
     offset = int(m.group(1))
     line = raw.count(b"\n", 0, offset) + 1
     col = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
-    return f"line {line} col {col}: {message[:m.start()].rstrip()}"
+    return f"{where(path, line, col)}: {message[:m.start()].rstrip()}"
 
 
 def _parse_merges(path: str, text: str, vocab: dict[str, int]) -> list[tuple[str, str]]:
@@ -283,7 +284,7 @@ def _plain_tokenizer_json(path: str, raw: bytes) -> _Loaded:
     try:
         spec = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise TokenizerError(f"{path}: {_json_where(raw, str(exc))}") from None
+        raise TokenizerError(_json_where(path, raw, str(exc))) from None
     model = spec.get("model") if isinstance(spec, dict) else None
     if not isinstance(model, dict) or "vocab" not in model:
         if isinstance(spec, dict) and all(isinstance(v, int) for v in spec.values()):
@@ -295,7 +296,7 @@ def _plain_tokenizer_json(path: str, raw: bytes) -> _Loaded:
     for added in spec.get("added_tokens") or []:
         vocab[added["content"]] = added["id"]
     decoder = (spec.get("decoder") or {}).get("type")
-    return _Loaded(vocab, _DECODER_KIND.get(decoder, "tokenizer.json"), None)
+    return _Loaded(vocab, _DECODER_KIND.get(decoder or "", "tokenizer.json"), None)
 
 
 _DECODER_KIND = {"ByteLevel": "bpe", "WordPiece": "wordpiece", "Metaspace": "metaspace"}

@@ -11,7 +11,7 @@ in the same folder (``.NAME.pt.<random>.tmp``, never ending in ``.pt``; see aiot
 ``os.replace``, fsync of the folder; only then are the files that fell out of retention deleted.
 A process killed at any moment leaves the previous newest checkpoint intact and loadable.
 
-Decisions where DESIGN §8 is silent (as an Ignite user would expect):
+Decisions (as an Ignite user would expect):
 
 - Filenames: ``{prefix}_{name}_{step}.pt``, or ``{prefix}_{name}_{step}_{score_name}={score:.4f}.pt``
   with a score (``score`` stands in for a missing ``score_name``); ``name`` is the single key of
@@ -25,7 +25,7 @@ Decisions where DESIGN §8 is silent (as an Ignite user would expect):
   A save whose filename is already kept replaces that file (the newer state wins).
 - At most one write is in flight: a save that triggers while the previous write is still running
   waits for it (the step loop stays paused, the event loop does not block). A failed write is
-  raised at the next save, or by ``await checkpoint.flush()``.
+  raised at the next save, or by ``await checkpoint.aflush()``.
 - ``last_checkpoint`` is the kept file with the highest priority (newest, or best score), as in
   Ignite, once its write is durable.
 - Integrity: torch's reader does not check the CRCs its zip writer stores, so loading verifies
@@ -39,7 +39,6 @@ import concurrent.futures as cf
 import copy
 import logging
 import math
-import operator
 import os
 import pickle
 import re
@@ -54,8 +53,11 @@ from typing import Any
 import torch
 
 from .. import distributed as dist
+from ..deprecation import renamed_method
 from ..files import TEMP_SUFFIX, atomic_path
+from ..protocols import Stateful
 from ..runtime import await_future, submit_io, to_io
+from ..values import check_int
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
@@ -87,18 +89,17 @@ class Checkpoint:
     ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
     reads ``engine.state.metrics[score_name]``) the ``n_saved`` best files are kept, else the
     ``n_saved`` newest. The write is registered with ``engine.add_pending`` so ``run`` returns
-    only once it is durable; outside an engine, ``await checkpoint.flush()``.
+    only once it is durable; outside an engine, ``await checkpoint.aflush()``.
     """
 
-    def __init__(self, to_save: Mapping[str, Any], save_dir: str | os.PathLike[str],
+    def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
                  filename_prefix: str = "", n_saved: int | None = 1,
                  score_function: Callable[[Any], float] | None = None,
                  score_name: str | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None) -> None:
         _check_to_save(to_save)
-        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int)
-                                    or n_saved < 1):
-            raise ValueError(f"n_saved must be a positive integer or None, got {n_saved!r}")
+        if n_saved is not None:
+            n_saved = check_int("n_saved (or None)", n_saved)
         if not isinstance(filename_prefix, str) or "/" in filename_prefix or os.sep in filename_prefix:
             raise ValueError(f"filename_prefix must be a plain string without separators, got {filename_prefix!r}")
         if score_name is not None and ("=" in score_name or "/" in score_name):
@@ -166,7 +167,7 @@ class Checkpoint:
         if add_pending is not None:
             add_pending(fut)
 
-    async def flush(self) -> None:
+    async def aflush(self) -> None:
         """Wait until the last write is durable; raise CheckpointError if it failed."""
         fut = self._pending
         if fut is None:
@@ -177,6 +178,8 @@ class Checkpoint:
             self._pending = None
             raise CheckpointError(f"writing a checkpoint in {self.save_dir} failed: {exc}") from exc
         self._pending = None
+
+    flush = renamed_method(aflush, "flush")
 
     @staticmethod
     def latest(save_dir: str | os.PathLike[str], filename_prefix: str = "") -> Path | None:
@@ -238,13 +241,7 @@ class Checkpoint:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
-        try:
-            value = operator.index(step)  # ints, numpy integers, 0-d integer tensors
-        except TypeError:
-            value = -1
-        if isinstance(step, bool) or value < 0:
-            raise ValueError(f"global step must be a non-negative integer, got {step!r}")
-        return value
+        return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
     def _filename(self, step: int, score: float | None) -> str:
         if score is None:
@@ -411,7 +408,7 @@ def _check_to_save(objs: Any) -> None:
     for key, obj in objs.items():
         if not isinstance(key, str):
             raise TypeError(f"keys must be strings, got {key!r}")
-        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+        if not isinstance(obj, Stateful):
             raise TypeError(f"{key!r}: {type(obj).__name__} has no state_dict/load_state_dict")
 
 

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ..values import check_int
+
 __all__ = ["EarlyStopping"]
 
 
@@ -25,8 +27,7 @@ class EarlyStopping:
                  min_delta: float = 0.0, cumulative_delta: bool = False) -> None:
         if not callable(score_function):
             raise TypeError(f"EarlyStopping: score_function must be callable, got {score_function!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be a positive integer, got {patience!r}")
+        patience = check_int("EarlyStopping: patience", patience)
         if min_delta < 0.0:
             raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta!r}")
         if not callable(getattr(trainer, "terminate", None)):

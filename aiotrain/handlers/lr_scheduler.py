@@ -38,7 +38,7 @@ class LRScheduler:
         if not self.plateau and (metric_name is not None or metric_engine is not None):
             raise ValueError(f"LRScheduler: metric_name/metric_engine only apply to ReduceLROnPlateau, "
                              f"not {type(scheduler).__name__}")
-        self.scheduler = scheduler
+        self.scheduler: Any = scheduler  # a torch LRScheduler or a ReduceLROnPlateau
         self.metric_name = metric_name
         self.metric_engine = metric_engine
 

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from ..events import Events
+from ..values import as_number
 
 __all__ = ["ProgressBar"]
 
@@ -170,8 +171,11 @@ def _format(values: dict[str, Any]) -> str:
     """``name=value`` pairs; numbers to 4 significant digits, small tensors as lists."""
     parts = []
     for name, value in values.items():
-        if isinstance(value, torch.Tensor):
-            value = value.item() if value.numel() == 1 else value.tolist()
+        number = as_number(value)
+        if number is not None:
+            value = number
+        elif isinstance(value, torch.Tensor):
+            value = value.tolist()
         if isinstance(value, bool) or not isinstance(value, (Number, list)):
             continue
         shown = f"{value:.4g}" if isinstance(value, Number) else \

@@ -18,12 +18,12 @@ the event loop and only enqueues a record (``Run.log`` never blocks on disk).
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..events import Events
+from ..protocols import MetricLogger
+from ..values import as_number
 
 __all__ = ["TrackingHandler"]
 
@@ -33,10 +33,10 @@ _EPOCH_EVENTS = (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED)
 class TrackingHandler:
     """Logs an engine's output and/or metrics to ``run`` when the event it is attached to fires."""
 
-    def __init__(self, run: Any, tag: str = "train", output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, run: MetricLogger, tag: str = "train", output_transform: Callable[[Any], Any] | None = None,
                  metric_names: str | Sequence[str] | None = None,
                  global_step_transform: Callable[[Any, Any], int] | None = None) -> None:
-        if not hasattr(run, "log"):
+        if not isinstance(run, MetricLogger):
             raise TypeError(f"TrackingHandler needs a tracking Run, got {type(run).__name__}")
         if metric_names is not None and metric_names != "all" and (
                 isinstance(metric_names, str) or not all(isinstance(n, str) for n in metric_names)):
@@ -73,7 +73,7 @@ class TrackingHandler:
         elif not self._auto:
             return {}
         if isinstance(output, Mapping):
-            items = output.items()
+            items: Iterable[tuple[Any, Any]] = output.items()
         else:
             items = [("output", output)]
         if self._auto:
@@ -97,9 +97,4 @@ class TrackingHandler:
 
 def _is_scalar(value: Any) -> bool:
     """A number, or a one-element tensor / array (converted by ``Run.log``)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, numbers.Number):
-        return True
-    shape = getattr(value, "shape", None)
-    return shape is not None and hasattr(value, "item") and math.prod(shape) == 1
+    return as_number(value) is not None

@@ -1,4 +1,4 @@
-"""Metrics: reset / update / compute, attached to an engine as compute-thread hooks (DESIGN §8)."""
+"""Metrics: reset / update / compute, attached to an engine as compute-thread hooks."""
 
 from .accuracy import Accuracy
 from .loss import Loss

@@ -19,6 +19,7 @@ import torch
 
 from .. import distributed
 from ..events import Events
+from ..values import number_or_value
 
 __all__ = ["Metric", "NotComputableError", "reduced"]
 
@@ -90,8 +91,8 @@ class Metric(ABC):
         result = self.compute()
         if isinstance(result, Mapping):
             for key, value in result.items():
-                engine.state.metrics[key] = _plain(value)
-        engine.state.metrics[name] = _plain(result)
+                engine.state.metrics[key] = number_or_value(value)
+        engine.state.metrics[name] = number_or_value(result)
 
     def attach(self, engine: Any, name: str) -> None:
         """Reset at EPOCH_STARTED, update at ITERATION_COMPLETED, compute into
@@ -157,7 +158,4 @@ def reduced(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [distributed.all_reduce(t.clone()) for t in tensors]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        return value.item()
-    return value
+

@@ -9,7 +9,8 @@ import torch
 
 from .. import distributed
 from ..events import Events
-from .metric import Metric, _plain
+from ..values import number_or_value
+from .metric import Metric
 
 __all__ = ["RunningAverage"]
 
@@ -63,7 +64,7 @@ class RunningAverage(Metric):
     def compute(self) -> Any:
         if self._value is None:
             raise self._not_computable()
-        return _plain(self._value)
+        return number_or_value(self._value)
 
     def running_update(self, engine: Any, name: str) -> None:
         """ITERATION_COMPLETED hook: update from this batch, then publish the new value."""

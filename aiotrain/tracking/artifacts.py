@@ -4,7 +4,7 @@ Layout under the tracking root::
 
     artifacts/objects/{sha[:2]}/{sha256}               file contents, stored once
     artifacts/projects/{project}/{name}/index.json     versions, aliases, producer, consumers
-    artifacts/projects/{project}/{name}/.lock          fcntl.flock'ed around every index change
+    artifacts/projects/{project}/{name}/.lock          held (filelock) around every index change
     artifacts/projects/{project}/{name}/files/vN/      download() materializations
     runs/{project}/{run_id}/artifacts/logged.jsonl     what a run logged ({"ref", "project"})
     runs/{project}/{run_id}/artifacts/used.jsonl       what a run used
@@ -13,26 +13,26 @@ A version's digest is the sha256 of its type and sorted (path, file sha256) list
 identical content again returns the existing version (with any new aliases) instead of a new
 one. ``latest`` moves to every new version; other aliases move to the version they are given
 to (one version per alias). Object files and the index are written atomically, and the index is
-changed only under an exclusive ``flock``, so concurrent processes logging the same name get
-distinct versions and an intact index.
+changed only under an exclusive file lock (``filelock``: flock on POSIX, LockFileEx on Windows),
+so concurrent processes logging the same name get distinct versions and an intact index.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from filelock import FileLock
 
+from ..files import make_temp_dir
 from .store import atomic_file, check_name, get_dir, jsonable, read_json, write_json
 
 __all__ = ["Artifact", "lineage", "log_artifact", "use_artifact"]
@@ -107,7 +107,7 @@ class Artifact:
             return target
         target = store.folder(self.project, self.name) / "files" / f"v{self.version}"
         if not _complete(target, self.manifest):
-            staging = Path(tempfile.mkdtemp(prefix=".files-", dir=target.parent.parent))
+            staging = make_temp_dir(target.parent.parent, ".files-")
             try:
                 _materialize(store, self.manifest, staging)
                 if target.exists():
@@ -160,18 +160,14 @@ class _Store:
         """The index of ``project/name`` under an exclusive lock; changes are saved on exit."""
         folder = self.folder(project, name)
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                path = folder / "index.json"
-                index = read_json(path) if path.exists() else {"name": name, "project": project,
-                                                                "type": None, "versions": [], "aliases": {}}
-                before = msgspec.json.encode(index)
-                yield index
-                if msgspec.json.encode(index) != before:
-                    write_json(path, index)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with FileLock(folder / ".lock"):
+            path = folder / "index.json"
+            index = read_json(path) if path.exists() else {"name": name, "project": project,
+                                                            "type": None, "versions": [], "aliases": {}}
+            before = msgspec.json.encode(index)
+            yield index
+            if msgspec.json.encode(index) != before:
+                write_json(path, index)
 
     def read(self, project: str, name: str) -> dict[str, Any] | None:
         path = self.folder(project, name) / "index.json"
@@ -258,10 +254,11 @@ def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
     name, spec = _parse_ref(ref)
     project = check_name("project", project) if project is not None else run.project
     store = _Store(run.root)
-    if store.read(project, name) is None:
+    stored = store.read(project, name)
+    if stored is None:
         raise LookupError(f"no artifact {name!r} in project {project!r} under {run.root}")
     if run.disabled:
-        index = store.read(project, name)
+        index = stored
         entry = _resolve(index, spec, ref)
     else:
         with store.locked(project, name) as index:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from ..values import check_int
 from .store import atomic_write, encode_nonfinite, jsonable
 
 __all__ = ["Table", "histogram_entry", "image_array", "safe_filename", "require_pillow", "write_png"]
@@ -36,8 +37,7 @@ def _to_numpy(values: Any) -> np.ndarray:
 
 def histogram_entry(values: Any, bins: int = 64) -> dict[str, Any]:
     """Histogram of the finite values in ``values`` (a tensor, array or sequence)."""
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    bins = check_int("bins", bins)
     arr = _to_numpy(values).astype(np.float64, copy=False).ravel()
     arr = arr[np.isfinite(arr)]
     if arr.size == 0:

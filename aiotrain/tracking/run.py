@@ -40,6 +40,7 @@ from typing import Any
 from ..config import SdnError, sdn
 from ..distributed import is_main
 from ..runtime import submit_io, to_io
+from ..values import ScalarLike, as_number
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
 from .reader import iter_history, list_runs, load_run
 from .store import (
@@ -150,6 +151,7 @@ class Run:
     def _queued(self) -> None:
         """A record was queued: write it now (``flush_interval=0``) or see that it will be."""
         writer = self._writer
+        assert writer is not None  # a queue means a writer
         if writer.sync:
             writer.drain(durable=False)
         elif not writer.scheduled:
@@ -219,18 +221,22 @@ class Run:
         fut.add_done_callback(self._media_done)
 
     def _media_done(self, fut: cf.Future[Any]) -> None:
+        if fut not in self._media:  # already seen by _wait_media or by this callback
+            return
         self._media.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            self._media_errors.append(fut.exception())
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._media_errors.append(exc)
 
     def _wait_media(self) -> None:
         """Wait for every media write; their failures are kept, not raised (see ``_report``)."""
         for fut in list(self._media):
             cf.wait([fut])
-            self._media_done(fut)  # the callback may not have run yet; adding twice is harmless
+            self._media_done(fut)  # the callback may not have run yet
 
     def _report(self) -> None:
         """Raise (once) what went wrong in the background: a metrics drain, then media writes."""
+        assert self._writer is not None  # only enabled runs write
         self._writer.check()
         errors = list(dict.fromkeys(self._media_errors))
         self._media_errors.clear()
@@ -405,7 +411,7 @@ def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
             check_text(f"metric {key!r}", value)
         elif value.__class__ in _PLAIN:
             pass
-        elif hasattr(value, "item") and hasattr(value, "shape"):  # torch / numpy scalar
+        elif isinstance(value, ScalarLike):  # torch / numpy scalar
             value = _item(value)
         else:
             value = jsonable(value)
@@ -413,11 +419,12 @@ def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _item(value: Any) -> Any:
+def _item(value: ScalarLike) -> Any:
     if math.prod(value.shape) != 1:
         raise ValueError(f"only one-element tensors can be logged as metrics, got shape "
                          f"{tuple(value.shape)}; use log_histogram for many values")
-    return value.item()
+    number = as_number(value)
+    return value.item() if number is None else number  # a one-element bool stays a bool
 
 
 @atexit.register

@@ -135,23 +135,23 @@ def check_text(what: str, text: str) -> str:
     return text
 
 
-def _walk(value: Any, leaf: Callable[[Any], Any], mapping: type, sequence: tuple) -> Any:
-    """A copy of ``value`` with ``mapping`` instances as dicts, ``sequence`` ones as lists and
+def _walk(value: Any, leaf: Callable[[Any], Any], sequence: tuple[type, ...]) -> Any:
+    """A copy of ``value`` with mappings as dicts, ``sequence`` instances as lists and
     ``leaf`` applied to everything else. Iterative; deeper than ``MAX_DEPTH`` + 1 (metadata
     holds a config one level down) or self-containing is a ValueError (nothing deeper can be
     written as SDN)."""
-    kinds = (mapping, *sequence)
+    kinds = (Mapping, *sequence)
     if not isinstance(value, kinds):
         return leaf(value)
-    root: Any = {} if isinstance(value, mapping) else []
-    stack = [(value, root, 0)]
+    root: Any = {} if isinstance(value, Mapping) else []
+    stack: list[tuple[Any, Any, int]] = [(value, root, 0)]
     while stack:
         src, dst, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise ValueError(f"a value nested deeper than {MAX_DEPTH} levels cannot be stored")
-        for k, v in (src.items() if isinstance(src, mapping) else enumerate(src)):
+        for k, v in (src.items() if isinstance(src, Mapping) else enumerate(src)):
             if isinstance(v, kinds):
-                child: Any = {} if isinstance(v, mapping) else []
+                child: Any = {} if isinstance(v, Mapping) else []
                 stack.append((v, child, depth + 1))
             else:
                 child = leaf(v)
@@ -170,7 +170,7 @@ def _finite(value: Any) -> Any:
 
 def encode_nonfinite(value: Any) -> Any:
     """A copy of ``value`` with nan / inf / -inf floats as the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
-    return _walk(value, _finite, Mapping, (list, tuple))
+    return _walk(value, _finite, (list, tuple))
 
 
 def decode_nonfinite(value: Any) -> Any:
@@ -196,7 +196,7 @@ def jsonable(value: Any) -> Any:
     """``value`` as plain JSON-like data (str keys; tuples, sets and paths converted; tensors to
     numbers or lists; anything else to its ``repr``), for config and metadata files. A string
     that cannot be written as UTF-8 is a ValueError, raised now rather than by the writer."""
-    return _walk(value, _plain, Mapping, (list, tuple, set, frozenset))
+    return _walk(value, _plain, (list, tuple, set, frozenset))
 
 
 def write_sdn(path: Path, obj: Mapping[str, Any]) -> None:

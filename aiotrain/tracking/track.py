@@ -15,8 +15,9 @@ from typing import Any
 from . import store
 from .artifacts import Artifact, lineage
 from .media import Table
-from .reader import RunRecord, list_runs, load_run
-from .run import Run
+from .reader import RunRecord as _RunRecord
+from .reader import list_runs, load_run
+from .run import Run as _Run
 from .sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
 
 __all__ = ["Track"]
@@ -25,12 +26,12 @@ __all__ = ["Track"]
 class Track:
     """Namespace for the tracking API (never instantiated)."""
 
-    Run = Run
+    Run = _Run
     Artifact = Artifact
     Table = Table
     Sweep = Sweep
     SweepResult = SweepResult
-    RunRecord = RunRecord
+    RunRecord = _RunRecord
     Uniform = Uniform
     LogUniform = LogUniform
     IntUniform = IntUniform
@@ -43,7 +44,7 @@ class Track:
     @staticmethod
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
-            resume: bool | str = False, flush_interval: float | None = None) -> Run:
+            resume: bool | str = False, flush_interval: float | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
@@ -53,7 +54,7 @@ class Track:
         ``set_flush_interval``). Names, tags, notes and config that could not be stored are a
         ValueError here, not at ``finish``.
         """
-        return Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
+        return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
                    flush_interval=flush_interval)
 
     @staticmethod
@@ -85,12 +86,12 @@ class Track:
         return store.get_dir()
 
     @staticmethod
-    def runs(project: str | None = None) -> list[RunRecord]:
+    def runs(project: str | None = None) -> list[_RunRecord]:
         """Every stored run (of one project, or all), oldest first, with its status."""
         return list_runs(project)
 
     @staticmethod
-    def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
+    def load_run(run_dir: str | os.PathLike[str]) -> _RunRecord:
         """A stored run: ``.id``, ``.config``, ``.summary``, ``.history()``."""
         return load_run(run_dir)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..values import check_int
 from .media import histogram_entry
 
 __all__ = ["Watch"]
@@ -31,8 +32,7 @@ class Watch:
             raise TypeError(f"watch expects a torch.nn.Module, got {type(model).__name__}")
         if log not in _LOG_KINDS:
             raise ValueError(f"watch log= must be one of {_LOG_KINDS}, got {log!r}")
-        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
-            raise ValueError(f"log_freq must be a positive integer, got {log_freq!r}")
+        log_freq = check_int("log_freq", log_freq)
         self.run = run
         self.model = model
         self.log_freq = log_freq

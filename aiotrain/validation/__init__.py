@@ -2,7 +2,7 @@
 
 ``RuntimeValidator(mode).validate_all(model, loader, optimizer, loss_fn)`` returns a
 ValidationReport with eight sections (memory, shapes, gradient flow, numeric stability,
-devices, data pipeline, optimizer, training loop); see DESIGN.md §6.
+devices, data pipeline, optimizer, training loop); see docs/architecture.md.
 """
 
 from .batches import unpack_batch

@@ -8,7 +8,7 @@ __all__ = ["ValidationMode"]
 
 
 class ValidationMode(StrEnum):
-    """The three run modes of the seed; a str Enum, so ``ValidationMode("check_only")`` parses.
+    """The three run modes; a str Enum, so ``ValidationMode("check_only")`` parses.
 
     Parsing also accepts the names in any case and with dashes (``"CHECK-ONLY"``), as a
     command line user would type them; anything else is a ValueError listing the valid values.

@@ -68,7 +68,7 @@ _STYLE = {"passed": ("âœ“", "green"), "warning": ("!", "yellow"), "failed": ("âœ
 
 @dataclass
 class ValidationReport:
-    """The sections of one ``validate_all`` run, in the seed's order.
+    """The sections of one ``validate_all`` run, in report order (memory first, training loop last).
 
     ``skipped`` is True for TRAIN_ONLY (no check ran). ``exit_code`` is what a command exits
     with: 0 when there are no errors (skipped included), 1 otherwise; 2 belongs to usage and

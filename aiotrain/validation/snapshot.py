@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..protocols import Stateful
+
 __all__ = ["TrainingSnapshot"]
 
 
@@ -99,17 +101,17 @@ class TrainingSnapshot:
                                 for g in optimizer.param_groups]
         snap._rng = _rng_state()
         snap._gens = [(g, g.get_state()) for g in _generators(loader)]
-        state_dict = getattr(loader, "state_dict", None)
-        snap._loader_state = copy.deepcopy(state_dict()) if callable(state_dict) else None
+        snap._loader_state = (copy.deepcopy(loader.state_dict()) if isinstance(loader, Stateful)
+                              else None)
         return snap
 
     def restore(self) -> None:
         """Put every saved value back in place (compute work: call it off the event loop)."""
         for live, saved in self._tensors:
             _put_back(live, saved)
-        for p, grad, saved in self._grads:
-            if grad is not None and saved is not None:
-                _put_back(grad, saved)
+        for p, grad, saved_grad in self._grads:
+            if grad is not None and saved_grad is not None:
+                _put_back(grad, saved_grad)
             p.grad = grad
         for module, training in self._modes:
             module.training = training

@@ -1,4 +1,4 @@
-"""RuntimeValidator: the seed's eight checks, bounded in time, off the event loop, side-effect free."""
+"""RuntimeValidator: the eight pre-flight checks, bounded in time, off the event loop, side-effect free."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ __all__ = ["RuntimeValidator"]
 
 Check = Callable[[CheckContext, ValidationSection], None]
 PIPELINE = "Data pipeline"
-#: (section name, check, needs a batch) in the seed's report order; the pipeline runs first.
+#: (section name, check, needs a batch) in report order; the pipeline runs first.
 CHECKS: tuple[tuple[str, Check | None, bool], ...] = (
     ("Memory", check_memory, False),
     ("Shapes", check_shapes, True),
@@ -43,7 +43,7 @@ CHECKS: tuple[tuple[str, Check | None, bool], ...] = (
 
 
 class RuntimeValidator:
-    """Checks that one training setup works before a long run (DESIGN §6).
+    """Checks that one training setup works before a long run.
 
     ``await validate_all(model, dataloader, optimizer, loss_fn, prepare_batch=None)`` loads the
     first three batches, turns each into ``(x, y)`` with ``prepare_batch(batch, device)`` (default:

@@ -97,3 +97,11 @@ def test_mistakes_print_one_line(root, args, needle):
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
+
+
+def test_unwritable_output_exits_1(root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = cli(root[0], "plot", "base", "--metric", "acc", "-o", str(blocker / "loss.png"))
+    assert out.returncode == 1, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

@@ -3,7 +3,9 @@ the details through the same ``main(argv)`` in process (a subprocess costs the p
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +58,8 @@ def cfg(tmp_path) -> Path:
     return p
 
 
-def _one_error_line(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 1, (r.stdout, r.stderr)
+def _one_error_line(r: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert r.returncode == code, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     return lines[0]
@@ -127,7 +129,8 @@ def test_fmt(call, cfg):
     r = call("fmt", str(cfg))
     assert r.returncode == 0 and sdn.loads(r.stdout) == sdn.loads(CONFIG)
     assert cfg.read_text() == CONFIG  # printing never touches the file
-    assert call("fmt", "--check", str(cfg)).returncode == 1
+    check = call("fmt", "--check", str(cfg))
+    assert (check.returncode, check.stderr) == (1, f"{cfg}: not formatted\n")
     assert call("fmt", "-w", str(cfg)).returncode == 0
     assert cfg.read_text() == r.stdout
     assert call("fmt", "--check", str(cfg)).returncode == 0
@@ -135,7 +138,32 @@ def test_fmt(call, cfg):
 
 def test_usage_errors_exit_2(call):
     r = run("bogus")
-    assert r.returncode == 2 and "usage" in r.stderr
-    assert call().returncode == 2
-    assert call("get", "only-a-file").returncode == 2
-    assert call("--help").returncode == 0
+    assert _one_error_line(r).startswith("aiotrain sdn: argument COMMAND: invalid choice: 'bogus'")
+    assert "aiotrain sdn: " in _one_error_line(call())
+    assert "PATH" in _one_error_line(call("get", "only-a-file"))
+    r = call("--help")
+    assert r.returncode == 0 and "to-json" in r.stdout and not r.stderr
+
+
+def test_unwritable_output_exits_1(call, cfg, monkeypatch):
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(sdn, "write_atomic", full_disk)
+    line = _one_error_line(call("set", str(cfg), "train.lr", "1"), code=1)
+    assert line == f"{cfg}: cannot write: {os.strerror(errno.ENOSPC)}"
+    assert cfg.read_text() == CONFIG
+
+
+def test_to_json_into_a_closed_pipe_ends_quietly(cfg):
+    """``aiotrain sdn to-json f | head -1``: no BrokenPipeError traceback, exit 1 (output cut)."""
+    big = cfg.parent / "big.sdn"
+    big.write_text("rows |a, b|\n" + "".join(f"    {i}, x{i}\n" for i in range(50_000)))
+    proc = subprocess.Popen([sys.executable, "-m", "aiotrain", "sdn", "to-json", str(big)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what head does after its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert err == "", err

@@ -67,7 +67,18 @@ def test_syntax_error_names_file_line_col(tmp_path):
     bad.write_text("task: examples.digits:build\ntrain:\n  max_epochs = [1, 2\n")
     r = train(tmp_path, str(bad))
     assert r.returncode == 2
-    assert f"{bad}:3:" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"{bad}:3:") and "Traceback" not in r.stderr
+    # the same mistake reads the same from every subcommand (one table, one format)
+    check = subprocess.run([sys.executable, "-m", "aiotrain", "sdn", "check", str(bad)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert (check.returncode, check.stderr) == (r.returncode, r.stderr)
+
+
+def test_usage_error_exits_2_with_one_line(tmp_path):
+    r = train(tmp_path, "examples/digits.sdn", "--mode=sometimes")
+    assert r.returncode == 2
+    assert r.stderr.startswith("aiotrain train: argument --mode: invalid choice")
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_resume_continues_from_latest_checkpoint(tmp_path):

@@ -1,4 +1,4 @@
-"""CacheManager / CacheValidator: the seed's test plan scaled to small files."""
+"""CacheManager / CacheValidator: planning, modes, change detection, views, on small files."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_default_limit_is_80_percent_of_available(monkeypatch):
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1GB", True])
 def test_bad_memory_limit(bad):
-    with pytest.raises(ValueError, match="memory_limit must be a byte count"):
+    with pytest.raises(ValueError, match=r"memory_limit \(bytes\) must be a non-negative integer"):
         CacheManager(memory_limit=bad)
 
 

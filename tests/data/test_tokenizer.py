@@ -162,7 +162,7 @@ BAD_INPUTS = [
      "v.txt: not UTF-8 text"),
     ("malformed vocab.json", lambda d: (_write(d, "v.json", '{"a": 0,\n "b" 1}'),
                                         _write(d, "m.txt", "")), TokenizerError,
-     "v.json: line 2 col 6: JSON is malformed"),
+     "v.json:2:6: JSON is malformed"),
     ("vocab.json of strings", lambda d: (_write(d, "v.json", '{"a": "x"}'), _write(d, "m.txt", "")),
      TokenizerError, "v.json: Expected `int`, got `str`"),
     ("vocab.json reused id", lambda d: (_write(d, "v.json", '{"a": 0, "b": 0}'), _write(d, "m.txt", "")),
@@ -190,7 +190,7 @@ async def test_bad_input_raises_clearly_from_wait_ready(tmp_path, monkeypatch, m
     if not with_tokenizers:
         monkeypatch.setattr(tokenizer_mod, "tokenizers", None)
     if not with_tokenizers and "tokenizer.json" in message:
-        message = "tokenizer.json: line 1 col 11: JSON is malformed"
+        message = "tokenizer.json:1:11: JSON is malformed"
     tc = TokenizerCache(*make(tmp_path))
     with pytest.raises(exc, match=message):
         await asyncio.wait_for(tc.wait_ready(), 30)

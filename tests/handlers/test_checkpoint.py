@@ -57,7 +57,7 @@ async def _save(ckpt: Checkpoint, step: int, **metrics) -> None:
     eng = FakeEngine(step)
     eng.state.metrics.update(metrics)
     await ckpt(eng)
-    await ckpt.flush()
+    await ckpt.aflush()
 
 
 def _names(folder) -> list[str]:
@@ -153,7 +153,7 @@ async def test_snapshot_holds_the_values_at_the_event_not_later_ones(tmp_path, m
     state["step"] = 2
     state["groups"][0]["lr"] = 0.5
     gate.set()
-    await ckpt.flush()
+    await ckpt.aflush()
     assert started == ["obj_1.pt"]
     loaded = torch.load(tmp_path / "obj_1.pt", weights_only=True)
     assert loaded["w"].abs().sum().item() == 0.0
@@ -166,7 +166,7 @@ async def test_rng_states_are_captured_at_the_save_event(tmp_path):
     torch.manual_seed(123)
     await ckpt(FakeEngine(1))
     expected = torch.rand(5)  # a later handler draws from the RNG before the write happens
-    await ckpt.flush()
+    await ckpt.aflush()
     Checkpoint.load_objects({"trainer": Engine(lambda e, b: None)}, tmp_path / "trainer_1.pt")
     assert torch.equal(torch.rand(5), expected)
 
@@ -191,7 +191,7 @@ async def test_retention_by_step_keeps_the_newest_and_deletes_after_the_write(tm
     await asyncio.sleep(0.05)
     assert _names(tmp_path)[:2] == ["box_2.pt", "box_3.pt"]  # nothing deleted before step 4 is durable
     gate.set()
-    await ckpt.flush()
+    await ckpt.aflush()
     assert _names(tmp_path) == ["box_3.pt", "box_4.pt"]
     assert ckpt.last_checkpoint == tmp_path / "box_4.pt"
 
@@ -260,7 +260,7 @@ async def test_a_save_during_a_write_waits_for_it_without_blocking_the_loop(tmp_
     box.big.fill_(2.0)  # the first write still holds the staging buffers: the second waits
     gate.set()
     await second
-    await ckpt.flush()
+    await ckpt.aflush()
     assert started == ["box_1.pt", "box_2.pt"]
     assert torch.load(tmp_path / "box_1.pt", weights_only=True)["big"][0].item() == 1.0
     assert torch.load(tmp_path / "box_2.pt", weights_only=True)["big"][0].item() == 2.0
@@ -411,5 +411,5 @@ async def test_global_step_must_be_a_non_negative_integer(tmp_path):
     eng = FakeEngine()
     eng.state.epoch = torch.tensor(4)
     await ckpt(eng)
-    await ckpt.flush()
+    await ckpt.aflush()
     assert _names(tmp_path) == ["box_4.pt"]

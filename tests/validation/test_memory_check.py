@@ -1,4 +1,4 @@
-"""Check 1, memory: sizes, the simulated memory budget (the seed's HugeModel scenario)."""
+"""Check 1, memory: sizes, the simulated memory budget (a model too large for the budget)."""
 
 from __future__ import annotations
 

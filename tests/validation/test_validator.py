@@ -1,4 +1,4 @@
-"""RuntimeValidator: the seed's plan, modes, off-loop execution, cancellation, leaving no trace."""
+"""RuntimeValidator: the check plan, modes, off-loop execution, cancellation, leaving no trace."""
 
 from __future__ import annotations
 

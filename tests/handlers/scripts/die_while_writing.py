@@ -26,7 +26,7 @@ async def main(save_dir: str, moment: str) -> None:
     ckpt = Checkpoint({"box": box}, save_dir, n_saved=1)
     engine = SimpleNamespace(state=SimpleNamespace(iteration=1))
     await ckpt(engine)
-    await ckpt.flush()
+    await ckpt.aflush()
     state.update(box_state(2.0))
     real_save = torch.save
     if moment == "mid-write":
@@ -40,7 +40,7 @@ async def main(save_dir: str, moment: str) -> None:
         os.replace = lambda src, dst: os._exit(17)
     engine.state.iteration = 2
     await ckpt(engine)
-    await ckpt.flush()
+    await ckpt.aflush()
     sys.exit(1)  # not reached when the scenario happened
 
 

@@ -1,0 +1,39 @@
+"""Small Protocols at the seams between parts, so that each side states what it needs.
+
+A part that accepts "anything with X" names the Protocol here instead of probing with
+``hasattr``; the check at the seam is an ``isinstance`` against the Protocol, and type checkers
+see the same contract. (The engine's own seams, its data stream and its handlers, are described
+with the engine.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["EpochAware", "MetricLogger", "Stateful"]
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """What a Checkpoint saves and restores: models, optimizers, schedulers, an Engine, an
+    AsyncLoader, or any object of the user's with these two methods."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], /) -> Any: ...
+
+
+@runtime_checkable
+class EpochAware(Protocol):
+    """A sampler or data source whose order depends on the epoch (``DistributedSampler``,
+    AsyncLoader): told the epoch before each pass."""
+
+    def set_epoch(self, epoch: int, /) -> None: ...
+
+
+@runtime_checkable
+class MetricLogger(Protocol):
+    """Where TrackingHandler sends values: a tracking Run, or anything that logs the same way."""
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
