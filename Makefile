@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean compat
+.PHONY: setup test demo bench torture lint clean compat
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ compat: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "# $$b"; $(BIN)/python $$b || exit 1; done
+
+# the long fault runs (not part of `make test`): about an hour on 2 cores; prints one line of counts
+torture: setup
+	$(BIN)/python torture/run.py
 
 lint: setup
 	$(BIN)/ruff check aiotrain tests benchmarks examples

@@ -71,7 +71,9 @@ class EventEnum(str, Enum):
         # equal to its value (``"iteration_completed"``) and, as Ignite's events, to its name
         if isinstance(other, FilteredEvent):
             return other.event is self
-        return str.__eq__(self, other) or (isinstance(other, str) and other == self.name)
+        if not isinstance(other, str):
+            return NotImplemented
+        return str.__eq__(self, other) or other == self.name
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -182,7 +182,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         info["error"] = meta["error"]
     doc = {"run": info, "config": record.config,
            "summary": {k: _brief(v) for k, v in record.summary.items()}}
-    print(sdn.dumps(encode_nonfinite(doc)), end="")
+    print(sdn.dumps(encode_nonfinite(doc), extra_depth=1), end="")  # the config sits one level down
     return 0
 
 

@@ -51,7 +51,7 @@ from .errors import (
     SdnError,
 )
 
-__all__ = ["MISSING", "Conf", "Config"]
+__all__ = ["MAX_RESOLVED_SIZE", "MISSING", "Conf", "Config"]
 
 MISSING = "???"
 """The mandatory-value marker: a key whose value must be given before it is read."""
@@ -59,6 +59,11 @@ MISSING = "???"
 _ABSENT = object()
 _NOTHING = object()
 _MAX_INTERPOLATION_DEPTH = 64
+MAX_RESOLVED_SIZE = 1 << 24
+"""Most that interpolation may produce in one resolve (or one read): characters of the strings
+it builds plus 64 per value it copies (about their memory in bytes). Past it, an
+InterpolationError names the key."""
+_MAX_YAML_VALUES = 1 << 20  # a YAML file's aliases may not expand it past this many values
 
 
 def _dotted(key: Iterable[Any]) -> str:
@@ -67,24 +72,37 @@ def _dotted(key: Iterable[Any]) -> str:
 
 # --------------------------------------------------------------------------- plain trees
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _rebuild(data: Any, leaf: Callable[[tuple[Any, ...], Any], Any] | None = None,
-             key: tuple[Any, ...] = ()) -> Any:
+             key: tuple[Any, ...] = (), max_values: int | None = None) -> Any:
     """A deep copy of ``data`` (dicts and lists; tuples become lists; Configs are unwrapped),
-    with ``leaf(key, value)`` applied to every other value. Iterative: any depth works."""
+    with ``leaf(key, value)`` applied to every other value. Iterative, so no depth can recurse;
+    a tree nested deeper than ``sdn.MAX_DEPTH`` below the root (``key`` counts: it is where
+    ``data`` sits) is a ConfigError, as is one of more than ``max_values`` values (a YAML alias
+    bomb, a self-containing list)."""
     data = data._data if isinstance(data, Config) else data
     if not isinstance(data, Mapping | list | tuple):
         return leaf(key, data) if leaf else data
     root: Any = {} if isinstance(data, Mapping) else []
     stack = [(data, root, key)]
+    count = 0
     while stack:
         src, dst, at = stack.pop()
+        if len(at) >= sdn.MAX_DEPTH:
+            raise ConfigError(f"{_dotted(at[:8])}...: nested deeper than {sdn.MAX_DEPTH} levels",
+                              full_key=_dotted(at))
         pairs = src.items() if isinstance(src, Mapping) else enumerate(src)
         for k, v in pairs:
             if isinstance(dst, dict) and not isinstance(k, str):
                 raise ConfigError(f"config keys must be strings: {_dotted((*at, k))} is a "
                                   f"{type(k).__name__}", full_key=_dotted((*at, k)))
-            v = v._data if isinstance(v, Config) else v
-            if isinstance(v, Mapping | list | tuple):
+            cls = v.__class__
+            if cls is Config:
+                v = v._data
+                cls = v.__class__
+            if cls is dict or cls is list or (cls not in _SCALARS and isinstance(v, Mapping | tuple)):
                 child: Any = {} if isinstance(v, Mapping) else []
                 stack.append((v, child, (*at, k)))
             else:
@@ -93,24 +111,53 @@ def _rebuild(data: Any, leaf: Callable[[tuple[Any, ...], Any], Any] | None = Non
                 dst[k] = child
             else:
                 dst.append(child)
+        if max_values is not None:
+            count += len(src)
+            if count > max_values:
+                raise ConfigError(f"{_dotted(at) or 'the config'}: more than {max_values} values "
+                                  "(aliases that repeat each other?)", full_key=_dotted(at))
     return root
 
 
-def _merge_into(dst: dict[str, Any], src: dict[str, Any], append_arrays: bool) -> None:
-    """Deep-merge ``src`` into ``dst`` in place: dicts merge, lists are replaced or appended."""
-    stack = [(dst, src)]
+_VALUE_SIZE = 64  # what a copied value weighs against the budget, in characters (its memory)
+
+
+def _size(value: Any) -> int:
+    """How much a resolved value weighs: characters of its strings plus 64 per value."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, dict | list):
+        return _VALUE_SIZE
+    total, stack = 0, [value]
     while stack:
-        d, s = stack.pop()
+        node = stack.pop()
+        items = node.values() if isinstance(node, dict) else node
+        total += (len(node) + 1) * _VALUE_SIZE
+        for v in items:
+            if isinstance(v, str):
+                total += len(v)
+            elif isinstance(v, dict | list):
+                stack.append(v)
+    return total
+
+
+def _merge_into(dst: dict[str, Any], src: dict[str, Any], append_arrays: bool,
+                at: tuple[Any, ...] = ()) -> None:
+    """Deep-merge ``src`` into ``dst`` (found at key ``at``) in place: dicts merge, lists are
+    replaced or appended."""
+    stack = [(dst, src, at)]
+    while stack:
+        d, s, at = stack.pop()
         for k, v in s.items():
             cur = d.get(k, _ABSENT)
             if v == MISSING and isinstance(v, str) and cur is not _ABSENT:
                 continue
             if isinstance(v, dict) and isinstance(cur, dict):
-                stack.append((cur, v))
+                stack.append((cur, v, (*at, k)))
             elif append_arrays and isinstance(v, list) and isinstance(cur, list):
-                cur.extend(_rebuild(v))
+                cur.extend(_rebuild(v, key=(*at, k)))
             else:
-                d[k] = _rebuild(v)
+                d[k] = _rebuild(v, key=(*at, k))
 
 
 def _child(node: Any, k: Any) -> Any:
@@ -241,19 +288,41 @@ def _split_args(text: str) -> list[str]:
 
 
 class _Resolver:
-    """Resolves interpolations against one root, detecting cycles and caching resolver calls."""
+    """Resolves interpolations against one root, detecting cycles and caching resolver calls.
+
+    Each key is resolved once per resolver (``done``), so values that repeat each other
+    (``l2: ${l1}${l1}``) cost time linear in what they produce, not exponential; what
+    interpolation produces is charged against :data:`MAX_RESOLVED_SIZE` before it is built.
+    """
 
     def __init__(self, root: Any) -> None:
         self.root = root
         self.active: list[str] = []
         self.cache: dict[tuple[Any, ...], Any] = {}
+        self.done: dict[tuple[Any, ...], Any] = {}
+        self.budget = MAX_RESOLVED_SIZE
+
+    def charge(self, size: int, where: str) -> None:
+        """Count ``size`` against the budget; an InterpolationError naming ``where`` past it."""
+        self.budget -= size
+        if self.budget < 0:
+            raise InterpolationError(
+                f"{where}: interpolation produces more than {MAX_RESOLVED_SIZE} characters "
+                "(values that repeat each other grow exponentially)", full_key=where)
 
     def value(self, key: tuple[Any, ...], raw: Any) -> Any:
         """The final value of ``raw`` found at ``key``: strings interpolated, nodes resolved."""
         if isinstance(raw, dict | list):
-            return _rebuild(raw, self.value, key)
+            done = self.done.get(key, _ABSENT)
+            if done is _ABSENT:
+                done = self.done[key] = _rebuild(raw, self.value, key)
+                return done
+            return _rebuild(done)  # a second use gets its own copy
         if type(raw) is not str or "$" not in raw:
             return raw
+        done = self.done.get(key, _ABSENT)
+        if done is not _ABSENT:
+            return done if not isinstance(done, dict | list) else _rebuild(done)
         where = _dotted(key)
         if where in self.active:
             cycle = [*self.active[self.active.index(where):], where]
@@ -263,9 +332,10 @@ class _Resolver:
                                      f"{_MAX_INTERPOLATION_DEPTH}", full_key=where)
         self.active.append(where)
         try:
-            return self.text(raw, key, where)
+            done = self.done[key] = self.text(raw, key, where)
         finally:
             self.active.pop()
+        return done if not isinstance(done, dict | list) else _rebuild(done)
 
     def text(self, s: str, key: tuple[Any, ...], where: str) -> Any:
         parts = _segments(s, where)
@@ -273,8 +343,10 @@ class _Resolver:
             return self.inner(parts[0][1], key, where)
         if not any(is_interp for is_interp, _ in parts):
             return "".join(text for _, text in parts)
-        return "".join(str(self.inner(text, key, where)) if is_interp else text
-                       for is_interp, text in parts)
+        pieces = [str(self.inner(text, key, where)) if is_interp else text
+                  for is_interp, text in parts]
+        self.charge(sum(map(len, pieces)), where)  # before the join allocates it
+        return "".join(pieces)
 
     def inner(self, body: str, key: tuple[Any, ...], where: str) -> Any:
         m = _RESOLVER_NAME.match(body)
@@ -330,7 +402,9 @@ class _Resolver:
         if node == MISSING and isinstance(node, str):
             raise MissingValueError(f"{where}: interpolates {_dotted(target)!r}, which is "
                                     "missing (???)", full_key=where)
-        return self.value(tuple(target), node)
+        result = self.value(tuple(target), node)
+        self.charge(_size(result), where)  # each use of a value is a copy in the output
+        return result
 
 
 # --------------------------------------------------------------------------- Config
@@ -403,9 +477,9 @@ class Config:
             raise FrozenConfigError(f"{_dotted((*self._key, key))}: the config is frozen",
                                     full_key=_dotted((*self._key, key)))
         if isinstance(self._data, list):
-            self._data[int(key)] = _rebuild(value)
+            self._data[int(key)] = _rebuild(value, key=(*self._key, key))
         else:
-            self._data[str(key)] = _rebuild(value)
+            self._data[str(key)] = _rebuild(value, key=(*self._key, key))
 
     def _remove(self, key: Any) -> None:
         full = _dotted((*self._key, key))
@@ -596,12 +670,23 @@ class Conf:
 
     @staticmethod
     def load_yaml(path: str | os.PathLike[str]) -> Config:
-        """Read a YAML file with PyYAML's safe loader (its C version when available)."""
+        """Read a YAML file with PyYAML's safe loader (its C version when available).
+
+        The limits of SDN apply: ``sdn.MAX_FILE_BYTES``, ``sdn.MAX_DEPTH``, and aliases may
+        not expand the file past a few million values."""
         import yaml
 
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        with open(path, "rb") as f:
+            text = f.read(sdn.MAX_FILE_BYTES + 1)
+        if len(text) > sdn.MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {sdn.MAX_FILE_BYTES} bytes, the limit for a "
+                              "config", path=os.fspath(path))
         try:
-            data = yaml.load(Path(path).read_bytes(), Loader=loader)
+            data = yaml.load(text, Loader=loader)
+        except RecursionError:
+            raise ConfigError(f"{path}: nested deeper than {sdn.MAX_DEPTH} levels",
+                              path=os.fspath(path)) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             raise ConfigError(f"{exc.problem or exc.context}", path=os.fspath(path),
@@ -614,7 +699,11 @@ class Conf:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping, not "
                               f"{type(data).__name__}", path=os.fspath(path))
-        return Config(data)
+        try:
+            return Config(_rebuild(data, max_values=_MAX_YAML_VALUES))
+        except ConfigError as exc:
+            exc.path = os.fspath(path)
+            raise
 
     @staticmethod
     def parse_dotlist(items: Iterable[str]) -> dict[str, Any]:
@@ -729,7 +818,7 @@ class Conf:
         if merge and isinstance(current, dict) and isinstance(value, Mapping):
             if cfg._state.frozen:
                 raise FrozenConfigError(f"{path}: the config is frozen", full_key=path)
-            _merge_into(current, dict(value), append_arrays=False)
+            _merge_into(current, dict(value), False, tuple(_keys(path)))
         else:
             Conf.set(cfg, path, value)
 

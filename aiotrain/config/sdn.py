@@ -12,21 +12,30 @@ is an error. :class:`SdnDocument` keeps the text and where each dict entry sits 
 
 from __future__ import annotations
 
+import json.decoder
 import math
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 from ..files import atomic_write
 from .errors import SdnError
 
-__all__ = ["MAX_DEPTH", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
            "parse_value", "split_path", "value_text", "write_atomic"]
 
-MAX_DEPTH = 1000
-"""Deepest nesting (blocks and inline values together) that reading and writing accept."""
+MAX_DEPTH = 100
+"""Deepest nesting (blocks and inline values together) that reading and writing accept.
+
+Every later stage (Config, ``Conf.resolve``, ``Conf.validate`` through msgspec, pickling a
+Config into a job process, tracking's metadata) must handle what the parser accepts; some of
+them recurse in C under Python's recursion limit, so the limit sits far below it. Real configs
+nest fewer than ten levels.
+"""
+
+MAX_FILE_BYTES = 64 << 20
+"""Largest SDN text (in UTF-8 bytes) that ``load`` and ``loads`` read: a config, not a data set."""
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _IDENT_FULL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -38,10 +47,14 @@ _KEYWORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "nil": 
 _NUM_START = frozenset("-0123456789")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _HEX = frozenset("0123456789abcdefABCDEF")
+_scan_json_string = json.decoder.scanstring  # type: ignore[attr-defined]  # C, not in the stubs
+_JSON_ONLY_ESCAPES = ("\\/", "\\b", "\\f")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _INT_RANGES: dict[str, tuple[int, int] | tuple[None, None]] = {
     "i8": (-2**7, 2**7 - 1), "i16": (-2**15, 2**15 - 1), "i32": (-2**31, 2**31 - 1),
     "i64": (-2**63, 2**63 - 1), "u8": (0, 2**8 - 1), "u16": (0, 2**16 - 1),
     "u32": (0, 2**32 - 1), "u64": (0, 2**64 - 1), "int": (None, None)}
+_F32_MAX = 3.4028234663852886e38
 _COLUMN_TYPES = frozenset([*_INT_RANGES, "f32", "f64", "float", "bool", "str"])
 _BLOCK = object()  # "the value is an indented block" marker
 
@@ -71,7 +84,28 @@ def _scalar(text: str, ln: int, col: int) -> Any:
 
 
 def _quoted(s: str, pos: int, ln: int) -> tuple[str, int]:
-    """Read the quoted string opening at ``s[pos]``; returns its value and the index after it."""
+    """Read the quoted string opening at ``s[pos]``; returns its value and the index after it.
+
+    SDN's escapes are JSON's less ``\\/ \\b \\f``, so the json module's C string scanner reads
+    the string; one holding those three, an escape JSON rejects or an unpaired surrogate takes
+    the slow path, which finds the first problem and names its column. Both are linear.
+    """
+    try:
+        value, end = _scan_json_string(s, pos + 1, False)
+    except ValueError:
+        return _quoted_slowly(s, pos, ln)
+    raw = s[pos:end]
+    if any(e in raw for e in _JSON_ONLY_ESCAPES) or _SURROGATE.search(value) is not None:
+        return _quoted_slowly(s, pos, ln)  # slower, exact (a "\\\\b" lands here too)
+    return value, end
+
+
+def _quoted_slowly(s: str, pos: int, ln: int) -> tuple[str, int]:
+    """``_quoted`` one escape at a time, to report the first bad one (or a missing quote).
+
+    Linear too: the next quote and the next backslash are each searched for once and searched
+    again only after the scan has passed them.
+    """
     end = s.find('"', pos + 1)
     slash = s.find("\\", pos + 1)
     if end >= 0 and (slash < 0 or slash > end):
@@ -79,8 +113,10 @@ def _quoted(s: str, pos: int, ln: int) -> tuple[str, int]:
     out: list[str] = []
     i = pos + 1
     while True:
-        end = s.find('"', i)
-        slash = s.find("\\", i)
+        if 0 <= end < i:
+            end = s.find('"', i)
+        if 0 <= slash < i:
+            slash = s.find("\\", i)
         if end < 0:
             raise _fail(ln, pos + 1, "unterminated string: expected a closing '\"' on this line")
         if slash < 0 or end < slash:
@@ -301,7 +337,13 @@ def _typed_cell(cell: tuple[Any, str | None, int], kind: str, ln: int) -> Any:
                 return value
             raise _fail(ln, col, f"{value} is out of range for {kind} ({lo}..{hi})")
     elif type(value) in (int, float):  # float columns take ints too, not rounded
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            raise _fail(ln, col, f"{bare or value} is out of range for {kind}") from None
+        if kind == "f32" and abs(number) > _F32_MAX:
+            raise _fail(ln, col, f"{bare or value} is out of range for f32 (|x| <= {_F32_MAX:.8g})")
+        return number
     raise _fail(ln, col, f"{bare if bare is not None else value!r} is not a valid {kind}")
 
 
@@ -429,12 +471,17 @@ def _split_lines(text: str | bytes) -> list[str]:
 class _Parser:
     """Builds the value of an SDN text line by line; optionally records entry positions."""
 
-    def __init__(self, record: dict[tuple[Any, ...], Any] | None = None) -> None:
+    def __init__(self, record: dict[tuple[Any, ...], Any] | None = None, extra_depth: int = 0) -> None:
+        self.extra_depth = extra_depth  # levels allowed past MAX_DEPTH (see ``loads``)
         self.root: dict[str, Any] = {}
         self.stack = [_Frame("dict", self.root, 0, ())]
         self.pending: _Frame | None = None  # a block opened by the previous key line
         self.pending_slot: tuple[dict[str, Any], str] | None = None
         self.record = record
+
+    def depth(self) -> int:
+        """The nesting of the current block as counted against MAX_DEPTH."""
+        return len(self.stack) - self.extra_depth
 
     def parse(self, lines: list[str]) -> dict[str, Any]:
         for idx, raw in enumerate(lines):
@@ -478,18 +525,18 @@ class _Parser:
             if _key_at(s, ind, ln) is not None:
                 raise _fail(ln, ind + 1, "a key line inside an array block: a block holds "
                             "either keys or values, not both")
-            top.container.append(self._line_value(s, ind, ln, len(stack))[0])
+            top.container.append(self._line_value(s, ind, ln, self.depth())[0])
         elif kind == "ntable":
-            cells, _ = _row(s, ind, ln, len(stack), len(top.columns))
+            cells, _ = _row(s, ind, ln, self.depth(), len(top.columns))
             top.container.append({f: c[0] for f, c in zip(top.columns, cells, strict=True)})
         else:
-            cells, _ = _row(s, ind, ln, len(stack), len(top.columns))
+            cells, _ = _row(s, ind, ln, self.depth(), len(top.columns))
             top.container.append([_typed_cell(c, t, ln)
                                   for c, t in zip(cells, top.columns, strict=True)])
 
     def _open(self, frame: _Frame, s: str, ind: int, ln: int) -> None:
         """The first line of a block: fixes its indentation and, for ``key:``, its kind."""
-        if len(self.stack) >= MAX_DEPTH:
+        if self.depth() >= MAX_DEPTH:
             raise _fail(ln, ind + 1, f"nesting deeper than {MAX_DEPTH} levels")
         frame.indent = ind
         if frame.kind == "block":
@@ -522,7 +569,7 @@ class _Parser:
         d = top.container
         if key in d:
             raise _fail(ln, ind + 1, f"duplicate key {key!r}")
-        depth = len(self.stack)
+        depth = self.depth()
         pos = _skip_ws(s, pos)
         span = None
         if sep == "|":
@@ -563,17 +610,27 @@ class _Parser:
 
 # --------------------------------------------------------------------------- reading API
 
-def loads(text: str | bytes) -> dict[str, Any]:
-    """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars."""
-    return _Parser().parse(_split_lines(text))
+def loads(text: str | bytes, *, extra_depth: int = 0) -> dict[str, Any]:
+    """Parse SDN text (str or UTF-8 bytes) into plain dicts, lists and scalars.
+
+    Time and memory are linear in the text's length; texts over :data:`MAX_FILE_BYTES` and
+    nesting deeper than :data:`MAX_DEPTH` are SdnErrors. ``extra_depth`` allows that many more
+    levels, for documents that wrap a config (a run's metadata holds it one level down).
+    """
+    size = len(text) if isinstance(text, bytes | bytearray | memoryview | str) else 0
+    if size > MAX_FILE_BYTES:  # a str holds at least one byte per character
+        raise SdnError(f"the text is larger than {MAX_FILE_BYTES} bytes, the limit for an SDN "
+                       "config (keep data in data files)", line=1, col=1)
+    return _Parser(extra_depth=extra_depth).parse(_split_lines(text))
 
 
 def load(source: str | os.PathLike[str] | IO[Any]) -> dict[str, Any]:
     """Read an SDN file (a path or an open file); errors carry the file's name in ``path``."""
     if not isinstance(source, str | os.PathLike):
-        return loads(source.read())
-    data = Path(source).read_bytes()
+        return loads(source.read(MAX_FILE_BYTES + 1))
     try:
+        with open(source, "rb") as f:  # reads at most one byte past the limit
+            data = f.read(MAX_FILE_BYTES + 1)
         return loads(data)
     except SdnError as exc:
         exc.path = os.fspath(source)
@@ -602,7 +659,6 @@ _NEEDS_QUOTES = re.compile(r"[,#\[\]{}()|:\x00-\x1f\x7f\ud800-\udfff]")
 _QUOTE_TABLE = {i: f"\\u{i:04x}" for i in [*range(0x20), 0x7F]}
 _QUOTE_TABLE.update({ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t",
                      ord("\r"): "\\r"})
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _END = object()
 
 
@@ -731,7 +787,7 @@ def _entry_lines(mapping: dict[str, Any], indent: int, out: list[str], depth: in
             out.append(f"{pad}{key}: {_scalar_text(v)}")
 
 
-def dumps(obj: dict[str, Any]) -> str:
+def dumps(obj: dict[str, Any], *, extra_depth: int = 0) -> str:
     """Write a dict as SDN text: blocks for dicts, inline lists, named tables for records.
 
     ``loads(dumps(x)) == x`` for JSON-like values (floats exactly, ints stay ints). Non-finite
@@ -740,7 +796,7 @@ def dumps(obj: dict[str, Any]) -> str:
     if not isinstance(obj, dict):
         raise SdnError(f"the top level of an SDN document must be a dict, not {type(obj).__name__}")
     out: list[str] = []
-    _entry_lines(obj, 0, out)
+    _entry_lines(obj, 0, out, -extra_depth)
     return "\n".join(out) + "\n" if out else ""
 
 

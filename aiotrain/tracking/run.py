@@ -1,9 +1,8 @@
 """Run: one tracked experiment (config, metrics, media, summary), W&B's ``wandb.Run``.
 
-``log`` never touches the disk on the caller's thread: it converts tensor scalars once with
-``.item()``, appends one record to an in-memory queue and, at most once a second (or when
-``MetricsWriter.FLUSH_RECORDS`` records wait), submits a drain to the I/O executor (see
-``writer.py`` for when data reaches the disk). Step semantics follow W&B: with no ``step``, each
+``log`` never touches the disk on the caller's thread (unless ``flush_interval=0`` asks it to):
+it converts tensor scalars once with ``.item()`` and appends one record to an in-memory queue,
+which reaches metrics.jsonl within ``flush_interval`` seconds (see ``writer.py``). Step semantics follow W&B: with no ``step``, each
 call takes the next step (0, 1, 2, ...); an explicit ``step`` is written as given and the next
 automatic step continues after it. ``log`` is meant to be called from one thread at a time
 (the loop or the compute thread); calls from several threads at once need explicit steps.
@@ -15,6 +14,11 @@ durable, summary.sdn is written (last value of every key plus ``run.summary`` up
 metadata.sdn gets ``finished_at`` and status ``finished``, or ``crashed`` (with the error) when
 the block raised. Runs still open when the interpreter exits are finished by an ``atexit`` hook
 (``crashed`` when an uncaught exception ended the program).
+
+A failed image or table write never costs the metrics: ``flush`` and ``finish`` write every
+logged record, the summary and the metadata first, then raise an OSError naming the media
+files that failed. What a run stores is checked when it is created (project name, name, tags,
+notes, config), so a run that starts can always finish.
 """
 
 from __future__ import annotations
@@ -34,12 +38,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..config import SdnError, sdn
 from ..distributed import is_main
 from ..runtime import submit_io, to_io
 from ..values import ScalarLike, as_number
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
 from .reader import iter_history, list_runs, load_run
-from .store import atomic_write, check_name, get_dir, get_mode, jsonable, write_sdn
+from .store import (
+    atomic_write,
+    check_interval,
+    check_name,
+    check_text,
+    encode_nonfinite,
+    get_dir,
+    get_flush_interval,
+    get_mode,
+    jsonable,
+    write_sdn,
+)
 from .system import system_info
 from .writer import MetricsWriter
 
@@ -60,22 +76,29 @@ class Run:
     last logged value of every key; ``run.summary.update({...})`` adds or overrides), ``tags``,
     ``notes``, ``start_time``, ``end_time``, ``status``, ``mode``. On a non-zero torch.distributed
     rank, or with ``Track.set_mode("disabled")``, the run is disabled: every method works and
-    nothing is written.
+    nothing is written. ``flush_interval`` (seconds; default ``Track.set_flush_interval``'s, else
+    1) bounds what a killed process loses: records logged in its last ``flush_interval``.
     """
 
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
                  resume: bool | str = False, *, mode: str | None = None,
-                 system_interval: float | None = 2.0) -> None:
+                 system_interval: float | None = 2.0, flush_interval: float | None = None) -> None:
         self.project = check_name("project", project)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        if flush_interval is None:
+            flush_interval = get_flush_interval()
+        self.flush_interval = None if flush_interval is None else check_interval(flush_interval)
         self.mode = mode or get_mode()
         if not is_main():
             self.mode = "disabled"  # checkpoint and tracking write on rank 0 only
         self.config: dict[str, Any] = jsonable(dict(config or {}))
-        self.tags = [str(t) for t in ([tags] if isinstance(tags, str) else tags)]
-        self.notes = str(notes)
+        self.tags = [check_text("tag", str(t)) for t in ([tags] if isinstance(tags, str) else tags)]
+        self.notes = check_text("notes", str(notes))
+        if name is not None:
+            check_text("run name", str(name))
+        _check_storable(self.config)
         self.summary: dict[str, Any] = {}
         self.root = Path(dir) if dir is not None else get_dir()
         self.start_time = _time()
@@ -85,10 +108,10 @@ class Run:
         self._step = 0
         self._media_seq = itertools.count()
         self._media: set[cf.Future[Any]] = set()
+        self._media_errors: list[BaseException] = []
         self._watches: list[Any] = []
-        self._ticker: asyncio.Task[None] | None = None
-        self._ticker_loop: asyncio.AbstractEventLoop | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._system: MetricsWriter | None = None
         if system_interval is not None and not system_interval > 0:
             raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
@@ -99,7 +122,8 @@ class Run:
         self.name = name or getattr(self, "name", None) or self.id
         self.dir = self.root / "runs" / self.project / self.id
         self.disabled = self.mode == "disabled"
-        self._writer = None if self.disabled else MetricsWriter(self.dir / "metrics.jsonl", self._create_files)
+        self._writer = None if self.disabled else MetricsWriter(
+            self.dir / "metrics.jsonl", self._create_files, self.flush_interval)
         self._queue = self._writer.queue if self._writer is not None else None
         if not self.disabled:
             with _open_lock:
@@ -110,8 +134,10 @@ class Run:
         """Record ``metrics`` at ``step`` (default: the next step). Never blocks on disk."""
         if self._queue is None:
             return
-        for value in metrics.values():
-            if value.__class__ not in _PLAIN:
+        for key, value in metrics.items():  # the common case costs a few class checks
+            cls = value.__class__
+            if (cls not in _PLAIN or key.__class__ is not str or not key.isascii()
+                    or (cls is str and not value.isascii())):
                 metrics = _convert(metrics)
                 break
         if step is None:
@@ -127,10 +153,18 @@ class Run:
         self._step = step + 1
         self._queue.append(record)
         self.summary.update(metrics)
+        self._queued()
+
+    def _queued(self) -> None:
+        """A record was queued: write it now (``flush_interval=0``) or see that it will be."""
         writer = self._writer
         assert writer is not None  # a queue means a writer
-        if now - writer.last_kick >= writer.FLUSH_INTERVAL_S or len(self._queue) >= writer.FLUSH_RECORDS:
-            writer.kick(now)
+        if writer.sync:
+            writer.drain(durable=False)
+        elif not writer.scheduled:
+            writer.schedule()
+        elif len(writer.queue) >= writer.FLUSH_RECORDS:
+            writer.kick()
 
     @property
     def step(self) -> int:
@@ -180,7 +214,7 @@ class Run:
             return
         now = _time()
         writer.queue.append({"step": self._step, "timestamp": now, **sample})
-        writer.kick(now)
+        writer.kick()
 
     def _log_side(self, metrics: dict[str, Any]) -> None:
         """Enqueue a record at the current step without advancing it (``watch``'s records)."""
@@ -189,6 +223,7 @@ class Run:
         metrics = _convert(metrics)
         self._queue.append({"step": self._step, "timestamp": _time(), **metrics})
         self.summary.update(metrics)
+        self._queued()
 
     def unwatch(self) -> None:
         """Remove every hook ``watch`` installed."""
@@ -199,20 +234,44 @@ class Run:
     def _background(self, fn: Any, *args: Any) -> None:
         fut = submit_io(fn, *args)
         self._media.add(fut)
-        fut.add_done_callback(self._media.discard)
+        fut.add_done_callback(self._media_done)
+
+    def _media_done(self, fut: cf.Future[Any]) -> None:
+        if fut not in self._media:  # already seen by _wait_media or by this callback
+            return
+        self._media.discard(fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._media_errors.append(exc)
+
+    def _wait_media(self) -> None:
+        """Wait for every media write; their failures are kept, not raised (see ``_report``)."""
+        for fut in list(self._media):
+            cf.wait([fut])
+            self._media_done(fut)  # the callback may not have run yet
+
+    def _report(self) -> None:
+        """Raise (once) what went wrong in the background: a metrics drain, then media writes."""
+        assert self._writer is not None  # only enabled runs write
+        self._writer.check()
+        errors = list(dict.fromkeys(self._media_errors))
+        self._media_errors.clear()
+        if errors:
+            raise OSError(f"run {self.id}: {len(errors)} image/table write(s) failed (first: "
+                          f"{errors[0]}); every logged metric was written") from errors[0]
 
     # durability ---------------------------------------------------------------------------------
     def flush(self) -> None:
         """Return once everything logged so far (metrics and media) is on disk (fsync).
 
-        Blocks the calling thread; inside a coroutine use ``await run.aflush()``.
+        Blocks the calling thread; inside a coroutine use ``await run.aflush()``. A media
+        write that failed is raised after the metrics are written.
         """
         if self._writer is None:
             return
-        for fut in list(self._media):
-            fut.result()
+        self._wait_media()
         self._writer.drain(durable=True)
-        self._writer.check()
+        self._report()
 
     async def aflush(self) -> None:
         """``flush`` from a coroutine, run in the I/O executor."""
@@ -233,8 +292,8 @@ class Run:
             if self._finished:
                 return False
             self._finished = True
+        self._stop_sampler()
         self.unwatch()
-        self._stop_ticker()
         with _open_lock:
             _open_runs.discard(self)
         return True
@@ -245,15 +304,14 @@ class Run:
         self.error = error
         if self._writer is None:
             return
-        for fut in list(self._media):
-            fut.result()
+        self._wait_media()
         self._writer.close()  # creates the folder and metadata if nothing was logged yet
         if self._system is not None:
             self._system.close()
             self._system.check()
         write_sdn(self.dir / "summary.sdn", self.summary)
         self._write_metadata()
-        self._writer.check()
+        self._report()
 
     # artifacts ------------------------------------------------------------------------------------
     def log_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
@@ -313,11 +371,10 @@ class Run:
         self._step = last + 1
         return record.id
 
-    # context managers and the periodic flush -------------------------------------------------------
+    # context managers -------------------------------------------------------
     def __enter__(self) -> Run:
         if self._writer is not None:
             self._writer.open()
-        self._start_ticker()
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -328,57 +385,43 @@ class Run:
         return self
 
     async def astart(self) -> None:
-        """Create the run's files and start its tasks on the running loop (the periodic flush and
-        the system metrics sampler): what ``async with`` does on entry, for runs created
+        """Create the run's files and start the system metrics sampler on the running loop: what ``async with`` does on entry, for runs created
         without a ``with`` block."""
         if self._writer is not None:
             await to_io(self._writer.open)
-        self._start_ticker()
+        self._start_sampler()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         await self.afinish(*outcome(exc))
 
-    def _start_ticker(self) -> None:
-        """Inside a running loop, kick a drain every second even when nothing is logged, and
-        sample system metrics every ``system_interval`` seconds."""
-        if self._writer is None or self._ticker is not None:
+    def _start_sampler(self) -> None:
+        """Inside a running loop, sample system metrics every ``system_interval`` seconds into
+        system.jsonl (flushes need no loop: the writer's flusher thread does them)."""
+        if self._writer is None or self._sampler is not None or self.system_interval is None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # sync script: flushes piggy-back on log calls (see writer.py)
-        self._ticker_loop = loop
-        self._ticker = loop.create_task(self._tick(), name=f"aiotrain-track-{self.id}")
-        if self.system_interval is not None:
-            from .system_metrics import sample_forever
+            return  # a sync script: no sampler (it is a task on the loop)
+        from .system_metrics import sample_forever
 
-            self._system = MetricsWriter(self.dir / "system.jsonl", self._writer.open)
-            self._sampler = loop.create_task(sample_forever(self._log_system, self.system_interval),
-                                             name=f"aiotrain-system-{self.id}")
+        self._system = MetricsWriter(self.dir / "system.jsonl", self._writer.open, self.flush_interval)
+        self._sampler_loop = loop
+        self._sampler = loop.create_task(sample_forever(self._log_system, self.system_interval),
+                                         name=f"aiotrain-system-{self.id}")
 
-    async def _tick(self) -> None:
-        writer = self._writer
-        assert writer is not None
-        while True:
-            await asyncio.sleep(writer.FLUSH_INTERVAL_S)
-            if writer.queue:
-                writer.kick(_time())
-
-    def _stop_ticker(self) -> None:
-        loop = self._ticker_loop
-        tasks = [t for t in (self._ticker, self._sampler) if t is not None]
-        self._ticker = self._sampler = None
-        if not tasks or loop is None:
+    def _stop_sampler(self) -> None:
+        task, loop, self._sampler = self._sampler, self._sampler_loop, None
+        if task is None or loop is None:
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        for task in tasks:
-            if running is loop:
-                task.cancel()
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(task.cancel)
+        if running is loop:
+            task.cancel()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
 
     def __repr__(self) -> str:
         return f"Run(project={self.project!r}, id={self.id!r}, name={self.name!r}, status={self.status!r})"
@@ -390,11 +433,10 @@ def drain_open_run(run_dir: Path) -> bool:
     Returns whether such a run is open. Never blocks: the drain is queued on the I/O executor."""
     with _open_lock:
         runs = [r for r in _open_runs if r.dir == run_dir]
-    now = _time()
     for run in runs:
         for writer in (run._writer, run._system):
             if writer is not None and writer.queue:
-                writer.kick(now)
+                writer.kick()
     return bool(runs)
 
 
@@ -406,6 +448,14 @@ def outcome(exc: BaseException | None) -> tuple[str, str | None]:
     if exc is None:
         return "finished", None
     return "crashed", f"{type(exc).__name__}: {exc}"
+
+
+def _check_storable(config: dict[str, Any]) -> None:
+    """Fail now, not at ``finish``, on a config that metadata.sdn cannot hold."""
+    try:
+        sdn.dumps(encode_nonfinite(config))
+    except SdnError as exc:
+        raise ValueError(f"the run's config cannot be stored: {exc}") from None
 
 
 def _check_step(step: Any) -> int:
@@ -424,7 +474,10 @@ def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metric names must be strings, got {key!r}")
-        if value.__class__ in _PLAIN:
+        check_text("metric name", key)
+        if value.__class__ is str:
+            check_text(f"metric {key!r}", value)
+        elif value.__class__ in _PLAIN:
             pass
         elif isinstance(value, ScalarLike):  # torch / numpy scalar
             value = _item(value)

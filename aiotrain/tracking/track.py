@@ -44,7 +44,8 @@ class Track:
     @staticmethod
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
-            resume: bool | str = False, system_interval: float | None = 2.0) -> _Run:
+            resume: bool | str = False, system_interval: float | None = 2.0,
+            flush_interval: float | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
@@ -52,9 +53,12 @@ class Track:
         continues that run (ValueError if missing): same folder, config merged, steps going on.
         ``system_interval``: seconds between system metrics samples (system.jsonl) while the run
         is open inside an event loop; None turns the sampler off.
+        ``flush_interval`` is the run's loss window on a crash, in seconds (see
+        ``set_flush_interval``). Names, tags, notes and config that could not be stored are a
+        ValueError here, not at ``finish``.
         """
         return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
-                    system_interval=system_interval)
+                    system_interval=system_interval, flush_interval=flush_interval)
 
     @staticmethod
     def set_mode(mode: str) -> None:
@@ -65,6 +69,14 @@ class Track:
     def get_mode() -> str:
         """The current mode."""
         return store.get_mode()
+
+    @staticmethod
+    def set_flush_interval(seconds: float | None) -> None:
+        """The loss window of runs created from now on: a record logged more than ``seconds``
+        ago is in metrics.jsonl even if the process is killed (SIGKILL) right now. Default 1;
+        0 writes every record before ``log`` returns; None restores ``$AIOTRAIN_FLUSH_INTERVAL``
+        or the default."""
+        store.set_flush_interval(seconds)
 
     @staticmethod
     def set_dir(path: str | os.PathLike[str] | None) -> None:

@@ -1,18 +1,21 @@
-"""The metrics writer: an in-memory queue of records that the I/O executor appends to metrics.jsonl.
+"""The metrics writer: an in-memory queue of records that is appended to metrics.jsonl on time.
 
-``Run.log`` only appends a dict to a deque (thread-safe, no lock) and, at most once a second
-or when a few thousand records wait, submits a drain to the shared I/O executor
-(``aiotrain.runtime.submit_io``). The drain takes everything queued at its start, encodes it
-with msgspec as JSON lines and appends it to the file; drains are serialized by a lock, so a
-``flush()`` that drains after a ``log`` call has returned sees that record. Only ``flush`` and
-``close`` fsync: periodic drains hand the bytes to the OS, which keeps them through a process
-crash (``os._exit``, a segfault) but not through a power loss.
+``Run.log`` only appends a dict to a deque (thread-safe, no lock). A record reaches the
+operating system (so it survives the process being killed, SIGKILL included) at most
+``flush_interval`` seconds after ``log`` returned: the loss window. The default is
+``MetricsWriter.FLUSH_INTERVAL_S`` (1 s); ``Track.set_flush_interval`` or the
+``AIOTRAIN_FLUSH_INTERVAL`` environment variable change it for new runs, and
+``Track.run(..., flush_interval=...)`` for one run. With 0, every ``log`` call writes its
+record before it returns (a few microseconds more per call, see the README's benchmark).
 
-No thread or timer is created here. Periodic flushing piggy-backs on ``log`` calls, and a run
-used inside a running event loop adds a task that kicks a drain every second. In a purely
-synchronous script, records logged just before the script stops logging stay in memory until
-the next ``log``, ``flush()``, ``finish()`` or interpreter exit (an ``atexit`` hook finishes open
-runs), so a hard crash there loses at most what was logged since the last drain.
+One background thread (created through ``aiotrain.runtime.spawn_daemon``, alive while some run
+has records to write) wakes every half interval and drains every writer whose records wait,
+so the window holds in plain scripts and in services alike, even when nothing else is logged.
+A storm of records also drains early: ``FLUSH_RECORDS`` waiting records submit a drain to
+the I/O executor, which bounds memory. A drain takes everything queued at its start, encodes
+it with msgspec as JSON lines and appends it to the file; drains are serialized by a lock, so
+a ``flush()`` that drains after a ``log`` call has returned sees that record. Only ``flush``
+and ``close`` fsync: the window is about the process dying, not the machine losing power.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from ..runtime import submit_io
+from ..runtime import spawn_daemon, submit_io
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -37,19 +39,23 @@ _NONFINITE_STR = {math.inf: "inf", -math.inf: "-inf"}
 
 
 class MetricsWriter:
-    """Appends queued records to ``path`` as JSON lines from the I/O executor.
+    """Appends queued records to ``path`` as JSON lines, within ``interval`` seconds of ``log``.
 
     ``before_first_write`` runs once, in the writer, before the file is opened (the run creates
     its folder and metadata there, so a run that only logs never does disk work on the caller).
+    ``interval`` 0 writes each record on the caller as ``log`` queues it (``sync``).
     """
 
     FLUSH_INTERVAL_S = 1.0
     FLUSH_RECORDS = 4096
 
-    def __init__(self, path: Path, before_first_write: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, before_first_write: Callable[[], None] | None = None,
+                 interval: float | None = None) -> None:
         self.path = path
+        self.interval = self.FLUSH_INTERVAL_S if interval is None else float(interval)
+        self.sync = self.interval == 0
         self.queue: deque[dict[str, Any]] = deque()
-        self.last_kick = time.time()
+        self.scheduled = False  # registered with the flusher thread
         self.error: BaseException | None = None
         self._before = before_first_write
         self._lock = threading.Lock()
@@ -57,19 +63,28 @@ class MetricsWriter:
         self._inflight = False
         self._encoder = msgspec.json.Encoder()
 
-    def kick(self, now: float) -> None:
+    def schedule(self) -> None:
+        """Have the flusher thread drain this writer on time from now on."""
+        if not self.sync:
+            self.scheduled = True
+            _flusher.add(self)
+
+    def kick(self) -> None:
         """Submit a background drain unless one is already queued (callable from any thread)."""
-        self.last_kick = now
         if self._inflight:
             return
         self._inflight = True
         try:
             submit_io(self._background_drain)
-        except RuntimeError:  # the executor is gone (interpreter exit): the final flush writes
+        except RuntimeError:  # the executor is gone (interpreter exit): the flusher or close writes
             self._inflight = False
 
     def _background_drain(self) -> None:
         self._inflight = False
+        self.drain_quietly()
+
+    def drain_quietly(self) -> None:
+        """``drain`` for background callers: an error is kept for the next ``check``."""
         try:
             self.drain(durable=False)
         except BaseException as exc:  # kept and raised by the next flush(): nobody awaits this
@@ -105,6 +120,9 @@ class MetricsWriter:
 
     def close(self) -> None:
         """Drain durably and close the file."""
+        if self.scheduled:
+            _flusher.remove(self)
+            self.scheduled = False
         self.drain(durable=True)
         with self._lock:
             if self._file is not None:
@@ -157,3 +175,54 @@ def _drop_torn_tail(path: Path) -> None:
                 return
             end = start
         f.truncate(0)
+
+
+class _Flusher:
+    """The background thread that drains every scheduled writer at least every half interval.
+
+    It runs while some writer is scheduled and returns when the last one closes, so a process
+    that tracks nothing has no such thread; it is a daemon, so it never delays interpreter
+    exit (the ``atexit`` hook finishes open runs).
+    """
+
+    MAX_SLEEP_S = 3600.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writers: set[MetricsWriter] = set()
+        self._wake = threading.Event()
+        self._running = False
+
+    def add(self, writer: MetricsWriter) -> None:
+        with self._lock:
+            self._writers.add(writer)
+            if self._running:
+                self._wake.set()  # its interval may be shorter than the current sleep
+                return
+            self._running = True
+        spawn_daemon(self._main, name="aiotrain-track-flush")
+
+    def remove(self, writer: MetricsWriter) -> None:
+        with self._lock:
+            self._writers.discard(writer)
+            last = not self._writers
+        if last:
+            self._wake.set()
+
+    def _main(self) -> None:
+        while True:
+            with self._lock:
+                if not self._writers:
+                    self._running = False
+                    return
+                period = min(w.interval for w in self._writers) / 2
+            self._wake.wait(min(period, self.MAX_SLEEP_S))
+            self._wake.clear()
+            with self._lock:
+                writers = list(self._writers)
+            for writer in writers:
+                if writer.queue:
+                    writer.drain_quietly()
+
+
+_flusher = _Flusher()

@@ -145,3 +145,44 @@ def test_ctrl_c_flushes_checkpoints_marks_the_run_and_exits_130(tmp_path):
     refused = train(tmp_path, "examples/digits.sdn", "--resume")
     assert refused.returncode == 2 and "finished" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def _deep_config(levels: int) -> str:
+    """digits.sdn plus an ``extra`` section whose deepest value sits ``levels`` levels down."""
+    text = (ROOT / "examples" / "digits.sdn").read_text()
+    block = ["extra:"] + ["    " * i + f"k{i}:" for i in range(1, levels - 1)]
+    block.append("    " * (levels - 1) + "v: ${tracking.project}")
+    return text + "\n" + "\n".join(block) + "\n"
+
+
+def test_the_deepest_config_the_parser_accepts_loads_validates_and_is_tracked(tmp_path):
+    """Every stage of ``aiotrain train`` before the task: load, override, resolve, validate,
+    record in the run's metadata, read back."""
+    from aiotrain.cli.train import load_config
+    from aiotrain.config import Conf, sdn
+    from aiotrain.job import TrainSettings
+    from aiotrain.tracking import Track
+
+    path = tmp_path / "deep.sdn"
+    path.write_text(_deep_config(sdn.MAX_DEPTH))
+    cfg = load_config(str(path), ["train.max_epochs=1", f"tracking.dir={tmp_path}"])
+    settings = Conf.validate(TrainSettings, cfg, strict=False)
+    assert settings.train.max_epochs == 1 and settings.tracking.project == "digits"
+    plain = Conf.to_dict(cfg)
+    with Track.run(settings.tracking.project, config=plain, dir=tmp_path) as run:
+        run.log({"a": 1})
+    record = Track.load_run(run.dir)
+    assert record.status == "finished" and record.config == plain
+    node = record.config["extra"]
+    for i in range(1, sdn.MAX_DEPTH - 1):
+        node = node[f"k{i}"]
+    assert node == {"v": "digits"}
+
+
+def test_a_config_deeper_than_the_parser_accepts_is_one_line_naming_the_line(tmp_path):
+    path = tmp_path / "deeper.sdn"
+    path.write_text(_deep_config(600))  # `aiotrain train` used to die of RecursionError here
+    r = train(tmp_path, str(path))
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "nesting deeper than" in err and f"{path}:" in err

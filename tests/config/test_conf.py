@@ -372,3 +372,126 @@ def test_to_dict_to_sdn_and_save(cfg, tmp_path):
     with pytest.raises(SdnError):
         Conf.save({"x": float("nan")}, target)
     assert Conf.load_sdn(target) == cfg  # the failed save left the old file
+
+
+# ---------------------------------------------------------------- hostile configs: cost and limits
+
+def _doubling(levels: int, make) -> dict:
+    x = {"l0": make(None)}
+    for i in range(1, levels + 1):
+        x[f"l{i}"] = make(f"${{x.l{i - 1}}}")
+    return {"x": x}
+
+
+def test_values_that_repeat_each_other_are_resolved_once_each(monkeypatch):
+    import aiotrain.config.conf as conf_module
+
+    calls = []
+    real = conf_module._segments
+    monkeypatch.setattr(conf_module, "_segments", lambda s, where: calls.append(s) or real(s, where))
+    levels = 14  # today's output: 2**15 characters; resolving by repetition would take 2**15 calls
+    cfg = Conf.from_dict(_doubling(levels, lambda ref: "ab" if ref is None else ref + ref))
+    assert len(Conf.resolve(cfg).x[f"l{levels}"]) == 2 ** (levels + 1)
+    assert len(calls) <= 4 * levels
+    calls.clear()
+    assert len(cfg.x[f"l{levels}"]) == 2 ** (levels + 1)  # one read resolves once per key too
+    assert len(calls) <= 4 * levels
+
+
+@pytest.mark.parametrize("make, key", [
+    (lambda ref: "ab" if ref is None else ref + ref, "x.l"),                    # strings
+    (lambda ref: [1, 2] if ref is None else [ref, ref], "x.l"),                 # nodes
+    (lambda ref: "abcdefgh" if ref is None else [ref] * 40, "x.l"),             # breadth
+])
+def test_interpolation_past_the_size_limit_is_an_error_naming_the_key(monkeypatch, make, key):
+    import aiotrain.config.conf as conf_module
+
+    monkeypatch.setattr(conf_module, "MAX_RESOLVED_SIZE", 50_000)
+    cfg = Conf.from_dict(_doubling(60, make))  # 2**60 if it were built
+    with pytest.raises(InterpolationError, match="more than 50000 characters") as info:
+        Conf.resolve(cfg)
+    assert info.value.full_key.startswith(key)
+    with pytest.raises(InterpolationError, match="more than 50000"):
+        Conf.to_dict(cfg, resolve=True)
+    with pytest.raises(InterpolationError, match="more than 50000"):
+        value = cfg.x.l60  # a list reads as a view: its items resolve when read
+        _ = value[0] if isinstance(value, Config) else value
+
+
+def test_the_default_size_limit_stops_an_exponential_config():
+    cfg = Conf.from_dict(_doubling(64, lambda ref: "ab" if ref is None else ref + ref))
+    with pytest.raises(InterpolationError, match="grow exponentially") as info:
+        Conf.resolve(cfg)
+    assert info.value.full_key.startswith("x.l2")
+
+
+def _nest(depth: int, leaf) -> dict:
+    """{"k1": {"k2": ... leaf}} with ``depth`` dicts in all (the top one included)."""
+    node = leaf
+    for i in reversed(range(1, depth)):
+        node = {f"k{i}": node}
+    return node
+
+
+def test_configs_deeper_than_the_parser_accepts_are_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=f"deeper than {sdn.MAX_DEPTH}") as info:
+        Conf.from_dict(_nest(sdn.MAX_DEPTH + 5, {"v": 1}))
+    assert info.value.full_key.startswith("k1.k2.k3")
+    cfg = Conf.from_dict(_nest(sdn.MAX_DEPTH - 10, {"v": 1}))
+    with pytest.raises(ConfigError, match="deeper"):
+        Conf.set(cfg, ".".join(f"k{i}" for i in range(1, 81)), _nest(30, {}))
+    with pytest.raises(ConfigError, match="deeper"):
+        Conf.merge(cfg, _nest(sdn.MAX_DEPTH + 1, {}))
+    with pytest.raises(ConfigError, match="deeper"):
+        Conf.from_cli_dotlist([".".join(f"k{i}" for i in range(sdn.MAX_DEPTH + 1)) + "=1"])
+
+
+def test_yaml_alias_bombs_and_self_references_are_errors(tmp_path, monkeypatch):
+    import aiotrain.config.conf as conf_module
+
+    monkeypatch.setattr(conf_module, "_MAX_YAML_VALUES", 100_000)  # the default takes seconds
+    p = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # 10**9 values once expanded
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="more than 100000 values") as info:
+        Conf.load_yaml(p)
+    assert info.value.path == str(p)
+    p.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match="deeper"):
+        Conf.load_yaml(p)
+
+
+class _Deep(msgspec.Struct):
+    task: str
+    extra: dict = {}
+    anything: object = None
+
+
+def _nested_texts(depth: int) -> list[str]:
+    """SDN texts whose deepest value sits ``depth`` levels down (the top-level dict is one)."""
+    block = ["task: t:f", "extra:"] + ["    " * i + f"k{i}:" for i in range(1, depth - 1)]
+    block.append("    " * (depth - 1) + "v: ${task}")
+    inline = "task: t:f\nanything = " + "[" * (depth - 1) + '"${task}"' + "]" * (depth - 1) + "\n"
+    return ["\n".join(block) + "\n", inline]
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["blocks", "inline"])
+def test_every_stage_handles_the_deepest_config_the_parser_accepts(tmp_path, kind):
+    with pytest.raises(SdnError, match="nesting deeper"):  # one more level is the parser's error
+        sdn.loads(_nested_texts(sdn.MAX_DEPTH + 1)[kind])
+    p = tmp_path / "deep.sdn"
+    p.write_text(_nested_texts(sdn.MAX_DEPTH)[kind])
+    cfg = Conf.merge(Conf.load_sdn(p), Conf.from_cli_dotlist(["seed=1"]))
+    resolved = Conf.resolve(cfg)
+    checked = Conf.validate(_Deep, cfg)
+    assert checked.task == "t:f"
+    plain = Conf.to_dict(resolved)
+    assert sdn.loads(Conf.to_sdn(resolved)) == plain == Conf.to_dict(cfg, resolve=True)
+    assert "t:f" in Conf.to_sdn(resolved) and "${task}" in Conf.to_sdn(cfg)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and repr(cfg).startswith("Config(")
+    Conf.save(resolved, tmp_path / "again.sdn")
+    assert Conf.to_dict(Conf.load_sdn(tmp_path / "again.sdn")) == plain
+    Conf.save(resolved, tmp_path / "again.yaml")
+    assert Conf.to_dict(Conf.load_yaml(tmp_path / "again.yaml")) == plain

@@ -215,3 +215,64 @@ def test_document_keeps_crlf():
     doc = SdnDocument("a: 1\r\nb: 2\r\n")
     doc.set("b", 3)
     assert str(doc) == "a: 1\r\nb: 3\r\n"
+
+
+# ---------------------------------------------------------------- hostile input: cost and limits
+
+class _CountingStr(str):
+    """A line that counts the characters ``find`` scans, to measure the reader's work."""
+
+    scanned = 0
+
+    def find(self, sub, start=0, end=None):
+        at = super().find(sub, start, end)
+        stop = len(self) if end is None else min(end, len(self))
+        _CountingStr.scanned += (at + len(sub) if at >= 0 else stop) - start
+        return at
+
+
+@pytest.mark.parametrize("escape", ["\\n", '\\"', "\\\\", "\\u00e9", "x\\t", "\\\\b"])
+def test_escapes_are_read_in_time_linear_in_the_string(escape):
+    n = 20_000
+    line = _CountingStr('"' + escape * n + '" # done')
+    _CountingStr.scanned = 0
+    value, end = sdn._quoted(line, 0, 1)
+    assert value == loads(f'a: "{escape}"')["a"] * n and line[end:] == " # done"
+    assert _CountingStr.scanned <= 4 * len(line), "each escape rescanned the rest of the line"
+
+
+@pytest.mark.parametrize("bad, col", [("\\x", 1), ("\\u12", 1), ("\\/", 1), ("\\ud800", 1)])
+def test_a_bad_escape_after_many_good_ones_is_found_in_linear_time(bad, col):
+    n = 20_000
+    line = _CountingStr('"' + "\\n" * n + bad + '"')
+    _CountingStr.scanned = 0
+    with pytest.raises(SdnError) as info:
+        sdn._quoted(line, 0, 1)
+    assert info.value.col == 2 * n + 1 + col
+    assert _CountingStr.scanned <= 4 * len(line)
+
+
+@pytest.mark.parametrize("text", [
+    "t: table{f64} = [(" + "9" * 400 + ")]",
+    "t: table{float}\n    " + "-" + "9" * 400 + "\n",
+    "t: table{f32} = [(1e39)]",
+    "t: table{f32}\n    " + "9" * 40 + "\n",
+])
+def test_a_number_too_big_for_a_float_column_is_an_sdn_error(text):
+    with pytest.raises(SdnError, match="out of range") as info:
+        loads(text)
+    assert info.value.line == text.rstrip("\n").count("\n") + 1 and info.value.col > 1
+
+
+def test_a_text_over_the_size_limit_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(sdn, "MAX_FILE_BYTES", 1000)
+    p = tmp_path / "big.sdn"
+    p.write_text("a: 1\n" * 199)  # 995 bytes: read
+    with pytest.raises(SdnError, match="duplicate"):
+        sdn.load(p)
+    p.write_text("a: 1\n" * 201)
+    with pytest.raises(SdnError, match="larger than 1000 bytes") as info:
+        sdn.load(p)
+    assert info.value.path == str(p) and info.value.line == 1
+    with pytest.raises(SdnError, match="larger than"):
+        loads("b: 2\n" * 201)

@@ -234,3 +234,88 @@ def test_runs_lists_projects_and_statuses():
     assert [r.id for r in Track.runs("a")] == [r1.id]
     assert Track.runs("missing") == []
     assert os.path.samefile(Track.load_run(r1.dir).dir, r1.dir)
+
+
+# ---------------------------------------------------------------- failures that must not cost data
+
+def _break_media(run, kind):
+    """Make the run's image or table writes fail: their folder is a file."""
+    run.flush()  # creates the run's folders
+    folder = run.dir / ("media/images" if kind == "image" else "tables")
+    folder.rmdir()
+    folder.write_text("not a folder")
+
+
+def _log_media(run, kind):
+    if kind == "image":
+        run.log_image("img", torch.rand(3, 4, 4))
+    else:
+        run.log_table("tab", Track.Table(["x"], [[1]]))
+
+
+@pytest.mark.parametrize("kind", ["image", "table"])
+def test_a_failed_media_write_never_costs_the_metrics(kind):
+    run = Track.run("p")
+    run.log({"start": 1})
+    _break_media(run, kind)
+    _log_media(run, kind)
+    for i in range(1000):
+        run.log({"loss": float(i)})
+    with pytest.raises(OSError, match=r"1 image/table write\(s\) failed") as info:
+        run.finish()
+    assert "every logged metric was written" in str(info.value)
+    assert len(lines(run)) == 1 + 1 + 1000
+    assert sdn.loads((run.dir / "summary.sdn").read_text())["loss"] == 999.0
+    assert Track.load_run(run.dir).status == "finished"
+
+
+async def test_a_media_write_that_failed_before_flush_is_reported_by_afinish():
+    run = Track.run("p")
+    _break_media(run, "table")
+    _log_media(run, "table")
+    await asyncio.sleep(0)
+    run._wait_media()  # the failure has happened before anyone asks
+    run.log({"a": 1})
+    with pytest.raises(OSError, match="failed"):
+        await run.aflush()
+    assert [r.get("a") for r in lines(run)][-1] == 1
+    _log_media(run, "table")
+    with pytest.raises(OSError, match="failed"):
+        await run.afinish()
+    assert Track.load_run(run.dir).status == "finished"
+
+
+@pytest.mark.parametrize("project, fragment", [
+    ("x" * 256, "256 bytes"),
+    ("é" * 128, "256 bytes"),
+    ("bad\ud800name", "lone surrogate"),
+])
+def test_project_names_that_cannot_be_a_folder_are_refused_at_creation(project, fragment):
+    with pytest.raises(ValueError, match=fragment) as info:
+        Track.run(project)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["name", "tags", "notes", "config"])
+def test_run_fields_that_cannot_be_stored_are_refused_at_creation(field):
+    bad = "x\udcff"
+    value = {"config": {"a": [bad]}, "tags": [bad]}.get(field, bad)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        Track.run("p", **{field: value})
+
+
+def test_configs_nested_deeper_than_sdn_holds_are_refused_at_creation():
+    deep: dict = {}
+    node = deep
+    for _ in range(sdn.MAX_DEPTH + 5):
+        node["k"] = {}
+        node = node["k"]
+    with pytest.raises(ValueError, match="deeper than"):
+        Track.run("p", config=deep)
+
+
+def test_the_longest_names_that_fit_finish():
+    for project in ("x" * 255, "é" * 127 + "x"):
+        with Track.run(project, name="é" * 300, tags=["ü"], notes="ß", config={"k": "ø"}) as run:
+            run.log({"a": 1})
+        assert Track.load_run(run.dir).status == "finished"

@@ -1,0 +1,124 @@
+"""The metrics writer's loss window: what a SIGKILLed process keeps (subprocesses, real kills)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aiotrain.tracking import Track
+from aiotrain.tracking.reader import read_history
+
+STORM = Path(__file__).parent / "scripts" / "log_storm.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    counter = tmp_path / "counter"
+    counter.write_bytes(bytes(8))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(STORM), str(tmp_path / "root"), str(counter), *args],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    run_dir = Path(proc.stdout.readline().strip())
+    return proc, run_dir / "metrics.jsonl", counter
+
+
+def _logged(counter: Path) -> int:
+    return struct.unpack("<q", counter.read_bytes())[0]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stdout.close()
+
+
+def _records(path: Path) -> list[int]:
+    return [r["i"] for r in read_history(path)] if path.exists() else []
+
+
+def test_flush_interval_zero_loses_no_record_to_sigkill(tmp_path):
+    proc, metrics, counter = _start(tmp_path, "--interval", "0")
+    try:
+        deadline = time.monotonic() + 120
+        while _logged(counter) < 3000 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        _kill(proc)
+    returned = _logged(counter)  # log calls that had returned when the kill landed
+    assert returned >= 3000
+    written = _records(metrics)
+    assert written[:returned] == list(range(returned)), "a record whose log() returned was lost"
+
+
+def test_records_reach_the_file_within_the_interval_without_further_logging(tmp_path):
+    """A plain script that logs and then only computes still has its records written."""
+    proc, metrics, counter = _start(tmp_path, "--interval", "0.2", "--count", "1000")
+    try:
+        assert proc.stdout.readline().strip() == "logged"
+        deadline = time.monotonic() + 60  # a liveness bound, not a measurement: 300x the interval
+        while len(_records(metrics)) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _kill(proc)
+    assert _records(metrics) == list(range(1000))
+
+
+def test_flush_interval_settings_are_checked(monkeypatch, tmp_path):
+    for bad in (-1, "soon", float("nan"), True):
+        with pytest.raises(ValueError, match="flush_interval"):
+            Track.run("p", flush_interval=bad)
+    monkeypatch.setenv("AIOTRAIN_FLUSH_INTERVAL", "0")
+    with Track.run("p") as run:
+        assert run.flush_interval == 0
+        run.log({"a": 1})
+        assert _records_of(run) == [{"a": 1}]  # written before log returned
+    Track.set_flush_interval(2.5)
+    try:
+        assert Track.run("p").flush_interval == 2.5
+    finally:
+        Track.set_flush_interval(None)
+    monkeypatch.setenv("AIOTRAIN_FLUSH_INTERVAL", "-3")
+    with pytest.raises(ValueError, match="AIOTRAIN_FLUSH_INTERVAL"):
+        Track.run("p")
+
+
+def _records_of(run) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("step", "timestamp")}
+            for r in read_history(run.dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("record", [{"b\ud800": 2}, {"b": "x\udc00"}, {"b": {"c": ["\ud800"]}}])
+def test_a_record_that_cannot_be_written_is_refused_by_log(record):
+    run = Track.run("p")
+    run.log({"a": 1})
+    with pytest.raises(ValueError, match="lone surrogate"):
+        run.log(record)  # not UTF-8: it would fail the drain and summary.sdn
+    run.log({"c": "é"})
+    run.finish()
+    assert _records_of(run) == [{"a": 1}, {"c": "é"}]
+    assert Track.load_run(run.dir).status == "finished"
+
+
+def test_the_flusher_thread_ends_with_the_last_run():
+    import threading
+
+    def flushers():
+        return [t for t in threading.enumerate() if t.name.startswith("aiotrain-track-flush")]
+
+    runs = [Track.run("p", flush_interval=0.05) for _ in range(3)]
+    for run in runs:
+        run.log({"a": 1})
+    assert len(flushers()) == 1  # one thread for every run
+    for run in runs:
+        run.finish()
+    deadline = time.monotonic() + 30
+    while flushers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not flushers()
