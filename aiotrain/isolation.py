@@ -31,8 +31,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from .config import Conf, Config
-from .engine import Snapshot, State, _Observer, _plain
-from .events import Events, EventsList, FilteredEvent, _flatten
+from .engine import Snapshot, State
+from .engine.observe import Observer, plain
+from .events import Events, EventsList, FilteredEvent, resolve_events
 from .job import JobResult, TrainJob, TrainSettings
 from .runtime import JobChannel, JobProcess
 from .validation import ValidationMode
@@ -64,18 +65,18 @@ class RemoteEngine:
         self.name = name
         self.state = State()
         self._send = send
-        self._observers: dict[Any, list[_Observer]] = {}
+        self._observers: dict[Any, list[Observer]] = {}
         self._counts: dict[Any, int] = {}
         self._finished = False
 
     @contextlib.asynccontextmanager
     async def observe(self, *events: Any, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
         """``async with view.observe(Events.X) as stream: async for snap in stream`` (see Engine)."""
-        obs = _Observer(maxsize)
-        allowed = set(_flatten(_TRAINER_EVENTS if self.name == "trainer" else _EVALUATOR_EVENTS))
+        obs = Observer(maxsize)
+        allowed = set(resolve_events(_TRAINER_EVENTS if self.name == "trainer" else _EVALUATOR_EVENTS))
         keys = []
         for ev in events or (Events.ITERATION_COMPLETED,):
-            for key, flt in _flatten(ev):
+            for key, flt in resolve_events(ev):
                 if (key, None) not in allowed:
                     raise ValueError(f"{key!r} is not forwarded from a job process's {self.name}")
                 obs.filters[key] = flt
@@ -212,7 +213,7 @@ async def run_evaluated(job: TrainJob | ProcessJob,
 
         async def evaluated(engine: Any) -> None:
             nonlocal stopped
-            stop = hook(trainer.state.epoch, _plain(engine.state.metrics))
+            stop = hook(trainer.state.epoch, plain(engine.state.metrics))
             if inspect.isawaitable(stop):
                 stop = await stop
             if stop:
@@ -297,5 +298,5 @@ def _portable(result: JobResult) -> JobResult:
     if st is not None:
         state = State(epoch=st.epoch, iteration=st.iteration, epoch_iteration=st.epoch_iteration,
                       max_epochs=st.max_epochs, epoch_length=st.epoch_length,
-                      metrics=_plain(st.metrics), times=dict(st.times), seed=st.seed)
-    return dataclasses.replace(result, metrics=_plain(result.metrics), state=state)
+                      metrics=plain(st.metrics), times=dict(st.times), seed=st.seed)
+    return dataclasses.replace(result, metrics=plain(result.metrics), state=state)

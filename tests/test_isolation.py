@@ -112,7 +112,7 @@ async def test_on_evaluation_stops_the_job_after_that_epoch(tmp_path, isolated):
     result, stopped = await run_evaluated(job, decide)
     assert stopped and result.state.epoch == 2 and calls == [(1, ["accuracy", "loss"]), (2, ["accuracy", "loss"])]
     path = Checkpoint.latest(result.checkpoint_dir, filename_prefix="last")
-    assert torch.load(path, weights_only=True)["trainer"]["epoch"] == 2  # the last checkpoint is kept
+    assert torch.load(path, weights_only=True)["trainer"]["resume"]["epoch"] == 2  # the last checkpoint is kept
 
 
 async def test_in_process_jobs_can_still_run_side_by_side(tmp_path):

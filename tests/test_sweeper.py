@@ -48,7 +48,7 @@ async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
     assert runs[bad["name"]].status == "pruned" and runs[good["name"]].status == "finished"
     assert f"sweep:{sweep.id}" in runs[bad["name"]].tags and "trial:1" in runs[bad["name"]].tags
     last = Checkpoint.latest(bad["checkpoint_dir"], filename_prefix="last")
-    assert torch.load(last, weights_only=True)["trainer"]["epoch"] == 1  # its last checkpoint is kept
+    assert torch.load(last, weights_only=True)["trainer"]["resume"]["epoch"] == 1  # its last checkpoint is kept
     saved = msgspec.json.decode((tmp_path / "sweeps" / "digits" / f"{sweep.id}.json").read_bytes())
     assert saved["trials"] == record["trials"] and saved["parameters"] == {"optim.lr": "choice(0.003,1e-06)"}
 
