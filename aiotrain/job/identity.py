@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import ConfigError, sdn
 from ..files import atomic_write
-from ..tracking.reader import _process_alive as process_alive
+from ..tracking.reader import process_alive
 from ..tracking.system import system_info
 
 __all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "find_run"]

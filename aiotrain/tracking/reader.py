@@ -17,7 +17,7 @@ import msgspec
 
 from .store import decode_nonfinite, get_dir, read_sdn
 
-__all__ = ["RunRecord", "find_run", "iter_history", "list_runs", "load_run", "read_history"]
+__all__ = ["RunRecord", "find_run", "iter_history", "list_runs", "load_run", "process_alive", "read_history"]
 
 _decoder = msgspec.json.Decoder()
 
@@ -87,7 +87,7 @@ class RunRecord:
     def status(self) -> str:
         """finished, crashed or running; a "running" run whose process is gone reads as crashed."""
         status = self.metadata.get("status", "running")
-        if status == "running" and not _process_alive(self.metadata):
+        if status == "running" and not process_alive(self.metadata):
             return "crashed"
         return status
 
@@ -106,7 +106,7 @@ class RunRecord:
                 for r in records if wanted.intersection(r)]
 
 
-def _process_alive(metadata: dict[str, Any]) -> bool:
+def process_alive(metadata: dict[str, Any]) -> bool:
     """Whether the process that wrote a "running" run still exists (unknown hosts: assume yes)."""
     from .system import system_info
 
