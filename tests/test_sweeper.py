@@ -55,7 +55,7 @@ async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
 
 async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
     """Parallel trials run in job worker processes, so dropout and shuffling draw from their own
-    RNG: the seeded trial alone and beside another ends with identical weights."""
+    RNG: a seeded trial alone and beside another ends with identical weights."""
     space = {"model": {"dropout": Choice([0.5, 0.3])}}
     pair = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"}, space)
     alone = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"},
