@@ -265,7 +265,7 @@ class HandlerEntry:
     takes_engine: bool
     is_async: bool
 
-    def call(self, engine: Any, event_args: tuple[Any, ...]) -> Any:
+    def invoke(self, engine: Any, event_args: tuple[Any, ...]) -> Any:
         if self.takes_engine:
             return self.handler(engine, *event_args, *self.args, **self.kwargs)
         return self.handler(*event_args, *self.args, **self.kwargs)

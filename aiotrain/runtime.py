@@ -331,7 +331,7 @@ class _DaemonPool:
                             return
 
 
-_abandonable = _DaemonPool("aiotrain-io-item")
+_abandonable = _DaemonPool("aiotrain-abandonable")
 
 
 def submit_abandonable(fn: Callable[..., T], /, *args: Any) -> cf.Future[T]:

@@ -36,8 +36,19 @@ def final_weights(result) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+_baseline: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """What a test checks is the processes it leaves, not those of earlier tests."""
+    _baseline.clear()
+    _baseline.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
 def no_children() -> bool:
-    return not [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    return not [p for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE and p.pid not in _baseline]
 
 
 async def test_process_job_has_trainjobs_face(tmp_path):

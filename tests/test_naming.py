@@ -12,7 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aiotrain"
 
 #: The documented exceptions: ``aiotrain.run(coro)`` starts a loop as ``asyncio.run`` does, and
 #: ``Track.run(...)`` opens a Run (a context manager); neither is the coroutine verb ``run``.
-SYNC_RUNS = {"runtime.py:run", "tracking/track.py:Track.run"}
+#: ``Engine.run`` is a plain function that returns its coroutine (it captures the caller's torch
+#: modes at the call, and a dropped one is detected), so it is awaited like a coroutine function.
+SYNC_RUNS = {"runtime.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
 
 
 def _public_functions() -> dict[str, dict[str, str]]:

@@ -119,7 +119,7 @@ def call_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple,
                     raise Cancelled(due[i + done[0]:]) from None
                 i = j
                 continue
-            result = entry.call(engine, args)
+            result = entry.invoke(engine, args)
             if created:
                 _check_dropped(entry, created, result)
             if result is not None and inspect.isawaitable(result):
@@ -139,7 +139,7 @@ def call_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple,
 async def _call_async(entries: Sequence[HandlerEntry], engine: Any, args: tuple,
                       done: list[int]) -> None:
     for entry in entries:
-        result = entry.call(engine, args)
+        result = entry.invoke(engine, args)
         if inspect.isawaitable(result):
             await result
         done[0] += 1
@@ -148,7 +148,7 @@ async def _call_async(entries: Sequence[HandlerEntry], engine: Any, args: tuple,
 async def acall_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple) -> None:
     """Run ``due`` on the loop (``afire_event``): sync handlers called, async ones awaited."""
     for entry in due:
-        result = entry.call(engine, args)
+        result = entry.invoke(engine, args)
         if inspect.isawaitable(result):
             await result
 

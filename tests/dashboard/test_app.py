@@ -231,9 +231,9 @@ async def test_mounted_under_a_prefix(track_root, runs):
 
 
 async def test_the_service_example_mounts_it(track_root, runs):
-    from examples.service import Service
+    from examples.service import Policy, Service
 
-    client = TestClient(TestServer(Service().app()))
+    client = TestClient(TestServer(Service(Policy(["examples/digits.sdn"])).app()))
     await client.start_server()
     try:
         data = await get_json(client, "/dashboard/api/runs")

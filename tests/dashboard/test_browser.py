@@ -146,7 +146,7 @@ def test_dashboard_in_a_browser_on_a_live_run(tmp_path):
         # the newest run (the live one) is selected; add a baseline to overlay
         wait.until(lambda d: d.find_elements("css selector", f'#runs tr[data-key="demo/{run_id}"] input:checked'))
         driver.find_element("css selector", f'#runs tr[data-key="demo/{baselines[1]}"] input.pick').click()
-        wait.until(lambda d: _points(d) and _points(d)[0] > 0)
+        wait.until(lambda d: bool(p := _points(d)) and p[0] > 0)  # one read: charts re-render
         wait.until(lambda d: len(d.find_elements("css selector", "#compare table.diff")) == 1)
         before = sum(_points(driver))
         wait.until(lambda d: sum(_points(d)) > before + 5)  # live: new steps arrive without a reload

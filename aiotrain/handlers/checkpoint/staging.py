@@ -157,7 +157,7 @@ class CopyGate:
         with self._lock:
             self._held.discard(fut)
 
-    def wait(self) -> None:
+    def wait_copied(self) -> None:
         """Block until no copy is held (a failed copy is the writer's error, not the step's)."""
         with self._lock:
             held = list(self._held)
@@ -170,7 +170,7 @@ class CopyGate:
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._held:  # a set's truth value is safe to read without the lock
-            self.wait()
+            self.wait_copied()
 
 
 GATE = CopyGate()
