@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -56,6 +58,7 @@ async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
 async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
     """Parallel trials run in job worker processes, so dropout and shuffling draw from their own
     RNG: a seeded trial alone and beside another ends with identical weights."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # other tests' processes
     space = {"model": {"dropout": Choice([0.5, 0.3])}}
     pair = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"}, space)
     alone = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"},
@@ -67,7 +70,14 @@ async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
     assert all(torch.equal(w_par[k], w_solo[k]) for k in w_solo)
     assert not all(torch.equal(w_other[k], w_solo[k]) for k in w_solo)
     assert both["trials"][0]["value"] == solo["trials"][0]["value"]
-    assert not [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 10  # a worker may still be exiting after its result arrived
+    while True:  # noqa: ASYNC110 - polling another process, no event to wait on
+        left = [p for p in psutil.Process().children(recursive=True)
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert not left, left
 
 
 async def test_bad_sweeps_are_refused_before_anything_runs(tmp_path):

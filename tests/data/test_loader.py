@@ -49,14 +49,15 @@ def test_batches_in_sampler_order_under_random_latency_and_concurrency_reached()
     assert ds.peak == 16
 
 
-def test_sync_dataset_read_in_io_executor():
+def test_sync_dataset_read_on_abandonable_threads_off_the_loop():
     class Sync:
         def __len__(self):
             return 10
 
         def __getitem__(self, i):
             import threading
-            assert threading.current_thread().name.startswith("aiotrain-io")
+            # reusable threads a hung item can be abandoned on, never the loop nor the I/O pool
+            assert threading.current_thread().name.startswith("aiotrain-abandonable")
             return torch.tensor([i])
 
     batches = asyncio.run(_collect(AsyncLoader(Sync(), 4)))
