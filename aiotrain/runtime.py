@@ -354,11 +354,12 @@ class WorkerDied(RuntimeError):
 
 
 class WorkerContext:
-    """What a worker-side handler gets besides its message: which worker it is, and ``note(n)``
-    to record progress that the parent reads if the process dies."""
+    """What a worker-side handler gets besides its message: which worker it is, whether it was
+    spawned, and ``note(n)`` to record progress that the parent reads if the process dies."""
 
-    def __init__(self, index: int, workers: int, notes: Any) -> None:
+    def __init__(self, index: int, workers: int, notes: Any, spawned: bool = False) -> None:
         self.index, self.workers, self._notes = index, workers, notes
+        self.spawned = spawned  # a fresh interpreter (nothing inherited), not a fork
 
     def note(self, value: int) -> None:
         """Record ``value`` (an item index) in memory the parent can read after a crash."""
@@ -384,7 +385,12 @@ os.register_at_fork(after_in_child=_close_parent_ends)
 
 def _send_msg(sock: socket.socket, obj: Any, fds: list[int]) -> None:
     """One datagram: a pickle inline, or (when large) a memfd holding it; ``fds`` ride along."""
-    raw = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    _send_pickled(sock, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), fds)
+
+
+def _send_pickled(sock: socket.socket, raw: bytes, fds: list[int] | None = None) -> None:
+    """Send an already pickled message (inline, or as a memfd when large)."""
+    fds = fds or []
     if len(raw) <= _INLINE_MAX:
         socket.send_fds(sock, [b"I" + raw], fds)
         return
@@ -419,17 +425,50 @@ def _decode_msg(data: bytes, fds: list[int]) -> tuple[Any, list[int]]:
 def _worker_main(index: int, workers: int, sock: socket.socket, notes: Any,
                  handler: Callable[[Any, WorkerContext], tuple[Any, list[int]]],
                  initializer: Callable[[WorkerContext], None] | None) -> None:
-    """A worker process: receive (call id, message), run ``handler``, send (call id, ok, result)."""
+    """A forked worker process: undo what fork inherited from the parent's loop, then serve."""
     import signal
-    import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)  # the inherited fd belongs to the parent's event loop
     asyncio.events._set_running_loop(None)  # forked from the loop's thread: no loop runs here
-    ctx = WorkerContext(index, workers, notes)
+    _serve_worker(sock, WorkerContext(index, workers, notes), handler, initializer)
+
+
+def _spawned_worker_main(index: int, workers: int, sock_fd: int, notes_fd: int) -> None:
+    """A spawned worker process (a fresh interpreter): receive the handler, then serve. Its
+    imports are only what unpickling the handler needs."""
+    import signal
+    import sys
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=sock_fd)
+    notes = mmap.mmap(notes_fd, 8 * workers)
+    os.close(notes_fd)
+    data, fds, _flags, _addr = socket.recv_fds(sock, _INLINE_MAX + 64, _MAX_FDS)
+    if not data:
+        sys.exit(0)
+    try:
+        handler, initializer = _decode_msg(data, fds)[0]
+    except BaseException as exc:  # reported as this worker's start-up error (call id 0)
+        _send_msg(sock, (0, False, portable_error(exc, traceback.format_exc())), [])
+        sys.exit(1)
+    _serve_worker(sock, WorkerContext(index, workers, notes, spawned=True), handler, initializer)
+
+
+def _serve_worker(sock: socket.socket, ctx: WorkerContext,
+                  handler: Callable[[Any, WorkerContext], tuple[Any, list[int]]],
+                  initializer: Callable[[WorkerContext], None] | None) -> None:
+    """Receive (call id, message), run ``handler``, send (call id, ok, result), until EOF."""
+    import traceback
+
     if initializer is not None:
-        initializer(ctx)
+        try:
+            initializer(ctx)
+        except BaseException as exc:  # reported as the start-up error (call id 0), then exit
+            _send_msg(sock, (0, False, portable_error(exc, traceback.format_exc())), [])
+            raise
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, _INLINE_MAX + 64, _MAX_FDS)
@@ -474,34 +513,77 @@ class _Worker:
         self.proc, self.sock = proc, sock
         self.calls: dict[int, asyncio.Future[tuple[Any, list[int]]]] = {}
         self.dead = False
+        self.startup_error: BaseException | None = None  # its initializer or unpickling failed
+
+
+class _SpawnedProcess:
+    """A spawned worker's ``subprocess.Popen`` with the few ``multiprocessing.Process`` methods
+    the pool uses, so forked and spawned workers are handled alike."""
+
+    def __init__(self, popen: Any) -> None:
+        self._popen = popen
+        self.pid: int = popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()  # negative: killed by that signal, as multiprocessing says
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+
+    def close(self) -> None:
+        self._popen.wait()
 
 
 class DataWorkerPool:
-    """``workers`` forked processes that run ``handler(message, ctx) -> (result, fds)``.
+    """``workers`` processes that run ``handler(message, ctx) -> (result, fds)``.
 
     Used from one event loop: ``await pool.call(message)`` sends the message to the least busy
     worker and returns ``(result, fds)``; the file descriptors (shared-memory segments) become
     the caller's to close. Messages travel over a Unix datagram socket per worker, large ones as
     a memfd, so nothing blocks the loop and nothing is left in /dev/shm.
 
-    The processes are forked (Linux), so the handler and what it closes over (a dataset, a
-    transform) are inherited, not pickled. They start on the first call and are reused until
-    ``aclose()`` kills them. A worker that dies fails its calls with ``WorkerDied`` (carrying its
-    last ``ctx.note``) and is replaced on the next call; a worker whose parent dies exits on EOF.
-    A cancelled call's result is discarded when it arrives (its fds closed).
+    ``start="fork"``: the processes are forked (Linux), so the handler and what it closes over
+    (a dataset, a transform) are inherited, not pickled; so is the parent's memory (shared until
+    written, but counted in each worker's RSS). ``start="spawn"``: fresh interpreters that get
+    the handler pickled and import only what unpickling it needs, so a worker's memory is its
+    own work's, not the parent's (torch is not loaded unless the handler uses it); the handler
+    must pickle (module-level functions and classes, not ``__main__``'s). Either way they start
+    on the first call and are reused until ``aclose()`` kills them. A worker that dies fails its
+    calls with ``WorkerDied`` (carrying its last ``ctx.note``) and is replaced on the next call;
+    one whose initializer (or, spawned, unpickling) fails fails them with that error. A worker
+    whose parent dies exits on EOF. A cancelled call's result is discarded when it arrives.
     """
 
     def __init__(self, workers: int, handler: Callable[[Any, WorkerContext], tuple[Any, list[int]]],
                  *, initializer: Callable[[WorkerContext], None] | None = None,
-                 name: str = "aiotrain-data") -> None:
+                 name: str = "aiotrain-data", start: str = "fork") -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if start not in ("fork", "spawn"):
+            raise ValueError(f"start must be 'fork' or 'spawn', got {start!r}")
         if not hasattr(os, "memfd_create") or not hasattr(socket, "send_fds"):
             raise RuntimeError("data worker processes need Linux (memfd_create, fd passing); "
                                "use workers=0 on this platform")
         self.workers, self.handler, self.initializer, self.name = workers, handler, initializer, name
+        self.start_method = start
         self._slots: list[_Worker | None] = [None] * workers
-        self._notes = mmap.mmap(-1, 8 * workers)  # anonymous shared memory, inherited by fork
+        # the workers' notes: shared memory, inherited by fork or passed to a spawned worker
+        self._notes_fd = os.memfd_create("aiotrain-notes", os.MFD_CLOEXEC)
+        os.ftruncate(self._notes_fd, 8 * workers)
+        self._notes = mmap.mmap(self._notes_fd, 8 * workers)
+        weakref.finalize(self, os.close, self._notes_fd)
+        self._setup: bytes | None = None  # the pickled (handler, initializer) for spawned workers
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -511,17 +593,11 @@ class DataWorkerPool:
         return [w.proc.pid for w in self._slots if w is not None and not w.dead]
 
     def _spawn(self, index: int) -> _Worker:
-        import multiprocessing
-
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ctx = multiprocessing.get_context("fork")
-        proc = ctx.Process(target=_worker_main, name=f"{self.name}-{index}", daemon=True,
-                           args=(index, self.workers, child, self._notes, self.handler,
-                                 self.initializer))
         _NOTE.pack_into(self._notes, 8 * index, -1)
         _parent_ends.add(parent)  # before the fork: the child must not keep its own peer open
         try:
-            proc.start()
+            proc = self._start_process(index, child)
         except BaseException:
             parent.close()
             raise
@@ -532,7 +608,33 @@ class DataWorkerPool:
         assert self._loop is not None
         self._loop.add_reader(parent.fileno(), self._on_readable, index, worker)
         self._slots[index] = worker
+        if self._setup is not None:  # a spawned worker's first message: what to run
+            _send_pickled(parent, self._setup)
         return worker
+
+    def _start_process(self, index: int, child: socket.socket) -> Any:
+        if self.start_method == "fork":
+            import multiprocessing
+
+            proc = multiprocessing.get_context("fork").Process(
+                target=_worker_main, name=f"{self.name}-{index}", daemon=True,
+                args=(index, self.workers, child, self._notes, self.handler, self.initializer))
+            proc.start()
+            return proc
+        if self._setup is None:
+            try:
+                self._setup = pickle.dumps((self.handler, self.initializer),
+                                           protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise TypeError(f"spawned data workers get the dataset, transform, collate_fn and "
+                                f"worker_init by pickling, which failed: {type(exc).__name__}: "
+                                f"{exc}; define them at module level, or fork the workers") from exc
+        fds = (child.fileno(), self._notes_fd)
+        # the workers are the parallelism: one intra-op thread each, as forked workers set
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1"}
+        return _SpawnedProcess(_spawn_python(
+            "_spawned_worker_main", [index, self.workers, *fds], fds, env))
 
     def start(self) -> None:
         """Start every worker now (``call`` also starts them on demand). Loop thread only."""
@@ -595,6 +697,9 @@ class DataWorkerPool:
                         fut.set_exception(RuntimeError(f"unreadable reply from data worker "
                                                        f"{worker.proc.pid}: {exc}"))
                 continue
+            if call_id == 0 and not ok:  # the worker could not start; it exits next
+                worker.startup_error = value
+                continue
             reply = worker.calls.get(call_id)
             if reply is None or reply.done():  # cancelled meanwhile: the result is discarded
                 for fd in fds:
@@ -615,7 +720,7 @@ class DataWorkerPool:
         worker.sock.close()
         worker.proc.join(0.05)  # EOF came because it exited: reaping takes microseconds
         (note,) = _NOTE.unpack_from(self._notes, 8 * index)
-        error = WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
+        error = worker.startup_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
         for fut in worker.calls.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -757,7 +862,7 @@ class JobProcess:
         self._outcome = self._loop.create_future()
         mine, theirs = socket.socketpair()
         self._conn = Connection(mine.detach())
-        fut = submit_io(_spawn, theirs.fileno())
+        fut = submit_io(_spawn_python, "_job_child", [theirs.fileno()], (theirs.fileno(),))
         try:
             self._popen = await await_future(fut)
         except asyncio.CancelledError:  # the process may exist by now: it must not be left behind
@@ -906,16 +1011,19 @@ class JobProcess:
             self._settle(_ERROR, None)
 
 
-def _spawn(fd: int) -> Any:
+def _spawn_python(entry: str, args: list[int], fds: tuple[int, ...],
+                  env: dict[str, str] | None = None) -> Any:
+    """A fresh interpreter with this one's ``sys.path`` running ``aiotrain.runtime.<entry>(*args)``
+    (integers), with ``fds`` passed open; no multiprocessing helper process is involved."""
     import json
     import subprocess
     import sys
 
-    code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
-            "from aiotrain.runtime import _job_child; _job_child(int(sys.argv[1]))")
+    code = ("import sys, json; sys.path[:0] = json.loads(sys.argv[1]); "
+            f"from aiotrain.runtime import {entry}; {entry}(*map(int, sys.argv[2:]))")
     path = [p or os.getcwd() for p in sys.path]
-    return subprocess.Popen([sys.executable, "-c", code, str(fd), json.dumps(path)],
-                            pass_fds=(fd,), stdin=subprocess.DEVNULL, close_fds=True)
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(path), *map(str, args)],
+                            pass_fds=fds, stdin=subprocess.DEVNULL, close_fds=True, env=env)
 
 
 def _remote_error(proc: JobProcess, payload: Any) -> BaseException:

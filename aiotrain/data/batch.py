@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["map_leaves", "map_tensors", "move_batch", "pin_batch"]
 
@@ -25,6 +26,8 @@ def map_leaves(batch: Any, leaf: type | tuple[type, ...], fn: Callable[[Any], An
 
 def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """Apply ``fn`` to every tensor in a nested batch, keeping the container types."""
+    import torch  # here, so that a torch-free data worker can import this module
+
     return map_leaves(batch, torch.Tensor, fn)
 
 

@@ -37,7 +37,7 @@ from ..protocols import EpochAware
 from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
-from .stage import BatchJob, CpuStage
+from .stage import BatchJob, CpuStage, Rng
 from .transport import rebuild
 
 log = logging.getLogger(__name__)
@@ -317,13 +317,18 @@ class AsyncLoader(_StreamingLoader):
     With ``device`` set, batches are moved there by the consumer (pinned, non-blocking on CUDA).
 
     The CPU stage: ``transform(item, generator)`` is applied to every item before collation;
-    ``generator`` is a ``torch.Generator`` seeded from ``(seed, epoch, index)`` only, so random
-    augmentation drawn from it is the same whatever the worker count and across a resume. With
-    ``transform`` set, items are fetched one by one (``__getitems__`` is not used).
-    ``workers=N`` runs the stage (sync ``__getitem__`` reads of datasets without ``aget``, the
-    transform, ``collate_fn``) in N forked worker processes, started on first use and reused
-    across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
-    this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
+    ``generator`` is a ``torch.Generator`` (``rng="numpy"``: a ``numpy.random.Generator``) seeded
+    from ``(seed, epoch, index)`` only, so random augmentation drawn from it is the same whatever
+    the worker count and across a resume. With ``transform`` set, items are fetched one by one
+    (``__getitems__`` is not used). ``workers=N`` runs the stage (sync ``__getitem__`` reads of
+    datasets without ``aget``, the transform, ``collate_fn``) in N worker processes, started on
+    first use and reused across epochs; batches come back through shared memory. The workers are
+    forked (``worker_start="fork"``), or with ``worker_start="spawn"`` fresh interpreters that
+    import only what the dataset and transform need: a transform that works in numpy (with
+    ``rng="numpy"``) never loads torch there, so each worker costs tens of MB, not the trainer's
+    memory; the batch's arrays become tensors here without a copy. Spawned workers get the
+    dataset, transform, collate_fn and worker_init by pickling (define them at module level).
+    ``workers=0`` runs the stage on threads of this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
     open a connection); ``await loader.astart()`` starts the workers ahead of the first batch, so
     that work overlaps whatever this process does meanwhile (building the model). Close the loader
     (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
@@ -339,9 +344,10 @@ class AsyncLoader(_StreamingLoader):
                  drop_last: bool = False, collate_fn: Callable[[list[Any]], Any] | None = None,
                  concurrency: int = 32, prefetch: int = 4, device: Any = None,
                  pin_memory: bool | None = None, sampler: Iterable[int] | None = None,
-                 transform: Callable[[Any, torch.Generator], Any] | None = None,
+                 transform: Callable[[Any, Any], Any] | None = None,
                  workers: int = 0, skip_errors: int = 0,
-                 worker_init: Callable[[], Any] | None = None) -> None:
+                 worker_init: Callable[[], Any] | None = None, rng: Rng = "torch",
+                 worker_start: str = "fork") -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("concurrency", concurrency),
                             ("prefetch", prefetch)):
@@ -355,6 +361,11 @@ class AsyncLoader(_StreamingLoader):
                             "use AsyncLoader.wrap() for iterables")
         if not any(hasattr(dataset, a) for a in ("aget", "__getitems__", "__getitem__")):
             raise TypeError(f"dataset {type(dataset).__name__} has no aget, __getitems__ or __getitem__")
+        if rng not in ("torch", "numpy"):
+            raise ValueError(f"rng must be 'torch' or 'numpy' (the generator a transform gets), "
+                             f"got {rng!r}")
+        if worker_start not in ("fork", "spawn"):
+            raise ValueError(f"worker_start must be 'fork' or 'spawn', got {worker_start!r}")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable as transform(item, generator), got "
                             f"{type(transform).__name__}")
@@ -367,7 +378,10 @@ class AsyncLoader(_StreamingLoader):
         self.pin_memory = on_cuda if pin_memory is None else bool(pin_memory and on_cuda)
         self.transform, self.workers, self.skip_errors = transform, workers, skip_errors
         self.skipped: list[tuple[int, int, str]] = []  # (epoch, index, error) of skipped items
-        self._stage = CpuStage(dataset, transform, self.collate_fn, seed, worker_init)
+        self.rng, self.worker_start = rng, worker_start
+        # spawned workers collate numpy arrays without torch; they become tensors here, in place
+        self._arrays_as_tensors = collate_fn is None
+        self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
         self._pool: DataWorkerPool | None = None
         self._pool_finalizer: weakref.finalize | None = None
 
@@ -396,7 +410,7 @@ class AsyncLoader(_StreamingLoader):
             pool = None
         if pool is None:
             pool = DataWorkerPool(self.workers, self._stage.handle,
-                                  initializer=self._stage.init_worker)
+                                  initializer=self._stage.init_worker, start=self.worker_start)
             if self._pool_finalizer is not None:
                 self._pool_finalizer.detach()
             self._pool_finalizer = weakref.finalize(self, pool.close)
@@ -524,7 +538,7 @@ class AsyncLoader(_StreamingLoader):
             raise DatasetError(index, exc) from exc
         except Exception as exc:
             raise DatasetError(what, exc) from exc
-        return rebuild(header, fds), failures
+        return rebuild(header, fds, self._arrays_as_tensors), failures
 
     async def _fetch(self, index: int, sem: asyncio.Semaphore) -> tuple[bool, Any]:
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""

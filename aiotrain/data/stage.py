@@ -7,22 +7,26 @@ item to the next, the result does not depend on which process ran the item, in w
 how many workers there are, and a resumed run draws exactly what the original drew.
 
 The stage runs in ``DataWorkerPool`` processes (``handle``) or, with ``workers=0``, on a thread
-of the parent (``process``): same code, same results.
+of the parent (``process``): same code, same results. Nothing here imports torch unless the
+work needs it (a torch generator, torch's ``default_collate``, tensors to share), so a spawned
+worker whose transform works in numpy never loads torch.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from ..runtime import WorkerContext, portable_error
-from .transport import share
+from .transport import share, shared_empty
 
-__all__ = ["BatchJob", "CpuStage", "item_generator", "item_seed"]
+__all__ = ["BatchJob", "CpuStage", "Rng", "item_generator", "item_seed", "numpy_collate"]
+
+Rng = Literal["torch", "numpy"]
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -31,9 +35,50 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return int((int(words[0]) << 32 | int(words[1])) & 0x7FFFFFFFFFFFFFFF)
 
 
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A fresh CPU generator for one item's random augmentation (see ``item_seed``)."""
+def item_generator(seed: int, epoch: int, index: int, rng: Rng = "torch") -> Any:
+    """A fresh generator for one item's random augmentation (see ``item_seed``): a CPU
+    ``torch.Generator``, or with ``rng="numpy"`` a ``numpy.random.Generator`` (PCG64)."""
+    if rng == "numpy":
+        return np.random.Generator(np.random.PCG64(item_seed(seed, epoch, index)))
+    import torch
+
     return torch.Generator().manual_seed(item_seed(seed, epoch, index))
+
+
+def numpy_collate(samples: list[Any]) -> Any:
+    """Collate without torch: numpy arrays and numbers are stacked into arrays, containers are
+    collated field by field, anything else is returned as a list. The parent turns the arrays
+    into tensors without copying them, so the batch is what ``default_collate`` would build.
+    Samples holding tensors (the transform imported torch) go to ``default_collate``."""
+    if "torch" in sys.modules:
+        import torch
+
+        if _holds(samples[0], torch.Tensor):
+            from torch.utils.data import default_collate
+
+            return default_collate(samples)
+    first = samples[0]
+    if isinstance(first, np.ndarray | np.number | bool | int | float) and \
+            not isinstance(first, np.str_ | np.bytes_):
+        arrays = [np.asarray(s) for s in samples]
+        out = shared_empty((len(arrays), *arrays[0].shape), np.result_type(*arrays))
+        return np.stack(arrays, out=out)  # straight into the memory the parent will map
+    if isinstance(first, dict):
+        return type(first)({k: numpy_collate([s[k] for s in samples]) for k in first})
+    if isinstance(first, tuple | list) and not isinstance(first, str):
+        columns = [numpy_collate(list(c)) for c in zip(*samples, strict=True)]
+        return type(first)(*columns) if hasattr(first, "_fields") else columns
+    return list(samples)
+
+
+def _holds(obj: Any, kind: type) -> bool:
+    if isinstance(obj, kind):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds(v, kind) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(_holds(v, kind) for v in obj)
+    return False
 
 
 @dataclass
@@ -53,13 +98,25 @@ Failure = tuple[int, BaseException]
 
 
 class CpuStage:
-    """Fetch (sync datasets), transform and collate one batch; see the module docstring."""
+    """Fetch (sync datasets), transform and collate one batch; see the module docstring.
+    ``collate_fn=None``: torch's ``default_collate``, or in a torch-free (spawned) worker
+    ``numpy_collate``."""
 
-    def __init__(self, dataset: Any, transform: Callable[[Any, torch.Generator], Any] | None,
-                 collate_fn: Callable[[list[Any]], Any], seed: int,
-                 worker_init: Callable[[], Any] | None = None) -> None:
+    def __init__(self, dataset: Any, transform: Callable[[Any, Any], Any] | None,
+                 collate_fn: Callable[[list[Any]], Any] | None, seed: int,
+                 worker_init: Callable[[], Any] | None = None, rng: Rng = "torch") -> None:
         self.dataset, self.transform, self.collate_fn, self.seed = dataset, transform, collate_fn, seed
-        self.worker_init = worker_init
+        self.worker_init, self.rng = worker_init, rng
+        self.lean = False  # set in a spawned worker: collate with numpy_collate
+
+    def _collate(self, samples: list[Any]) -> Any:
+        if self.collate_fn is not None:
+            return self.collate_fn(samples)
+        if self.lean:
+            return numpy_collate(samples)
+        from torch.utils.data import default_collate
+
+        return default_collate(samples)
 
     def process(self, job: BatchJob, note: Callable[[int], None] | None = None
                 ) -> tuple[Any, list[Failure]]:
@@ -78,29 +135,35 @@ class CpuStage:
                 if fetch:
                     item = self.dataset[index]
                 if self.transform is not None:
-                    item = self.transform(item, item_generator(self.seed, job.epoch, index))
+                    item = self.transform(item, item_generator(self.seed, job.epoch, index, self.rng))
             except Exception as exc:
                 failures.append((index, exc))
                 if not job.tolerate:
                     return None, failures
                 continue
             samples.append(item)
-        return (self.collate_fn(samples) if samples else None), failures
+        return (self._collate(samples) if samples else None), failures
 
     # worker process side ----------------------------------------------------------------------
     def init_worker(self, ctx: WorkerContext) -> None:
-        """Runs once in each worker: one intra-op thread (the workers are the parallelism), and
-        torch's worker info, so ``default_collate`` builds its output in shared memory."""
-        from torch.utils.data._utils import worker as torch_worker
+        """Runs once in each worker. Forked (torch inherited): one intra-op thread (the workers
+        are the parallelism), and torch's worker info, so ``default_collate`` builds its output
+        in shared memory. Spawned (``ctx.spawned``): nothing is imported here; batches are
+        collated with ``numpy_collate`` unless a ``collate_fn`` was given."""
+        if ctx.spawned:
+            self.lean = True
+        else:
+            import torch
+            from torch.utils.data._utils import worker as torch_worker
 
-        torch.set_num_threads(1)
-        torch_worker._worker_info = torch_worker.WorkerInfo(
-            id=ctx.index, num_workers=ctx.workers, seed=self.seed, dataset=self.dataset)
+            torch.set_num_threads(1)
+            torch_worker._worker_info = torch_worker.WorkerInfo(
+                id=ctx.index, num_workers=ctx.workers, seed=self.seed, dataset=self.dataset)
         if self.worker_init is not None:
             self.worker_init()
 
     def handle(self, job: BatchJob, ctx: WorkerContext) -> tuple[Any, list[int]]:
-        """The worker handler: process, then share the batch's tensors (header, fds)."""
+        """The worker handler: process, then share the batch's arrays (header, fds)."""
         batch, failures = self.process(job, ctx.note)
         header, fds = share(batch)
         return (header, [(i, portable_error(e)) for i, e in failures]), fds

@@ -1,24 +1,32 @@
-"""Tensors between processes through shared memory: the worker shares, the parent maps.
+"""Batches between processes through shared memory: the worker shares, the parent maps.
 
-A worker turns a result (tensors nested in dicts, lists, tuples, namedtuples) into a small header
-plus one file descriptor per tensor storage. Storages already in shared memory (``default_collate``
-allocates its output there inside a worker) are passed as they are; others are moved there once.
-The parent maps each descriptor and rebuilds the tensors over the mapping: the payload is never
-copied on the way back and never pickled. The segments are torch's descriptor-backed shared
-memory, unlinked at birth, so they leave nothing in /dev/shm and vanish with their last user.
+A worker turns a result (tensors or numpy arrays nested in dicts, lists, tuples, namedtuples)
+into a small header plus one file descriptor per shared buffer. Tensors whose storage is already
+in shared memory (``default_collate`` allocates its output there inside a forked worker) and
+arrays built with ``shared_empty`` (``numpy_collate`` stacks into one) are passed as they are;
+others are moved there once. The parent maps each descriptor and rebuilds the tensors or arrays
+over the mapping: the payload is never copied on the way back and never pickled. The buffers are
+memfds (torch's descriptor-backed shared memory for tensors), unlinked at birth, so they leave
+nothing in /dev/shm and vanish with their last user. Nothing here imports torch unless a tensor
+is involved, so a torch-free worker stays torch-free.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from .batch import map_leaves
 
-__all__ = ["rebuild", "share"]
+__all__ = ["rebuild", "share", "shared_empty"]
+
+_buffer_fds: weakref.WeakKeyDictionary[mmap.mmap, int] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -26,47 +34,112 @@ class _TensorRef:
     """Where one tensor lives: storage number (into the fds), dtype, shape, stride, offset."""
 
     storage: int
-    dtype: torch.dtype
+    dtype: Any  # torch.dtype
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     offset: int
     nbytes: int
 
 
+@dataclass(frozen=True)
+class _ArrayRef:
+    """Where one numpy array lives: buffer number (into the fds, -1: empty), dtype, shape,
+    byte offset and the buffer's size."""
+
+    buffer: int
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def shared_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array in a fresh memfd mapping, which ``share`` passes on
+    without a copy (write a batch straight into it)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size == 0:
+        return np.empty(shape, dtype)
+    fd = os.memfd_create("aiotrain-batch", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        buf = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    _buffer_fds[buf] = fd
+    weakref.finalize(buf, os.close, fd)
+    return np.ndarray(shape, dtype, buffer=buf)
+
+
 def share(obj: Any) -> tuple[Any, list[int]]:
-    """Worker side: ``obj`` with its tensors replaced by references, and the descriptors of their
-    storages (the caller sends them, then closes them)."""
+    """Worker side: ``obj`` with its tensors and arrays replaced by references, and the
+    descriptors of their buffers (the caller sends them, then closes them)."""
     fds: list[int] = []
     seen: dict[int, int] = {}
 
-    def ref(x: torch.Tensor) -> _TensorRef:
-        if x.device.type != "cpu" or x.is_sparse or x.requires_grad:
-            raise TypeError(f"a data worker can return dense CPU tensors without grad only, "
-                            f"got {x.device} {x.layout} requires_grad={x.requires_grad}")
-        storage = x.untyped_storage()
-        if not storage.is_shared():  # not built in shared memory: one copy into it
-            storage = torch.UntypedStorage._new_shared(x.numel() * x.element_size())
-            x = torch.empty(0, dtype=x.dtype).set_(  # type: ignore[call-overload]
-                storage, 0, x.shape).copy_(x)
-        key = storage.data_ptr()
+    def slot(key: int, fd: int) -> int:
         if key not in seen:
-            fd, _size = storage._share_fd_cpu_()
             seen[key] = len(fds)
-            fds.append(os.dup(fd))  # the storage keeps its own fd; ours is for the message
-        return _TensorRef(seen[key], x.dtype, tuple(x.shape), tuple(x.stride()),
-                          int(x.storage_offset()), storage.nbytes())
+            fds.append(os.dup(fd))  # the buffer keeps its own fd; ours is for the message
+        return seen[key]
+
+    def array_ref(x: np.ndarray) -> _ArrayRef:
+        if x.dtype.hasobject:
+            raise TypeError(f"a data worker can return numeric numpy arrays only, got dtype {x.dtype}")
+        if x.nbytes == 0:
+            return _ArrayRef(-1, x.dtype.str, x.shape, 0, 0)
+        buf = x.base
+        while isinstance(buf, np.ndarray):
+            buf = buf.base
+        if not (isinstance(buf, mmap.mmap) and buf in _buffer_fds and x.flags.c_contiguous):
+            copy = shared_empty(x.shape, x.dtype)
+            copy[...] = x
+            x, buf = copy, copy.base
+        start = np.ndarray((len(buf),), np.uint8, buffer=buf).ctypes.data
+        return _ArrayRef(slot(id(buf), _buffer_fds[buf]), x.dtype.str, x.shape,
+                         x.ctypes.data - start, len(buf))
+
+    leaves: tuple[type, ...] = (np.ndarray,)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        leaves += (torch.Tensor,)
+
+    def ref(x: Any) -> _TensorRef | _ArrayRef:
+        return array_ref(x) if isinstance(x, np.ndarray) else _tensor_ref(x, slot)
 
     try:
-        return map_leaves(obj, torch.Tensor, ref), fds
+        return map_leaves(obj, leaves, ref), fds
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
 
 
-def rebuild(header: Any, fds: list[int]) -> Any:
-    """Parent side: the tensors of ``header`` over mappings of ``fds`` (which are closed here)."""
+def _tensor_ref(x: Any, slot: Any) -> _TensorRef:
+    import torch
+
+    if x.device.type != "cpu" or x.is_sparse or x.requires_grad:
+        raise TypeError(f"a data worker can return dense CPU tensors without grad only, "
+                        f"got {x.device} {x.layout} requires_grad={x.requires_grad}")
+    storage = x.untyped_storage()
+    if not storage.is_shared():  # not built in shared memory: one copy into it
+        storage = torch.UntypedStorage._new_shared(x.numel() * x.element_size())
+        x = torch.empty(0, dtype=x.dtype).set_(  # type: ignore[call-overload]
+            storage, 0, x.shape).copy_(x)
+    fd, _size = storage._share_fd_cpu_()
+    return _TensorRef(slot(storage.data_ptr(), fd), x.dtype, tuple(x.shape), tuple(x.stride()),
+                      int(x.storage_offset()), storage.nbytes())
+
+
+def rebuild(header: Any, fds: list[int], arrays_as_tensors: bool = False) -> Any:
+    """Parent side: the tensors and arrays of ``header`` over mappings of ``fds`` (which are
+    closed here). ``arrays_as_tensors``: arrays come back as tensors over the same memory
+    (``torch.from_numpy``), as ``default_collate`` would have made them."""
+    import torch
+
     storages: dict[int, torch.UntypedStorage] = {}
+    buffers: dict[int, mmap.mmap] = {}
     try:
         def tensor(x: _TensorRef) -> torch.Tensor:
             storage = storages.get(x.storage)
@@ -76,7 +149,17 @@ def rebuild(header: Any, fds: list[int]) -> Any:
                 storages[x.storage] = storage
             return torch.empty(0, dtype=x.dtype).set_(storage, x.offset, x.shape, x.stride)
 
-        return map_leaves(header, _TensorRef, tensor)
+        def array(x: _ArrayRef) -> Any:
+            if x.buffer < 0:
+                out = np.empty(x.shape, np.dtype(x.dtype))
+            else:
+                buf = buffers.get(x.buffer)
+                if buf is None:
+                    buf = buffers[x.buffer] = mmap.mmap(fds[x.buffer], x.nbytes)
+                out = np.ndarray(x.shape, np.dtype(x.dtype), buffer=buf, offset=x.offset)
+            return torch.from_numpy(out) if arrays_as_tensors else out
+
+        return map_leaves(map_leaves(header, _TensorRef, tensor), _ArrayRef, array)
     finally:
         for fd in fds:
             os.close(fd)
