@@ -3,14 +3,25 @@
 Mixed items: 5 ms of fetch latency + 2 ms of GIL-holding Python work per item, batch 32, a 10 ms
 GIL-free step (it sleeps, as a GPU step releases the GIL). aiotrain fetches on the loop (``aget``
 tasks) and runs the 2 ms in ``workers=N`` processes; DataLoader(num_workers=N) does both in each
-worker, one item after another. Measured for N = 2 and N = the machine's core count, then the
-smallest DataLoader num_workers that matches aiotrain's N=2 throughput, with its peak RSS.
+worker, one item after another. Measured for N = 2 and N = the machine's core count, then
+DataLoader num_workers is raised until it really matches aiotrain's N=2 throughput (or the cap,
+``--max-workers``, is reached: then ``dataloader_workers_to_match_aiotrain_w2`` is null).
 
 Images: JPEG bytes (256x256, generated at start) decoded with Pillow, random resized crop to 224,
 random flip, normalised: aiotrain (sync reads + transform in the workers) vs DataLoader at equal N.
 
-Each configuration runs in its own subprocess; peak RSS is the sum over the process and its
-children, sampled every 5 ms. One JSON line with every figure and the ratios.
+The transforms work in numpy and draw from the generator they are given (aiotrain:
+``rng="numpy"``, the item's own; DataLoader: numpy's per-worker global). aiotrain's workers are
+spawned (``worker_start="spawn"``): they never import torch; ``aiotrain_fork_w2`` is the same
+loader with forked workers, for comparison. DataLoader's workers are forked, its default.
+
+Each configuration runs in its own subprocess, with the libraries imported before the clock
+starts. ``items_per_s`` is the steady rate between the first and the last step;
+``first_batch_s`` is the start-up (workers started, first batch ready); ``total_items_per_s``
+includes it. Peak memory is summed over the process and its children: ``peak_rss_mb`` (shared
+pages counted in every process that maps them, as ``ps`` shows) and ``peak_pss_mb`` (shared
+pages split among their users: the memory the processes really hold). ``cpu_ms_per_item``: CPU
+time of the main process (less the memory sampler's) and of the workers. One JSON line.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 LATENCY, WORK, BATCH, STEP = 0.005, 0.002, 32, 0.010
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SCALE = tuple(1 / (255 * s) for s in STD)  # (x / 255 - mean) / std == x * SCALE - SHIFT
+SHIFT = tuple(m / s for m, s in zip(MEAN, STD, strict=True))
 
 
 def busy(seconds: float) -> int:
@@ -58,10 +71,10 @@ class Mixed:
 
 
 def mixed_work(i, gen):
-    import torch
+    import numpy as np
 
     busy(WORK)
-    return torch.full((32,), float(i))
+    return np.full((32,), float(i), dtype=np.float32)
 
 
 class Jpegs:
@@ -94,28 +107,35 @@ def make_jpegs(count: int = 16) -> list[bytes]:
 
 
 def augment_jpeg(raw: bytes, gen):
-    """Decode, random resized crop to 224 (scale 0.08-1, ratio 3/4-4/3), random flip, normalise.
-    Draws from ``gen`` (aiotrain: the item's generator) or torch's global RNG (DataLoader)."""
-    import torch
+    """Decode, random resized crop to 224 (scale 0.08-1, ratio 3/4-4/3), random flip, normalise
+    to a 3x224x224 float32 array. Draws from ``gen`` (aiotrain: the item's generator) or numpy's
+    global generator (DataLoader seeds it in each worker)."""
+    import numpy as np
     from PIL import Image
 
+    draw = gen.random if gen is not None else np.random.random
     img = Image.open(io.BytesIO(raw)).convert("RGB")
     w, h = img.size
-    r = torch.rand(4, generator=gen).tolist()
+    r = draw(5)
     area = w * h * (0.08 + 0.92 * r[0])
     ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * r[1])
     cw = min(w, round(math.sqrt(area * ratio)))
     ch = min(h, round(math.sqrt(area / ratio)))
     left, top = int(r[2] * (w - cw)), int(r[3] * (h - ch))
     img = img.resize((224, 224), Image.BILINEAR, box=(left, top, left + cw, top + ch))
-    if torch.rand((), generator=gen).item() < 0.5:
+    if r[4] < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(224, 224, 3)
-    t = t.permute(2, 0, 1).float().div_(255)
-    return (t - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    x = np.asarray(img, dtype=np.float32)
+    x *= SCALE
+    x -= SHIFT
+    return x.transpose(2, 0, 1)  # CHW view: collation copies it into the batch once
+
+
+STAMPS: list[float] = []  # when each step began
 
 
 def step(engine, batch) -> None:
+    STAMPS.append(time.perf_counter())
     time.sleep(STEP)
 
 
@@ -123,27 +143,43 @@ def run_config(kind: str, impl: str, workers: int, n_batches: int) -> dict:
     import torch
     from _common import PeakRss
 
+    import bench_pipeline as bp  # by name, so spawned workers can unpickle its functions
+    from aiotrain import AsyncLoader, Engine  # noqa: F401 - imported before the clock starts
+
     torch.set_num_threads(1)
     n = n_batches * BATCH
     blobs = make_jpegs() if kind == "images" else None
-    with PeakRss() as rss:
+    before = os.times()
+    with PeakRss(pss=True) as rss:
         t0 = time.perf_counter()
-        run_pipeline(kind, impl, workers, n, blobs)
+        bp.run_pipeline(kind, impl, workers, n, blobs)
         elapsed = time.perf_counter() - t0
-    return {"items_per_s": round(n / elapsed, 1), "peak_rss_mb": rss.mb,
-            "batches": n_batches, "seconds": round(elapsed, 2)}
+    after = os.times()
+    stamps = bp.STAMPS
+    steady = (len(stamps) - 1) * BATCH / (stamps[-1] - stamps[0])
+    main_cpu = after.user + after.system - before.user - before.system - rss.cpu_s
+    workers_cpu = after.children_user + after.children_system \
+        - before.children_user - before.children_system
+    return {"items_per_s": round(steady, 1), "first_batch_s": round(stamps[0] - t0, 3),
+            "total_items_per_s": round(n / elapsed, 1), "peak_rss_mb": rss.mb,
+            "peak_pss_mb": rss.pss_mb, "cpu_ms_per_item": {
+                "main": round(main_cpu / n * 1e3, 3), "workers": round(workers_cpu / n * 1e3, 3)},
+            "batches": n_batches}
 
 
 def run_pipeline(kind: str, impl: str, workers: int, n: int, blobs: list[bytes] | None) -> None:
-    if impl == "aiotrain":
+    if impl.startswith("aiotrain"):
         from aiotrain import AsyncLoader, Engine
 
+        start = "fork" if impl == "aiotrain_fork" else "spawn"
         if kind == "mixed":
             loader = AsyncLoader(Mixed(n), BATCH, transform=mixed_work, workers=workers,
-                                 concurrency=256, prefetch=max(4, 2 * workers))
+                                 rng="numpy", worker_start=start, concurrency=256,
+                                 prefetch=max(4, 2 * workers))
         else:
             loader = AsyncLoader(Jpegs(blobs, n, False), BATCH, transform=augment_jpeg,
-                                 workers=workers, prefetch=max(4, 2 * workers))
+                                 workers=workers, rng="numpy", worker_start=start,
+                                 prefetch=max(4, 2 * workers))
         try:
             Engine(step).run_sync(loader, max_epochs=1)
         finally:
@@ -152,8 +188,8 @@ def run_pipeline(kind: str, impl: str, workers: int, n: int, blobs: list[bytes] 
         from torch.utils.data import DataLoader
 
         ds = Mixed(n) if kind == "mixed" else Jpegs(blobs, n, True)
-        for _batch in DataLoader(ds, batch_size=BATCH, num_workers=workers):
-            step(None, None)
+        for batch in DataLoader(ds, batch_size=BATCH, num_workers=workers):
+            step(None, batch)
 
 
 def measure(kind: str, impl: str, workers: int, n_batches: int) -> dict:
@@ -165,7 +201,7 @@ def measure(kind: str, impl: str, workers: int, n_batches: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=40, help="batches per configuration")
-    p.add_argument("--max-workers", type=int, default=64, help="largest DataLoader num_workers tried")
+    p.add_argument("--max-workers", type=int, default=16, help="largest DataLoader num_workers tried")
     p.add_argument("--config", nargs=4, metavar=("KIND", "IMPL", "WORKERS", "BATCHES"))
     a = p.parse_args()
     if a.config:
@@ -181,28 +217,34 @@ def main() -> None:
     for n in sizes:
         mixed[f"aiotrain_w{n}"] = measure("mixed", "aiotrain", n, a.batches)
         mixed[f"dataloader_w{n}"] = measure("mixed", "dataloader", n, a.batches)
+    mixed["aiotrain_fork_w2"] = measure("mixed", "aiotrain_fork", 2, a.batches)
     target = mixed["aiotrain_w2"]["items_per_s"]
     match, k = None, 2
-    while k <= a.max_workers:  # the smallest num_workers that keeps up with aiotrain (N=2)
+    while k <= a.max_workers:  # the smallest num_workers that really keeps up with aiotrain (N=2)
         got = mixed.get(f"dataloader_w{k}") or measure("mixed", "dataloader", k, a.batches)
         mixed[f"dataloader_w{k}"] = got
-        if got["items_per_s"] >= 0.97 * target:
+        if got["items_per_s"] >= target:
             match = k
             break
-        k = k + 1 if k < 8 else k + 4
+        k = k + 1 if k < 8 else k + 2
+    best = max((v["items_per_s"], int(key.rsplit("w", 1)[1])) for key, v in mixed.items()
+               if key.startswith("dataloader_w"))
     images = {}
     for n in sizes:
-        images[f"aiotrain_w{n}"] = measure("images", "aiotrain", n, max(8, a.batches // 4))
-        images[f"dataloader_w{n}"] = measure("images", "dataloader", n, max(8, a.batches // 4))
+        images[f"aiotrain_w{n}"] = measure("images", "aiotrain", n, a.batches)
+        images[f"dataloader_w{n}"] = measure("images", "dataloader", n, a.batches)
+    def ratio(table: dict, a_key: str, b_key: str, field: str = "items_per_s") -> float:
+        return round(table[a_key][field] / table[b_key][field], 2)
+
     ratios = {
-        **{f"mixed_throughput_vs_dataloader_w{n}": round(
-            mixed[f"aiotrain_w{n}"]["items_per_s"] / mixed[f"dataloader_w{n}"]["items_per_s"], 2)
+        **{f"mixed_throughput_vs_dataloader_w{n}": ratio(mixed, f"aiotrain_w{n}", f"dataloader_w{n}")
            for n in sizes},
         "dataloader_workers_to_match_aiotrain_w2": match,
-        "matching_dataloader_rss_vs_aiotrain_w2": None if match is None else round(
-            mixed[f"dataloader_w{match}"]["peak_rss_mb"] / mixed["aiotrain_w2"]["peak_rss_mb"], 2),
-        **{f"images_throughput_vs_dataloader_w{n}": round(
-            images[f"aiotrain_w{n}"]["items_per_s"] / images[f"dataloader_w{n}"]["items_per_s"], 2)
+        "best_dataloader": {"workers": best[1], "items_per_s": best[0],
+                            "vs_aiotrain_w2": round(best[0] / target, 2)},
+        **{f"matching_dataloader_{m}_vs_aiotrain_w2": None if match is None else ratio(
+            mixed, f"dataloader_w{match}", "aiotrain_w2", f"peak_{m}_mb") for m in ("rss", "pss")},
+        **{f"images_throughput_vs_dataloader_w{n}": ratio(images, f"aiotrain_w{n}", f"dataloader_w{n}")
            for n in sizes},
     }
     emit("pipeline", latency_ms=LATENCY * 1e3, work_ms=WORK * 1e3, batch=BATCH,

@@ -468,6 +468,7 @@ class AsyncLoader(_StreamingLoader):
         stream.finish(len(todo))
         sem = stream.budget.fetches
         tasks: set[asyncio.Task[None]] = set()
+        cancelled = False
         try:
             for seq, indices in enumerate(todo):
                 await stream.wait_room()
@@ -477,14 +478,17 @@ class AsyncLoader(_StreamingLoader):
             self._start_early(stream, epoch + 1)  # every batch started: the next epoch may begin
             while tasks:
                 await asyncio.wait(list(tasks))
+        except asyncio.CancelledError:
+            cancelled = not stream.complete  # stopped mid-epoch, not merely after its last batch
+            raise
         finally:
             pending = [task for task in tasks if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-                if self._pool is not None:
-                    await self._pool.aclose()  # calls in flight may never return: stop the workers
+            if (pending or cancelled) and self._pool is not None:
+                await self._pool.aclose()  # calls in flight may never return: stop the workers
 
     async def _assemble(self, stream: _Stream, seq: int, epoch: int, indices: list[int],
                         sem: asyncio.Semaphore) -> None:
@@ -531,8 +535,10 @@ class AsyncLoader(_StreamingLoader):
                 return await _abandonable(self._stage.process, job, what=what)
             except Exception as exc:
                 raise DatasetError(what, exc) from exc
+        pool = self._worker_pool()
+        pool.start()  # a worker that cannot be started is not an item's error: raised as it is
         try:
-            (header, failures), fds = await self._worker_pool().call(job)
+            (header, failures), fds = await pool.call(job)
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc

@@ -77,8 +77,10 @@ def share(obj: Any) -> tuple[Any, list[int]]:
     descriptors of their buffers (the caller sends them, then closes them)."""
     fds: list[int] = []
     seen: dict[int, int] = {}
+    keep: list[Any] = []  # buffers made here live until the end, so no address or id is reused
 
-    def slot(key: int, fd: int) -> int:
+    def slot(key: int, fd: int, owner: Any) -> int:
+        keep.append(owner)
         if key not in seen:
             seen[key] = len(fds)
             fds.append(os.dup(fd))  # the buffer keeps its own fd; ours is for the message
@@ -97,7 +99,7 @@ def share(obj: Any) -> tuple[Any, list[int]]:
             copy[...] = x
             x, buf = copy, copy.base
         start = np.ndarray((len(buf),), np.uint8, buffer=buf).ctypes.data
-        return _ArrayRef(slot(id(buf), _buffer_fds[buf]), x.dtype.str, x.shape,
+        return _ArrayRef(slot(id(buf), _buffer_fds[buf], buf), x.dtype.str, x.shape,
                          x.ctypes.data - start, len(buf))
 
     leaves: tuple[type, ...] = (np.ndarray,)
@@ -128,7 +130,7 @@ def _tensor_ref(x: Any, slot: Any) -> _TensorRef:
         x = torch.empty(0, dtype=x.dtype).set_(  # type: ignore[call-overload]
             storage, 0, x.shape).copy_(x)
     fd, _size = storage._share_fd_cpu_()
-    return _TensorRef(slot(storage.data_ptr(), fd), x.dtype, tuple(x.shape), tuple(x.stride()),
+    return _TensorRef(slot(storage.data_ptr(), fd, storage), x.dtype, tuple(x.shape), tuple(x.stride()),
                       int(x.storage_offset()), storage.nbytes())
 
 

@@ -251,3 +251,110 @@ def test_bad_arguments_are_clear():
         AsyncLoader(SyncItems(), 4, skip_errors=1.5)
     with pytest.raises(TypeError, match="transform must be callable"):
         AsyncLoader(SyncItems(), 4, transform="flip")
+
+
+# spawned workers ---------------------------------------------------------------------------------
+def _children():
+    import psutil
+
+    deadline = time.monotonic() + 5
+    while (kids := psutil.Process().children()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return kids
+
+
+def test_spawned_workers_never_import_torch_for_a_numpy_transform_and_match_other_counts():
+    from spawn_targets import Items, augment
+
+    def run(workers, start="fork"):
+        return asyncio.run(_epochs(AsyncLoader(Items(), 8, shuffle=True, seed=3, workers=workers,
+                                               transform=augment, rng="numpy",
+                                               worker_start=start), 2))
+
+    spawned, forked, inline = run(2, "spawn"), run(1), run(0)
+    assert not any(b["torch_loaded"].any() for e in spawned for b in e)  # the workers stayed lean
+    assert all(b["torch_loaded"].all() for e in forked for b in e)
+    x = _flat(spawned)
+    assert x.dtype == torch.float32 and x.shape == (96, 4)
+    assert torch.equal(x, _flat(forked)) and torch.equal(x, _flat(inline))
+    assert [b["flip"].tolist() for b in spawned[1]] == [b["flip"].tolist() for b in inline[1]]
+    assert spawned[0][0]["flip"].dtype == torch.bool
+    assert _children() == []
+
+
+def test_spawned_worker_whose_transform_uses_torch_returns_tensors():
+    from spawn_targets import Items, augment_to_tensor
+
+    spawned = asyncio.run(_epochs(AsyncLoader(Items(16), 4, workers=2, transform=augment_to_tensor,
+                                              rng="numpy", worker_start="spawn"), 1))
+    inline = asyncio.run(_epochs(AsyncLoader(Items(16), 4, transform=augment_to_tensor,
+                                             rng="numpy"), 1))
+    assert torch.equal(torch.cat(spawned[0]), torch.cat(inline[0]))
+
+
+def test_spawned_worker_that_dies_names_the_item_and_cancel_leaves_nothing():
+    from spawn_targets import Items, augment
+
+    shm_before = _shm_names()
+    loader = AsyncLoader(Items(n=40, die=21), 8, workers=2, transform=augment, rng="numpy",
+                         worker_start="spawn")
+    with pytest.raises(DatasetError, match="item 21 failed.*data worker process .* died"):
+        asyncio.run(_epochs(loader, 1))
+
+    async def cancel_mid_epoch():
+        loader = AsyncLoader(Items(n=4000), 8, workers=2, transform=augment, rng="numpy",
+                             worker_start="spawn")
+        seen = []
+
+        async def consume():
+            async for b in loader:
+                seen.append(b)
+
+        task = asyncio.create_task(consume())
+        while len(seen) < 3:  # noqa: ASYNC110 - waiting on the consumer task's progress
+            await asyncio.sleep(0.01)
+        pids = loader.worker_pids
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pids, loader.worker_pids
+
+    pids, after = asyncio.run(cancel_mid_epoch())
+    assert len(pids) == 2 and after == []
+    assert _children() == []
+    assert _shm_names() == shm_before
+
+
+def test_spawned_workers_need_picklable_parts_and_say_so():
+    from spawn_targets import Items
+
+    loader = AsyncLoader(Items(8), 4, workers=1, transform=lambda x, g: x, worker_start="spawn")
+    with pytest.raises(TypeError, match="spawned data workers get .* by pickling.*module level"):
+        asyncio.run(_epochs(loader, 1))
+    with pytest.raises(ValueError, match="worker_start must be 'fork' or 'spawn'"):
+        AsyncLoader(Items(8), 4, worker_start="forkserver")
+    with pytest.raises(ValueError, match="rng must be 'torch' or 'numpy'"):
+        AsyncLoader(Items(8), 4, rng="python")
+
+
+def test_numpy_collate_builds_what_default_collate_builds():
+    import collections
+
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    from aiotrain.data.stage import numpy_collate
+    from aiotrain.data.transport import rebuild, share
+
+    Pair = collections.namedtuple("Pair", "a b")
+    samples = [{"img": np.arange(6, dtype=np.float32).reshape(2, 3).T * i, "label": i,
+                "w": 0.5 * i, "ok": i % 2 == 0, "pair": Pair(np.int16(i), [i, 2.0]),
+                "name": f"n{i}"} for i in range(3)]
+    want = default_collate(samples)
+    header, fds = share(numpy_collate(samples))
+    got = rebuild(header, fds, arrays_as_tensors=True)
+    assert got["name"] == want["name"] and isinstance(got["pair"], Pair)
+    for key in ("img", "label", "w", "ok"):
+        assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    assert torch.equal(got["pair"].a, want["pair"].a)
+    assert all(torch.equal(g, w) for g, w in zip(got["pair"].b, want["pair"].b, strict=True))
