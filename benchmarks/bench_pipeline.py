@@ -140,10 +140,10 @@ def step(engine, batch) -> None:
 
 
 def run_config(kind: str, impl: str, workers: int, n_batches: int) -> dict:
+    import bench_pipeline as bp  # by name, so spawned workers can unpickle its functions
     import torch
     from _common import PeakRss
 
-    import bench_pipeline as bp  # by name, so spawned workers can unpickle its functions
     from aiotrain import AsyncLoader, Engine  # noqa: F401 - imported before the clock starts
 
     torch.set_num_threads(1)
