@@ -360,6 +360,12 @@ class WorkerContext:
     def __init__(self, index: int, workers: int, notes: Any, spawned: bool = False) -> None:
         self.index, self.workers, self._notes = index, workers, notes
         self.spawned = spawned  # a fresh interpreter (nothing inherited), not a fork
+        self._received: list[int] = []
+
+    def take_received(self) -> list[int]:
+        """The file descriptors sent with the current message; the caller owns them now."""
+        fds, self._received = self._received, []
+        return fds
 
     def note(self, value: int) -> None:
         """Record ``value`` (an item index) in memory the parent can read after a crash."""
@@ -476,7 +482,7 @@ def _serve_worker(sock: socket.socket, ctx: WorkerContext,
             return
         if not data:
             return  # the parent closed its end (or died): nothing more will come
-        call_id, msg = _decode_msg(data, fds)[0]
+        (call_id, msg), ctx._received = _decode_msg(data, fds)
         out_fds: list[int] = []
         try:
             result, out_fds = handler(msg, ctx)
@@ -490,7 +496,7 @@ def _serve_worker(sock: socket.socket, ctx: WorkerContext,
         except Exception as exc:  # the result would not pickle: say so instead
             _send_msg(sock, (call_id, False, portable_error(exc, traceback.format_exc())), [])
         finally:
-            for fd in out_fds:
+            for fd in out_fds + ctx.take_received():  # what the handler did not take
                 os.close(fd)
 
 
@@ -643,8 +649,18 @@ class DataWorkerPool:
             if w is None or w.dead:
                 self._spawn(i)
 
-    async def call(self, message: Any) -> tuple[Any, list[int]]:
-        """Run ``message`` on the least busy worker; ``(result, fds)`` or the handler's error."""
+    async def call(self, message: Any, fds: list[int] | None = None) -> tuple[Any, list[int]]:
+        """Run ``message`` on the least busy worker; ``(result, fds)`` or the handler's error.
+        ``fds`` travel with the message (the handler takes them with ``ctx.take_received()``);
+        they are closed here once sent."""
+        fds = fds or []
+        try:
+            return await self._call(message, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    async def _call(self, message: Any, fds: list[int]) -> tuple[Any, list[int]]:
         self.start()
         index, worker = min(((i, w) for i, w in enumerate(self._slots) if w is not None),
                             key=lambda iw: len(iw[1].calls))
@@ -652,7 +668,7 @@ class DataWorkerPool:
         fut: asyncio.Future[tuple[Any, list[int]]] = asyncio.get_running_loop().create_future()
         worker.calls[call_id] = fut
         try:
-            await self._send(worker, (call_id, message))
+            await self._send(worker, (call_id, message), fds)
         except BaseException:
             worker.calls.pop(call_id, None)
             raise
@@ -661,12 +677,12 @@ class DataWorkerPool:
         finally:
             worker.calls.pop(call_id, None)
 
-    async def _send(self, worker: _Worker, obj: Any) -> None:
+    async def _send(self, worker: _Worker, obj: Any, fds: list[int]) -> None:
         while True:
             if worker.dead:
                 raise WorkerDied(worker.proc.pid, worker.proc.exitcode, -1)
             try:
-                _send_msg(worker.sock, obj, [])
+                _send_msg(worker.sock, obj, fds)
                 return
             except BlockingIOError:  # the worker's queue is full: wait until it drains a little
                 await asyncio.sleep(0.001)

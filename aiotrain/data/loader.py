@@ -38,7 +38,7 @@ from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
 from .stage import BatchJob, CpuStage, Rng
-from .transport import rebuild
+from .transport import Recycler, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,7 @@ class AsyncLoader(_StreamingLoader):
         # spawned workers collate numpy arrays without torch; they become tensors here, in place
         self._arrays_as_tensors = collate_fn is None
         self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
+        self._recycler = Recycler(prefetch)  # idle batch buffers, lent back to the workers
         self._pool: DataWorkerPool | None = None
         self._pool_finalizer: weakref.finalize | None = None
 
@@ -437,6 +438,7 @@ class AsyncLoader(_StreamingLoader):
             await early[1].aclose()
         if self._pool is not None:
             await self._pool.aclose()
+        self._recycler.drain()
 
     def close(self) -> None:
         """``aclose`` for synchronous code (``TrainJob`` resources): kills the workers at once."""
@@ -447,6 +449,7 @@ class AsyncLoader(_StreamingLoader):
                 early[1].task.cancel()
         if self._pool is not None:
             self._pool.close()
+        self._recycler.drain()
 
     async def __aenter__(self) -> AsyncLoader:
         return self
@@ -538,13 +541,13 @@ class AsyncLoader(_StreamingLoader):
         pool = self._worker_pool()
         pool.start()  # a worker that cannot be started is not an item's error: raised as it is
         try:
-            (header, failures), fds = await pool.call(job)
+            (header, failures), fds = await pool.call(job, self._recycler.take())
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc
         except Exception as exc:
             raise DatasetError(what, exc) from exc
-        return rebuild(header, fds, self._arrays_as_tensors), failures
+        return rebuild(header, fds, self._arrays_as_tensors, self._recycler), failures
 
     async def _fetch(self, index: int, sem: asyncio.Semaphore) -> tuple[bool, Any]:
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""

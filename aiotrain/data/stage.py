@@ -14,6 +14,7 @@ worker whose transform works in numpy never loads torch.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..runtime import WorkerContext, portable_error
-from .transport import share, shared_empty
+from .transport import lend, share, shared_empty
 
 __all__ = ["BatchJob", "CpuStage", "Rng", "item_generator", "item_seed", "numpy_collate"]
 
@@ -163,7 +164,10 @@ class CpuStage:
             self.worker_init()
 
     def handle(self, job: BatchJob, ctx: WorkerContext) -> tuple[Any, list[int]]:
-        """The worker handler: process, then share the batch's arrays (header, fds)."""
+        """The worker handler: process (into the buffers lent with the job, if any), then share
+        the batch's arrays (header, fds)."""
+        for fd in lend(ctx.take_received()):
+            os.close(fd)
         batch, failures = self.process(job, ctx.note)
         header, fds = share(batch)
         return (header, [(i, portable_error(e)) for i, e in failures]), fds

@@ -9,13 +9,21 @@ over the mapping: the payload is never copied on the way back and never pickled.
 memfds (torch's descriptor-backed shared memory for tensors), unlinked at birth, so they leave
 nothing in /dev/shm and vanish with their last user. Nothing here imports torch unless a tensor
 is involved, so a torch-free worker stays torch-free.
+
+Array buffers are recycled: once the consumer has dropped every array over a mapping, the
+parent's ``Recycler`` keeps its memfd and lends it with a later job; the worker writes that batch
+into it (``lend`` then ``shared_empty``), so the pages are not allocated and zeroed afresh for
+every batch. A buffer is lent only after the parent's last view of it is gone, so a batch in use
+is never overwritten.
 """
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +32,10 @@ import numpy as np
 
 from .batch import map_leaves
 
-__all__ = ["rebuild", "share", "shared_empty"]
+__all__ = ["Recycler", "lend", "rebuild", "share", "shared_empty"]
 
 _buffer_fds: weakref.WeakKeyDictionary[mmap.mmap, int] = weakref.WeakKeyDictionary()
+_lent: list[int] = []  # worker side: memfds the parent lent with the current job
 
 
 @dataclass(frozen=True)
@@ -53,17 +62,27 @@ class _ArrayRef:
     nbytes: int
 
 
+def lend(fds: list[int]) -> list[int]:
+    """Worker side: use ``fds`` (buffers lent with this job) for the next ``shared_empty`` calls;
+    returns those left over from the previous job, for the caller to close."""
+    left = _lent[:]
+    _lent[:] = fds
+    return left
+
+
 def shared_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """An uninitialised C-contiguous array in a fresh memfd mapping, which ``share`` passes on
-    without a copy (write a batch straight into it)."""
+    """An uninitialised C-contiguous array in a memfd mapping (a lent one when there is one, else
+    a fresh one), which ``share`` passes on without a copy (write a batch straight into it)."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if size == 0:
         return np.empty(shape, dtype)
-    fd = os.memfd_create("aiotrain-batch", os.MFD_CLOEXEC)
+    fd = _lent.pop() if _lent else os.memfd_create("aiotrain-batch", os.MFD_CLOEXEC)
     try:
-        os.ftruncate(fd, size)
-        buf = mmap.mmap(fd, size)
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        # a lent buffer's pages exist: map them all now rather than fault them one by one
+        buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
     except BaseException:
         os.close(fd)
         raise
@@ -134,10 +153,54 @@ def _tensor_ref(x: Any, slot: Any) -> _TensorRef:
                       int(x.storage_offset()), storage.nbytes())
 
 
-def rebuild(header: Any, fds: list[int], arrays_as_tensors: bool = False) -> Any:
+class Recycler:
+    """Parent side: the memfds of array buffers the consumer has dropped, at most ``limit`` of
+    them, to lend to workers with later jobs (see the module docstring). Thread-safe: buffers
+    come back on whichever thread drops the last view."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free: collections.deque[int] = collections.deque()
+        self._lock = threading.Lock()
+        self.lent = 0  # buffers handed out for reuse so far
+        weakref.finalize(self, _close_all, self._free)
+
+    def take(self) -> list[int]:
+        """One idle buffer's fd to send with a job (the caller closes it once sent), or none."""
+        with self._lock:
+            if not self._free:
+                return []
+            self.lent += 1
+            return [self._free.popleft()]
+
+    def give_back(self, fd: int) -> None:
+        """Called when the last view of a buffer is gone: keep its fd for lending, or close it."""
+        with self._lock:
+            if len(self._free) < self.limit:
+                self._free.append(fd)
+                return
+        os.close(fd)
+
+    def drain(self) -> None:
+        """Close the idle buffers (their memory goes back to the system); lending goes on."""
+        with self._lock:
+            free = list(self._free)
+            self._free.clear()
+        for fd in free:
+            os.close(fd)
+
+
+def _close_all(fds: collections.deque[int]) -> None:
+    while fds:
+        os.close(fds.pop())
+
+
+def rebuild(header: Any, fds: list[int], arrays_as_tensors: bool = False,
+            recycler: Recycler | None = None) -> Any:
     """Parent side: the tensors and arrays of ``header`` over mappings of ``fds`` (which are
     closed here). ``arrays_as_tensors``: arrays come back as tensors over the same memory
-    (``torch.from_numpy``), as ``default_collate`` would have made them."""
+    (``torch.from_numpy``), as ``default_collate`` would have made them. With ``recycler``,
+    an array buffer goes back to it once the last view of it is gone."""
     import torch
 
     storages: dict[int, torch.UntypedStorage] = {}
@@ -158,6 +221,8 @@ def rebuild(header: Any, fds: list[int], arrays_as_tensors: bool = False) -> Any
                 buf = buffers.get(x.buffer)
                 if buf is None:
                     buf = buffers[x.buffer] = mmap.mmap(fds[x.buffer], x.nbytes)
+                    if recycler is not None:
+                        weakref.finalize(buf, recycler.give_back, os.dup(fds[x.buffer]))
                 out = np.ndarray(x.shape, np.dtype(x.dtype), buffer=buf, offset=x.offset)
             return torch.from_numpy(out) if arrays_as_tensors else out
 

@@ -358,3 +358,36 @@ def test_numpy_collate_builds_what_default_collate_builds():
         assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
     assert torch.equal(got["pair"].a, want["pair"].a)
     assert all(torch.equal(g, w) for g, w in zip(got["pair"].b, want["pair"].b, strict=True))
+
+
+def test_batch_buffers_are_reused_only_once_dropped():
+    import gc
+
+    from spawn_targets import Items, augment
+
+    inline = asyncio.run(_epochs(AsyncLoader(Items(96), 8, transform=augment, rng="numpy"), 1))[0]
+
+    async def main():
+        held = []
+        loader = AsyncLoader(Items(96), 8, workers=2, transform=augment, rng="numpy",
+                             worker_start="spawn", prefetch=2)
+        async with loader:
+            async for i, b in _aenumerate(loader):
+                assert torch.equal(b["x"], inline[i]["x"])
+                if i % 3 == 0:
+                    held.append((i, b))  # kept: its buffer must never be lent out
+                del b
+                gc.collect()
+        return held, loader._recycler.lent
+
+    held, lent = asyncio.run(main())
+    assert lent > 0  # dropped batches' buffers went back to the workers
+    for i, b in held:
+        assert torch.equal(b["x"], inline[i]["x"]), f"held batch {i} was overwritten"
+
+
+async def _aenumerate(aiterable):
+    i = 0
+    async for x in aiterable:
+        yield i, x
+        i += 1
