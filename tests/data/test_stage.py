@@ -210,27 +210,28 @@ def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog)
     assert _shm_names() == shm_before
 
 
+async def _cancel_mid_epoch(loader):
+    """Consume three batches, cancel the consumer: the worker pids before and after."""
+    seen = []
+
+    async def consume():
+        async for b in loader:
+            seen.append(b)
+
+    task = asyncio.create_task(consume())
+    while len(seen) < 3:  # noqa: ASYNC110 - waiting on the consumer task's progress
+        await asyncio.sleep(0.01)
+    pids = loader.worker_pids
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return pids, loader.worker_pids
+
+
 def test_cancel_mid_epoch_stops_workers_and_leaves_no_process_or_segment():
     shm_before = _shm_names()
-
-    async def main():
-        loader = AsyncLoader(AsyncItems(n=4000), 16, workers=2, transform=augment)
-        seen = []
-
-        async def consume():
-            async for b in loader:
-                seen.append(b)
-
-        task = asyncio.create_task(consume())
-        while len(seen) < 3:  # noqa: ASYNC110 - waiting on the consumer task's progress
-            await asyncio.sleep(0.01)
-        pids = loader.worker_pids
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pids, loader.worker_pids
-
-    pids, after = asyncio.run(main())
+    pids, after = asyncio.run(_cancel_mid_epoch(
+        AsyncLoader(AsyncItems(n=4000), 16, workers=2, transform=augment)))
     assert len(pids) == 2 and after == []
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -301,25 +302,8 @@ def test_spawned_worker_that_dies_names_the_item_and_cancel_leaves_nothing():
     with pytest.raises(DatasetError, match="item 21 failed.*data worker process .* died"):
         asyncio.run(_epochs(loader, 1))
 
-    async def cancel_mid_epoch():
-        loader = AsyncLoader(Items(n=4000), 8, workers=2, transform=augment, rng="numpy",
-                             worker_start="spawn")
-        seen = []
-
-        async def consume():
-            async for b in loader:
-                seen.append(b)
-
-        task = asyncio.create_task(consume())
-        while len(seen) < 3:  # noqa: ASYNC110 - waiting on the consumer task's progress
-            await asyncio.sleep(0.01)
-        pids = loader.worker_pids
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pids, loader.worker_pids
-
-    pids, after = asyncio.run(cancel_mid_epoch())
+    pids, after = asyncio.run(_cancel_mid_epoch(AsyncLoader(
+        Items(n=4000), 8, workers=2, transform=augment, rng="numpy", worker_start="spawn")))
     assert len(pids) == 2 and after == []
     assert _children() == []
     assert _shm_names() == shm_before
