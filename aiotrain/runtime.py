@@ -533,7 +533,8 @@ class _SpawnedProcess:
 
     @property
     def exitcode(self) -> int | None:
-        return self._popen.poll()  # negative: killed by that signal, as multiprocessing says
+        code: int | None = self._popen.poll()
+        return code  # negative: killed by that signal, as multiprocessing says
 
     def is_alive(self) -> bool:
         return self._popen.poll() is None

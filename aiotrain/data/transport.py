@@ -110,13 +110,14 @@ def share(obj: Any) -> tuple[Any, list[int]]:
             raise TypeError(f"a data worker can return numeric numpy arrays only, got dtype {x.dtype}")
         if x.nbytes == 0:
             return _ArrayRef(-1, x.dtype.str, x.shape, 0, 0)
-        buf = x.base
-        while isinstance(buf, np.ndarray):
-            buf = buf.base
-        if not (isinstance(buf, mmap.mmap) and buf in _buffer_fds and x.flags.c_contiguous):
+        base: Any = x.base
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if not (isinstance(base, mmap.mmap) and base in _buffer_fds and x.flags.c_contiguous):
             copy = shared_empty(x.shape, x.dtype)
             copy[...] = x
-            x, buf = copy, copy.base
+            x, base = copy, copy.base
+        buf: mmap.mmap = base
         start = np.ndarray((len(buf),), np.uint8, buffer=buf).ctypes.data
         return _ArrayRef(slot(id(buf), _buffer_fds[buf], buf), x.dtype.str, x.shape,
                          x.ctypes.data - start, len(buf))
