@@ -386,7 +386,7 @@ class AsyncLoader(_StreamingLoader):
         self.transform, self.workers, self.skip_errors = transform, workers, skip_errors
         self.skipped: list[tuple[int, int, str]] = []  # (epoch, index, error) of skipped items
         self.rng, self.worker_start = rng, worker_start
-        # spawned workers collate numpy arrays without torch; they become tensors here, in place
+        # workers collate numpy arrays without torch; they become tensors here, in place
         self._arrays_as_tensors = collate_fn is None
         self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
         self._recycler = Recycler(prefetch)  # idle batch buffers, lent back to the workers
@@ -552,7 +552,8 @@ class AsyncLoader(_StreamingLoader):
             raise DatasetError(index, exc) from exc
         except Exception as exc:
             raise DatasetError(what, exc) from exc
-        return rebuild(header, fds, self._arrays_as_tensors, self._recycler), failures
+        as_tensors = self._arrays_as_tensors and not job.getitems  # __getitems__ is not collated
+        return rebuild(header, fds, as_tensors, self._recycler), failures
 
     async def _fetch(self, index: int, sem: asyncio.Semaphore) -> tuple[bool, Any]:
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""

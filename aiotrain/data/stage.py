@@ -100,20 +100,20 @@ Failure = tuple[int, BaseException]
 
 class CpuStage:
     """Fetch (sync datasets), transform and collate one batch; see the module docstring.
-    ``collate_fn=None``: torch's ``default_collate``, or in a torch-free (spawned) worker
-    ``numpy_collate``."""
+    ``collate_fn=None``: torch's ``default_collate`` in this process, ``numpy_collate`` in a worker
+    process (arrays stacked into reusable shared buffers; tensors still go to ``default_collate``)."""
 
     def __init__(self, dataset: Any, transform: Callable[[Any, Any], Any] | None,
                  collate_fn: Callable[[list[Any]], Any] | None, seed: int,
                  worker_init: Callable[[], Any] | None = None, rng: Rng = "torch") -> None:
         self.dataset, self.transform, self.collate_fn, self.seed = dataset, transform, collate_fn, seed
         self.worker_init, self.rng = worker_init, rng
-        self.lean = False  # set in a spawned worker: collate with numpy_collate
+        self.in_worker = False  # set in a worker process: collate with numpy_collate
 
     def _collate(self, samples: list[Any]) -> Any:
         if self.collate_fn is not None:
             return self.collate_fn(samples)
-        if self.lean:
+        if self.in_worker:
             return numpy_collate(samples)
         from torch.utils.data import default_collate
 
@@ -149,11 +149,10 @@ class CpuStage:
     def init_worker(self, ctx: WorkerContext) -> None:
         """Runs once in each worker. Forked (torch inherited): one intra-op thread (the workers
         are the parallelism), and torch's worker info, so ``default_collate`` builds its output
-        in shared memory. Spawned (``ctx.spawned``): nothing is imported here; batches are
-        collated with ``numpy_collate`` unless a ``collate_fn`` was given."""
-        if ctx.spawned:
-            self.lean = True
-        else:
+        in shared memory. Spawned (``ctx.spawned``): nothing is imported here. Either way
+        batches are collated with ``numpy_collate`` unless a ``collate_fn`` was given."""
+        self.in_worker = True
+        if not ctx.spawned:
             import torch
             from torch.utils.data._utils import worker as torch_worker
 

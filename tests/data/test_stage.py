@@ -274,7 +274,7 @@ def test_spawned_workers_never_import_torch_for_a_numpy_transform_and_match_othe
 
     spawned, forked, inline = run(2, "spawn"), run(1), run(0)
     assert not any(b["torch_loaded"].any() for e in spawned for b in e)  # the workers stayed lean
-    assert all(b["torch_loaded"].all() for e in forked for b in e)
+    assert all(b["torch_loaded"].all() for e in forked for b in e)  # forked: inherited
     x = _flat(spawned)
     assert x.dtype == torch.float32 and x.shape == (96, 4)
     assert torch.equal(x, _flat(forked)) and torch.equal(x, _flat(inline))
