@@ -214,7 +214,24 @@ async def scenario(worker: ComputeWorker, width: int, paths: tuple[str, str],
         "cpu": cpu_med,
         "in_workers_cores_used": round((cpu_med["in_workers_main_s"] + cpu_med["in_workers_worker_s"])
                                        / med["in_workers_s"], 2),
+        **cpu_critical_path(cpu_med),
     }
+
+
+def cpu_critical_path(cpu: dict[str, float]) -> dict[str, float]:
+    """What two free cores would give the worker variant, from CPU time, which other work on a
+    shared machine does not inflate: its critical path (the longer of model set-up and the
+    worker's load and first batch, then the step) against the longer set-up plus the step, and
+    against sequential."""
+    step = max(0.0, cpu["sequential_s"] - cpu["setup_s"] - cpu["load_s"])
+    longer = max(cpu["setup_s"], cpu["load_s"]) + step
+    main, worker = cpu["in_workers_main_s"], cpu["in_workers_worker_s"]
+    main_step = max(0.0, main - cpu["setup_s"])  # what the main process did after its set-up
+    critical = max(main, worker + main_step)
+    return {"in_workers_cpu_critical_s": round(critical, 3),
+            "in_workers_cpu_critical_vs_longer": round(critical / longer, 3),
+            "in_workers_cpu_critical_faster_than_sequential_pct":
+                round(100 * (1 - critical / cpu["sequential_s"]), 1)}
 
 
 async def main_async(args: argparse.Namespace) -> dict:
