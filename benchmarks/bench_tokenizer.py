@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
+import psutil
 import torch
 
 from aiotrain.data.loader import AsyncLoader
@@ -135,8 +135,8 @@ def encoder(tc: TokenizerCache):
 
 async def first_step_in_workers(worker: ComputeWorker, layers: int, width: int,
                                 paths: tuple[str, str]) -> tuple[float, float, float]:
-    """Time to first step, this process's CPU time and the worker's (counted once it is reaped)."""
-    worker_cpu0 = _children_cpu()
+    """Time to first step, this process's CPU time, and the worker's CPU time up to the first
+    batch (its start, the load and the batch; not its exit)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     tc = TokenizerCache(*paths, background=False)
     loader = AsyncLoader(Texts(), len(TEXTS), transform=encoder(tc), workers=1,
@@ -144,15 +144,11 @@ async def first_step_in_workers(worker: ComputeWorker, layers: int, width: int,
     async with loader:  # opening starts the worker: it loads the tokenizer while we build
         model, _ = await timed_setup(worker, layers, width)
         async for batch in loader:
+            times = psutil.Process(loader.worker_pids[0]).cpu_times()
             await worker.call(train_step, model, batch.tolist())
             break
         took, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return took, cpu, _children_cpu() - worker_cpu0
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return took, cpu, times.user + times.system
 
 
 async def calibrate_layers(worker: ComputeWorker, width: int, setup_s: float) -> int:
