@@ -328,9 +328,9 @@ class AsyncLoader(_StreamingLoader):
     augmentation drawn from it is the same whatever the worker count and across a resume. With
     ``transform`` set, items are fetched one by one (``__getitems__`` is not used).
     ``workers=N`` runs the stage (sync ``__getitem__`` reads of datasets without ``aget``, the
-    transform, ``collate_fn``) in N forked worker processes, started on first use and reused
-    across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
-    this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
+    transform, ``collate_fn``) in N forked worker processes, started when the loader is opened
+    (or on first use) and reused across epochs; batches come back through shared memory.
+    ``workers=0`` runs it on threads of this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
     open a connection); if it raises, the first batch raises ``WorkerInitError`` with its message.
     Opening the loader (``async with loader:`` or ``await loader.astart()``) starts the workers
     ahead of the first batch without waiting for them, so ``worker_init`` overlaps whatever this
