@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
+import threading
 
 import pytest
 import tokenizers
@@ -205,34 +205,30 @@ async def test_bad_input_raises_clearly_from_wait_ready(tmp_path, monkeypatch, m
         tc.get_vocab()
 
 
-async def test_loop_stays_responsive_while_a_200k_vocabulary_loads(tmp_path):
-    """The heartbeat only pauses for the tokenizers constructor (a GIL-holding Rust call)."""
+async def test_a_200k_vocabulary_is_read_and_built_off_the_loop(tmp_path, monkeypatch):
+    """Reading, parsing and the tokenizers constructor run on an I/O thread; the loop keeps
+    running meanwhile (how long the GIL-holding constructor stalls it is bench_tokenizer.py's)."""
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"tok{i}" for i in range(200_000)]
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n")
+    built_on: list[int] = []
+    build = tokenizer_mod._build
 
-    # the unavoidable pause, measured here: building the Rust model from the parsed vocabulary
-    vocab = {t: i for i, t in enumerate(tokens)}
-    t0 = time.perf_counter()
-    tokenizers.models.WordPiece(vocab, unk_token="[UNK]")
-    rust_build = time.perf_counter() - t0
-    del vocab
+    def recording_build(*args):
+        built_on.append(threading.get_ident())
+        return build(*args)
 
-    gaps: list[float] = []
+    monkeypatch.setattr(tokenizer_mod, "_build", recording_build)
+    ticks = 0
     tc = TokenizerCache(path)
-    t0 = last = time.perf_counter()
     while not tc.is_ready():
         await asyncio.sleep(0.001)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-        assert now - t0 < 60, "tokenizer load did not finish"
-    load_time = time.perf_counter() - t0
+        ticks += 1
+        assert ticks < 60_000, "tokenizer load did not finish"
     await tc.wait_ready()
     assert len(tc.get_vocab()) == 200_004
-    # reading and parsing never stall the loop; the one long pause is the Rust build
-    assert max(gaps) < rust_build * 1.25 + 0.04, (max(gaps), rust_build, load_time)
-    assert sum(g for g in gaps if g < 0.02) > 0.3 * load_time  # the loop ran for much of the load
+    assert built_on and threading.get_ident() not in built_on
+    assert ticks > 1  # the loop ran while the vocabulary loaded
 
 
 # loaded in AsyncLoader's worker processes ----------------------------------------------------
