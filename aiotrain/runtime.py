@@ -34,6 +34,7 @@ __all__ = [
     "DataWorkerPool",
     "WorkerContext",
     "WorkerDied",
+    "WorkerInitError",
     "JobChannel",
     "JobProcess",
     "JobProcessError",
@@ -353,6 +354,16 @@ class WorkerDied(RuntimeError):
         self.pid, self.exitcode, self.note = pid, exitcode, note
 
 
+class WorkerInitError(RuntimeError):
+    """A data worker's initializer raised (a tokenizer file that does not load, say); the
+    original error is ``__cause__``. Every later call of the pool raises it too, instead of
+    starting worker after worker that would fail the same way."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"data worker initialisation failed: {type(exc).__name__}: {exc}")
+        self.__cause__ = exc
+
+
 class WorkerContext:
     """What a worker-side handler gets besides its message: which worker it is, whether it was
     spawned, and ``note(n)`` to record progress that the parent reads if the process dies."""
@@ -373,6 +384,7 @@ class WorkerContext:
 
 
 _NOTE = struct.Struct("q")
+_INIT_FAILED = 0  # the call id of a worker's report that its initializer raised (calls count from 1)
 _INLINE_MAX = 32 * 1024  # bigger messages travel as a memfd, so a datagram always fits the socket
 _MAX_FDS = 64
 _parent_ends: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -457,8 +469,9 @@ def _spawned_worker_main(index: int, workers: int, sock_fd: int, notes_fd: int) 
         sys.exit(0)
     try:
         handler, initializer = _decode_msg(data, fds)[0]
-    except BaseException as exc:  # reported as this worker's start-up error (call id 0)
-        _send_msg(sock, (0, False, portable_error(exc, traceback.format_exc())), [])
+    except BaseException as exc:  # reported to the parent, which fails the calls with it
+        with contextlib.suppress(Exception):
+            _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
         sys.exit(1)
     _serve_worker(sock, WorkerContext(index, workers, notes, spawned=True), handler, initializer)
 
@@ -472,9 +485,10 @@ def _serve_worker(sock: socket.socket, ctx: WorkerContext,
     if initializer is not None:
         try:
             initializer(ctx)
-        except BaseException as exc:  # reported as the start-up error (call id 0), then exit
-            _send_msg(sock, (0, False, portable_error(exc, traceback.format_exc())), [])
-            raise
+        except BaseException as exc:  # reported to the parent, which fails the calls with it
+            with contextlib.suppress(Exception):
+                _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
+            return
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, _INLINE_MAX + 64, _MAX_FDS)
@@ -520,7 +534,6 @@ class _Worker:
         self.proc, self.sock = proc, sock
         self.calls: dict[int, asyncio.Future[tuple[Any, list[int]]]] = {}
         self.dead = False
-        self.startup_error: BaseException | None = None  # its initializer or unpickling failed
 
 
 class _SpawnedProcess:
@@ -567,10 +580,12 @@ class DataWorkerPool:
     the handler pickled and import only what unpickling it needs, so a worker's memory is its
     own work's, not the parent's (torch is not loaded unless the handler uses it); the handler
     must pickle (module-level functions and classes, not ``__main__``'s). Either way they start
-    on the first call and are reused until ``aclose()`` kills them. A worker that dies fails its
-    calls with ``WorkerDied`` (carrying its last ``ctx.note``) and is replaced on the next call;
-    one whose initializer (or, spawned, unpickling) fails fails them with that error. A worker
-    whose parent dies exits on EOF. A cancelled call's result is discarded when it arrives.
+    on ``start()`` or the first call and are reused until ``aclose()`` kills them. An
+    ``initializer`` that raises (or, spawned, a handler that does not unpickle) fails the calls,
+    this and every later one until ``aclose()``, with ``WorkerInitError``. A worker that dies
+    fails its calls with ``WorkerDied`` (carrying its last ``ctx.note``) and is replaced on the
+    next call; a worker whose parent dies exits on EOF.
+    A cancelled call's result is discarded when it arrives (its fds closed).
     """
 
     def __init__(self, workers: int, handler: Callable[[Any, WorkerContext], tuple[Any, list[int]]],
@@ -594,6 +609,7 @@ class DataWorkerPool:
         self._setup: bytes | None = None  # the pickled (handler, initializer) for spawned workers
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_error: WorkerInitError | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -663,6 +679,8 @@ class DataWorkerPool:
                 os.close(fd)
 
     async def _call(self, message: Any, fds: list[int]) -> tuple[Any, list[int]]:
+        if self._init_error is not None:
+            raise self._init_error
         self.start()
         index, worker = min(((i, w) for i, w in enumerate(self._slots) if w is not None),
                             key=lambda iw: len(iw[1].calls))
@@ -682,7 +700,7 @@ class DataWorkerPool:
     async def _send(self, worker: _Worker, obj: Any, fds: list[int]) -> None:
         while True:
             if worker.dead:
-                raise WorkerDied(worker.proc.pid, worker.proc.exitcode, -1)
+                raise self._init_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, -1)
             try:
                 _send_msg(worker.sock, obj, fds)
                 return
@@ -715,8 +733,8 @@ class DataWorkerPool:
                         fut.set_exception(RuntimeError(f"unreadable reply from data worker "
                                                        f"{worker.proc.pid}: {exc}"))
                 continue
-            if call_id == 0 and not ok:  # the worker could not start; it exits next
-                worker.startup_error = value
+            if call_id == _INIT_FAILED:
+                self._init_failed(worker, value)
                 continue
             reply = worker.calls.get(call_id)
             if reply is None or reply.done():  # cancelled meanwhile: the result is discarded
@@ -729,6 +747,13 @@ class DataWorkerPool:
                     os.close(fd)
                 reply.set_exception(value)
 
+    def _init_failed(self, worker: _Worker, exc: BaseException) -> None:
+        if self._init_error is None:
+            self._init_error = WorkerInitError(exc)
+        for fut in worker.calls.values():
+            if not fut.done():
+                fut.set_exception(self._init_error)
+
     def _mark_dead(self, index: int, worker: _Worker) -> None:
         if worker.dead:
             return
@@ -738,7 +763,7 @@ class DataWorkerPool:
         worker.sock.close()
         worker.proc.join(0.05)  # EOF came because it exited: reaping takes microseconds
         (note,) = _NOTE.unpack_from(self._notes, 8 * index)
-        error = worker.startup_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
+        error = self._init_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
         for fut in worker.calls.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -749,7 +774,7 @@ class DataWorkerPool:
         """Kill the workers and reap them without blocking the loop; fail calls still waiting.
         The pool can be used again afterwards (fresh processes start on the next call)."""
         workers = [w for w in self._slots if w is not None]
-        self._slots = [None] * self.workers
+        self._slots, self._init_error = [None] * self.workers, None
         for w in workers:
             if not w.dead:
                 w.proc.kill()
@@ -761,7 +786,7 @@ class DataWorkerPool:
     def close(self) -> None:
         """``aclose`` for synchronous callers (finalizers): kill and reap, blocking briefly."""
         workers = [w for w in self._slots if w is not None]
-        self._slots = [None] * self.workers
+        self._slots, self._init_error = [None] * self.workers, None
         for w in workers:
             if not w.dead:
                 w.proc.kill()

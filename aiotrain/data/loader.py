@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ..protocols import EpochAware
-from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
+from ..runtime import DataWorkerPool, WorkerDied, WorkerInitError, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
 from .stage import BatchJob, CpuStage, Rng
@@ -328,18 +328,20 @@ class AsyncLoader(_StreamingLoader):
     from ``(seed, epoch, index)`` only, so random augmentation drawn from it is the same whatever
     the worker count and across a resume. With ``transform`` set, items are fetched one by one
     (``__getitems__`` is not used). ``workers=N`` runs the stage (sync ``__getitem__`` reads of
-    datasets without ``aget``, the transform, ``collate_fn``) in N worker processes, started on
-    first use and reused across epochs; batches come back through shared memory. The workers are
-    forked (``worker_start="fork"``), or with ``worker_start="spawn"`` fresh interpreters that
-    import only what the dataset and transform need: a transform that works in numpy (with
-    ``rng="numpy"``) never loads torch there, so each worker costs tens of MB, not the trainer's
-    memory; the batch's arrays become tensors here without a copy. Spawned workers get the
-    dataset, transform, collate_fn and worker_init by pickling (define them at module level).
-    ``workers=0`` runs the stage on threads of this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
-    open a connection); ``await loader.astart()`` starts the workers ahead of the first batch, so
-    that work overlaps whatever this process does meanwhile (building the model). Close the loader
-    (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
-    stream stops them too.
+    datasets without ``aget``, the transform, ``collate_fn``) in N worker processes, started when
+    the loader is opened (or on first use) and reused across epochs; batches come back through
+    shared memory. The workers are forked (``worker_start="fork"``), or with
+    ``worker_start="spawn"`` fresh interpreters that import only what the dataset and transform
+    need: a transform that works in numpy (with ``rng="numpy"``) never loads torch there, so each
+    worker costs tens of MB, not the trainer's memory; the batch's arrays become tensors here
+    without a copy. Spawned workers get the dataset, transform, collate_fn and worker_init by
+    pickling (define them at module level). ``workers=0`` runs the stage on threads of this
+    process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there, open
+    a connection); if it raises, the first batch raises ``WorkerInitError`` with its message.
+    Opening the loader (``async with loader:`` or ``await loader.astart()``) starts the workers
+    ahead of the first batch without waiting for them, so ``worker_init`` overlaps whatever this
+    process does meanwhile (building the model). Close the loader (``await loader.aclose()``,
+    leaving ``async with``, or ``close()``) to stop the workers; a cancelled stream stops them too.
 
     ``skip_errors=K``: up to K items per epoch that fail (fetch or transform) are left out of
     their batch, counted in ``skipped`` and logged with index and error; the next failure is a
@@ -431,8 +433,9 @@ class AsyncLoader(_StreamingLoader):
         return [] if self._pool is None else self._pool.pids
 
     async def astart(self) -> AsyncLoader:
-        """Start the worker processes now (they also start with the first stream); their
-        ``worker_init`` runs while this process goes on. No-op with ``workers=0``."""
+        """Start the worker processes now (they also start with the first stream) and return at
+        once: their ``worker_init`` runs while this process goes on. ``async with`` calls it.
+        No-op with ``workers=0``."""
         if self.workers:
             self._worker_pool().start()
         return self
@@ -457,7 +460,7 @@ class AsyncLoader(_StreamingLoader):
         self._recycler.drain()
 
     async def __aenter__(self) -> AsyncLoader:
-        return self
+        return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -550,6 +553,8 @@ class AsyncLoader(_StreamingLoader):
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc
+        except WorkerInitError:
+            raise  # no item's fault: the message names what worker_init failed on
         except Exception as exc:
             raise DatasetError(what, exc) from exc
         as_tensors = self._arrays_as_tensors and not job.getitems  # __getitems__ is not collated
