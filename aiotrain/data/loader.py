@@ -480,10 +480,16 @@ class AsyncLoader(_StreamingLoader):
         sem = stream.budget.fetches
         tasks: set[asyncio.Task[None]] = set()
         cancelled = False
+        # each batch counts its failed items against skip_errors after the batch before it, so
+        # which items are skipped, and which one is past the budget, does not depend on timing
+        prev: asyncio.Future[None] | None = None
         try:
             for seq, indices in enumerate(todo):
                 await stream.wait_room()
-                task = asyncio.create_task(self._assemble(stream, seq, epoch, indices, sem))
+                gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                task = asyncio.create_task(
+                    self._assemble(stream, seq, epoch, indices, sem, _Turn(prev, gate)))
+                prev = gate
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             self._start_early(stream, epoch + 1)  # every batch started: the next epoch may begin
@@ -502,9 +508,9 @@ class AsyncLoader(_StreamingLoader):
                 await self._pool.aclose()  # calls in flight may never return: stop the workers
 
     async def _assemble(self, stream: _Stream, seq: int, epoch: int, indices: list[int],
-                        sem: asyncio.Semaphore) -> None:
+                        sem: asyncio.Semaphore, turn: _Turn) -> None:
         try:
-            batch = await self._batch(epoch, indices, sem)
+            batch = await self._batch(epoch, indices, sem, turn)
             if self.pin_memory:
                 batch = await to_io(pin_batch, batch)
         except asyncio.CancelledError:
@@ -513,8 +519,11 @@ class AsyncLoader(_StreamingLoader):
             stream.put(seq, False, exc)
         else:
             stream.put(seq, True, batch)
+        finally:
+            turn.done()
 
-    async def _batch(self, epoch: int, indices: list[int], sem: asyncio.Semaphore) -> Any:
+    async def _batch(self, epoch: int, indices: list[int], sem: asyncio.Semaphore,
+                     turn: _Turn) -> Any:
         ds = self.dataset
         if self.transform is None and hasattr(ds, "__getitems__"):
             job = BatchJob(epoch, indices, None, getitems=True)
@@ -527,15 +536,18 @@ class AsyncLoader(_StreamingLoader):
             kept = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if ok]
             failures = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if not ok]
             if failures and not tolerate:
+                await turn.wait()
                 self._account(epoch, failures)
             if self.workers == 0 and self.transform is None:
                 batch = await to_io(self.collate_fn, [v for _, v in kept]) if kept else None
+                await turn.wait()
                 self._account(epoch, failures)
                 return _whole(batch, indices)
             job = BatchJob(epoch, [i for i, _ in kept], [v for _, v in kept], tolerate)
         else:  # a sync dataset read in the worker processes
             job = BatchJob(epoch, indices, None, tolerate)
         batch, more = await self._run_stage(job, what=indices) if job.indices else (None, [])
+        await turn.wait()
         self._account(epoch, failures + more)
         return _whole(batch, indices)
 
@@ -591,6 +603,22 @@ class AsyncLoader(_StreamingLoader):
         """Adapt any iterable, async iterable or torch DataLoader into a prefetching async iterable
         with the same stream protocol (ordering, bounded prefetch, engine fast path)."""
         return _WrappedLoader(source, prefetch)
+
+
+class _Turn:
+    """A batch's place in the accounting order: wait for the batch before it, then let the next
+    one go (when done, whatever happened)."""
+
+    def __init__(self, before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+        self.before, self.mine = before, mine
+
+    async def wait(self) -> None:
+        if self.before is not None:
+            await asyncio.shield(self.before)
+
+    def done(self) -> None:
+        if not self.mine.done():
+            self.mine.set_result(None)
 
 
 def _whole(batch: Any, indices: list[int]) -> Any:

@@ -355,3 +355,22 @@ async def _aenumerate(aiterable):
     async for x in aiterable:
         yield i, x
         i += 1
+
+
+class SlowFirst(SyncItems):
+    """Async items whose earlier indices take longer, so later batches finish first."""
+
+    async def aget(self, i):
+        await asyncio.sleep(0.002 * (self.n - i))
+        return self[i]
+
+
+def test_skipped_items_are_counted_in_batch_order_not_completion_order():
+    for workers in (0, 1):
+        loader = AsyncLoader(SlowFirst(n=24, bad={3, 17}), 8, skip_errors=2, workers=workers)
+        asyncio.run(_epochs(loader, 1))
+        assert [i for e, i, _ in loader.skipped if e == 0] == [3, 17]
+        over = AsyncLoader(SlowFirst(n=24, bad={3, 17, 20}), 8, skip_errors=2, workers=workers)
+        with pytest.raises(DatasetError, match="item 20 failed"):
+            asyncio.run(_epochs(over, 1))
+        assert [i for e, i, _ in over.skipped if e == 0] == [3, 17]
