@@ -13,7 +13,8 @@ has records to write) wakes every half interval and drains every writer whose re
 so the window holds in plain scripts and in services alike, even when nothing else is logged.
 A storm of records also drains early: ``FLUSH_RECORDS`` waiting records submit a drain to
 the I/O executor, which bounds memory. A drain takes everything queued at its start, encodes
-it with msgspec as JSON lines and appends it to the file; drains are serialized by a lock, so
+it with msgspec as JSON lines and appends it to the file, then appends the scalar values to the
+file's binary column cache (``columns.py``, what the dashboard charts from); drains are serialized by a lock, so
 a ``flush()`` that drains after a ``log`` call has returned sees that record. Only ``flush``
 and ``close`` fsync: the window is about the process dying, not the machine losing power.
 """
@@ -31,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ..runtime import spawn_daemon, submit_io
+from .columns import ColumnAppender
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -60,6 +62,8 @@ class MetricsWriter:
         self._before = before_first_write
         self._lock = threading.Lock()
         self._file: Any = None
+        self._size = 0
+        self._columns: ColumnAppender | None = None
         self._inflight = False
         self._encoder = msgspec.json.Encoder()
 
@@ -100,11 +104,38 @@ class MetricsWriter:
                     return 0
                 self._open()
             if records:
-                self._file.write(self._encoder.encode_lines([_encode(r) for r in records]))
-            self._file.flush()
+                encoded = [_encode(r) for r in records]
+                lines = self._encoder.encode_lines(encoded)
+                try:
+                    self._file.write(lines)
+                    self._file.flush()  # the jsonl first: the cache never covers more than it holds
+                except BaseException:
+                    self._drop_cache()  # the jsonl's length is unknown now
+                    raise
+                self._cache(encoded, lines)
+                self._size += len(lines)
+            else:
+                self._file.flush()
             if durable:
                 os.fsync(self._file.fileno())
+                if self._columns is not None:
+                    self._columns.sync()
             return n
+
+    def _cache(self, records: list[dict[str, Any]], lines: bytes) -> None:
+        """Append to the column cache; after a failure the cache stays behind (readers decode
+        the jsonl past its last mark) and is repaired when the file is next opened."""
+        if self._columns is None:
+            return
+        try:
+            self._columns.append(records, lines, self._size)
+        except (OSError, ValueError):
+            self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        if self._columns is not None:
+            self._columns.close()
+            self._columns = None
 
     def open(self) -> None:
         """Create the file (and run ``before_first_write``) now instead of at the first drain."""
@@ -128,6 +159,9 @@ class MetricsWriter:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            if self._columns is not None:
+                self._columns.close()
+                self._columns = None
 
     def _open(self) -> None:
         if self._before is not None:
@@ -136,6 +170,11 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
+        self._size = os.fstat(self._file.fileno()).st_size
+        try:
+            self._columns = ColumnAppender.open(self.path)
+        except (OSError, ValueError):  # the chart decodes the jsonl instead; the history is whole
+            self._columns = None
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:
