@@ -142,7 +142,7 @@ class CachedColumns:
     """What a valid cache holds: the jsonl offset it covers, and per key its records there."""
 
     offset: int
-    columns: dict[str, np.ndarray]  # RECORD arrays
+    columns: dict[str, np.ndarray]  # RECORD arrays, memory-mapped
     media: list[tuple[str, int, dict[str, Any]]]  # (key, step, value), in file order
 
 
@@ -164,11 +164,8 @@ def read_cache(jsonl: Path) -> CachedColumns | None:
         return None
     columns = {}
     for key, name in keys.items():
-        records = _read_records(folder / name)
-        ends = records["end"]
-        if len(ends) and np.any(ends[1:] < ends[:-1]):
-            return None
-        columns[key] = records[: int(np.searchsorted(ends, offset, side="right"))]
+        records = _map_records(folder / name)
+        columns[key] = records[: int(np.searchsorted(records["end"], offset, side="right"))]
     kept = [m for m in media if m[0] <= offset]
     if sum(len(c) for c in columns.values()) + len(kept) != entries:
         return None
@@ -217,13 +214,19 @@ def _complete_lines(path: Path) -> list[bytes]:
     return data[: data.rfind(b"\n") + 1].splitlines()
 
 
-def _read_records(path: Path) -> np.ndarray:
+def _map_records(path: Path) -> np.ndarray:
+    """The whole records of a column file, memory-mapped read-only: finding the covered prefix
+    touches a few pages, and only a column that is charted is read whole. (A writer only ever
+    cuts records after the last mark, never the covered prefix, and a rebuild replaces the
+    files, so the mapped prefix stays valid.)"""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        size = os.stat(path).st_size
     except FileNotFoundError:
         return np.empty(0, RECORD)
-    return np.frombuffer(data, RECORD, len(data) // RECORD.itemsize)
+    n = size // RECORD.itemsize
+    if n == 0:
+        return np.empty(0, RECORD)
+    return np.memmap(path, RECORD, mode="r", shape=(n,))
 
 
 def _last_line(jsonl: Path, offset: int) -> bytes | None:

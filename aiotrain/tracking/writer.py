@@ -50,6 +50,7 @@ class MetricsWriter:
 
     FLUSH_INTERVAL_S = 1.0
     FLUSH_RECORDS = 4096
+    CACHE_RECORDS = 1024
 
     def __init__(self, path: Path, before_first_write: Callable[[], None] | None = None,
                  interval: float | None = None) -> None:
@@ -64,6 +65,9 @@ class MetricsWriter:
         self._file: Any = None
         self._size = 0
         self._columns: ColumnAppender | None = None
+        self._pending: list[dict[str, Any]] = []  # written to the jsonl, not yet to the cache
+        self._pending_lines: list[bytes] = []
+        self._pending_at = 0
         self._inflight = False
         self._encoder = msgspec.json.Encoder()
 
@@ -117,22 +121,39 @@ class MetricsWriter:
             else:
                 self._file.flush()
             if durable:
+                self._append_cache()
                 os.fsync(self._file.fileno())
                 if self._columns is not None:
                     self._columns.sync()
             return n
 
     def _cache(self, records: list[dict[str, Any]], lines: bytes) -> None:
-        """Append to the column cache; after a failure the cache stays behind (readers decode
-        the jsonl past its last mark) and is repaired when the file is next opened."""
+        """Queue written lines for the column cache, appended once ``CACHE_RECORDS`` wait (or
+        at the next durable drain): a reader decodes the few lines past the cache's last mark,
+        and a log call with ``interval`` 0 does not pay for a cache append each."""
         if self._columns is None:
             return
+        if not self._pending:
+            self._pending_at = self._size
+        self._pending.extend(records)
+        self._pending_lines.append(lines)
+        if len(self._pending) >= self.CACHE_RECORDS:
+            self._append_cache()
+
+    def _append_cache(self) -> None:
+        """Append the queued lines to the column cache; after a failure the cache stays behind
+        (readers decode the jsonl past its last mark) until the file is next opened."""
+        records, lines = self._pending, b"".join(self._pending_lines)
+        self._pending, self._pending_lines = [], []
+        if self._columns is None or not records:
+            return
         try:
-            self._columns.append(records, lines, self._size)
+            self._columns.append(records, lines, self._pending_at)
         except (OSError, ValueError):
             self._drop_cache()
 
     def _drop_cache(self) -> None:
+        self._pending, self._pending_lines = [], []
         if self._columns is not None:
             self._columns.close()
             self._columns = None

@@ -189,6 +189,35 @@ def test_a_live_series_follows_the_cache_then_the_appended_lines(tmp_path: Path)
         assert series.column("loss").value.tolist() == [float(i) for i in range(10)]
         for i in range(10, 15):
             run.log({"loss": float(i)})
+        # each log wrote its line; the cache waits for CACHE_RECORDS lines or a durable drain
+        assert read_cache(jsonl).offset < jsonl.stat().st_size
         series.refresh()
         assert series.column("loss").value.tolist() == [float(i) for i in range(15)]
     _assert_matches_jsonl(series, jsonl)
+    assert read_cache(jsonl).offset == jsonl.stat().st_size  # finish made it level
+
+
+def test_a_failed_cache_append_leaves_the_cache_behind_not_wrong(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    real = ColumnAppender.append
+
+    def flaky(self, records, lines, offset):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        real(self, records, lines, offset)
+
+    monkeypatch.setattr(ColumnAppender, "append", flaky)
+    with Track.run("p", dir=tmp_path) as run:
+        for i in range(5):
+            for j in range(10):
+                run.log({"loss": float(i * 10 + j)})
+            run.flush()
+    jsonl = run.dir / "metrics.jsonl"
+    cached = read_cache(jsonl)
+    assert 0 < cached.offset < jsonl.stat().st_size  # the first batch only: no gap after it
+    series = _series(jsonl)
+    assert series.from_cache == cached.offset
+    _assert_matches_jsonl(series, jsonl)
+    assert series.column("loss").value.tolist() == [float(i) for i in range(50)]
