@@ -126,6 +126,11 @@ async def chart_data(root: Path, n: int) -> dict:
             "warm_vs_full_json": round(full_ms / warm_ms, 1)}
 
 
+def _rename_rows(root: Path, old: str, new: str) -> None:
+    for path in root.glob(f"runs/*/*/{old}"):
+        os.rename(path, path.with_name(new))
+
+
 async def runs_table(root: Path, runs: int) -> dict:
     from aiohttp.test_utils import TestClient, TestServer
 
@@ -140,17 +145,14 @@ async def runs_table(root: Path, runs: int) -> dict:
                                                             "seed": i}, tags=[f"t{i % 3}"], dir=root) as run:
             run.log({"train/loss": 1.0 / (i + 1), "val/acc": (i % 100) / 100})
     made_s = time.perf_counter() - t0
-    rows = list(root.glob(f"runs/*/*/{ROW_FILE}"))
-    for path in rows:  # the peer first: SDN files only, as before row files existed
-        os.rename(path, path.with_name("row.hidden"))
+    _rename_rows(root, ROW_FILE, "row.hidden")  # the peer first: SDN files only, as before row files
     client = TestClient(TestServer(dashboard_app(root)))
     await client.start_server()
     try:
         cold_sdn, _ = await _get(client, "/api/runs")
     finally:
         await client.close()
-    for path in rows:
-        os.rename(path.with_name("row.hidden"), path)
+    _rename_rows(root, "row.hidden", ROW_FILE)
     client = TestClient(TestServer(dashboard_app(root)))
     await client.start_server()
     try:

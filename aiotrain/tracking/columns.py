@@ -294,7 +294,8 @@ class ColumnAppender:
         if cached is None:  # disagrees with the jsonl: start again from nothing
             shutil.rmtree(folder)
             folder.mkdir()
-            keys, entries, offset = {}, 0, 0
+            keys: dict[str, str] = {}
+            entries = offset = 0
         else:
             keys, entries, offset = _cut_to_last_mark(folder, cached)
         appender = cls(folder, keys, entries)

@@ -60,10 +60,10 @@ def read_row(run_dir: str, metadata: tuple[int, int] | None, summary: tuple[int,
             return None
         if summary is not None and row["summary"] is None:  # summary.sdn not written from this row
             return None
-        metadata, summary_data = row["metadata"], row["summary"] or {}
+        meta, values = row["metadata"], row["summary"] or {}
         if b'nan"' in data or b'inf"' in data:  # non-finite values stored as text: read them back
-            metadata, summary_data = decode_tree(metadata), decode_tree(summary_data)
-        return RunRecord(Path(run_dir), metadata, summary_data)
+            meta, values = decode_tree(meta), decode_tree(values)
+        return RunRecord(Path(run_dir), meta, values)
     except (OSError, msgspec.DecodeError, KeyError, TypeError):
         return None
 
