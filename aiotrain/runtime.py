@@ -455,13 +455,14 @@ def _worker_main(index: int, workers: int, sock: socket.socket, notes: Any,
                 os.close(fd)
 
 
-def portable_error(exc: BaseException, tb: str | None = None) -> BaseException:
-    """``exc`` if it survives pickling (to cross a process boundary), else a RuntimeError that
+def portable_error(exc: BaseException, tb: str | None = None,
+                   fallback: type[Exception] = RuntimeError) -> BaseException:
+    """``exc`` if it survives pickling (to cross a process boundary), else a ``fallback`` that
     carries its text; with the worker's traceback ``tb`` attached as a note when given."""
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
-        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        exc = fallback(f"{type(exc).__name__}: {exc}")
     if tb:
         exc.add_note(f"in a data worker process:\n{tb.rstrip()}")
     return exc
@@ -983,15 +984,11 @@ async def _serve_job(channel: JobChannel, conn: Any, target: Callable[..., Await
 
 
 def _portable(exc: BaseException) -> tuple[BaseException, str]:
-    import pickle
-    import traceback
+    """A job's error as it crosses to the parent, with the job's traceback text."""
+    import traceback  # in the job process only
 
     text = "".join(traceback.format_exception(exc))
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        exc = JobProcessError(f"{type(exc).__name__}: {exc}")
-    return exc, text
+    return portable_error(exc, fallback=JobProcessError), text
 
 
 def _kill_live_jobs() -> None:
