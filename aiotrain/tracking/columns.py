@@ -2,7 +2,8 @@
 
 metrics.jsonl (and system.jsonl) is the source of truth; decoding 83 MB of JSON lines takes
 seconds. So the writer that appends lines to ``NAME.jsonl`` also appends what a chart needs to
-``NAME.columns/``, off the caller's thread (see ``writer.py``):
+``NAME.columns/``, off the caller's thread, after the lines themselves (every
+``MetricsWriter.CACHE_RECORDS`` lines and at each durable drain; see ``writer.py``):
 
 - ``keys.jsonl``: one line per scalar key, ``{"key": "train/loss", "file": "0.col"}``, written
   before the key's first record;
@@ -43,7 +44,13 @@ from typing import Any, BinaryIO
 import msgspec
 import numpy as np
 
-__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "cache_dir", "read_cache", "split_records"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so readers never build caches there
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "build_cache", "cache_dir", "hold_for_writing",
+           "read_cache", "split_records"]
 
 RECORD = np.dtype([("end", "<i8"), ("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
 _MARK = np.dtype([("offset", "<i8"), ("entries", "<i8")])
@@ -332,7 +339,6 @@ class ColumnAppender:
                     raise ValueError(f"{jsonl}: corrupt metrics line after byte {offset}") from None
                 self.append(records, lines, offset)
                 offset += end
-        self.flush()
 
     def append(self, records: list[dict[str, Any]], lines: bytes, offset: int) -> None:
         """Add ``records``, encoded as ``lines`` (one JSON line each, no other newline), which
@@ -377,10 +383,6 @@ class ColumnAppender:
         f = self._files[key] = open(self.folder / name, "ab")  # noqa: SIM115
         return f
 
-    def flush(self) -> None:
-        """Hand everything written to the operating system (each append already does)."""
-        self._marks.flush()
-
     def sync(self) -> None:
         """fsync every file of the cache (the writer's durable drains)."""
         for f in (*self._files.values(), self._keys_file, self._media, self._marks):
@@ -395,6 +397,31 @@ class ColumnAppender:
                 with contextlib.suppress(OSError):
                     f.close()
         self._files.clear()
+
+
+def hold_for_writing(jsonl_file: BinaryIO) -> None:
+    """Mark the jsonl open in ``jsonl_file`` as being written (until that file is closed), so
+    ``build_cache`` leaves its cache alone; waits while a build holds it."""
+    if fcntl is not None:
+        fcntl.flock(jsonl_file.fileno(), fcntl.LOCK_EX)
+
+
+def build_cache(jsonl: Path) -> bool:
+    """Bring the cache of ``jsonl`` level with it when no writer holds the file (a finished run
+    written before caches existed, an imported one, a torn cache); returns whether it did.
+    For a reader that had to decode much of the jsonl, so that later starts read columns."""
+    if fcntl is None:
+        return False
+    try:
+        with open(jsonl, "rb") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a writer has it open: it keeps its own cache
+                return False
+            ColumnAppender.open(jsonl).close()
+            return True
+    except (OSError, ValueError):  # read-only folder, corrupt line: readers decode the jsonl
+        return False
 
 
 def _cut_to_last_mark(folder: Path, cached: CachedColumns) -> tuple[dict[str, str], int, int]:

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from ..runtime import spawn_daemon, submit_io
-from .columns import ColumnAppender
+from .columns import ColumnAppender, hold_for_writing
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -191,6 +191,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
+        hold_for_writing(self._file)  # a reader building the cache meanwhile finishes first
         self._size = os.fstat(self._file.fileno()).st_size
         try:
             self._columns = ColumnAppender.open(self.path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aiotrain.tracking import Track
-from aiotrain.tracking.columns import ColumnAppender, cache_dir, read_cache
+from aiotrain.tracking.columns import ColumnAppender, build_cache, cache_dir, read_cache
 from aiotrain.tracking.series import SeriesFile, downsample
 
 
@@ -221,3 +221,18 @@ def test_a_failed_cache_append_leaves_the_cache_behind_not_wrong(tmp_path: Path,
     assert series.from_cache == cached.offset
     _assert_matches_jsonl(series, jsonl)
     assert series.column("loss").value.tolist() == [float(i) for i in range(50)]
+
+
+def test_a_reader_builds_the_cache_of_a_run_no_writer_holds(run_dir: Path, tmp_path: Path) -> None:
+    jsonl = run_dir / "metrics.jsonl"
+    shutil.rmtree(cache_dir(jsonl))  # as a run written by an older version, or imported
+    assert build_cache(jsonl)
+    series = _series(jsonl)
+    assert series.from_cache == jsonl.stat().st_size
+    _assert_matches_jsonl(series, jsonl)
+    with Track.run("p", dir=tmp_path, flush_interval=0) as run:
+        run.log({"loss": 1.0})
+        live = run.dir / "metrics.jsonl"
+        shutil.rmtree(cache_dir(live), ignore_errors=True)
+        assert not build_cache(live)  # its writer holds it
+        assert not cache_dir(live).exists()
