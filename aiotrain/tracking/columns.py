@@ -37,6 +37,7 @@ import contextlib
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -399,11 +400,22 @@ class ColumnAppender:
         self._files.clear()
 
 
-def hold_for_writing(jsonl_file: BinaryIO) -> None:
+def hold_for_writing(jsonl_file: BinaryIO, wait: float = 10.0) -> bool:
     """Mark the jsonl open in ``jsonl_file`` as being written (until that file is closed), so
-    ``build_cache`` leaves its cache alone; waits while a build holds it."""
-    if fcntl is not None:
-        fcntl.flock(jsonl_file.fileno(), fcntl.LOCK_EX)
+    ``build_cache`` leaves its cache alone. Waits up to ``wait`` seconds while a build (or
+    another writer of the same file) holds it, then returns False: the caller must then leave
+    the cache alone too (readers decode what it lacks). Never blocks forever."""
+    if fcntl is None:
+        return True
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(jsonl_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def build_cache(jsonl: Path) -> bool:

@@ -191,8 +191,9 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
-        hold_for_writing(self._file)  # a reader building the cache meanwhile finishes first
         self._size = os.fstat(self._file.fileno()).st_size
+        if not hold_for_writing(self._file):  # a cache build (or another writer) holds it
+            return
         try:
             self._columns = ColumnAppender.open(self.path)
         except (OSError, ValueError):  # the chart decodes the jsonl instead; the history is whole

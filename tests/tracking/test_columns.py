@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aiotrain.tracking import Track
-from aiotrain.tracking.columns import ColumnAppender, build_cache, cache_dir, read_cache
+from aiotrain.tracking.columns import ColumnAppender, build_cache, cache_dir, hold_for_writing, read_cache
 from aiotrain.tracking.series import SeriesFile, downsample
 
 
@@ -236,3 +236,12 @@ def test_a_reader_builds_the_cache_of_a_run_no_writer_holds(run_dir: Path, tmp_p
         shutil.rmtree(cache_dir(live), ignore_errors=True)
         assert not build_cache(live)  # its writer holds it
         assert not cache_dir(live).exists()
+
+
+def test_a_writer_never_waits_forever_for_a_held_file(tmp_path: Path) -> None:
+    pytest.importorskip("fcntl")  # no advisory locks on Windows: nothing to wait for
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_bytes(b"")
+    with open(jsonl, "rb") as builder, open(jsonl, "ab") as writer:
+        assert hold_for_writing(builder, wait=0)
+        assert not hold_for_writing(writer, wait=0.1)  # then it leaves the cache alone
