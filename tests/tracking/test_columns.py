@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from aiotrain.tracking import Track
-from aiotrain.tracking.columns import ColumnAppender, build_cache, cache_dir, hold_for_writing, read_cache
+from aiotrain.tracking.columns import (
+    ColumnAppender,
+    build_cache,
+    cache_dir,
+    hold_for_writing,
+    read_cache,
+)
 from aiotrain.tracking.series import SeriesFile, downsample
 
 
