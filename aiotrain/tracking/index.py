@@ -43,8 +43,15 @@ def write_row(run_dir: Path, metadata: dict[str, Any], summary: dict[str, Any] |
     """Write ``run_dir/row.json`` right after metadata.sdn (and, with ``summary``, summary.sdn)
     were written from these very values, stamped with both files' current size and mtime."""
     stamps = {name: _stat(os.path.join(run_dir, name)) for name in ("metadata.sdn", "summary.sdn")}
-    row = {"version": _ROW_VERSION, "stamps": stamps, "metadata": metadata, "summary": summary}
-    atomic_write(run_dir / ROW_FILE, _row_encoder.encode(encode_nonfinite(jsonable(row))))
+    row = {"version": _ROW_VERSION, "stamps": stamps, "metadata": _storable(metadata),
+           "summary": None if summary is None else _storable(summary)}
+    atomic_write(run_dir / ROW_FILE, _row_encoder.encode(row))
+
+
+def _storable(tree: dict[str, Any]) -> Any:
+    """What write_sdn stores of ``tree`` (a config may nest as deep as SDN allows, so the row
+    around it is not walked)."""
+    return encode_nonfinite(jsonable(tree))
 
 
 def read_row(run_dir: str, metadata: tuple[int, int] | None, summary: tuple[int, int] | None) -> RunRecord | None:
