@@ -135,7 +135,8 @@ def cancels(count: int, rng: random.Random) -> dict:
     import torch
 
     rt = _resume_train()
-    counts = {"cancels": 0, "threads_left": 0, "resumed_identical": 0, "resumed_different": 0}
+    counts = {"cancels": 0, "threads_left": 0, "tasks_left": 0, "resumed_identical": 0,
+              "resumed_different": 0}
 
     def compute_threads() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith("aiotrain-compute") and t.is_alive()]
@@ -156,6 +157,8 @@ def cancels(count: int, rng: random.Random) -> dict:
             counts["cancels"] += 1
             if compute_threads():
                 counts["threads_left"] += 1
+            if [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                counts["tasks_left"] += 1  # a prefetch or producer task outlived the run
             resumed = rt.build(tmp / f"run{i}")
             resumed.resume()
             await resumed.trainer.run(resumed.loader, max_epochs=rt.EPOCHS)
@@ -215,7 +218,7 @@ def kills(count: int, rng: random.Random, per_series: int = 10) -> dict:
 # --------------------------------------------------------------------------- main
 
 FAILURES = ("wrong", "crash", "hang", "sigbus", "unnamed", "other", "unnoticed", "threads_left",
-            "resumed_different", "failed")
+            "tasks_left", "resumed_different", "failed")
 
 
 def main() -> int:

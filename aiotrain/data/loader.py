@@ -255,6 +255,13 @@ class _StreamingLoader(abc.ABC):
         if self._early is None:
             self._early = (epoch, self._start_stream(epoch, 0, current.budget))
 
+    async def adrop_prefetch(self) -> None:
+        """Stop the next epoch's early start, if any (a run that ends needs no next epoch; a
+        later pass starts afresh)."""
+        early, self._early = self._early, None
+        if early is not None:
+            await early[1].aclose()
+
     async def _stream_closed(self, stream: _Stream) -> None:
         """A stream closed before its end takes the early-started next epoch with it."""
         if not stream.complete and self._early is not None and self._early[1].budget is stream.budget:
@@ -418,9 +425,7 @@ class AsyncLoader(_StreamingLoader):
     async def aclose(self) -> None:
         """Stop the worker processes and drop the next epoch's early start. The loader can be
         used again (workers start afresh)."""
-        early, self._early = self._early, None
-        if early is not None:
-            await early[1].aclose()
+        await self.adrop_prefetch()
         if self._pool is not None:
             await self._pool.aclose()
 

@@ -45,6 +45,9 @@ class StreamSource(Protocol):
     async def open_stream(self, epoch: int, start: int = 0) -> BatchStream:
         """Start a pass over epoch ``epoch`` from batch ``start`` (on the loop)."""
 
+    async def adrop_prefetch(self) -> None:
+        """Drop batches prefetched beyond the open streams (the next epoch's early start)."""
+
 
 @runtime_checkable
 class AsyncSource(Protocol):
@@ -149,5 +152,9 @@ class Feed:
             self.stream.interrupt()
 
     async def aclose(self) -> None:
+        """The run ended: close the stream and drop the source's early start of an epoch that
+        this run will not take, so no producer task outlives the run."""
         if self.stream is not None:
             await self.stream.aclose()
+        if is_stream_source(self.source):
+            await self.source.adrop_prefetch()
