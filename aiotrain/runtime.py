@@ -34,6 +34,7 @@ __all__ = [
     "DataWorkerPool",
     "WorkerContext",
     "WorkerDied",
+    "WorkerInitError",
     "JobChannel",
     "JobProcess",
     "JobProcessError",
@@ -353,6 +354,16 @@ class WorkerDied(RuntimeError):
         self.pid, self.exitcode, self.note = pid, exitcode, note
 
 
+class WorkerInitError(RuntimeError):
+    """A data worker's initializer raised (a tokenizer file that does not load, say); the
+    original error is ``__cause__``. Every later call of the pool raises it too, instead of
+    starting worker after worker that would fail the same way."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"data worker initialisation failed: {type(exc).__name__}: {exc}")
+        self.__cause__ = exc
+
+
 class WorkerContext:
     """What a worker-side handler gets besides its message: which worker it is, and ``note(n)``
     to record progress that the parent reads if the process dies."""
@@ -366,6 +377,7 @@ class WorkerContext:
 
 
 _NOTE = struct.Struct("q")
+_INIT_FAILED = 0  # the call id of a worker's report that its initializer raised (calls count from 1)
 _INLINE_MAX = 32 * 1024  # bigger messages travel as a memfd, so a datagram always fits the socket
 _MAX_FDS = 64
 _parent_ends: weakref.WeakSet[socket.socket] = weakref.WeakSet()
@@ -429,7 +441,12 @@ def _worker_main(index: int, workers: int, sock: socket.socket, notes: Any,
     asyncio.events._set_running_loop(None)  # forked from the loop's thread: no loop runs here
     ctx = WorkerContext(index, workers, notes)
     if initializer is not None:
-        initializer(ctx)
+        try:
+            initializer(ctx)
+        except BaseException as exc:  # reported to the parent, which fails the calls with it
+            with contextlib.suppress(Exception):
+                _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
+            return
     while True:
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, _INLINE_MAX + 64, _MAX_FDS)
@@ -486,9 +503,11 @@ class DataWorkerPool:
     a memfd, so nothing blocks the loop and nothing is left in /dev/shm.
 
     The processes are forked (Linux), so the handler and what it closes over (a dataset, a
-    transform) are inherited, not pickled. They start on the first call and are reused until
-    ``aclose()`` kills them. A worker that dies fails its calls with ``WorkerDied`` (carrying its
-    last ``ctx.note``) and is replaced on the next call; a worker whose parent dies exits on EOF.
+    transform) are inherited, not pickled. They start on ``start()`` or the first call and are
+    reused until ``aclose()`` kills them. An ``initializer`` that raises fails the calls, this
+    and every later one until ``aclose()``, with ``WorkerInitError``. A worker that dies fails
+    its calls with ``WorkerDied`` (carrying its last ``ctx.note``) and is replaced on the next
+    call; a worker whose parent dies exits on EOF.
     A cancelled call's result is discarded when it arrives (its fds closed).
     """
 
@@ -505,6 +524,7 @@ class DataWorkerPool:
         self._notes = mmap.mmap(-1, 8 * workers)  # anonymous shared memory, inherited by fork
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_error: WorkerInitError | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -544,6 +564,8 @@ class DataWorkerPool:
 
     async def call(self, message: Any) -> tuple[Any, list[int]]:
         """Run ``message`` on the least busy worker; ``(result, fds)`` or the handler's error."""
+        if self._init_error is not None:
+            raise self._init_error
         self.start()
         index, worker = min(((i, w) for i, w in enumerate(self._slots) if w is not None),
                             key=lambda iw: len(iw[1].calls))
@@ -563,7 +585,7 @@ class DataWorkerPool:
     async def _send(self, worker: _Worker, obj: Any) -> None:
         while True:
             if worker.dead:
-                raise WorkerDied(worker.proc.pid, worker.proc.exitcode, -1)
+                raise self._init_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, -1)
             try:
                 _send_msg(worker.sock, obj, [])
                 return
@@ -596,6 +618,9 @@ class DataWorkerPool:
                         fut.set_exception(RuntimeError(f"unreadable reply from data worker "
                                                        f"{worker.proc.pid}: {exc}"))
                 continue
+            if call_id == _INIT_FAILED:
+                self._init_failed(worker, value)
+                continue
             reply = worker.calls.get(call_id)
             if reply is None or reply.done():  # cancelled meanwhile: the result is discarded
                 for fd in fds:
@@ -607,6 +632,13 @@ class DataWorkerPool:
                     os.close(fd)
                 reply.set_exception(value)
 
+    def _init_failed(self, worker: _Worker, exc: BaseException) -> None:
+        if self._init_error is None:
+            self._init_error = WorkerInitError(exc)
+        for fut in worker.calls.values():
+            if not fut.done():
+                fut.set_exception(self._init_error)
+
     def _mark_dead(self, index: int, worker: _Worker) -> None:
         if worker.dead:
             return
@@ -616,7 +648,7 @@ class DataWorkerPool:
         worker.sock.close()
         worker.proc.join(0.05)  # EOF came because it exited: reaping takes microseconds
         (note,) = _NOTE.unpack_from(self._notes, 8 * index)
-        error = WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
+        error = self._init_error or WorkerDied(worker.proc.pid, worker.proc.exitcode, note)
         for fut in worker.calls.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -627,7 +659,7 @@ class DataWorkerPool:
         """Kill the workers and reap them without blocking the loop; fail calls still waiting.
         The pool can be used again afterwards (fresh processes start on the next call)."""
         workers = [w for w in self._slots if w is not None]
-        self._slots = [None] * self.workers
+        self._slots, self._init_error = [None] * self.workers, None
         for w in workers:
             if not w.dead:
                 w.proc.kill()
@@ -639,7 +671,7 @@ class DataWorkerPool:
     def close(self) -> None:
         """``aclose`` for synchronous callers (finalizers): kill and reap, blocking briefly."""
         workers = [w for w in self._slots if w is not None]
-        self._slots = [None] * self.workers
+        self._slots, self._init_error = [None] * self.workers, None
         for w in workers:
             if not w.dead:
                 w.proc.kill()

@@ -133,6 +133,31 @@ def test_data_worker_pool_calls_large_messages_errors_death_and_close():
     assert multiprocessing.active_children() == []
 
 
+def _failing_init(ctx):
+    raise FileNotFoundError(2, "tokenizer file not found", "/data/vocab.json")
+
+
+def test_an_initializer_that_raises_fails_every_call_with_its_message_until_closed():
+    import multiprocessing
+
+    async def main():
+        pool = runtime.DataWorkerPool(2, _echo, initializer=_failing_init)
+        pool.start()
+        started = set(pool.pids)
+        for _ in range(2):  # the second call raises at once: no worker is started again
+            with pytest.raises(runtime.WorkerInitError) as info:
+                await asyncio.wait_for(pool.call(1), 30)
+            assert set(pool.pids) <= started
+        await pool.aclose()
+        return info.value
+
+    error = asyncio.run(main())
+    assert str(error) == ("data worker initialisation failed: FileNotFoundError: [Errno 2] "
+                          "tokenizer file not found: '/data/vocab.json'")
+    assert isinstance(error.__cause__, FileNotFoundError)
+    assert multiprocessing.active_children() == []
+
+
 PARENT_DIES = """
 import asyncio, os, sys, time
 from aiotrain import runtime

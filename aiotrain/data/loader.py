@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ..protocols import EpochAware
-from ..runtime import DataWorkerPool, WorkerDied, submit_abandonable, to_io
+from ..runtime import DataWorkerPool, WorkerDied, WorkerInitError, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
 from .stage import BatchJob, CpuStage
@@ -328,13 +328,14 @@ class AsyncLoader(_StreamingLoader):
     augmentation drawn from it is the same whatever the worker count and across a resume. With
     ``transform`` set, items are fetched one by one (``__getitems__`` is not used).
     ``workers=N`` runs the stage (sync ``__getitem__`` reads of datasets without ``aget``, the
-    transform, ``collate_fn``) in N forked worker processes, started on first use and reused
-    across epochs; batches come back through shared memory. ``workers=0`` runs it on threads of
-    this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
-    open a connection); ``await loader.astart()`` starts the workers ahead of the first batch, so
-    that work overlaps whatever this process does meanwhile (building the model). Close the loader
-    (``await loader.aclose()``, ``async with``, or ``close()``) to stop the workers; a cancelled
-    stream stops them too.
+    transform, ``collate_fn``) in N forked worker processes, started when the loader is opened
+    (or on first use) and reused across epochs; batches come back through shared memory.
+    ``workers=0`` runs it on threads of this process. ``worker_init()`` runs once in each worker as it starts (load a tokenizer there,
+    open a connection); if it raises, the first batch raises ``WorkerInitError`` with its message.
+    Opening the loader (``async with loader:`` or ``await loader.astart()``) starts the workers
+    ahead of the first batch without waiting for them, so ``worker_init`` overlaps whatever this
+    process does meanwhile (building the model). Close the loader (``await loader.aclose()``,
+    leaving ``async with``, or ``close()``) to stop the workers; a cancelled stream stops them too.
 
     ``skip_errors=K``: up to K items per epoch that fail (fetch or transform) are left out of
     their batch, counted in ``skipped`` and logged with index and error; the next failure is a
@@ -416,8 +417,9 @@ class AsyncLoader(_StreamingLoader):
         return [] if self._pool is None else self._pool.pids
 
     async def astart(self) -> AsyncLoader:
-        """Start the worker processes now (they also start with the first stream); their
-        ``worker_init`` runs while this process goes on. No-op with ``workers=0``."""
+        """Start the worker processes now (they also start with the first stream) and return at
+        once: their ``worker_init`` runs while this process goes on. ``async with`` calls it.
+        No-op with ``workers=0``."""
         if self.workers:
             self._worker_pool().start()
         return self
@@ -440,7 +442,7 @@ class AsyncLoader(_StreamingLoader):
             self._pool.close()
 
     async def __aenter__(self) -> AsyncLoader:
-        return self
+        return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -527,6 +529,8 @@ class AsyncLoader(_StreamingLoader):
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc
+        except WorkerInitError:
+            raise  # no item's fault: the message names what worker_init failed on
         except Exception as exc:
             raise DatasetError(what, exc) from exc
         return rebuild(header, fds), failures

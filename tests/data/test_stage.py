@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -17,6 +16,7 @@ import torch
 from aiotrain import AsyncLoader, Engine
 from aiotrain.data import DatasetError
 from aiotrain.data.stage import item_generator
+from tests.data.leftovers import no_children_left, shm_names
 
 
 class SyncItems:
@@ -52,17 +52,6 @@ def augment(x, gen):
     return {"x": x * torch.rand(4, generator=gen), "flip": bool(torch.rand((), generator=gen) < 0.5)}
 
 
-def _no_children_left():
-    deadline = time.monotonic() + 5
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return multiprocessing.active_children() == []
-
-
-def _shm_names():
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-
-
 async def _epochs(loader, n=2):
     out = []
     async with loader:
@@ -91,7 +80,7 @@ def test_augmentation_is_bit_identical_whatever_the_worker_count(cls):
     expect = torch.full((4,), float(order0[0])) * torch.rand(4, generator=item_generator(5, 0, order0[0]))
     assert torch.equal(first["x"][0], expect)
     assert not torch.equal(_flat(results[0][:1]), _flat(results[0][1:]))
-    assert _no_children_left()
+    assert no_children_left()
 
 
 def test_workers_start_once_reused_across_epochs_and_batches_come_back_in_shared_memory():
@@ -108,7 +97,7 @@ def test_workers_start_once_reused_across_epochs_and_batches_come_back_in_shared
     pids, shared, after = asyncio.run(main())
     assert len(set(pids)) == 1 and len(pids[0]) == 2, pids
     assert all(shared)  # the batch is the worker's shared segment, mapped, not a copy
-    assert after == [] and _no_children_left()
+    assert after == [] and no_children_left()
 
 
 def test_order_kept_with_workers_under_latency():
@@ -121,7 +110,7 @@ def test_a_worker_that_dies_is_an_error_naming_the_item_not_a_hang():
     with pytest.raises(DatasetError, match=r"item 13 .*died \(killed by signal 9\)") as info:
         asyncio.run(asyncio.wait_for(_epochs(loader, 1), 30))
     assert info.value.index == 13
-    assert _no_children_left()
+    assert no_children_left()
 
 
 def test_skip_errors_skips_counts_and_logs_then_fails_past_the_budget(caplog):
@@ -181,7 +170,7 @@ def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog)
                 release.wait()
             return super().__getitem__(i)
 
-    shm_before = _shm_names()
+    shm_before = shm_names()
 
     async def main():
         loader = AsyncLoader(Hung(n=64), 4, workers=workers)
@@ -206,12 +195,12 @@ def test_cancel_abandons_a_hung_sync_item_and_completes_at_once(workers, caplog)
     assert took < 2.0, f"cancel took {took:.2f} s"
     if workers == 0:
         assert "sync read still running at cancellation; abandoned" in caplog.text
-    assert _no_children_left()
-    assert _shm_names() == shm_before
+    assert no_children_left()
+    assert shm_names() == shm_before
 
 
 def test_cancel_mid_epoch_stops_workers_and_leaves_no_process_or_segment():
-    shm_before = _shm_names()
+    shm_before = shm_names()
 
     async def main():
         loader = AsyncLoader(AsyncItems(n=4000), 16, workers=2, transform=augment)
@@ -235,8 +224,8 @@ def test_cancel_mid_epoch_stops_workers_and_leaves_no_process_or_segment():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert _no_children_left()
-    assert _shm_names() == shm_before
+    assert no_children_left()
+    assert shm_names() == shm_before
 
 
 def test_workers_zero_without_transform_is_todays_path():
