@@ -1,16 +1,19 @@
 """The dashboard's costs: chart data for a 10^6-point history, the runs table over 1,000 runs,
 and the system metrics sampler's share of training throughput.
 
-* ``chart_data``: a metrics.jsonl of N records (step, timestamp, train/loss, lr) is served by
-  the dashboard app over loopback HTTP (aiohttp's test server, in process). ``cold_ms`` is the
-  first ``/api/series`` request (parses the whole file into columns), ``warm_ms`` the median of
-  the next ones (the column is cached; only appended bytes are read), ``append_ms`` a request
-  after 1,000 new lines. Peer, same run: the same history sent without downsampling
-  (``full_json_ms``: encoding all N points, ``full_json_mb``), as a chart without server-side
-  downsampling would need.
-* ``runs_table``: 1,000 runs written through ``Track.run``; ``/api/runs`` cold (index built:
-  every metadata.sdn and summary.sdn parsed), warm (index refreshed: a stat per file), and with a
-  filter + sort. Peer: ``list_runs`` (loads every run again, as ``runs ls`` did).
+* ``chart_data``: a run logs N records (train/loss, lr) through ``Track.run``, so its writer
+  also fills the binary column cache (metrics.columns/). The dashboard app is served over
+  loopback HTTP (aiohttp's test server, in process). ``cold_ms`` is the first ``/api/series``
+  request of a fresh app (columns read from the cache), ``warm_ms`` the median of the next ones,
+  ``append_ms`` a request after 1,000 lines appended to the jsonl behind the cache's back (read
+  as JSON). Peers, same run: ``cold_jsonl_ms``, the first request of another fresh app with the
+  cache removed (the whole file decoded, as before the cache existed); the same history sent
+  without downsampling (``full_json_ms``: encoding all N points, ``full_json_mb``).
+* ``runs_table``: 1,000 runs written through ``Track.run``; ``/api/runs`` cold (a fresh app:
+  every run's row.json read and checked against its SDN files' size and mtime), warm (index
+  refreshed: a stat per file), and with a filter + sort. Peers: ``cold_sdn_ms``, a fresh app
+  with the row files hidden (every metadata.sdn and summary.sdn parsed), and ``list_runs``
+  (loads every run again, as ``runs ls`` did).
 * ``system_sampler``: one ``SystemSampler.sample()`` (median), and its share of one core at the
   default interval; then a CPU-bound training loop (aiotrain Engine, small MLP) run inside
   ``async with Track.run(...)`` with the sampler at the default interval and at 0.1 s, against
@@ -43,43 +46,71 @@ async def _get(client, path, **params):
     return (time.perf_counter() - t0) * 1000, len(body)
 
 
-def _append(path: Path, first: int, end: int, mode: str) -> int:
-    """Write records ``first..end-1`` (step, timestamp, train/loss, lr); returns the file size."""
+def _append(path: Path, first: int, end: int) -> int:
+    """Append records ``first..end-1`` (step, timestamp, train/loss, lr); returns the file size."""
     import msgspec
 
     enc = msgspec.json.Encoder()
-    with open(path, mode) as f:
+    with open(path, "ab") as f:
         for start in range(first, end, 100_000):
             f.write(enc.encode_lines([{"step": i, "timestamp": 1.7e9 + i * 0.01, "train/loss": 1.0 / (i + 1),
                                        "lr": 0.001} for i in range(start, min(end, start + 100_000))]))
     return os.path.getsize(path)
 
 
+async def _first_series(root: Path, params: dict) -> float:
+    """The first ``/api/series`` request of a fresh dashboard app over ``root``."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from aiotrain.dashboard import dashboard_app
+
+    client = TestClient(TestServer(dashboard_app(root)))
+    await client.start_server()
+    try:
+        return (await _get(client, "/api/series", **params))[0]
+    finally:
+        await client.close()
+
+
 async def chart_data(root: Path, n: int) -> dict:
+    import shutil
+
     import msgspec
     from aiohttp.test_utils import TestClient, TestServer
 
     from aiotrain.dashboard import dashboard_app
-    from aiotrain.tracking.store import write_sdn
+    from aiotrain.runtime import to_io
+    from aiotrain.tracking import Track
+    from aiotrain.tracking.columns import cache_dir
 
-    run_dir = root / "runs" / "bench" / "big"
-    run_dir.mkdir(parents=True)
-    write_sdn(run_dir / "metadata.sdn", {"id": "big", "name": "big", "project": "bench", "status": "finished",
-                                        "created_at": 0.0, "finished_at": 1.0, "config": {}})
-    size_mb = _append(run_dir / "metrics.jsonl", 0, n, "wb") / 2**20
+    def write() -> Path:
+        with Track.run("bench", name="big", dir=root, system_interval=None) as run:
+            for i in range(n):
+                run.log({"train/loss": 1.0 / (i + 1), "lr": 0.001})
+        return run.dir
+
+    t0 = time.perf_counter()
+    run_dir = await to_io(write)
+    write_s = time.perf_counter() - t0
+    jsonl = run_dir / "metrics.jsonl"
+    size_mb = jsonl.stat().st_size / 2**20
+    cache_mb = sum(p.stat().st_size for p in cache_dir(jsonl).iterdir()) / 2**20
+    params = {"run": f"bench/{run_dir.name}", "key": "train/loss", "points": "1500"}
+    cold = await _first_series(root, params)
     client = TestClient(TestServer(dashboard_app(root)))
     await client.start_server()
     try:
-        params = {"run": "bench/big", "key": "train/loss", "points": "1500"}
-        cold, _ = await _get(client, "/api/series", **params)
+        await _get(client, "/api/series", **params)
         warm = [(await _get(client, "/api/series", **params)) for _ in range(10)]
-        _append(run_dir / "metrics.jsonl", n, n + 1000, "ab")
+        _append(jsonl, n, n + 1000)
         append, _ = await _get(client, "/api/series", **params)
     finally:
         await client.close()
+    shutil.rmtree(cache_dir(jsonl))
+    cold_jsonl = await _first_series(root, params)
     from aiotrain.tracking.series import SeriesFile
 
-    series = SeriesFile(run_dir / "metrics.jsonl")
+    series = SeriesFile(jsonl)
     series.refresh()
     column = series.column("train/loss")
     t0 = time.perf_counter()
@@ -87,10 +118,17 @@ async def chart_data(root: Path, n: int) -> dict:
                                 "value": column.value.tolist()})
     full_ms = (time.perf_counter() - t0) * 1000
     warm_ms = statistics.median(w[0] for w in warm)
-    return {"points": n, "file_mb": round(size_mb, 1), "cold_ms": round(cold, 1), "warm_ms": round(warm_ms, 2),
+    return {"points": n, "file_mb": round(size_mb, 1), "cache_mb": round(cache_mb, 1),
+            "write_s": round(write_s, 1), "cold_ms": round(cold, 1), "warm_ms": round(warm_ms, 2),
             "append_ms": round(append, 2), "response_kb": round(warm[0][1] / 1024, 1),
+            "cold_jsonl_ms": round(cold_jsonl, 1), "cold_jsonl_vs_cold": round(cold_jsonl / cold, 1),
             "full_json_ms": round(full_ms, 1), "full_json_mb": round(len(full) / 2**20, 1),
             "warm_vs_full_json": round(full_ms / warm_ms, 1)}
+
+
+def _rename_rows(root: Path, old: str, new: str) -> None:
+    for path in root.glob(f"runs/*/*/{old}"):
+        os.rename(path, path.with_name(new))
 
 
 async def runs_table(root: Path, runs: int) -> dict:
@@ -98,6 +136,7 @@ async def runs_table(root: Path, runs: int) -> dict:
 
     from aiotrain.dashboard import dashboard_app
     from aiotrain.tracking import Track
+    from aiotrain.tracking.index import ROW_FILE
     from aiotrain.tracking.reader import list_runs
 
     t0 = time.perf_counter()
@@ -106,6 +145,14 @@ async def runs_table(root: Path, runs: int) -> dict:
                                                             "seed": i}, tags=[f"t{i % 3}"], dir=root) as run:
             run.log({"train/loss": 1.0 / (i + 1), "val/acc": (i % 100) / 100})
     made_s = time.perf_counter() - t0
+    _rename_rows(root, ROW_FILE, "row.hidden")  # the peer first: SDN files only, as before row files
+    client = TestClient(TestServer(dashboard_app(root)))
+    await client.start_server()
+    try:
+        cold_sdn, _ = await _get(client, "/api/runs")
+    finally:
+        await client.close()
+    _rename_rows(root, "row.hidden", ROW_FILE)
     client = TestClient(TestServer(dashboard_app(root)))
     await client.start_server()
     try:
@@ -123,7 +170,8 @@ async def runs_table(root: Path, runs: int) -> dict:
     assert len(list_runs(root=root)) >= runs
     reload_ms = (time.perf_counter() - t0) * 1000
     warm_ms = statistics.median(warm)
-    return {"runs": runs, "cold_ms": round(cold, 1), "warm_ms": round(warm_ms, 1),
+    return {"runs": runs, "cold_ms": round(cold, 1), "cold_sdn_ms": round(cold_sdn, 1),
+            "cold_sdn_vs_cold": round(cold_sdn / cold, 1), "warm_ms": round(warm_ms, 1),
             "filter_sort_ms": round(filtered, 1), "response_kb": round(size / 1024, 1),
             "peer_list_runs_ms": round(reload_ms, 1), "warm_vs_list_runs": round(reload_ms / warm_ms, 1),
             "setup_s": round(made_s, 1)}

@@ -78,7 +78,7 @@ def steady_throughput(short: int, long: int, rounds: int) -> dict:
     for _ in range(rounds):
         for name, run in runs.items():
             per_iter[name].append((run(long) - run(short)) / (long - short))
-    ratios = {k: statistics.median(b / t for b, t in zip(per_iter["bare"], per_iter[k]))
+    ratios = {k: statistics.median(b / t for b, t in zip(per_iter["bare"], per_iter[k], strict=True))
               for k in ("ignite", "aiotrain")}
     startup = {k: round((best(lambda r=runs[k]: r(1), 5) - 0.002) * 1e3, 2) for k in ("ignite", "aiotrain")}
     return {"ratio_vs_bare": {k: round(v, 4) for k, v in ratios.items()}, "startup_ms": startup}

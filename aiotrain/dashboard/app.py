@@ -30,8 +30,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..runtime import to_io
+from ..runtime import submit_io, to_io
 from ..tracking import query
+from ..tracking.columns import build_cache
 from ..tracking.index import RunIndex, RunRow
 from ..tracking.media import Table
 from ..tracking.reader import load_run
@@ -45,6 +46,7 @@ POLL_S = 0.25  # how often a live stream looks for new lines
 _STATIC = Path(__file__).parent / "static"
 _SERIES_FILES = 64  # parsed histories kept in memory (least recently used dropped)
 _MAX_POINTS = 20_000
+_BUILD_BYTES = 4 << 20  # JSON decoded at a history's first read that makes a cache worth building
 _FILES = ("metrics", "system")
 
 
@@ -75,6 +77,7 @@ class Dashboard:
         self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
         self._rows_lock = asyncio.Lock()
         self._histories: OrderedDict[Path, SeriesFile] = OrderedDict()
+        self._built: set[Path] = set()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -152,6 +155,9 @@ class Dashboard:
             await to_io(series.refresh)
         except ValueError as exc:
             raise _bad(str(exc), 400) from None
+        if series.offset - series.from_cache > _BUILD_BYTES and path not in self._built:
+            self._built.add(path)  # once: a run written by an older version, imported, torn cache
+            submit_io(build_cache, path)  # in the background; a live run's writer keeps its own
         return series
 
     async def _run_detail(self, request: web.Request) -> web.Response:

@@ -8,6 +8,13 @@ resuming, which rewrites metadata.sdn first; a folder changed in the last two se
 file by file (coarse mtimes). A run still being written has no summary.sdn yet: its summary is
 folded from the lines appended to metrics.jsonl since the last refresh. ``refresh`` reads the
 disk: call it from a thread (the dashboard uses the I/O executor).
+
+Parsing SDN is what makes a first (cold) refresh slow, so a run also writes ``row.json`` beside
+its metadata (``write_row``): the same metadata and summary as JSON, with the size and mtime
+that metadata.sdn and summary.sdn had when it was written. The index uses a row file only while
+both files still have that size and mtime; a run changed since (a status rewritten, a resumed
+run's new summary, a run written by an older version) is read from its SDN files, so a row is
+never stale.
 """
 
 from __future__ import annotations
@@ -18,11 +25,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .reader import RunRecord, load_run
-from .series import read_new_records
-from .store import encode_nonfinite, flatten
+import msgspec
 
-__all__ = ["RunIndex", "RunRow"]
+from ..files import atomic_write
+from .reader import RunRecord, decode_tree, load_run
+from .series import read_new_records
+from .store import encode_nonfinite, flatten, jsonable
+
+__all__ = ["ROW_FILE", "RunIndex", "RunRow", "read_row", "write_row"]
+
+ROW_FILE = "row.json"
+_ROW_VERSION = 1
+_row_encoder = msgspec.json.Encoder(enc_hook=str)  # str subclasses (torch.__version__) as text
+
+
+def write_row(run_dir: Path, metadata: dict[str, Any], summary: dict[str, Any] | None) -> None:
+    """Write ``run_dir/row.json`` right after metadata.sdn (and, with ``summary``, summary.sdn)
+    were written from these very values, stamped with both files' current size and mtime."""
+    stamps = {name: _stat(os.path.join(run_dir, name)) for name in ("metadata.sdn", "summary.sdn")}
+    row = {"version": _ROW_VERSION, "stamps": stamps, "metadata": _storable(metadata),
+           "summary": None if summary is None else _storable(summary)}
+    atomic_write(run_dir / ROW_FILE, _row_encoder.encode(row))
+
+
+def _storable(tree: dict[str, Any]) -> Any:
+    """What write_sdn stores of ``tree`` (a config may nest as deep as SDN allows, so the row
+    around it is not walked)."""
+    return encode_nonfinite(jsonable(tree))
+
+
+def read_row(run_dir: str, metadata: tuple[int, int] | None, summary: tuple[int, int] | None) -> RunRecord | None:
+    """The run as ``row.json`` holds it when metadata.sdn and summary.sdn still have the size
+    and mtime it recorded (``metadata`` / ``summary``: their stamps now), else None."""
+    try:
+        with open(os.path.join(run_dir, ROW_FILE), "rb") as f:
+            data = f.read()
+        row = msgspec.json.decode(data)
+        stamps = row["stamps"]
+        if row.get("version") != _ROW_VERSION or _stamp(stamps["metadata.sdn"]) != metadata \
+                or _stamp(stamps["summary.sdn"]) != summary:
+            return None
+        if summary is not None and row["summary"] is None:  # summary.sdn not written from this row
+            return None
+        meta, values = row["metadata"], row["summary"] or {}
+        if b'nan"' in data or b'inf"' in data:  # non-finite values stored as text: read them back
+            meta, values = decode_tree(meta), decode_tree(values)
+        return RunRecord(Path(run_dir), meta, values)
+    except (OSError, msgspec.DecodeError, KeyError, TypeError):
+        return None
+
+
+def _stamp(value: Any) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
 
 
 @dataclass
@@ -118,10 +172,12 @@ class RunIndex:
             entry.folder = _stat(run_dir) if entry.folder is not None else None
             return entry
         folder = _stat(run_dir)
-        try:
-            record = load_run(run_dir)
-        except (OSError, ValueError):  # replaced between stat and read: next refresh sees it
-            return entry
+        record = read_row(run_dir, stamp[0], stamp[1])
+        if record is None:
+            try:
+                record = load_run(run_dir)
+            except (OSError, ValueError):  # replaced between stat and read: next refresh sees it
+                return entry
         if entry is None or stamp[:2] != entry.stamp[:2]:
             entry = _Entry(stamp, RunRow(record, {}, {}, 0.0))
         entry.stamp = stamp

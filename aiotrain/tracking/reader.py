@@ -17,7 +17,7 @@ import msgspec
 
 from .store import decode_nonfinite, get_dir, read_sdn
 
-__all__ = ["RunRecord", "find_run", "iter_history", "list_runs", "load_run", "process_alive", "read_history"]
+__all__ = ["RunRecord", "decode_tree", "find_run", "iter_history", "list_runs", "load_run", "process_alive", "read_history"]
 
 _decoder = msgspec.json.Decoder()
 
@@ -49,9 +49,10 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return list(iter_history(path))
 
 
-def _decode_tree(value: Any) -> Any:
+def decode_tree(value: Any) -> Any:
+    """A metadata or summary tree as stored, with "nan" / "inf" / "-inf" values read back as floats."""
     if isinstance(value, dict):
-        return {k: _decode_tree(v) for k, v in value.items()}
+        return {k: decode_tree(v) for k, v in value.items()}
     return decode_nonfinite(value)
 
 
@@ -129,9 +130,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:
     meta_path = path / "metadata.sdn"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not a run folder (no metadata.sdn)")
-    metadata = _decode_tree(read_sdn(meta_path))
+    metadata = decode_tree(read_sdn(meta_path))
     summary_path = path / "summary.sdn"
-    summary = _decode_tree(read_sdn(summary_path)) if summary_path.is_file() else {}
+    summary = decode_tree(read_sdn(summary_path)) if summary_path.is_file() else {}
     return RunRecord(dir=path, metadata=metadata, summary=summary)
 
 

@@ -42,6 +42,7 @@ from ..config import SdnError, sdn
 from ..distributed import is_main
 from ..runtime import submit_io, to_io
 from ..values import ScalarLike, as_number
+from .index import write_row
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
 from .reader import iter_history, list_runs, load_run
 from .store import (
@@ -310,7 +311,7 @@ class Run:
             self._system.close()
             self._system.check()
         write_sdn(self.dir / "summary.sdn", self.summary)
-        self._write_metadata()
+        self._write_metadata(self.summary)
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
@@ -340,13 +341,17 @@ class Run:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self._write_metadata()
 
-    def _write_metadata(self) -> None:
-        write_sdn(self.dir / "metadata.sdn", {
+    def _write_metadata(self, summary: dict[str, Any] | None = None) -> None:
+        """Write metadata.sdn, then row.json (for the runs table) from the same values, with
+        ``summary`` when summary.sdn was just written from it."""
+        metadata = {
             "id": self.id, "name": self.name, "project": self.project, "tags": self.tags,
             "notes": self.notes, "status": self.status, "created_at": self.start_time,
             "finished_at": self.end_time, "error": self.error, "pid": os.getpid(),
             "config": self.config, "system": system_info(),
-        })
+        }
+        write_sdn(self.dir / "metadata.sdn", metadata)
+        write_row(self.dir, metadata, summary)
 
     def _resume(self, resume: bool | str, name: str | None) -> str:
         """Pick up an earlier run: its id, created_at, config, summary and next step."""

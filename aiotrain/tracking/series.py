@@ -1,8 +1,10 @@
 """Metric histories as columns, read incrementally, and downsampling that keeps extremes.
 
-The dashboard charts histories of up to millions of points. ``SeriesFile`` decodes a
-metrics.jsonl (or system.jsonl) file once into per-key numpy columns (step, wall time, value)
-and afterwards reads only the bytes appended since, so a live run costs a few new lines per
+The dashboard charts histories of up to millions of points. ``SeriesFile`` holds a
+metrics.jsonl (or system.jsonl) file as per-key numpy columns (step, wall time, value): it
+starts from the file's binary column cache (``columns.py``: milliseconds for 10^6 points) and
+decodes only the JSON lines the cache does not cover (all of them when there is no valid
+cache), and afterwards reads only the bytes appended since, so a live run costs a few new lines per
 refresh. It stops at the last complete line, so a writer mid-append (or a torn last line) is
 never read half. Non-scalar values (histograms, images, tables) are kept aside per key with
 their step, for the run detail page. A scalar logged as nan is dropped from its column (a chart
@@ -14,7 +16,6 @@ minimum and the maximum of every bucket (and the first and last point), so spike
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from .columns import read_cache, split_records
+
 __all__ = ["Column", "SeriesFile", "decode_lines", "downsample", "read_new_records"]
 
 _decoder = msgspec.json.Decoder()
-_RESERVED = ("step", "timestamp")
 
 
 def decode_lines(chunk: bytes, path: Path) -> list[dict[str, Any]]:
@@ -87,14 +89,25 @@ class _Parts:
     value: list[np.ndarray] = field(default_factory=list)
     joined: Column | None = None
 
+    def add(self, step: Any, time: Any, value: Any) -> None:
+        self.step.append(np.asarray(step, np.int64))
+        self.time.append(np.asarray(time, np.float64))
+        self.value.append(np.asarray(value, np.float64))
+        self.joined = None
+
 
 class SeriesFile:
     """The columns of one JSON-lines history file, refreshed incrementally. Thread-safe; call it
-    from a thread (``refresh`` reads the disk, ``downsampled`` works through whole columns)."""
+    from a thread (``refresh`` reads the disk, ``downsampled`` works through whole columns).
+
+    The first refresh starts from the file's column cache (``columns.py``) when the cache agrees
+    with the file, and decodes only the lines the cache does not cover; otherwise (no cache, or
+    one that fails a check) it decodes the whole file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self.from_cache = 0  # bytes of the file the last start read from the column cache
         self._parts: dict[str, _Parts] = {}
         self._small: dict[tuple[str, int], tuple[int, Column]] = {}
         self.media: dict[str, list[tuple[int, dict[str, Any]]]] = {}
@@ -103,15 +116,33 @@ class SeriesFile:
     def refresh(self) -> int:
         """Read what was appended since the last call; returns how many records it added."""
         with self._lock:
+            if self.offset == 0 and not self._parts:
+                self._start()
             records, offset = read_new_records(self.path, self.offset)
             if offset < self.offset or (offset == 0 and self.offset):  # replaced: start over
-                self._parts.clear()
-                self._small.clear()
-                self.media.clear()
+                self._clear()
+                self._start()
+                records, offset = read_new_records(self.path, self.offset)
             self.offset = offset
             if records:
                 self._add(records)
             return len(records)
+
+    def _clear(self) -> None:
+        self._parts.clear()
+        self._small.clear()
+        self.media.clear()
+        self.offset = self.from_cache = 0
+
+    def _start(self) -> None:
+        cached = read_cache(self.path)
+        if cached is None or not cached.offset:
+            return
+        for key, records in cached.columns.items():
+            self._parts.setdefault(key, _Parts()).add(records["step"], records["time"], records["value"])
+        for key, step, value in cached.media:
+            self.media.setdefault(key, []).append((step, value))
+        self.offset = self.from_cache = cached.offset
 
     def downsampled(self, key: str, points: int) -> tuple[int, Column] | None:
         """``(total points, downsample(column(key), points))``, cached until the column grows."""
@@ -125,28 +156,11 @@ class SeriesFile:
             return cached
 
     def _add(self, records: list[dict[str, Any]]) -> None:
-        n = len(records)
-        steps = np.fromiter((r.get("step", 0) for r in records), np.int64, n)
-        times = np.array([r.get("timestamp") for r in records], dtype=np.float64)
-        keys = set().union(*records).difference(_RESERVED)
-        for key in keys:
-            raw = [r.get(key) for r in records]
-            try:
-                values = np.array(raw, dtype=np.float64)
-            except (TypeError, ValueError):  # dicts (media) or text among the values
-                values = np.array([_scalar(v) for v in raw], dtype=np.float64)
-                media = [(int(s), v) for s, v in zip(steps.tolist(), raw, strict=True)
-                         if isinstance(v, dict) and "_type" in v]
-                if media:
-                    self.media.setdefault(key, []).extend(media)
-            keep = ~np.isnan(values)
-            if not keep.any():
-                continue
-            parts = self._parts.setdefault(key, _Parts())
-            parts.step.append(steps[keep])
-            parts.time.append(times[keep])
-            parts.value.append(values[keep])
-            parts.joined = None
+        entries = split_records(records)
+        for key, (_, steps, times, values) in entries.scalars.items():
+            self._parts.setdefault(key, _Parts()).add(steps, times, values)
+        for _, key, step, value in entries.media:
+            self.media.setdefault(key, []).append((step, value))
 
     def media_entries(self) -> dict[str, list[tuple[int, dict[str, Any]]]]:
         """Non-scalar values (histograms, images, tables) by key, as ``(step, value)`` pairs."""
@@ -172,17 +186,6 @@ class SeriesFile:
                                   np.concatenate(parts.value))
             parts.step, parts.time, parts.value = [parts.joined.step], [parts.joined.time], [parts.joined.value]
         return parts.joined
-
-
-def _scalar(value: Any) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)  # "nan" / "inf" / "-inf" as written for non-finite values
-        except ValueError:
-            return math.nan
-    return math.nan
 
 
 def downsample(column: Column, points: int) -> Column:

@@ -13,7 +13,8 @@ has records to write) wakes every half interval and drains every writer whose re
 so the window holds in plain scripts and in services alike, even when nothing else is logged.
 A storm of records also drains early: ``FLUSH_RECORDS`` waiting records submit a drain to
 the I/O executor, which bounds memory. A drain takes everything queued at its start, encodes
-it with msgspec as JSON lines and appends it to the file; drains are serialized by a lock, so
+it with msgspec as JSON lines and appends it to the file, then appends the scalar values to the
+file's binary column cache (``columns.py``, what the dashboard charts from); drains are serialized by a lock, so
 a ``flush()`` that drains after a ``log`` call has returned sees that record. Only ``flush``
 and ``close`` fsync: the window is about the process dying, not the machine losing power.
 """
@@ -31,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ..runtime import spawn_daemon, submit_io
+from .columns import ColumnAppender, hold_for_writing
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -48,6 +50,7 @@ class MetricsWriter:
 
     FLUSH_INTERVAL_S = 1.0
     FLUSH_RECORDS = 4096
+    CACHE_RECORDS = 1024
 
     def __init__(self, path: Path, before_first_write: Callable[[], None] | None = None,
                  interval: float | None = None) -> None:
@@ -60,6 +63,11 @@ class MetricsWriter:
         self._before = before_first_write
         self._lock = threading.Lock()
         self._file: Any = None
+        self._size = 0
+        self._columns: ColumnAppender | None = None
+        self._pending: list[dict[str, Any]] = []  # written to the jsonl, not yet to the cache
+        self._pending_lines: list[bytes] = []
+        self._pending_at = 0
         self._inflight = False
         self._encoder = msgspec.json.Encoder()
 
@@ -100,11 +108,55 @@ class MetricsWriter:
                     return 0
                 self._open()
             if records:
-                self._file.write(self._encoder.encode_lines([_encode(r) for r in records]))
-            self._file.flush()
+                encoded = [_encode(r) for r in records]
+                lines = self._encoder.encode_lines(encoded)
+                try:
+                    self._file.write(lines)
+                    self._file.flush()  # the jsonl first: the cache never covers more than it holds
+                except BaseException:
+                    self._drop_cache()  # the jsonl's length is unknown now
+                    raise
+                self._cache(encoded, lines)
+                self._size += len(lines)
+            else:
+                self._file.flush()
             if durable:
+                self._append_cache()
                 os.fsync(self._file.fileno())
+                if self._columns is not None:
+                    self._columns.sync()
             return n
+
+    def _cache(self, records: list[dict[str, Any]], lines: bytes) -> None:
+        """Queue written lines for the column cache, appended once ``CACHE_RECORDS`` wait (or
+        at the next durable drain): a reader decodes the few lines past the cache's last mark,
+        and a log call with ``interval`` 0 does not pay for a cache append each."""
+        if self._columns is None:
+            return
+        if not self._pending:
+            self._pending_at = self._size
+        self._pending.extend(records)
+        self._pending_lines.append(lines)
+        if len(self._pending) >= self.CACHE_RECORDS:
+            self._append_cache()
+
+    def _append_cache(self) -> None:
+        """Append the queued lines to the column cache; after a failure the cache stays behind
+        (readers decode the jsonl past its last mark) until the file is next opened."""
+        records, lines = self._pending, b"".join(self._pending_lines)
+        self._pending, self._pending_lines = [], []
+        if self._columns is None or not records:
+            return
+        try:
+            self._columns.append(records, lines, self._pending_at)
+        except (OSError, ValueError):
+            self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        self._pending, self._pending_lines = [], []
+        if self._columns is not None:
+            self._columns.close()
+            self._columns = None
 
     def open(self) -> None:
         """Create the file (and run ``before_first_write``) now instead of at the first drain."""
@@ -128,6 +180,9 @@ class MetricsWriter:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            if self._columns is not None:
+                self._columns.close()
+                self._columns = None
 
     def _open(self) -> None:
         if self._before is not None:
@@ -136,6 +191,13 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
+        self._size = os.fstat(self._file.fileno()).st_size
+        if not hold_for_writing(self._file):  # a cache build (or another writer) holds it
+            return
+        try:
+            self._columns = ColumnAppender.open(self.path)
+        except (OSError, ValueError):  # the chart decodes the jsonl instead; the history is whole
+            self._columns = None
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aiotrain.dashboard import dashboard_app
 from aiotrain.tracking import Track
+from aiotrain.tracking.columns import read_cache
 
 
 @pytest.fixture
@@ -127,6 +128,22 @@ async def test_downsampling_keeps_extremes(track_root):
         await get_json(client, "/api/series", status=400, run="big/r1", key="y", points="3")
     finally:
         await client.close()
+    # that history had no column cache (written by hand, as by an older version): the dashboard
+    # builds one in the background, and the next start reads it instead of the JSON
+    jsonl = run_dir / "metrics.jsonl"
+    for _ in range(1200):
+        cached = read_cache(jsonl)
+        if cached is not None and cached.offset == jsonl.stat().st_size:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the dashboard built no column cache for a history it decoded from JSON")
+    fresh = await client_for(track_root)
+    try:
+        again = await get_json(fresh, "/api/series", run="big/r1", key="y", points=1000)
+        assert again["series"] == data["series"]
+    finally:
+        await fresh.close()
 
 
 async def test_stream_delivers_new_steps_of_a_run_being_written(track_root):

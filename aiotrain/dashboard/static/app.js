@@ -208,7 +208,8 @@ function startLive() {
   const src = new EventSource("api/stream?" + p);
   S.source = src;
   const pending = new Set();
-  const flush = debounce(() => { pending.forEach((i) => draw(S.keys[i], i)); pending.clear(); }, 100);
+  // a stream stopped (selection or keys changed) may still have a redraw due: drop it
+  const flush = debounce(() => { if (S.source === src && S.keys) pending.forEach((i) => draw(S.keys[i], i)); pending.clear(); }, 100);
   src.onmessage = (e) => {
     const m = JSON.parse(e.data);
     const s = ((S.data[m.key] ??= {})[m.run] ??= { run: m.run, key: m.key, step: [], time: [], value: [], total: 0 });
