@@ -43,6 +43,7 @@ from .transport import Recycler, rebuild
 log = logging.getLogger(__name__)
 
 ABANDON_GRACE_S = 0.2  # how long a cancelled stream waits for a sync read before abandoning it
+DROP_GRACE_S = 2.0  # how long a dropped early start waits for its worker calls before stopping them
 
 __all__ = ["AsyncLoader", "DatasetError", "StreamClosed", "sized_len"]
 
@@ -98,6 +99,9 @@ class _Stream:
         self._total: int | None = None
         self._error: BaseException | None = None
         self._closed = False
+        # closed because nobody will read it (an early start no run takes), not by a cancelled
+        # run: its worker calls get a grace to finish, and the workers are kept
+        self.dropped = False
         self._arrived = asyncio.Event()
         self.outstanding = 0  # batches started and not yet consumed (loop-side count)
         self.task: asyncio.Task[None] | None = None
@@ -237,6 +241,7 @@ class _StreamingLoader(abc.ABC):
                     and early[1].task.get_loop() is asyncio.get_running_loop():
                 self._epoch, self._position = epoch, start
                 return early[1]
+            early[1].dropped = True
             await early[1].aclose()
         self._epoch, self._position = epoch, start
         return self._start_stream(epoch, start, self._new_budget())
@@ -260,6 +265,7 @@ class _StreamingLoader(abc.ABC):
         later pass starts afresh)."""
         early, self._early = self._early, None
         if early is not None:
+            early[1].dropped = True
             await early[1].aclose()
 
     async def _stream_closed(self, stream: _Stream) -> None:
@@ -500,11 +506,15 @@ class AsyncLoader(_StreamingLoader):
             raise
         finally:
             pending = [task for task in tasks if not task.done()]
+            if pending and stream.dropped and self._pool is not None:
+                # let the worker calls in flight end, so the workers stay for the next run
+                await asyncio.wait(pending, timeout=DROP_GRACE_S)
+                pending = [task for task in pending if not task.done()]
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            if (pending or cancelled) and self._pool is not None:
+            if (pending or cancelled and not stream.dropped) and self._pool is not None:
                 await self._pool.aclose()  # calls in flight may never return: stop the workers
 
     async def _assemble(self, stream: _Stream, seq: int, epoch: int, indices: list[int],

@@ -53,3 +53,20 @@ async def test_a_cancelled_run_leaves_no_producer_task(at_epoch_end):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _other_tasks() == []
+
+
+def _double(item, gen):
+    return item * 2
+
+
+async def test_workers_outlive_a_completed_run_for_the_next_one():
+    """Dropping the early start at a run's end is not a cancellation: the workers are kept."""
+    loader = AsyncLoader(Items(), batch_size=4, transform=_double, workers=2)
+    async with loader:
+        engine = Engine(lambda e, b: None)
+        await engine.run(loader, max_epochs=1)
+        pids = loader.worker_pids
+        assert len(pids) == 2
+        await Engine(lambda e, b: None).run(loader, max_epochs=1)
+        assert loader.worker_pids == pids
+    assert loader.worker_pids == []
