@@ -180,9 +180,7 @@ class MetricsWriter:
             if self._file is not None:
                 self._file.close()
                 self._file = None
-            if self._columns is not None:
-                self._columns.close()
-                self._columns = None
+            self._drop_cache()
 
     def _open(self) -> None:
         if self._before is not None:
