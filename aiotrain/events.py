@@ -313,7 +313,14 @@ class EventBus:
     def __init__(self, allowed: Iterable[EventKey] = Events) -> None:
         self.allowed = AllowedEvents(allowed)
         self.entries: dict[EventKey, list[HandlerEntry]] = {}
+        # bumped whenever the handlers change (or, through touch(), the engine's observers): a
+        # running driver recomputes which per-iteration events it must fire only then
+        self.version = 0
         self._seq = itertools.count()
+
+    def touch(self) -> None:
+        """Someone started or stopped listening outside the bus (an observer)."""
+        self.version += 1
 
     def register_events(self, *events: Any) -> None:
         """Allow custom events on this bus: EventEnum members, strings or foreign enum members."""
@@ -347,6 +354,7 @@ class EventBus:
         for entry in entries:
             lst = self.entries.setdefault(entry.event, [])
             lst.insert(bisect.bisect([e.key for e in lst], entry.key), entry)
+        self.version += 1
         return RemovableHandle(self, entries, engine)
 
     def discard(self, entry: HandlerEntry) -> None:
@@ -355,6 +363,7 @@ class EventBus:
             lst.remove(entry)
         if not lst:
             self.entries.pop(entry.event, None)
+        self.version += 1
 
     def remove(self, handler: Callable[..., Any], event: Any) -> None:
         """Detach every attachment of ``handler`` to ``event``; ValueError if there is none."""

@@ -46,6 +46,11 @@ class _Every:
         return True
 
 
+# the events fired every iteration, in Driver.wanted's order
+_PER_ITERATION = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
+                  Events.ITERATION_COMPLETED)
+
+
 class Driver:
     """One run of an engine over its data, on the compute thread."""
 
@@ -58,7 +63,12 @@ class Driver:
         self.fire = engine._fire_event if watched else self.fire_now
         # The per-iteration events are fired only when someone listens: at a 2 ms step the calls
         # themselves, run with cold caches, cost ~1 % of throughput (benchmarks/bench_overhead.py).
+        # Who listens is recomputed only when the listeners change (the bus's version): an
+        # event's hash is Python code, too slow to take four times per iteration.
         self.listened: Any = _Every() if watched else self.handlers
+        self.bus = engine._bus
+        self.seen = -1
+        self.wanted: tuple[bool, ...] = ()
 
     # events ---------------------------------------------------------------------------------
     def fire_now(self, event: EventKey, *args: Any) -> None:
@@ -85,6 +95,21 @@ class Driver:
         n = self.counts.get(event, 0) + 1
         self.counts[event] = n
         return n
+
+    def per_iteration(self, event: EventKey, index: int) -> None:
+        """Fire per-iteration ``event`` (``_PER_ITERATION[index]``) if anyone listens, then stop
+        if a handler (or the step) asked to."""
+        if self.bus.version != self.seen:
+            self.seen = self.bus.version
+            observed = bool(self.engine._observers)
+            self.wanted = tuple(observed or ev in self.listened for ev in _PER_ITERATION)
+        eng = self.engine
+        if self.wanted[index]:
+            self.fire(event)
+        else:
+            eng.last_event_name = event
+        if eng.should_terminate or eng.should_terminate_single_epoch or eng.should_interrupt:
+            self.check()
 
     def check(self) -> None:
         eng = self.engine
@@ -200,76 +225,68 @@ class Driver:
             raise Interrupt
 
     def iterate(self) -> None:
-        eng, st, fire, check, feed = self.engine, self.engine.state, self.fire, self.check, self.feed
-        listened, observed = self.listened, eng._observers
+        st, feed, bridge = self.engine.state, self.feed, self.bridge
         restarted = False
         has_data = st.dataloader is not None  # as Ignite: no batch events without data
         while st.epoch_length is None or st.epoch_iteration < st.epoch_length:
-            if self.bridge.cancelled:
+            if bridge.cancelled:
                 raise Cancelled
             st.batch = None
             if not restarted and has_data:
-                if Events.GET_BATCH_STARTED in listened or observed:
-                    fire(Events.GET_BATCH_STARTED)
-                else:
-                    eng.last_event_name = Events.GET_BATCH_STARTED
-                check()
+                self.per_iteration(Events.GET_BATCH_STARTED, 0)
             try:
                 batch = feed.next()
             except StreamEnd:
-                if st.epoch_length is None and st.epoch_iteration > 0:
-                    return  # an unsized source defines the epoch length by running out
-                if st.iteration == 0 and (restarted or st.epoch_length is None):
-                    raise ValueError("data source is empty: it yielded no batches") from None
-                if restarted:  # a one-shot iterator ran dry before the run's end: as Ignite
-                    warnings.warn("Data iterator can not provide data anymore but required total "
-                                  f"number of iterations to run is not reached. Current iteration: "
-                                  f"{st.iteration}", stacklevel=1)
-                    self.exhausted = True
+                if self.end_of_pass(restarted, has_data):
                     return
-                if has_data:
-                    fire(Events.DATALOADER_STOP_ITERATION)
-                    check()
-                feed.restart(st.dataloader)
                 restarted = True
                 continue
             restarted = False
             self._take_and_step(batch)
             try:
-                if Events.ITERATION_COMPLETED in listened or observed:
-                    fire(Events.ITERATION_COMPLETED)
-                else:
-                    eng.last_event_name = Events.ITERATION_COMPLETED
+                self.per_iteration(Events.ITERATION_COMPLETED, 3)
             except Cancelled as cancelled:  # the step ran: its unfinished handlers run on resume
-                eng._owed = cancelled.remaining
+                self.engine._owed = cancelled.remaining
                 raise
-            check()
             if st.max_iters is not None and st.iteration >= st.max_iters and \
                     (st.epoch_length is None or st.epoch_iteration < st.epoch_length):
-                eng.should_terminate = True
+                self.engine.should_terminate = True
                 raise Terminate
+
+    def end_of_pass(self, restarted: bool, has_data: bool) -> bool:
+        """The source ran out: True when that ends the epoch, else the next pass is started."""
+        st = self.engine.state
+        if st.epoch_length is None and st.epoch_iteration > 0:
+            return True  # an unsized source defines the epoch length by running out
+        if st.iteration == 0 and (restarted or st.epoch_length is None):
+            raise ValueError("data source is empty: it yielded no batches") from None
+        if restarted:  # a one-shot iterator ran dry before the run's end: as Ignite
+            warnings.warn("Data iterator can not provide data anymore but required total "
+                          f"number of iterations to run is not reached. Current iteration: "
+                          f"{st.iteration}", stacklevel=1)
+            self.exhausted = True
+            return True
+        if has_data:
+            self.fire(Events.DATALOADER_STOP_ITERATION)
+            self.check()
+        self.feed.restart(st.dataloader)
+        return False
 
     def _take_and_step(self, batch: Any) -> None:
         """GET_BATCH_COMPLETED, ITERATION_STARTED and the step; cancelled before the step
         finished, the iteration is undone (the batch is taken again on resume)."""
-        eng, st = self.engine, self.engine.state
-        listened, observed = self.listened, eng._observers
+        st = self.engine.state
         st.batch, st.output = batch, None
         counted = False
         try:
             if st.dataloader is not None:
-                if Events.GET_BATCH_COMPLETED in listened or observed:
-                    self.fire(Events.GET_BATCH_COMPLETED)
-                self.check()
+                self.per_iteration(Events.GET_BATCH_COMPLETED, 1)
             st.epoch_iteration += 1
             st.iteration += 1
             counted = True
-            if Events.ITERATION_STARTED in listened or observed:
-                self.fire(Events.ITERATION_STARTED)
-            else:
-                eng.last_event_name = Events.ITERATION_STARTED
-            self.check()
-            self.check_cancel()
+            self.per_iteration(Events.ITERATION_STARTED, 2)
+            if self.bridge.cancelled:
+                raise Cancelled
             st.output = self.step(st.batch)
         except Cancelled:
             self.feed.unget()

@@ -260,6 +260,7 @@ class Engine:
                 obs.filters[key] = flt
                 keys.add(key)
                 self._observers.setdefault(key, []).append(obs)
+        self._bus.touch()
         try:
             yield obs
         finally:
@@ -267,6 +268,7 @@ class Engine:
                 self._observers[key].remove(obs)
                 if not self._observers[key]:
                     del self._observers[key]
+            self._bus.touch()
 
     def _notify(self, event: EventKey, count: int) -> None:
         observers = self._observers.get(event)

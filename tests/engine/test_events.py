@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from aiotrain import Engine, EventEnum, Events
@@ -116,6 +119,47 @@ def test_decorator_with_args_remove_and_has():
 
 class BackpropEvents(EventEnum):
     BACKWARD_COMPLETED = "backward_completed"
+
+
+def test_handlers_attached_or_removed_mid_run_take_effect_at_the_next_event():
+    # the driver caches which per-iteration events anyone listens to: a change must reach it
+    seen: list[tuple[str, int]] = []
+
+    def step(e, b):
+        if e.state.iteration == 5:  # a step that attaches: from this iteration's completion on
+            e.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(("started", e.state.iteration)))
+
+    engine = Engine(step)
+
+    def late(e):
+        seen.append(("completed", e.state.iteration))
+
+    def attach(e):
+        if e.state.iteration == 2:  # GET_BATCH_STARTED of iteration 3: as Ignite, same iteration
+            e.add_event_handler(Events.ITERATION_COMPLETED, late)
+        if e.state.iteration == 4:
+            e.remove_event_handler(late, Events.ITERATION_COMPLETED)
+
+    engine.add_event_handler(Events.GET_BATCH_STARTED, attach)
+    _run(engine, range(7), max_epochs=1)
+    assert seen == [("completed", 3), ("completed", 4), ("started", 6), ("started", 7)]
+
+
+def test_observer_started_mid_run_sees_the_following_iterations():
+    async def main():
+        engine = Engine(lambda e, b: None)
+        stack = contextlib.AsyncExitStack()
+        streams = []
+
+        async def open_stream(e):
+            streams.append(await stack.enter_async_context(engine.observe(Events.GET_BATCH_STARTED)))
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(once=1), open_stream)
+        async with stack:
+            await engine.run(range(3), max_epochs=2)
+            return [s.iteration async for s in streams[0]]
+
+    assert asyncio.run(main()) == [3, 4, 5]
 
 
 def test_custom_event_fired_from_sync_step_runs_inline_on_the_compute_thread():
