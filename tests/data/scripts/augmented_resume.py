@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from aiotrain.data.loader import AsyncLoader
 from aiotrain.engine import Engine
@@ -23,19 +24,10 @@ from aiotrain.runtime import run as run_main
 EPOCHS = 4
 
 
-class Points:
+def points() -> TensorDataset:
     """64 fixed points in 4 classes, read with a sync ``__getitem__`` (in the workers)."""
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(64, 16, generator=gen)
-        self.y = torch.randint(0, 4, (64,), generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
+    gen = torch.Generator().manual_seed(1234)
+    return TensorDataset(torch.randn(64, 16, generator=gen), torch.randint(0, 4, (64,), generator=gen))
 
 
 def jitter(item, gen: torch.Generator):
@@ -52,7 +44,7 @@ async def main(save_dir: str, out: str, workers: int, step_sleep: float) -> None
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    loader = AsyncLoader(Points(), batch_size=8, shuffle=True, seed=7, transform=jitter,
+    loader = AsyncLoader(points(), batch_size=8, shuffle=True, seed=7, transform=jitter,
                          workers=workers)
 
     def step(engine: Engine, batch) -> float:

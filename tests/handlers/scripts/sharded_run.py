@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from aiotrain import distributed as dist
 from aiotrain.data.loader import AsyncLoader
@@ -33,17 +34,10 @@ EVERY = 4  # 8 steps per epoch: saves mid-epoch and at epoch ends
 N_SAVED = 2
 
 
-class Points:
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(1234)
-        self.x = torch.randn(64, 12, generator=gen)
-        self.y = torch.randint(0, 3, (64,), generator=gen)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
+def points() -> TensorDataset:
+    """64 fixed points in 3 classes."""
+    gen = torch.Generator().manual_seed(1234)
+    return TensorDataset(torch.randn(64, 12, generator=gen), torch.randint(0, 3, (64,), generator=gen))
 
 
 def build(save_dir: str, step_sleep: float = 0.0):
@@ -54,9 +48,9 @@ def build(save_dir: str, step_sleep: float = 0.0):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     parallelize(model, "fsdp", optimizer=optimizer)
     torch.manual_seed(100 + dist.rank())  # dropout draws differ per rank: resume must restore each
-    sampler = torch.utils.data.DistributedSampler(Points(), num_replicas=dist.world_size(),
+    sampler = torch.utils.data.DistributedSampler(points(), num_replicas=dist.world_size(),
                                                   rank=dist.rank(), shuffle=True, seed=0)
-    loader = AsyncLoader(Points(), batch_size=4, sampler=sampler)
+    loader = AsyncLoader(points(), batch_size=4, sampler=sampler)
 
     def step(engine: Engine, batch) -> float:
         model.train()
