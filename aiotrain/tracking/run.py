@@ -306,10 +306,10 @@ class Run:
         if self._writer is None:
             return
         self._wait_media()
-        self._writer.close()  # creates the folder and metadata if nothing was logged yet
-        if self._system is not None:
+        if self._system is not None:  # first: its first write opens the main writer, not after
             self._system.close()
             self._system.check()
+        self._writer.close()  # creates the folder and metadata if nothing was logged yet
         write_sdn(self.dir / "summary.sdn", self.summary)
         self._write_metadata(self.summary)
         self._report()

@@ -319,3 +319,23 @@ def test_the_longest_names_that_fit_finish():
         with Track.run(project, name="é" * 300, tags=["ü"], notes="ß", config={"k": "ø"}) as run:
             run.log({"a": 1})
         assert Track.load_run(run.dir).status == "finished"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
+                    reason="reads the open descriptors from /proc (Linux)")
+async def test_finish_leaves_no_file_of_the_run_open(track_root):
+    # the system writer's first write opens the main writer: at finish it must not reopen the
+    # metrics file the main writer has just closed (and leave it open, its lock held)
+    async with Track.run("p", system_interval=60, flush_interval=60) as run:
+        run.log({"loss": 1.0})
+
+    def open_in_run() -> list[str]:
+        paths = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own descriptor, already closed
+                continue
+        return [p for p in paths if p.startswith(str(run.dir))]
+
+    assert open_in_run() == []
