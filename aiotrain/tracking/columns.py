@@ -38,7 +38,6 @@ import math
 import os
 import shutil
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,8 +50,8 @@ try:
 except ImportError:  # Windows: no advisory locks, so readers never build caches there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "build_cache", "cache_dir", "hold_for_writing",
-           "read_cache", "split_records"]
+__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "build_cache", "cache_dir",
+           "hold_for_writing", "let_go", "read_cache", "split_records"]
 
 RECORD = np.dtype([("end", "<i8"), ("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
 _MARK = np.dtype([("offset", "<i8"), ("entries", "<i8")])
@@ -401,27 +400,6 @@ class ColumnAppender:
         self._files.clear()
 
 
-# The jsonl files this process holds for writing. A forked child (a data worker, a DataLoader
-# worker) inherits their descriptors and with them the lock, which would then outlive the
-# writer's close for as long as the child lives: the child lets go right after the fork.
-_held: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _let_go_in_child() -> None:
-    for f in list(_held):
-        with contextlib.suppress(OSError, ValueError):
-            # dup2, not close: the child's file object keeps a valid descriptor (to /dev/null),
-            # so its finalizer can never close a descriptor number the child reused
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, f.fileno())
-            os.close(null)
-    _held.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_let_go_in_child)
-
-
 def hold_for_writing(jsonl_file: BinaryIO, wait: float = 10.0) -> bool:
     """Mark the jsonl open in ``jsonl_file`` as being written (until that file is closed), so
     ``build_cache`` leaves its cache alone. Waits up to ``wait`` seconds while a build (or
@@ -433,12 +411,20 @@ def hold_for_writing(jsonl_file: BinaryIO, wait: float = 10.0) -> bool:
     while True:
         try:
             fcntl.flock(jsonl_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _held.add(jsonl_file)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+
+def let_go(jsonl_file: BinaryIO) -> None:
+    """End ``hold_for_writing`` before closing the file. Closing alone is not enough: a process
+    forked meanwhile (a data worker) shares the lock through its copy of the descriptor and would
+    keep it for as long as it lives, so the next writer of the file would wait out its timeout."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.flock(jsonl_file.fileno(), fcntl.LOCK_UN)
 
 
 def build_cache(jsonl: Path) -> bool:

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from ..runtime import spawn_daemon, submit_io
-from .columns import ColumnAppender, hold_for_writing
+from .columns import ColumnAppender, hold_for_writing, let_go
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -178,6 +178,7 @@ class MetricsWriter:
         self.drain(durable=True)
         with self._lock:
             if self._file is not None:
+                let_go(self._file)
                 self._file.close()
                 self._file = None
             self._drop_cache()

@@ -4,7 +4,6 @@ and never the reason a chart is wrong (torn, missing, behind, replaced)."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -253,29 +252,3 @@ def test_a_writer_never_waits_forever_for_a_held_file(tmp_path: Path) -> None:
         assert hold_for_writing(builder, wait=0)
         assert not hold_for_writing(writer, wait=0.1)  # then it leaves the cache alone
 
-
-def test_a_forked_child_does_not_keep_the_writers_lock(tmp_path: Path) -> None:
-    # a data worker forked while a run writes must not hold metrics.jsonl's lock after the
-    # writer closed it: a later writer of the file would wait out its whole timeout
-    pytest.importorskip("fcntl")
-    jsonl = tmp_path / "metrics.jsonl"
-    jsonl.write_bytes(b"")
-    first = open(jsonl, "ab")  # noqa: SIM115 - closed below, while the child still lives
-    assert hold_for_writing(first, wait=0)
-    release_r, release_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: alive until the parent is done, holding whatever fork gave it
-        os.write(ready_w, b"x")
-        os.read(release_r, 1)
-        os._exit(0)
-    try:
-        os.read(ready_r, 1)  # the child is past the fork (and its at-fork hooks)
-        first.close()
-        with open(jsonl, "ab") as second:
-            assert hold_for_writing(second, wait=0)
-    finally:
-        os.write(release_w, b"x")
-        os.waitpid(pid, 0)
-        for fd in (release_r, release_w, ready_r, ready_w):
-            os.close(fd)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from aiotrain.tracking import Track
+from aiotrain.tracking.columns import hold_for_writing
 from aiotrain.tracking.reader import read_history
+from aiotrain.tracking.writer import MetricsWriter
 
 STORM = Path(__file__).parent / "scripts" / "log_storm.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -122,3 +124,28 @@ def test_the_flusher_thread_ends_with_the_last_run():
     while flushers() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not flushers()
+
+
+def test_a_forked_child_does_not_keep_the_lock_after_close(tmp_path: Path) -> None:
+    # a data worker forked while a run writes shares the jsonl's lock through its copy of the
+    # descriptor: after close the next writer of the file (a resumed run) must not wait for it
+    pytest.importorskip("fcntl")
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", interval=0)
+    writer.open()
+    release_r, release_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: alive until the parent is done, holding what fork gave it
+        os.write(ready_w, b"x")
+        os.read(release_r, 1)
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        writer.close()
+        with open(writer.path, "ab") as again:
+            assert hold_for_writing(again, wait=0)
+    finally:
+        os.write(release_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (release_r, release_w, ready_r, ready_w):
+            os.close(fd)
