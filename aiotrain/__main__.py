@@ -2,6 +2,6 @@
 
 import sys
 
-from aiotrain.cli.main import main
+from aiotrain.cli.main import console
 
-sys.exit(main())
+sys.exit(console())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from aiotrain.cli.command import Parser, run_command
@@ -56,3 +59,12 @@ def test_run_command_passes_codes_through_and_parser_errors_are_usage(capsys):
 def test_exit_codes_are_the_documented_table():
     assert [(c.name, int(c)) for c in ExitCode] == [
         ("OK", 0), ("FAILED", 1), ("USAGE", 2), ("INTERRUPTED", 130)]
+
+
+def test_the_console_entry_freezes_what_is_left_for_a_fast_exit():
+    # the installed command and ``python -m aiotrain`` run main(), then freeze the heap so the
+    # interpreter's final collections skip it; the exit code is main's
+    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+            "from aiotrain.cli.main import console; raise SystemExit(console(['--help']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "frozen True", r.stdout + r.stderr
