@@ -51,7 +51,7 @@ except ImportError:  # Windows: no advisory locks, so readers never build caches
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "build_cache", "cache_dir",
-           "hold_for_writing", "let_go", "read_cache", "split_records"]
+           "drop_torn_tail", "hold_for_writing", "let_go", "read_cache", "split_records"]
 
 RECORD = np.dtype([("end", "<i8"), ("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
 _MARK = np.dtype([("offset", "<i8"), ("entries", "<i8")])
@@ -455,7 +455,7 @@ def _cut_to_last_mark(folder: Path, cached: CachedColumns) -> tuple[dict[str, st
         _truncate(folder / name, size)
     with contextlib.suppress(FileNotFoundError):
         _truncate(folder / "marks.bin", os.path.getsize(folder / "marks.bin") // _MARK.itemsize * _MARK.itemsize)
-    _truncate_lines(folder / "keys.jsonl", None)
+    drop_torn_tail(folder / "keys.jsonl")
     _truncate_lines(folder / "media.jsonl", sum(1 for m in media if m[0] <= offset))
     return keys, entries, cached.offset
 
@@ -465,16 +465,40 @@ def _truncate(path: Path, size: int) -> None:
         f.truncate(size)
 
 
-def _truncate_lines(path: Path, keep: int | None) -> None:
-    """Cut ``path`` after its ``keep``-th line (None: after its last complete line)."""
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Cut ``path`` after its ``keep``-th line."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return
-    end = data.rfind(b"\n") + 1
-    if keep is not None:
-        end = 0
-        for _ in range(keep):
-            end = data.index(b"\n", end) + 1
+    end = 0
+    for _ in range(keep):
+        end = data.index(b"\n", end) + 1
     if end != len(data):
         _truncate(path, end)
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line left by a crash (a jsonl, a cache's line files), so appended lines
+    start on a line of their own."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with open(path, "r+b") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        chunk = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            end = start
+        f.truncate(0)

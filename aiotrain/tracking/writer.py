@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from ..runtime import spawn_daemon, submit_io
-from .columns import ColumnAppender, hold_for_writing, let_go
+from .columns import ColumnAppender, drop_torn_tail, hold_for_writing, let_go
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter"]
@@ -188,7 +188,7 @@ class MetricsWriter:
             self._before()
             self._before = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_torn_tail(self.path)
+        drop_torn_tail(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
         self._size = os.fstat(self._file.fileno()).st_size
         if not hold_for_writing(self._file):  # a cache build (or another writer) holds it
@@ -211,31 +211,6 @@ def _encode(record: dict[str, Any]) -> dict[str, Any]:
         elif cls is dict or cls is list:
             record[key] = encode_nonfinite(value)
     return record
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a torn last line left by a crash, so appended lines start on a line of their own."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    if size == 0:
-        return
-    with open(path, "r+b") as f:
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        chunk = 1 << 16
-        end = size
-        while end > 0:
-            start = max(0, end - chunk)
-            f.seek(start)
-            cut = f.read(end - start).rfind(b"\n")
-            if cut >= 0:
-                f.truncate(start + cut + 1)
-                return
-            end = start
-        f.truncate(0)
 
 
 class _Flusher:
