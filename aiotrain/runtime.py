@@ -458,7 +458,6 @@ def _spawned_worker_main(index: int, workers: int, sock_fd: int, notes_fd: int) 
     imports are only what unpickling the handler needs."""
     import signal
     import sys
-    import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=sock_fd)
@@ -469,11 +468,18 @@ def _spawned_worker_main(index: int, workers: int, sock_fd: int, notes_fd: int) 
         sys.exit(0)
     try:
         handler, initializer = _decode_msg(data, fds)[0]
-    except BaseException as exc:  # reported to the parent, which fails the calls with it
-        with contextlib.suppress(Exception):
-            _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
+    except BaseException as exc:
+        _report_init_failure(sock, exc)
         sys.exit(1)
     _serve_worker(sock, WorkerContext(index, workers, notes, spawned=True), handler, initializer)
+
+
+def _report_init_failure(sock: socket.socket, exc: BaseException) -> None:
+    """Tell the parent this worker cannot start; it fails the pool's calls with the error."""
+    import traceback
+
+    with contextlib.suppress(Exception):
+        _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
 
 
 def _serve_worker(sock: socket.socket, ctx: WorkerContext,
@@ -485,9 +491,8 @@ def _serve_worker(sock: socket.socket, ctx: WorkerContext,
     if initializer is not None:
         try:
             initializer(ctx)
-        except BaseException as exc:  # reported to the parent, which fails the calls with it
-            with contextlib.suppress(Exception):
-                _send_msg(sock, (_INIT_FAILED, False, portable_error(exc, traceback.format_exc())), [])
+        except BaseException as exc:
+            _report_init_failure(sock, exc)
             return
     while True:
         try:
