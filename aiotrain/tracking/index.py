@@ -18,6 +18,11 @@ that metadata.sdn and summary.sdn had when it was written. The index uses a row 
 both files still have that size and mtime; a run changed since (a status rewritten, a resumed
 run's new summary, a run written by an older version) is read from its SDN files, so a row is
 never stale.
+
+An error is never an empty answer: a run whose files are corrupt is a row with status
+``unreadable`` and the error (one line naming the file), and any other error (a file that
+cannot be opened, a descriptor limit reached) is raised from ``refresh``, not turned into a
+table without that run.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ def _storable(tree: dict[str, Any]) -> Any:
 
 def read_row(run_dir: str, metadata: tuple[int, int] | None, summary: tuple[int, int] | None) -> RunRecord | None:
     """The run as ``row.json`` holds it when metadata.sdn and summary.sdn still have the size
-    and mtime it recorded (``metadata`` / ``summary``: their stamps now), else None."""
+    and mtime it recorded (``metadata`` / ``summary``: their stamps now), else None (also when
+    it cannot be read: the caller reads the SDN files, and their errors are its answer)."""
     try:
         with open(os.path.join(run_dir, ROW_FILE), "rb") as f:
             data = f.read()
@@ -196,6 +202,16 @@ class RunIndex:
         if entry is not None and entry.stamp == stamp:
             entry.folder = _stat(run_dir) if entry.folder is not None else None
             return entry
+        try:
+            return self._read(run_dir, stamp, entry)
+        except ValueError as exc:  # a corrupt file: the run is listed as unreadable, not left out
+            record = RunRecord(Path(run_dir), {"id": os.path.basename(run_dir), "status": "unreadable",
+                                               "error": str(exc).splitlines()[0]}, {})
+            return _Entry(stamp, RunRow(record, {}, {}, 0.0))
+
+    def _read(self, run_dir: str, stamp: tuple[Any, ...], entry: _Entry | None) -> _Entry | None:
+        """Read a run whose files changed (``ValueError`` for a corrupt one; any other error,
+        a descriptor limit reached included, is raised too: never an empty or shortened table)."""
         folder = _stat(run_dir)
         record = read_row(run_dir, stamp[0], stamp[1])
         if record is not None:

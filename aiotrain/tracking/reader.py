@@ -184,7 +184,9 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """finished, crashed or running; a "running" run whose process is gone reads as crashed."""
+        """finished, crashed, interrupted, pruned or running; a "running" run whose process is
+        gone reads as crashed (the runs index lists a run whose files are corrupt as
+        "unreadable", with the error)."""
         status = self.metadata.get("status", "running")
         if status == "running" and not process_alive(self.metadata):
             return "crashed"

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .columns import read_cache, split_records
+from .columns import ColumnRef, StaleColumn, read_cache, split_records
 
 __all__ = ["Column", "SeriesFile", "decode_lines", "downsample", "read_new_records"]
 
@@ -48,8 +48,9 @@ def decode_lines(chunk: bytes, path: Path) -> list[dict[str, Any]]:
         raise
 
 
-def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """The complete records appended to ``path`` after byte ``offset``, and the new offset.
+def read_new_records(path: Path, offset: int, until: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The complete records appended to ``path`` after byte ``offset`` (up to byte ``until``
+    when given), and the new offset.
 
     A file that shrank below ``offset`` was replaced: it is read again from the start.
     """
@@ -57,6 +58,8 @@ def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int
         size = os.stat(path).st_size
     except FileNotFoundError:
         return [], 0
+    if until is not None:
+        size = min(size, until)
     if size < offset:
         offset = 0
     if size == offset:
@@ -84,6 +87,7 @@ class Column:
 
 @dataclass
 class _Parts:
+    cached: ColumnRef | None = None  # the column cache's records, read when the column is asked for
     step: list[np.ndarray] = field(default_factory=list)
     time: list[np.ndarray] = field(default_factory=list)
     value: list[np.ndarray] = field(default_factory=list)
@@ -102,7 +106,9 @@ class SeriesFile:
 
     The first refresh starts from the file's column cache (``columns.py``) when the cache agrees
     with the file, and decodes only the lines the cache does not cover; otherwise (no cache, or
-    one that fails a check) it decodes the whole file."""
+    one that fails a check) it decodes the whole file. A key's cached records are read when its
+    column is first asked for, and no file stays open between calls: a reader keeping many
+    histories of many keys holds no descriptor for them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,6 +134,14 @@ class SeriesFile:
                 self._add(records)
             return len(records)
 
+    def _reload(self) -> None:
+        """Read the history again from scratch, up to the offset already reached."""
+        offset = self.offset
+        self._clear()
+        self._start()
+        records, self.offset = read_new_records(self.path, self.offset, until=offset)
+        self._add(records)
+
     def _clear(self) -> None:
         self._parts.clear()
         self._small.clear()
@@ -138,8 +152,8 @@ class SeriesFile:
         cached = read_cache(self.path)
         if cached is None or not cached.offset:
             return
-        for key, records in cached.columns.items():
-            self._parts.setdefault(key, _Parts()).add(records["step"], records["time"], records["value"])
+        for key, ref in cached.columns.items():
+            self._parts.setdefault(key, _Parts()).cached = ref
         for key, step, value in cached.media:
             self.media.setdefault(key, []).append((step, value))
         self.offset = self.from_cache = cached.offset
@@ -177,10 +191,22 @@ class SeriesFile:
         with self._lock:
             return self._column(key)
 
-    def _column(self, key: str) -> Column | None:
+    def _column(self, key: str, retry: bool = True) -> Column | None:
         parts = self._parts.get(key)
         if parts is None:
             return None
+        if parts.cached is not None:
+            try:
+                records = parts.cached.read()
+            except StaleColumn:  # the cache was rebuilt since: read the history again, to the same offset
+                if not retry:
+                    raise
+                self._reload()
+                return self._column(key, retry=False)
+            parts.step.insert(0, records["step"])
+            parts.time.insert(0, records["time"])
+            parts.value.insert(0, records["value"])
+            parts.cached = parts.joined = None
         if parts.joined is None:
             parts.joined = Column(np.concatenate(parts.step), np.concatenate(parts.time),
                                   np.concatenate(parts.value))
