@@ -11,7 +11,8 @@
 RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (refused, with the candidates listed,
 when several runs have it). ROOT defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Keys in
 ``--columns``, ``--filter`` and ``--sort`` are run fields (status, tags, duration, ...),
-``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``); a key that no
+``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``); ``ls`` shows each
+run's HOST (the machine that wrote it: runs from several machines can share one folder); a key that no
 run has is refused with the closest keys the runs do have, since its column or filter could only
 ever be empty. ``show`` prints the run's metadata, config and summary as SDN, then its metric
 history as a table, one row per step, like W&B's ``run.history()`` (``--history N`` rows spread
@@ -148,10 +149,11 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     every = reader.rows()
     rows = reader.select(every, filters, args.sort, check=True)
     reader.check_keys(every, columns)
-    table = [("ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS", *(c.upper() for c in columns))]
+    table = [("ID", "PROJECT", "NAME", "HOST", "STATUS", "CREATED", "TAGS", *(c.upper() for c in columns))]
     for r in rows:
         f = r.fields()
-        table.append((f["id"], f["project"], f["name"], f["status"], _when(f["created"]), ",".join(f["tags"]),
+        table.append((f["id"], f["project"], f["name"], f["host"] or "-", f["status"], _when(f["created"]),
+                      ",".join(f["tags"]),
                       *(_duration(reader.value(r, c)) if c == "duration" else _cell(reader.value(r, c))
                         for c in columns)))
     _print_table(table)

@@ -121,8 +121,9 @@ class RunRow:
     def fields(self) -> dict[str, Any]:
         """The plain fields a filter or column can name (see ``aiotrain.tracking.query``)."""
         r = self.record
-        return {"id": r.id, "name": r.name, "project": r.project, "status": r.status, "tags": r.tags,
-                "notes": r.metadata.get("notes") or "", "created": r.created_at, "duration": self.duration}
+        return {"id": r.id, "name": r.name, "project": r.project, "host": r.host, "status": r.status,
+                "tags": r.tags, "notes": r.metadata.get("notes") or "", "created": r.created_at,
+                "duration": self.duration}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf");

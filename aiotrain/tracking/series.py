@@ -6,7 +6,10 @@ starts from the file's binary column cache (``columns.py``: milliseconds for 10^
 decodes only the JSON lines the cache does not cover (all of them when there is no valid
 cache), and afterwards reads only the bytes appended since, so a live run costs a few new lines per
 refresh. It stops at the last complete line, so a writer mid-append (or a torn last line) is
-never read half. Non-scalar values (histograms, images, tables) are kept aside per key with
+never read half, and before a range of NUL bytes: on a network file system (NFS) another
+machine's writes reach the server out of order, so a reader there can see the file grown with a
+hole not yet filled; it reads up to the hole and goes on from there once the hole is filled.
+(A full read of the file, ``reader.iter_history``, calls a hole before the last line corrupt.) Non-scalar values (histograms, images, tables) are kept aside per key with
 their step, for the run detail page. A scalar logged as nan is dropped from its column (a chart
 has nothing to draw there); inf values are kept.
 
@@ -67,7 +70,8 @@ def read_new_records(path: Path, offset: int, until: int | None = None) -> tuple
     with open(path, "rb") as f:
         f.seek(offset)
         chunk = f.read(size - offset)
-    end = chunk.rfind(b"\n") + 1
+    hole = chunk.find(b"\0")  # JSON lines never hold a NUL byte: a range not written yet
+    end = chunk.rfind(b"\n", 0, hole if hole >= 0 else len(chunk)) + 1
     if end == 0:
         return [], offset
     return decode_lines(chunk[:end], path), offset + end
