@@ -146,7 +146,7 @@ class Dashboard:
     async def _run_detail(self, request: web.Request) -> web.Response:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
         try:
-            record = await to_io(self.reader.run, request.match_info["project"], request.match_info["id"])
+            record = await to_io(self.reader.record, request.match_info["project"], request.match_info["id"])
         except LookupError:
             raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
         metrics = await self._history(run_dir, "metrics")

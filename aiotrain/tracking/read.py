@@ -49,8 +49,8 @@ from .series import Column, SeriesFile, read_new_records
 from .store import check_name, encode_nonfinite, flatten, get_dir
 
 __all__ = ["HISTORIES", "ArtifactCatalog", "ArtifactRefs", "Column", "History", "Media", "RunReader", "RunRecord",
-           "RunRow", "StepRows", "TableRows", "Tail", "check_name", "encode_nonfinite", "find_run", "flatten", "history_of", "list_runs",
-           "load_run", "scan_history", "step_rows"]
+           "RunRow", "StepRows", "TableRows", "Tail", "check_name", "encode_nonfinite", "find_run", "flatten",
+           "history_of", "list_runs", "load_run", "scan_history", "step_rows"]
 
 History = SeriesFile
 """A history file (metrics.jsonl or system.jsonl) as per-key columns: ``keys()``,
@@ -202,7 +202,7 @@ class RunReader:
         check_name("run", run_id)
         return self.root / "runs" / project / run_id
 
-    def run(self, project: str, run_id: str) -> RunRecord:
+    def record(self, project: str, run_id: str) -> RunRecord:
         """Run ``project/run_id`` with its summary already read (``LookupError`` when there is
         none). Through the runs index: the log of a run that did not finish is folded
         incrementally, so asking again for a live run reads only what it appended."""

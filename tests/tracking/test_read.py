@@ -71,10 +71,10 @@ def test_reader_rows_select_and_a_key_no_run_has(track_root):
         reader.check_keys(rows, ["config.lr"])
     reader.check_keys(rows, ["status", "tag", "duration", "config.optim.lr"])
     assert reader.select(rows, ["val/acc>=0.5"]) == []  # unchecked (the dashboard's filter box)
-    record = reader.run("p", rows[0].record.id)
+    record = reader.record("p", rows[0].record.id)
     assert record.summary == {"val/accuracy": 0.5, "train/loss": 1.0} and record.summary_final
     with pytest.raises(LookupError, match="no run p/nothere"):
-        reader.run("p", "nothere")
+        reader.record("p", "nothere")
     with pytest.raises(ValueError):
         reader.run_dir("../p", "x")
 
