@@ -5,6 +5,7 @@ browser" and "Whoever can write into the tracking folder")."""
 from __future__ import annotations
 
 import contextlib
+import json
 from urllib.parse import quote
 
 import aiohttp
@@ -102,7 +103,7 @@ async def test_malformed_queries_are_client_errors(root, face):
     async with dashboard(track, face) as url, aiohttp.ClientSession() as s:
         for params in ([("run", ref), ("key", "loss"), ("cursor", "[" * 3000 + "]" * 3000)],
                        [("run", ref), ("key", "loss"), ("cursor", '{"x": {"metrics": 1e400}}')],
-                       [("run", ref), ("key", "loss"), ("cursor", "{\"%s\": {\"metrics\": -5}}" % ref)],
+                       [("run", ref), ("key", "loss"), ("cursor", json.dumps({ref: {"metrics": -5}}))],
                        [("run", ref), ("key", "loss"), ("cursor", "[]")]):
             async with s.get(f"{url}/api/stream", params=params) as r:
                 assert r.status == 400, (params, await r.text())
