@@ -19,7 +19,7 @@ from ..runtime import to_io
 from .guard import Guard
 from .http import MAX_BODY, Request, Response, Routes, error_response, secure, serve
 
-__all__ = ["ASGIApp", "asgi_app"]
+__all__ = ["ASGIApp", "answer", "asgi_app"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,25 +39,36 @@ def asgi_app(routes: Routes, guard: Guard) -> ASGIApp:
         if scope["type"] != "http":  # a websocket: refused before it is accepted
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = await _read_body(receive)
-        if body is None:
-            response = secure(error_response(413, f"the body is over {MAX_BODY} bytes"))
-        else:
-            gone = asyncio.Event()
-            response = await serve(routes, guard, _request(scope, body, gone.is_set))
-            if not isinstance(response.body, bytes | Path):
-                await _stream(send, receive, response, response.body, gone)
-                return
-        await _send(send, scope["method"] == "HEAD", response)
+        await answer(scope, receive, send, lambda request: serve(routes, guard, request))
 
     return app
 
 
-def _request(scope: Scope, body: bytes, disconnected: Callable[[], bool]) -> Request:
+async def answer(scope: Scope, receive: Receive, send: Send,
+                 respond: Callable[[Request], Awaitable[Response]], path: str | None = None) -> None:
+    """Read the request of ``scope`` (413 past MAX_BODY), get ``respond``'s answer and send it;
+    ``path`` overrides the path the routes see (a framework that routed it already)."""
+    body = await _read_body(receive)
+    if body is None:
+        await _send(send, False, secure(error_response(413, f"the body is over {MAX_BODY} bytes")))
+        return
+    gone = asyncio.Event()
+    response = await respond(_request(scope, body, gone.is_set, path))
+    if isinstance(response.body, bytes | Path):
+        await _send(send, scope["method"] == "HEAD", response)
+    else:
+        await _stream(send, receive, response, response.body, gone)
+
+
+def _request(scope: Scope, body: bytes, disconnected: Callable[[], bool], path: str | None) -> Request:
     root = scope.get("root_path", "") or ""
-    path = scope["path"]
-    if root and path.startswith(root):  # Starlette keeps the whole path and names the mount
-        path = path[len(root):]
+    full = scope["path"]
+    if path is not None:
+        root = full[:len(full) - len(path)] if full.endswith(path) else root
+    elif root and full.startswith(root):  # Starlette keeps the whole path and names the mount
+        path = full[len(root):]
+    else:
+        path = full
     headers: dict[str, str] = {}
     for raw_name, raw_value in scope.get("headers", []):
         name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
