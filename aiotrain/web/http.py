@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,14 +186,21 @@ def file_response(path: Path, *, trusted: bool = False) -> Response:
     """A file answer. Files others can write (``trusted=False``: a run's media) are shown inline
     only as raster images; anything else comes as an attachment under a sandboxing policy, so
     a logged ``.html`` or ``.svg`` can never run script in the dashboard's origin."""
-    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    kind = _TYPES.get(path.suffix.lower(), "application/octet-stream")
     headers: dict[str, str] = {}
     if not trusted:
         headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
-        if not kind.startswith("image/") or kind == "image/svg+xml":
+        if not kind.startswith("image/"):
             kind = "application/octet-stream"
             headers["Content-Disposition"] = "attachment"
     return Response(200, path, kind, headers)
+
+
+# the types served (a fixed table: the platform's mimetypes reads files at first use, and may
+# map an extension to a scriptable type)
+_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+          ".webp": "image/webp", ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".json": "application/json"}
 
 
 def decode_json(data: bytes | str, what: str) -> Any:

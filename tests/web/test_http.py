@@ -85,5 +85,5 @@ def test_files_others_wrote_are_inline_only_as_raster_images(tmp_path):
     for name in ("a.svg", "a.html", "a.js", "a"):
         assert kinds[name] == ("application/octet-stream", "attachment"), name
     trusted = file_response(tmp_path / "app.js", trusted=True)
-    assert trusted.content_type == "text/javascript" and "Content-Security-Policy" not in trusted.headers
+    assert trusted.content_type == "text/javascript; charset=utf-8" and "Content-Security-Policy" not in trusted.headers
     assert isinstance(Response().body, bytes)
