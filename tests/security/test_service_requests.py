@@ -140,3 +140,42 @@ async def test_hostile_bodies_are_client_errors(policy):
             assert "\n" not in text.strip() and "Traceback" not in text
         async with s.get(f"{url}/jobs/nope") as r:
             assert r.status == 404
+
+
+async def test_fifty_jobs_and_a_cancel_storm_leave_nothing_behind(policy):
+    import gc
+    import os
+
+    def fds():  # files and pipes (the HTTP connections of the storm are sockets, kept alive)
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return sum(not link.startswith("socket:") for link in links)
+
+    service = JobService(policy, isolate=False, keep=10, max_running=2, max_queued=60)
+    async with served(service) as (url, s):
+        async with s.get(f"{url}/health") as r:
+            assert r.status == 200
+        before = fds()
+        ids = []
+        for _ in range(50):
+            async with s.post(f"{url}/jobs", json={"config": "digits.sdn", "overrides": ["train.max_epochs=1"]}) as r:
+                assert r.status == 201, await r.text()
+                ids.append((await r.json())["id"])
+        storm = [s.delete(f"{url}/jobs/{i}") for i in ids for _ in range(3)] + [s.delete(f"{url}/jobs/nope")] * 20
+        answers = await asyncio.gather(*storm)
+        assert sorted({a.status for a in answers}) == [200, 404]
+        for a in answers:
+            a.release()
+        assert {service.jobs[i].view()["status"] for i in ids if i in service.jobs} <= {"cancelled", "completed"}
+        assert len(service.jobs) == 10 and all(j.job is None for j in service.jobs.values())
+        assert not [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("JobService")]
+        for _ in range(100):  # a thread that delivered a batch may hold a file for a moment
+            gc.collect()
+            if fds() <= before:
+                break
+            await asyncio.sleep(0.1)
+        assert fds() <= before, (before, fds())
