@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..web.guard import Guard, is_loopback
 from .jobs import JobService
 
+if TYPE_CHECKING:
+    from ..web.asgi_face import ASGIApp
+
 __all__ = ["serve", "service_asgi_app"]
 
 
-def service_asgi_app(service: JobService, *, allowed_hosts: Iterable[str] = (), token: str | None = None) -> object:
+def service_asgi_app(service: JobService, *, allowed_hosts: Iterable[str] = (), token: str | None = None) -> ASGIApp:
     """The job API (and its dashboard) as an ASGI app: ``app.mount("/train", service_asgi_app(s))``.
     It answers to the loopback names and ``allowed_hosts``; with ``token`` every request must
     carry it (required when the app serves a network address)."""

@@ -112,3 +112,33 @@ async def test_malformed_queries_are_client_errors(root, face):
             assert r.status in (400, 403)
         async with s.post(f"{url}/api/runs", json={}) as r:
             assert r.status == 405
+
+
+async def test_a_token_is_required_and_kept_in_a_cookie(root):
+    import asyncio
+
+    from aiotrain.dashboard.server import _url, serve
+    from aiotrain.web.guard import Guard
+
+    track, run = root
+    assert "?token=" in _url("0.0.0.0", 8765, Guard.for_bind("0.0.0.0"))  # shown once, at start
+    assert "?token=" not in _url("127.0.0.1", 8765, Guard.for_bind("127.0.0.1"))
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(track, "127.0.0.1", 0, on_ready=ready.set_result, token="t0ken"))
+    try:
+        url = await asyncio.wait_for(ready, 30)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # as a browser
+            async with s.get(f"{url}api/runs") as r:
+                assert r.status == 401 and "odd" not in await r.text()
+            async with s.get(f"{url}api/runs", headers={"Authorization": "Bearer nope"}) as r:
+                assert r.status == 401
+            async with s.get(f"{url}api/runs", headers={"Authorization": "Bearer t0ken"}) as r:
+                assert r.status == 200 and "odd" in await r.text()
+            async with s.get(f"{url}?token=t0ken", allow_redirects=False) as r:  # the URL printed
+                assert r.status == 303 and r.headers["Location"] == "./"
+            async with s.get(f"{url}api/runs") as r:  # the browser now sends the cookie
+                assert r.status == 200 and "odd" in await r.text()
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
