@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .guard import Guard
-from .http import MAX_BODY, Request, Response, Routes, error_response, secure, serve
+from .http import MAX_BODY, Request, Response, Routes, close_stream, error_response, secure, serve
 
 __all__ = ["aiohttp_app"]
 
@@ -65,7 +65,5 @@ async def _stream(request: web.BaseRequest, response: Response,
     except ConnectionResetError:  # the client left; the stream ends with it
         pass
     finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+        await close_stream(chunks)
     return out

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 from ..runtime import to_io
 from .guard import Guard
-from .http import MAX_BODY, Request, Response, Routes, error_response, secure, serve
+from .http import MAX_BODY, Request, Response, Routes, close_stream, error_response, secure, serve
 
 __all__ = ["ASGIApp", "answer", "asgi_app"]
 
@@ -54,8 +54,12 @@ async def answer(scope: Scope, receive: Receive, send: Send,
         return
     gone = asyncio.Event()
     response = await respond(_request(scope, body, gone.is_set, path))
+    head = scope["method"] == "HEAD"
     if isinstance(response.body, bytes | Path):
-        await _send(send, scope["method"] == "HEAD", response)
+        await _send(send, head, response)
+    elif head:  # the stream's headers only
+        await close_stream(response.body)
+        await _send(send, head, Response(response.status, b"", response.content_type, response.headers))
     else:
         await _stream(send, receive, response, response.body, gone)
 
@@ -80,7 +84,8 @@ def _request(scope: Scope, body: bytes, disconnected: Callable[[], bool], path: 
                    query=tuple(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                          keep_blank_values=True)),
                    headers=headers, body=body, prefix=root,
-                   local=server[0] if server else None, disconnected=disconnected)
+                   local=server[0] if server and server[1] is not None else None,  # not a unix socket
+                   disconnected=disconnected)
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -154,10 +159,8 @@ async def _stream(send: Send, receive: Receive, response: Response, chunks: Asyn
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(RuntimeError):  # still running in a cancelled pump
-                await close()
+        with contextlib.suppress(RuntimeError):  # still running in a cancelled pump
+            await close_stream(chunks)
     pumped = tasks[0]
     if not pumped.cancelled() and (exc := pumped.exception()) is not None and not isinstance(exc, OSError):
         raise exc  # a failing stream is the server's error; a send to a gone client is not

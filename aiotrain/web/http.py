@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .guard import Guard
 
 __all__ = ["MAX_BODY", "SECURITY_HEADERS", "HTTPError", "Request", "Response", "Routes",
-           "decode_json", "error_response", "file_response", "json_response", "secure", "serve"]
+           "close_stream", "decode_json", "error_response", "file_response", "json_response", "secure", "serve"]
 
 MAX_BODY = 1 << 20  # bytes a request body may have (413 beyond): every body here is a small JSON
 
@@ -230,6 +230,13 @@ async def serve(routes: Routes, guard: Guard, request: Request) -> Response:
             _log.exception("%s %s failed", request.method, request.path)
             response = error_response(500, "internal error (the server's log has the details)")
     return secure(response)
+
+
+async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+    """End a streamed answer's generator (its ``finally`` runs now, not at garbage collection)."""
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def secure(response: Response) -> Response:

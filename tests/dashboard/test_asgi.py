@@ -42,6 +42,8 @@ async def test_routes_through_the_mount(track_root):
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG"
         series = (await c.get("/runs/api/series", params={"run": ref, "key": "loss"})).json()
         assert series["series"][0]["step"] == [0, 1, 2, 3, 4]
+        head = await c.head("/runs/api/stream", params={"run": ref, "key": "loss"})  # headers, no stream
+        assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
         for path in ("/runs/files/mnist/{id}/../../../../etc/passwd", "/runs/files/mnist/{id}/%2e%2e/%2e%2e/x",
                      "/runs/api/table/mnist/{id}?path=..%2F..%2Fx", "/runs/static/..%2Fapp.py"):
             r = await c.get(path.replace("{id}", run.id))
