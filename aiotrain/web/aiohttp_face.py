@@ -44,12 +44,10 @@ def aiohttp_app(routes: Routes, guard: Guard) -> web.Application:
 
 async def _send(request: web.BaseRequest, response: Response) -> web.StreamResponse:
     body = response.body
-    headers = dict(response.headers)
+    headers = {**response.headers, "Content-Type": response.content_type}
     if isinstance(body, bytes):
-        return web.Response(status=response.status, body=body, headers=headers,
-                            content_type=response.content_type)
+        return web.Response(status=response.status, body=body, headers=headers)
     if isinstance(body, Path):
-        headers["Content-Type"] = response.content_type
         return web.FileResponse(body, status=response.status, headers=headers)
     return await _stream(request, response, body)
 
