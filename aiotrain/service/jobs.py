@@ -122,7 +122,7 @@ class JobService:
                               "pending_jobs": self.count("pending"), "time": time.time()})
 
     async def _create(self, request: Request, params: dict[str, str]) -> Response:
-        job = await self.submit(request.json())
+        job = await self.asubmit(request.json())
         return json_response({"id": job.id, "status": job.status}, 201)
 
     async def _show(self, request: Request, params: dict[str, str]) -> Response:
@@ -133,13 +133,13 @@ class JobService:
         return Response(200, self.events(job), "text/event-stream", {"Cache-Control": "no-cache"})
 
     async def _cancel(self, request: Request, params: dict[str, str]) -> Response:
-        return json_response(await self.cancel(params["id"]))
+        return json_response(await self.acancel(params["id"]))
 
     # the jobs -----------------------------------------------------------------------------------------
     def count(self, status: str) -> int:
         return sum(j.status == status for j in self.jobs.values())
 
-    async def submit(self, body: Any) -> Job:
+    async def asubmit(self, body: Any) -> Job:
         """Check ``body`` against the policy and the bounds, create the job and queue it.
         Raises HTTPError: 400 malformed, 403 refused by the policy, 422 a bad config, 429 busy."""
         # bounded admission, taken before the first await: config work never queues on I/O threads
@@ -213,7 +213,7 @@ class JobService:
             raise HTTPError(404, f"no job {job_id[:100]!r}")
         return job
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def acancel(self, job_id: str) -> dict[str, Any]:
         """Cancel the job (queued or running) and wait until it has ended; its last view."""
         job = self.get(job_id)
         if job.task is not None and not job.task.done():

@@ -97,10 +97,13 @@ class Wait:
     """WebDriverWait that, on a timeout, saves a screenshot and says what the page logged."""
 
     def __init__(self, driver, tmp_path, timeout=60, describe=lambda d: ""):
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.tmp_path, self.describe = driver, tmp_path, describe
-        self.inner = WebDriverWait(driver, timeout, poll_frequency=0.2)
+        # the runs table re-renders every few seconds: an element found may be gone a moment later
+        self.inner = WebDriverWait(driver, timeout, poll_frequency=0.2,
+                                   ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
     def until(self, condition):
         from selenium.common.exceptions import TimeoutException

@@ -16,6 +16,7 @@ from tests.dashboard.browser import Wait, chrome, dashboard_server, needs_browse
 pytestmark = needs_browser
 
 EVIL = '<b class="pwned">x</b><img src="data:," class="pwned" onerror="window.__pwned=1">'
+ODD = "a?b#c%d&e"  # a project name that only opens when the page encodes it in URLs
 
 
 def hostile_root(root):
@@ -28,6 +29,8 @@ def hostile_root(root):
             run.log_table("preds", Track.Table(columns=["x", EVIL], data=[[1, EVIL]]))
         with Track.run("demo", name="second", config={"lr": 0.5}) as other:
             other.log({"loss": 2.0})
+        with Track.run(ODD, name="odd-project", config={"lr": 0.7}) as odd:
+            odd.log({"loss": 3.0})
     finally:
         Track.set_dir(None)
     # a media entry written by hand: step, nrows and columns are strings of markup
@@ -42,7 +45,19 @@ def hostile_root(root):
     index.write_text(json.dumps({"project": "demo", "name": EVIL, "type": EVIL, "aliases": {EVIL: EVIL},
                                  "versions": [{"version": EVIL, "digest": EVIL, "created_at": 1.0, "files": {},
                                                "producer": producer, "consumers": [producer]}]}))
-    return run
+    return run, odd
+
+
+def text(driver, selector):
+    """The element's text, read in one step (the runs table re-renders every few seconds)."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]);"
+                                 "return e ? e.innerText : '';", selector)
+
+
+def click(wait, selector):
+    """Find and click in one step (the runs table re-renders every few seconds)."""
+    wait.until(lambda d: d.execute_script("const e = document.querySelector(arguments[0]);"
+                                          "if (e) e.click(); return !!e;", selector))
 
 
 def page_is_clean(driver):
@@ -53,24 +68,28 @@ def page_is_clean(driver):
 @pytest.mark.parametrize("face", ["aiohttp", "asgi"])
 def test_logged_markup_stays_text_on_every_page(tmp_path, face):
     root = tmp_path / "track"
-    run = hostile_root(root)
+    run, odd = hostile_root(root)
     env = {**os.environ, "AIOTRAIN_DIR": str(root)}
     with dashboard_server(face, str(root), env) as url, chrome() as driver:
         wait = Wait(driver, tmp_path)
         driver.get(url)  # the runs table, the charts of the selected runs and the config diff
-        wait.until(lambda d: len(d.find_elements("css selector", "#runs tbody tr")) == 2)
-        driver.find_element("css selector", f'#runs tr[data-key="demo/{run.id}"] input.pick').click()
+        wait.until(lambda d: len(d.find_elements("css selector", "#runs tbody tr")) == 3)
+        click(wait, f'#runs tr[data-key="demo/{run.id}"] input.pick')
         wait.until(lambda d: len(d.find_elements("css selector", "#compare table.diff")) == 1)
-        wait.until(lambda d: EVIL in d.find_element("css selector", "#compare").text)
-        assert EVIL in driver.find_element("css selector", "#runs").text
+        wait.until(lambda d: EVIL in text(d, "#compare"))
+        assert EVIL in text(driver, "#runs")
         assert page_is_clean(driver) == [True, 0]
         driver.get(f"{url}#/run/demo/{run.id}")  # the run page: tables, summary, config
         wait.until(lambda d: len(d.find_elements("css selector", "#tables .panel")) == 2)
-        text = driver.find_element("css selector", "#view").text
-        assert f"step {EVIL}, {EVIL} rows" in text and text.count(EVIL) >= 6
+        shown = text(driver, "#view")
+        assert f"step {EVIL}, {EVIL} rows" in shown and shown.count(EVIL) >= 6
         assert page_is_clean(driver) == [True, 0]
+        driver.get(url)  # a project named with ?, # and % opens from its link
+        click(wait, f'#runs tr[data-key="{ODD}/{odd.id}"] a')
+        wait.until(lambda d: "odd-project" in text(d, "#view h2"))
+        assert f"{ODD}/{odd.id}" in text(driver, "#view h2")
         driver.get(f"{url}#/artifacts")
-        wait.until(lambda d: f"v{EVIL}" in d.find_element("css selector", "#view").text)
+        wait.until(lambda d: f"v{EVIL}" in text(d, "#view"))
         assert page_is_clean(driver) == [True, 0]
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
