@@ -97,7 +97,10 @@ class Wait:
     """WebDriverWait that, on a timeout, saves a screenshot and says what the page logged."""
 
     def __init__(self, driver, tmp_path, timeout=60, describe=lambda d: ""):
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.tmp_path, self.describe = driver, tmp_path, describe
