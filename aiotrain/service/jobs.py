@@ -25,7 +25,7 @@ import itertools
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,8 @@ class JobService:
 
     async def _events(self, request: Request, params: dict[str, str]) -> Response:
         job = self.get(params["id"])
-        return Response(200, self.events(job), "text/event-stream", {"Cache-Control": "no-cache"})
+        return Response(200, self.events(job, request.disconnected), "text/event-stream",
+                        {"Cache-Control": "no-cache"})
 
     async def _cancel(self, request: Request, params: dict[str, str]) -> Response:
         return json_response(await self.acancel(params["id"]))
@@ -221,8 +222,9 @@ class JobService:
             await asyncio.wait([job.task])
         return job.view()
 
-    async def events(self, job: Job) -> AsyncIterator[bytes]:
-        """The job's engine events as SSE, then an ``end`` event with its final status."""
+    async def events(self, job: Job, disconnected: Callable[[], bool] = lambda: False) -> AsyncIterator[bytes]:
+        """The job's engine events as SSE, then an ``end`` event with its final status; stops
+        at the next event after ``disconnected()`` says the client has gone."""
         train_job, task = job.job, job.task
         if train_job is not None and task is not None:
             ready = asyncio.create_task(train_job.ready.wait())
@@ -232,6 +234,8 @@ class JobService:
                 watched = Events.ITERATION_COMPLETED | Events.EPOCH_COMPLETED | Events.COMPLETED
                 async with train_job.trainer.observe(watched, maxsize=256) as stream:
                     async for snap in stream:
+                        if disconnected():
+                            return
                         yield f"event: {snap.event.lower()}\ndata: {json.dumps(snap.to_dict())}\n\n".encode()
             del train_job  # the service keeps no reference to an ended job
             await asyncio.wait([task])  # the engine is done; let the job finish its bookkeeping
