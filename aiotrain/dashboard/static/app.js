@@ -92,9 +92,10 @@ async function loadRuns(quiet) {
   if (S.sort) p.set("sort", S.sort);
   if (S.columns) p.set("columns", S.columns.join(","));
   let data;
-  try { data = await api("api/runs?" + p); $("#err").textContent = ""; }
-  catch (e) { $("#err").textContent = e.message; return; }
-  if (!$("#runs")) return;
+  try { data = await api("api/runs?" + p); }
+  catch (e) { if ($("#err")) $("#err").textContent = e.message; return; }
+  if (!$("#runs")) return; // the user went to another page meanwhile
+  $("#err").textContent = "";
   $("#root").textContent = data.root;
   if (!S.columns) {
     S.columns = [...data.varying_config.slice(0, 4).map((k) => "config." + k),
@@ -146,7 +147,9 @@ async function renderCompare() {
   stopLive();
   const runs = [...S.selected];
   if (!runs.length) { fill(box, muted("select runs to chart and compare them")); return; }
+  const gen = S.gen = (S.gen || 0) + 1;
   const details = await Promise.all(runs.map((k) => api("api/runs/" + keyPath(k)).catch(() => null)));
+  if (gen !== S.gen) return; // the selection changed meanwhile: a newer render owns the box
   const ok = details.filter(Boolean);
   const allKeys = [...new Set(ok.flatMap((d) => [...d.metric_keys, ...d.system_keys]))];
   if (!S.keys) {
@@ -178,11 +181,12 @@ async function renderCompare() {
 
 async function loadSeries() {
   stopLive();
-  const runs = [...S.selected];
+  const runs = [...S.selected], keys = S.keys;
   const p = new URLSearchParams({ points: "1500" });
   runs.forEach((r) => p.append("run", r));
-  S.keys.forEach((k) => p.append("key", k));
+  keys.forEach((k) => p.append("key", k));
   const data = await api("api/series?" + p);
+  if (S.keys !== keys) return; // keys or selection changed meanwhile: a newer load follows
   S.data = {};
   for (const s of data.series) (S.data[s.key] ??= {})[s.run] = s;
   S.cursor = data.cursor;
