@@ -28,6 +28,7 @@ __all__ = ["CheckpointSection", "SchedulerSection", "TrackingSection", "TrainSec
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # torch.manual_seed takes 64 bits
 
 
 class TrainSection(msgspec.Struct, frozen=True):
@@ -84,7 +85,7 @@ class TrainSettings(msgspec.Struct, frozen=True):
     """The part of a training config the runtime reads; the task reads the rest."""
 
     task: str
-    seed: int = 0
+    seed: Seed = 0
     train: TrainSection = msgspec.field(default_factory=TrainSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     checkpoint: CheckpointSection = msgspec.field(default_factory=CheckpointSection)
