@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from ..web.asgi_face import ASGIApp
 
-__all__ = ["POLL_S", "Dashboard", "asgi_app", "dashboard_app"]
+__all__ = ["POLL_S", "Dashboard", "asgi_app", "dashboard_app", "dashboard_routes"]
 
 POLL_S = 0.25  # how often a live stream looks for new lines
 _STATIC = Path(__file__).parent / "static"
@@ -67,7 +67,7 @@ def dashboard_app(root: str | os.PathLike[str] | None = None, *,
     may use it. Needs aiohttp (``pip install 'aiotrain[dashboard]'``)."""
     from ..web.aiohttp_face import aiohttp_app
 
-    return aiohttp_app(Dashboard(_reader(root)).routes(), guard or Guard())
+    return aiohttp_app(dashboard_routes(root), guard or Guard())
 
 
 def asgi_app(dir: str | os.PathLike[str] | None = None, *, allowed_hosts: tuple[str, ...] = (),
@@ -78,8 +78,14 @@ def asgi_app(dir: str | os.PathLike[str] | None = None, *, allowed_hosts: tuple[
     when the app serves a network address)."""
     from ..web.asgi_face import asgi_app as face
 
-    return face(Dashboard(_reader(dir)).routes(), Guard.for_bind("localhost", allowed_hosts=allowed_hosts,
+    return face(dashboard_routes(dir), Guard.for_bind("localhost", allowed_hosts=allowed_hosts,
                                                                   token=token))
+
+
+def dashboard_routes(root: str | os.PathLike[str] | None = None) -> Routes:
+    """The dashboard's routes over the runs under ``root``, to mount in another app of
+    aiotrain.web (the job service mounts them under ``/dashboard/``)."""
+    return Dashboard(_reader(root)).routes()
 
 
 def _reader(root: str | os.PathLike[str] | None) -> RunReader:

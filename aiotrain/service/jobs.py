@@ -33,7 +33,6 @@ from typing import Any
 from ..config import ConfigError
 from ..events import Events
 from ..runtime import to_io
-from ..tracking.store import get_dir
 from ..web.http import HTTPError, Request, Response, Routes, json_response
 from .policy import Policy
 
@@ -106,7 +105,7 @@ class JobService:
     def routes(self) -> Routes:
         """The job API's routes, with the runs dashboard (over ``dashboard``, default the tracking
         root in use) mounted under ``/dashboard/``."""
-        from ..dashboard.app import Dashboard
+        from ..dashboard.app import dashboard_routes
 
         r = Routes()
         r.add("GET", "/health", self._health)
@@ -114,7 +113,7 @@ class JobService:
         r.add("GET", "/jobs/{id}", self._show)
         r.add("GET", "/jobs/{id}/events", self._events)
         r.add("DELETE", "/jobs/{id}", self._cancel)
-        r.mount("/dashboard", Dashboard(Path(self.dashboard or get_dir())).routes())
+        r.mount("/dashboard", dashboard_routes(self.dashboard))
         return r
 
     async def _health(self, request: Request, params: dict[str, str]) -> Response:

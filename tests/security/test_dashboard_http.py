@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from aiotrain.dashboard import asgi_app
-from aiotrain.dashboard.app import Dashboard
+from aiotrain.dashboard.app import dashboard_routes
 from aiotrain.tracking import Track
 from tests.web.servers import aiohttp_server, uvicorn_server
 
@@ -32,7 +32,7 @@ def root(track_root):
 @contextlib.asynccontextmanager
 async def dashboard(root, face):
     if face == "aiohttp":
-        async with aiohttp_server(Dashboard(root).routes()) as url:
+        async with aiohttp_server(dashboard_routes(root)) as url:
             yield url
     else:
         async with uvicorn_server(asgi_app(dir=root)) as url:
