@@ -8,8 +8,9 @@ Layout of ``{stem}_{step}/``:
   so a checkpoint written by N ranks loads on M ranks, or in one process into a plain model
   (resharding is DCP's planner reading the chunks each rank needs).
 - ``rank{r}.pt``: the state of every other object (engine with its RNG states, loader position,
-  LR scheduler, ...), one file per rank, because RNG states differ per rank. Loaded on a different
-  number of ranks, rank r reads ``rank{r mod N}.pt``: exact resume needs the same world size.
+  LR scheduler, an optimizer that has no state yet, ...), one file per rank, because RNG states
+  differ per rank. Loaded on a different number of ranks, rank r reads ``rank{r mod N}.pt``:
+  exact resume needs the same world size.
 - ``aiotrain.json``: the manifest, written last: world size, which keys are where, and the size
   and CRC32 of every file. Loading checks all of them first, so a torn or flipped file is an error
   naming it.
@@ -41,7 +42,7 @@ from ...files import TEMP_SUFFIX, atomic_write, fsync_dir
 from . import single_file
 from .errors import CheckpointError
 
-__all__ = ["MANIFEST", "ShardedWriter", "capture", "deferred_paths", "is_sharded", "load", "remove", "verify"]
+__all__ = ["MANIFEST", "ShardedWriter", "capture", "is_sharded", "load", "remove", "verify"]
 
 MANIFEST = "aiotrain.json"
 _FORMAT = 1
@@ -70,62 +71,59 @@ def _options(strict: bool = True) -> Any:
     return StateDictOptions(flatten_optimizer_state_dict=True, strict=strict)
 
 
-def capture(to_save: Mapping[str, Any]) -> dict[str, Any]:
-    """Every object's state now: modules and optimizers by parameter name (DTensor shards for
-    sharded models), the others through their own ``state_dict()``."""
+def capture(to_save: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    """Every object's state now, and the keys whose state goes through DCP: modules and optimizers
+    by parameter name (DTensor shards for sharded models), the others through their own
+    ``state_dict()``. An optimizer without state (before its first step, or a stateless one) is
+    saved whole with the per-rank state: DCP's optimizer capture would create its state by
+    stepping it, which changes the run and the state being saved."""
+    out: dict[str, Any] = {}
+    through_dcp: set[str] = set()
+    for key, obj in to_save.items():
+        if is_sharded(obj) and not (isinstance(obj, torch.optim.Optimizer) and not obj.state):
+            out[key] = _dcp_state(key, obj, to_save)
+            through_dcp.add(key)
+        else:
+            out[key] = obj.state_dict()
+    return out, frozenset(through_dcp)
+
+
+def _dcp_state(key: str, obj: Any, to_save: Mapping[str, Any]) -> Any:
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    out: dict[str, Any] = {}
-    for key, obj in to_save.items():
-        if isinstance(obj, torch.nn.Module):
-            out[key] = get_model_state_dict(obj, options=_options())
-        elif isinstance(obj, torch.optim.Optimizer):
-            out[key] = get_optimizer_state_dict(_pair(key, obj, to_save), obj, options=_options())
-        else:
-            out[key] = obj.state_dict()
-    return out
-
-
-def deferred_paths(to_save: Mapping[str, Any]) -> set[tuple[str, ...]]:
-    """Paths of the state that only an optimizer step changes (parameters, optimizer state):
-    ``(key, name)`` for a module's parameters, ``(key,)`` for a whole optimizer."""
-    paths: set[tuple[str, ...]] = set()
-    for key, obj in to_save.items():
-        if isinstance(obj, torch.nn.Module):
-            paths.update((key, name) for name, _ in obj.named_parameters(remove_duplicate=False))
-        elif isinstance(obj, torch.optim.Optimizer):
-            paths.add((key,))
-    return paths
+    if isinstance(obj, torch.nn.Module):
+        return get_model_state_dict(obj, options=_options())
+    return get_optimizer_state_dict(_pair(key, obj, to_save), obj, options=_options())
 
 
 class ShardedWriter:
     """Writes sharded checkpoints for one Checkpoint; created on every rank in the same order
     (it makes the Gloo group the writes use and agrees on a token for temp folder names)."""
 
-    def __init__(self, sharded_keys: set[str]) -> None:
+    def __init__(self) -> None:
         # DCP's modules take seconds to import: here, at set-up, not at the first save's event
         import torch.distributed.checkpoint  # noqa: F401
         import torch.distributed.checkpoint.state_dict  # noqa: F401
 
-        self.sharded_keys = frozenset(sharded_keys)
         self.group = dist.new_group("gloo")
         self.token = dist.broadcast_object(secrets.token_hex(6))
 
     def temp_for(self, path: Path, seq: int) -> Path:
         return path.parent / f".{path.name}.{self.token}-{seq}{TEMP_SUFFIX}"
 
-    def write(self, snapshot: Mapping[str, Any], path: Path, temp: Path) -> None:
-        """On every rank, in the I/O executor: write this rank's part, then rank 0 commits."""
+    def write(self, snapshot: Mapping[str, Any], through_dcp: frozenset[str], path: Path, temp: Path) -> None:
+        """On every rank, in the I/O executor: write this rank's part (``through_dcp`` keys by
+        DCP, the others in its per-rank file), then rank 0 commits."""
         import torch.distributed.checkpoint as dcp
 
         rank, world = dist.rank(), dist.world_size()
-        sharded = {k: v for k, v in snapshot.items() if k in self.sharded_keys}
+        sharded = {k: v for k, v in snapshot.items() if k in through_dcp}
         per_rank = {k: v for k, v in snapshot.items() if k not in sharded}
         self._agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
-        if sharded:  # the same on every rank: the keys come from to_save
+        if sharded:  # the same on every rank: the keys come from to_save, its optimizers step together
             writer = dcp.FileSystemWriter(str(temp), sync_files=True, single_file_per_rank=True)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.distributed.*")
@@ -216,13 +214,13 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
     if missing:
         raise CheckpointError(f"{path}: no entry for {', '.join(map(repr, missing))} "
                               f"(it holds {', '.join(map(repr, sorted(saved)))})")
-    sharded = {k: obj for k, obj in to_load.items() if is_sharded(obj)}
-    wrong = [k for k in sharded if k not in manifest["sharded"]] + \
-            [k for k in to_load if k not in sharded and k not in manifest["per_rank"]]
+    sharded = {k: obj for k, obj in to_load.items() if k in manifest["sharded"]}
+    wrong = [k for k, obj in to_load.items() if (k in sharded) != is_sharded(obj)
+             and not (isinstance(obj, torch.optim.Optimizer) and k in manifest["per_rank"])]
     if wrong:
         raise CheckpointError(f"{path}: {', '.join(map(repr, wrong))} saved as another kind of object")
     if sharded:
-        targets = capture(sharded)
+        targets = {k: _dcp_state(k, obj, to_load) for k, obj in sharded.items()}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed.*")
             try:
@@ -233,7 +231,7 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
             if isinstance(obj, torch.nn.Module):
                 set_model_state_dict(obj, targets[key], options=_options(strict))
             else:
-                set_optimizer_state_dict(_pair(key, obj, sharded), obj, targets[key], options=_options(strict))
+                set_optimizer_state_dict(_pair(key, obj, to_load), obj, targets[key], options=_options(strict))
     others = {k: obj for k, obj in to_load.items() if k not in sharded}
     if others:
         world = int(manifest["world_size"])
