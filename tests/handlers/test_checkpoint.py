@@ -62,7 +62,8 @@ async def _save(ckpt: Checkpoint, step: int, **metrics) -> None:
 
 
 def _names(folder) -> list[str]:
-    return sorted(os.listdir(folder))
+    """The folder's entries, less a scored Checkpoint's record of exact scores."""
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".scores.json"))
 
 
 class _Started(list):
@@ -237,6 +238,37 @@ async def test_score_sign_names_show_a_minimised_metric_and_rank_it_across_resta
     assert _names(tmp_path) == ["box_1_loss=0.5000.pt", "box_2_loss=0.2000.pt"]
     with pytest.raises(ValueError, match="score_sign"):
         Checkpoint({"box": Box()}, tmp_path, score_sign=2.0)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["maximised", "minimised"])
+async def test_an_equal_score_keeps_the_kept_file_across_restarts_as_within_one_process(tmp_path, sign):
+    def make():
+        return Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc", score_sign=sign,
+                          score_function=lambda e: sign * e.state.metrics["acc"])
+
+    third = 1 / 3  # shown as 0.3333, so the name alone cannot tell it from 0.33334
+    ckpt = make()
+    await _save(ckpt, 1, acc=third)
+    await _save(ckpt, 2, acc=third)  # equal: the file on disk stays
+    assert _names(tmp_path) == ["box_1_acc=0.3333.pt"]
+    again = make()  # a new process over the same folder: the same rule
+    await _save(again, 3, acc=third)
+    assert _names(tmp_path) == ["box_1_acc=0.3333.pt"]
+    better = third + 1e-9 if sign > 0 else third - 1e-9  # shown alike, but better
+    await _save(again, 4, acc=better)
+    assert _names(tmp_path) == ["box_4_acc=0.3333.pt"]
+    await _save(make(), 5, acc=better)
+    assert _names(tmp_path) == ["box_4_acc=0.3333.pt"]
+
+
+async def test_an_unreadable_score_record_ranks_by_the_names(tmp_path, caplog):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc")
+    await _save(ckpt, 1, acc=0.5)
+    (tmp_path / ".box.scores.json").write_text("{torn")
+    again = Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc")
+    assert "unreadable" in caplog.text and again.last_checkpoint == tmp_path / "box_1_acc=0.5000.pt"
+    await _save(again, 2, acc=0.5)
+    assert _names(tmp_path) == ["box_1_acc=0.5000.pt"]
 
 
 async def test_n_saved_none_keeps_everything(tmp_path):

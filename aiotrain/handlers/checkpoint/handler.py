@@ -298,6 +298,8 @@ class Checkpoint:
         """On the I/O executor: finish the copy (and open the gate), write atomically, then
         retire what retention drops. A copy that was torn writes nothing."""
         self._finish_copy(save)
+        if dist.is_main():
+            self._retention.record(save.path, save.priority)
         if self._writer is not None:
             self._writer.write(save.state, save.through_dcp, save.path, self._writer.temp_for(save.path, save.seq))
         else:
