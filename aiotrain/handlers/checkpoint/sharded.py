@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -39,7 +41,7 @@ import torch
 
 from ... import distributed as dist
 from ...files import TEMP_SUFFIX, atomic_write, fsync_dir
-from . import single_file
+from . import dcp_reader, single_file
 from .errors import CheckpointError
 
 __all__ = ["MANIFEST", "ShardedWriter", "capture", "is_sharded", "load", "remove", "verify"]
@@ -47,6 +49,7 @@ __all__ = ["MANIFEST", "ShardedWriter", "capture", "is_sharded", "load", "remove
 MANIFEST = "aiotrain.json"
 _FORMAT = 1
 _CHUNK = 8 << 20
+_FILE_RE = re.compile(r"^(__\d+_\d+\.distcp|rank\d+\.pt|\.metadata)$")  # what a writer puts in a folder
 
 
 def is_sharded(obj: Any) -> bool:
@@ -127,8 +130,11 @@ class ShardedWriter:
             writer = dcp.FileSystemWriter(str(temp), sync_files=True, single_file_per_rank=True)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.distributed.*")
-                dcp.save(sharded, storage_writer=writer, process_group=self.group,
-                         no_dist=not dist.is_initialized())
+                try:
+                    dcp.save(sharded, storage_writer=writer, process_group=self.group,
+                             no_dist=not dist.is_initialized())
+                except dcp.CheckpointException as exc:  # every rank learns of every rank's failure
+                    raise dcp_reader.as_checkpoint_error("writing the sharded state failed", exc) from None
         mine = {p.name: _describe(p) for p in temp.iterdir()
                 if p.name.startswith(f"__{rank}_") or p.name == f"rank{rank}.pt"
                 or (rank == 0 and p.name == ".metadata")}
@@ -178,8 +184,29 @@ def _describe(path: Path) -> list[int]:
 
 
 def verify(path: Path) -> dict[str, Any]:
-    """The manifest of a complete, intact sharded checkpoint; CheckpointError naming the file
-    that is missing, torn or corrupt otherwise."""
+    """The manifest of a complete, intact sharded checkpoint whose DCP metadata is safe to use;
+    CheckpointError naming the file that is missing, torn, corrupt or unsafe otherwise. The
+    manifest proves integrity, not origin (whoever wrote the folder wrote it): nothing here is
+    unpickled except through the restricted reader of ``dcp_reader``."""
+    manifest = _read_manifest(path)
+    for name, (size, crc) in manifest["files"].items():
+        file = path / name
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            raise CheckpointError(f"{file}: missing from the sharded checkpoint") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{file}: not a regular file, not read")
+        if st.st_size != size:
+            raise CheckpointError(f"{file}: truncated or grown ({st.st_size} bytes, expected {size})")
+        if _describe(file)[1] != crc:
+            raise CheckpointError(f"{file}: corrupt checkpoint (CRC mismatch)")
+    if manifest["sharded"]:
+        dcp_reader.read_metadata(path, _shards(manifest))
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
@@ -188,16 +215,23 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
         raise CheckpointError(f"{path}: unknown manifest format in {MANIFEST}")
-    for name, (size, crc) in manifest["files"].items():
-        try:
-            actual = _describe(path / name)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path / name}: missing from the sharded checkpoint") from None
-        if actual[0] != size:
-            raise CheckpointError(f"{path / name}: truncated or grown ({actual[0]} bytes, expected {size})")
-        if actual[1] != crc:
-            raise CheckpointError(f"{path / name}: corrupt checkpoint (CRC mismatch)")
+    files = manifest.get("files")
+    ok = (type(manifest.get("world_size")) is int and manifest["world_size"] >= 1
+          and _names(manifest.get("sharded")) and _names(manifest.get("per_rank")) and isinstance(files, dict)
+          and all(isinstance(name, str) and _FILE_RE.match(name) and isinstance(entry, list) and len(entry) == 2
+                  and all(type(x) is int and x >= 0 for x in entry) for name, entry in files.items()))
+    if not ok:
+        raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} (malformed)")
     return manifest
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _shards(manifest: dict[str, Any]) -> dict[str, int]:
+    """The DCP shard files the manifest lists, with their (verified) sizes."""
+    return {name: size for name, (size, _) in manifest["files"].items() if dcp_reader.SHARD_RE.match(name)}
 
 
 def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
@@ -221,12 +255,13 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
         raise CheckpointError(f"{path}: {', '.join(map(repr, wrong))} saved as another kind of object")
     if sharded:
         targets = {k: _dcp_state(k, obj, to_load) for k, obj in sharded.items()}
+        reader, planner = dcp_reader.reader_and_planner(path, _shards(manifest))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed.*")
             try:
-                dcp.load(targets, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-            except Exception as exc:  # DCP wraps errors of every rank in one CheckpointException
-                raise CheckpointError(f"{path}: cannot load the sharded state ({exc})"[:2000]) from exc
+                dcp.load(targets, storage_reader=reader, planner=planner, no_dist=not dist.is_initialized())
+            except dcp.CheckpointException as exc:  # a BaseException: it would escape `except Exception`
+                raise dcp_reader.as_checkpoint_error(f"{path}: cannot load the sharded state", exc) from None
         for key, obj in sharded.items():
             if isinstance(obj, torch.nn.Module):
                 set_model_state_dict(obj, targets[key], options=_options(strict))
@@ -234,8 +269,10 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
                 set_optimizer_state_dict(_pair(key, obj, to_load), obj, targets[key], options=_options(strict))
     others = {k: obj for k, obj in to_load.items() if k not in sharded}
     if others:
-        world = int(manifest["world_size"])
-        state = single_file.read(path / f"rank{dist.rank() % world}.pt")
+        name = f"rank{dist.rank() % manifest['world_size']}.pt"
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{path / name}: missing from the sharded checkpoint")
+        state = single_file.read(path / name)
         for key, obj in others.items():
             obj.load_state_dict(state[key])
 
