@@ -791,3 +791,16 @@ def late_copies(monkeypatch):
 @given(plan=exactness.plans())
 def test_every_file_holds_the_state_at_its_event_whatever_mutates_it(plan, tmp_path_factory, late_copies):
     exactness.check(plan, tmp_path_factory.mktemp("ckpt"), late_copies, "file")
+
+
+def test_a_discarded_checkpoint_leaves_no_hook_on_its_optimizer(tmp_path):
+    import gc
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    opt = _stepped_adam(model)
+    before = len(opt._optimizer_step_pre_hooks)
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, tmp_path)
+    assert len(opt._optimizer_step_pre_hooks) == before + 1
+    del ckpt
+    gc.collect()
+    assert len(opt._optimizer_step_pre_hooks) == before

@@ -183,8 +183,8 @@ class OptimizerGate:
     """Makes ``step()`` of the given optimizers wait while a copy of their state is in flight.
 
     ``hold(fut)`` registers the copy (a future done when it ends). One step pre-hook per
-    optimizer, installed once, waits for it; the hook holds the gate weakly, so a discarded
-    Checkpoint leaves only a no-op behind. Other optimizers in the process never wait."""
+    optimizer waits for it; the hooks hold the gate weakly and are removed when it is collected,
+    so a discarded Checkpoint leaves nothing behind. Other optimizers in the process never wait."""
 
     def __init__(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         self._held: cf.Future[None] | None = None
@@ -195,8 +195,8 @@ class OptimizerGate:
             if gate is not None:
                 gate.wait_copied()
 
-        for opt in optimizers:
-            opt.register_step_pre_hook(before_step)
+        handles = [opt.register_step_pre_hook(before_step) for opt in optimizers]
+        weakref.finalize(self, _remove_hooks, handles)
 
     def hold(self, fut: cf.Future[None]) -> None:
         self._held = fut
@@ -209,6 +209,11 @@ class OptimizerGate:
         held = self._held
         if held is not None and not held.done():
             cf.wait([held])
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _stageable(t: torch.Tensor) -> bool:
