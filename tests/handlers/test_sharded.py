@@ -160,6 +160,15 @@ def test_ranks_dying_before_the_rename_leave_no_checkpoint_under_its_name(tmp_pa
     assert ckpt.last_checkpoint == tmp_path / "ckpt" / "checkpoint_4"
 
 
+def test_a_torn_copy_on_one_rank_refuses_the_save_on_every_rank(tmp_path):
+    procs = _launch(2, "torn", str(tmp_path / "ckpt"))
+    for rank, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 3, f"rank {rank} exited {proc.returncode}: {err[-3000:]}"
+        assert f"checkpoint_{4} not written: optimizer.state." in err and "overlap=False" in err, err[-3000:]
+    assert not (tmp_path / "ckpt" / "checkpoint_4").exists()
+
+
 def _finished_steps(folder: Path) -> list[int]:
     names = os.listdir(folder) if folder.is_dir() else []
     return sorted(int(n.rsplit("_", 1)[1]) for n in names if n.startswith("checkpoint_"))

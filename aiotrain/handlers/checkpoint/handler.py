@@ -296,8 +296,12 @@ class Checkpoint:
 
     def _write(self, save: _Save) -> None:
         """On the I/O executor: finish the copy (and open the gate), write atomically, then
-        retire what retention drops. A copy that was torn writes nothing."""
-        self._finish_copy(save)
+        retire what retention drops. A copy that was torn writes nothing (on every rank: a
+        sharded write is collective, so the ranks agree on it first)."""
+        if self._writer is not None:
+            self._writer.agree(lambda: self._finish_copy(save), "copying the optimizer state")
+        else:
+            self._finish_copy(save)
         if dist.is_main():
             self._retention.record(save.path, save.priority)
         if self._writer is not None:

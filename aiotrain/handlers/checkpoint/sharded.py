@@ -125,7 +125,7 @@ class ShardedWriter:
         rank, world = dist.rank(), dist.world_size()
         sharded = {k: v for k, v in snapshot.items() if k in through_dcp}
         per_rank = {k: v for k, v in snapshot.items() if k not in sharded}
-        self._agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
+        self.agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
         if sharded:  # the same on every rank: the keys come from to_save, its optimizers step together
             writer = dcp.FileSystemWriter(str(temp), sync_files=True, single_file_per_rank=True)
             with warnings.catch_warnings():
@@ -154,13 +154,13 @@ class ShardedWriter:
             os.replace(temp, path)
             fsync_dir(path.parent)
 
-        self._agree(commit, "committing the checkpoint")
+        self.agree(commit, "committing the checkpoint")
 
     def _write_rank_file(self, temp: Path, rank: int, state: dict[str, Any]) -> None:
         temp.mkdir(parents=True, exist_ok=True)
         single_file.atomic_save(state, temp / f"rank{rank}.pt")
 
-    def _agree(self, fn: Any, what: str) -> None:
+    def agree(self, fn: Any, what: str) -> None:
         """Run ``fn`` on this rank, then learn whether every rank succeeded (no rank hangs in a
         later collective because another failed); raise a CheckpointError naming the failure."""
         error = None

@@ -51,13 +51,15 @@ DTensor: Any = _dtensor_type()  # None in a torch without torch.distributed
 
 @dataclass(frozen=True)
 class Deferred:
-    """One copy left to run behind the step: the live tensor, its buffer, the tensor's version
-    counter at the save event and its place in the state tree."""
+    """One copy left to run behind the step: the live tensor, its buffer, its place in the state
+    tree, and the tensor whose version counter proves it unchanged (a DTensor's own: in-place ops
+    on a DTensor do not bump its local shard's) with that counter's value at the save event."""
 
     src: torch.Tensor
     dst: torch.Tensor
-    version: int
     where: Where
+    owner: torch.Tensor
+    version: int
 
 
 class TornCopy(Exception):
@@ -83,11 +85,11 @@ class Staging:
         ``deferred(where)`` accepts and whose storage is shared neither with a tensor copied now
         nor with one of ``pinned`` (parameters). Tensors sharing memory share one buffer (ties
         stay tied); a DTensor keeps its sharding and stages its local shard."""
-        seen: dict[tuple[Any, ...], list[Any]] = {}  # alias -> [source, buffer, deferrable, where]
+        seen: dict[tuple[Any, ...], list[Any]] = {}  # alias -> [source, buffer, deferrable, where, owner]
         used: dict[Where, torch.Tensor] = {}
         shells: dict[Where, Any] = {}
 
-        def buffer(t: torch.Tensor, where: Where) -> torch.Tensor:
+        def buffer(t: torch.Tensor, where: Where, owner: torch.Tensor) -> torch.Tensor:
             alias = _alias_key(t)
             entry = seen.get(alias)
             if entry is not None:
@@ -97,7 +99,7 @@ class Staging:
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.is_pinned() != t.is_cuda:
                 buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
             used[where] = buf
-            seen[alias] = [t, buf, deferred(where), where]
+            seen[alias] = [t, buf, deferred(where), where, owner]
             return buf
 
         def stage(t: torch.Tensor, where: Where) -> Any:
@@ -105,22 +107,22 @@ class Staging:
                 local = cast(Any, t)._local_tensor
                 if not _stageable(local):
                     return t.detach().to("cpu")
-                shell = self._shell(t, buffer(local, where), where)
+                shell = self._shell(t, buffer(local, where, t), where)
                 shells[where] = shell
                 return shell
             if not _stageable(t):
                 return t.detach().to("cpu", copy=True)
-            return buffer(t, where)
+            return buffer(t, where, t)
 
         out = map_tree(tree, stage, lambda leaf: leaf)
         self._buffers, self._shells = used, shells  # buffers of tensors that are gone are freed
-        shared = {_storage_key(src) for src, _, ok, _ in seen.values() if not ok}
+        shared = {_storage_key(src) for src, _, ok, _, _ in seen.values() if not ok}
         shared.update(_storage_key(_local(p)) for p in pinned)
         now: Pairs = []
         later: list[Deferred] = []
-        for src, buf, ok, where in seen.values():
+        for src, buf, ok, where, owner in seen.values():
             if ok and _storage_key(src) not in shared:
-                later.append(Deferred(src, buf, src._version, where))
+                later.append(Deferred(src, buf, where, owner, owner._version))
             else:
                 now.append((src, buf))
         return out, now, later
@@ -161,7 +163,7 @@ class Staging:
         version counter that moved raises :class:`TornCopy` (the buffer may hold a mix)."""
         self.copy([(d.src, d.dst) for d in later])
         for d in later:
-            if d.src._version != d.version:
+            if d.owner._version != d.version:
                 raise TornCopy(d)
 
     def _copy_cuda(self, pairs: Pairs) -> None:
