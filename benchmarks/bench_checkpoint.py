@@ -2,6 +2,9 @@
 blocking torch.save handler, torch.distributed.checkpoint.async_save, Lightning's AsyncCheckpointIO
 (when installed), and training with no saves; then sharded checkpoints on 2 Gloo ranks.
 
+``aiotrain`` is the default Checkpoint (the optimizer's state copied behind the next step);
+``aiotrain_overlap_off`` copies everything at the event, for comparison.
+
 The state is a model of ``--params-m`` million float32 parameters with its Adam state (3x the
 parameter bytes in all). A step stands for a GPU-bound step: ~1 ms of CPU work on the compute
 thread (a small model's forward, backward and optimizer step), a wait until 20 ms are up (as a
@@ -156,8 +159,9 @@ def blocking_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: P
     return save
 
 
-def aiotrain_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path):
-    ckpt = Checkpoint({"model": model, "optimizer": opt}, folder / "aiotrain", n_saved=1)
+def aiotrain_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path, overlap: bool = True):
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, folder / f"aiotrain{int(overlap)}", n_saved=1,
+                      overlap=overlap)
 
     async def save(engine: Engine) -> None:
         await ckpt(engine)
@@ -237,6 +241,7 @@ async def single_process(args: argparse.Namespace, folder: Path) -> dict:
     steps = args.steps or every * (args.saves + 1)
     results: dict[str, dict] = {"none": await train(head, opt, steps, every, None)}
     savers = {"blocking_durable_torch_save": blocking_saver, "aiotrain": aiotrain_saver,
+              "aiotrain_overlap_off": lambda m, o, f: aiotrain_saver(m, o, f, overlap=False),
               "dcp_async_save": dcp_saver}
     if lightning_installed():
         savers["lightning_async_checkpoint_io"] = lightning_saver
