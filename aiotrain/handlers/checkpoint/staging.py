@@ -17,7 +17,9 @@ optimizer's ``step()`` wait until the copy is done (fused optimizers included: t
 a version bump, but only inside ``step()``). Any other in-place write to that state before the
 copy ends is caught by torch's version counter (checked after the copy); the save is then refused
 (:class:`TornCopy`) rather than written torn. A deferred tensor that shares storage with anything
-copied at the event, or with a parameter, is copied at the event too.
+copied at the event, or with a parameter, is copied at the event too. Outside this proof: a write
+into optimizer state that bypasses the version counter (``.data``, a numpy view) between a save
+and that optimizer's next step; such code passes ``Checkpoint(..., overlap=False)``.
 """
 
 from __future__ import annotations
