@@ -2,9 +2,10 @@
 
 Sync code runs on the compute thread, async code on the loop: a sync handler is called inline,
 in priority order; a run of consecutive ``async def`` handlers is awaited on the loop in one
-crossing while the compute thread waits. A sync handler that returns an awaitable (``lambda e:
-evaluator.run(val)``) has it awaited on the loop before the next handler; one that creates an
-``engine.run(...)`` coroutine and drops it is an error, never a silent no-op.
+crossing while the compute thread waits. A sync handler that returns an awaitable has it awaited
+on the loop before the next handler. ``engine.run(...)`` in a sync handler on the compute thread
+runs to completion (Ignite's nested run); one that creates a coroutine on the loop's thread
+(a sync handler fired there) and drops it is an error, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -161,9 +162,8 @@ def _check_dropped(entry: HandlerEntry, created: list[Any], result: Any) -> None
         _close(coro)
     if dropped:
         raise RuntimeError(
-            f"{entry!r} called engine.run(...) and dropped the coroutine, so that run never "
-            "happens: in a sync handler call evaluator.run_sync(...), or return the coroutine "
-            "(lambda e: evaluator.run(data)), or make the handler 'async def' and await it")
+            f"{entry!r} called engine.run(...) on the event loop's thread and dropped the "
+            "coroutine, so that run never happens: make the handler 'async def' and await it")
 
 
 def _close(awaitable: Any) -> None:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -51,6 +51,15 @@ from .rng import rng_state, seed_everything, set_rng_state
 from .state import State
 
 __all__ = ["Engine"]
+
+
+def _loop_running() -> bool:
+    """True on a thread whose event loop is running (where a run must be awaited)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class Engine:
@@ -367,35 +376,75 @@ class Engine:
     def run_sync(self, data: Any = None, max_epochs: int | None = None,
                  max_iters: int | None = None, epoch_length: int | None = None,
                  seed: int | None = None) -> State:
-        """``run`` for sync code. In a sync handler of a running engine (its compute thread) it
-        runs this engine to completion while the loop keeps serving data, and returns its State;
-        in a plain script it runs its own event loop (uvloop when installed)."""
-        coro = self._arun(data, max_epochs, max_iters, epoch_length, seed, TorchModes.capture())
-        bridge = current_bridge()
-        if bridge is not None:
-            return bridge.cross(coro)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            from ..runtime import run
-
-            return run(coro)
-        coro.close()
-        raise RuntimeError("run_sync() called inside a running event loop; use 'await engine.run(...)'")
+        """``run`` for sync code, always blocking. In a sync handler of a running engine (its
+        compute thread) it runs this engine to completion while the loop keeps serving data, and
+        returns its State; in a plain script it runs its own event loop (uvloop when installed)."""
+        if _loop_running():
+            raise RuntimeError("run_sync() called inside a running event loop; use "
+                               "'await engine.run(...)'")
+        return self._run_blocking(self._arun(data, max_epochs, max_iters, epoch_length, seed,
+                                             TorchModes.capture()))
 
     def run(self, data: Any = None, max_epochs: int | None = None, max_iters: int | None = None,
             epoch_length: int | None = None, seed: int | None = None) -> Coroutine[Any, Any, State]:
-        """Run (or resume) over ``data``: ``await engine.run(...)`` returns the State.
+        """Run (or resume) the engine over ``data`` and give its State.
 
-        ``data``: an AsyncLoader, any iterable (list, torch DataLoader) or async iterable; None
-        with ``epoch_length`` runs steps on ``batch=None`` (or on what ``set_data`` gives).
+        On an event loop ``run`` returns a coroutine: ``state = await engine.run(...)``. From sync
+        code it behaves as Ignite's ``run``: it runs to completion and returns the State, in a
+        sync handler (a nested evaluation on the engine's compute thread, while the loop keeps
+        serving data) and in a plain script (on an event loop of its own). The annotation is the
+        awaited form; typed sync code calls ``run_sync``, the same call with the State's type.
+
+        Args:
+            data: an AsyncLoader, any iterable (list, torch DataLoader) or async iterable; None
+                with ``epoch_length`` runs steps on ``batch=None`` (or on what ``set_data`` gives).
+            max_epochs: epochs to run (default 1); more on a finished engine continues it.
+            max_iters: iterations to run instead of epochs (exclusive with ``max_epochs``).
+            epoch_length: iterations per epoch (default: ``len(data)``).
+            seed: seeds ``random``, numpy and torch when the run starts afresh.
+
         The caller's grad mode, inference mode and autocast apply to the whole run. Cancelling
         the awaiting task stops after the step in flight, waits for pending writes, leaves no
-        thread behind and re-raises CancelledError.
+        thread behind and re-raises CancelledError. An engine whose state is part way resumes
+        from the exact next iteration.
+
+        Example::
+
+            >>> from aiotrain import Engine, Events
+            >>> trainer = Engine(lambda engine, batch: batch * 2)
+            >>> evaluator = Engine(lambda engine, batch: batch)
+            >>> @trainer.on(Events.EPOCH_COMPLETED)
+            ... def validate(engine):
+            ...     state = evaluator.run([10, 20, 30])   # nested, as in Ignite
+            ...     print(f"epoch {engine.state.epoch}: evaluated {state.iteration} batches")
+            >>> state = trainer.run([1, 2, 3], max_epochs=2)   # a plain script: blocks
+            epoch 1: evaluated 3 batches
+            epoch 2: evaluated 3 batches
+            >>> state.iteration, state.output
+            (6, 6)
+            >>> import asyncio
+            >>> async def main():
+            ...     return await evaluator.run([4, 5])   # on a loop: awaited
+            >>> asyncio.run(main()).output
+            5
         """
         coro = self._arun(data, max_epochs, max_iters, epoch_length, seed, TorchModes.capture())
-        note_run_created(coro)
-        return coro
+        if _loop_running():
+            note_run_created(coro)
+            return coro
+        # sync code: Ignite's blocking run (the annotation is the awaited form, see above)
+        return cast("Coroutine[Any, Any, State]", self._run_blocking(coro))
+
+    def _run_blocking(self, coro: Coroutine[Any, Any, State]) -> State:
+        """Run ``coro`` to completion from sync code: across the bridge on a compute thread,
+        on an event loop of its own elsewhere."""
+        bridge = current_bridge()
+        if bridge is not None:
+            result: State = bridge.cross(coro)
+            return result
+        from ..runtime import run
+
+        return run(coro)
 
     async def _arun(self, data: Any, max_epochs: int | None, max_iters: int | None,
                     epoch_length: int | None, seed: int | None, modes: TorchModes) -> State:
