@@ -11,6 +11,7 @@ of a step that ran but was cancelled before they finished run first on resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import time
@@ -60,7 +61,9 @@ class Driver:
     through the engine's ``Emitter``. It owns the run's ``Cursor`` from start to end: ``release``
     hands it back, with the data position, once the run is over (however it ended), and
     ``position`` is a copy of it as it stands, for a ``state_dict`` taken mid-run.
-    ``fire`` replaces how events are fired (an Ignite subclass's ``_fire_event`` sees them all).
+    ``fire_now(event, *args)`` fires an event: due handlers in order (sync inline, async on the
+    loop), then observers; ``fire`` replaces it when given (an Ignite subclass's ``_fire_event``
+    sees every event).
     """
 
     def __init__(self, engine: EngineView, events: Emitter, bridge: LoopBridge, source: object,
@@ -73,12 +76,14 @@ class Driver:
         self.process_function, self.device = process_function, device
         self.async_step = inspect.iscoroutinefunction(process_function)
         self.exhausted = False  # the data ran out for good (a one-shot iterator)
+        self.fire_now: FireHook = functools.partial(events.fire, bridge)
         self.fire: FireHook = fire if fire is not None else self.fire_now
         # The per-iteration events are fired only when someone listens: at a 2 ms step the calls
         # themselves, run with cold caches, cost ~1 % of throughput (benchmarks/bench_overhead.py).
         # Who listens is recomputed only when the listeners change (the bus's version): an
         # event's hash is Python code, too slow to take four times per iteration.
         self.every_event = fire is not None  # a watched engine sees every event
+        self.bus = events.bus
         self.seen = -1
         self.wanted: tuple[bool, ...] = ()
 
@@ -96,18 +101,13 @@ class Driver:
         return cur
 
     # events ---------------------------------------------------------------------------------
-    def fire_now(self, event: EventKey, *args: object) -> None:
-        """Fire ``event``: due handlers in order (sync inline, async on the loop), then observers."""
-        self.events.fire(event, args, self.bridge)
-
     def per_iteration(self, event: EventKey, index: int) -> None:
         """Fire per-iteration ``event`` (``_PER_ITERATION[index]``) if anyone listens, then stop
         if a handler (or the step) asked to."""
-        events = self.events
-        if events.bus.version != self.seen:
-            self.seen = events.bus.version
-            always = self.every_event or bool(events.observers)
-            self.wanted = tuple(always or ev in events.entries for ev in _PER_ITERATION)
+        if self.bus.version != self.seen:
+            self.seen = self.bus.version
+            always = self.every_event or bool(self.events.observers)
+            self.wanted = tuple(always or ev in self.events.entries for ev in _PER_ITERATION)
         eng = self.engine
         if self.wanted[index]:
             self.fire(event)

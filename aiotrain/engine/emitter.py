@@ -48,16 +48,22 @@ class Emitter:
         eng.last_event_name = event
         return [e for e in self.entries.get(event, ()) if e.filter is None or e.filter(eng, count)]
 
-    def fire(self, event: EventKey, args: tuple[object, ...], bridge: LoopBridge | None) -> None:
+    def fire(self, bridge: LoopBridge | None, event: EventKey, *args: object) -> None:
         """Fire ``event``: due handlers in order (async ones across ``bridge``), then observers.
-        An event with no handler, no observer and a State counter costs one lookup."""
-        if self.entries.get(event) is None and not self.observers and event in State.event_to_attr:
-            self.engine.last_event_name = event
+
+        The driver's hot path (``due`` inlined): an event's hash is Python code, so it is looked
+        up in the handlers once, and an event with no handler, no observer and a State counter
+        costs nothing more."""
+        eng = self.engine
+        eng.last_event_name = event
+        entries = self.entries.get(event)
+        if entries is None and not self.observers and event in State.event_to_attr:
             return
         count = self.count(event)
-        due = self.due(event, count)
-        if due:
-            call_handlers(due, self.engine, args, bridge)
+        if entries:
+            due = [e for e in entries if e.filter is None or e.filter(eng, count)]
+            if due:
+                call_handlers(due, eng, args, bridge)
         if self.observers:
             self.notify(event, count)
 

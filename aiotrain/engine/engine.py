@@ -1,9 +1,12 @@
-"""Engine: Ignite's Engine API over aiotrain's driver (compute thread) and loop bridge.
+"""Engine: Ignite's Engine API, a facade over the run's parts (see docs/engine.md).
 
-Sync code runs on the compute thread, async code on the loop: the process function and every
-sync handler run inline on the engine's ComputeWorker thread in priority order, as in Ignite;
-``async def`` handlers and process functions are awaited on the loop. ``run`` carries the
-caller's grad mode, inference mode and autocast to wherever the engine's code runs.
+The facade keeps the API and what lasts between runs (State, the Cursor, the Emitter with the
+handlers); each run hands the Cursor to a Driver on the engine's compute thread and takes it back
+when the run is over. Sync code runs on the compute thread, async code on the loop: the process
+function and every sync handler run inline on the engine's ComputeWorker thread in priority
+order, as in Ignite; ``async def`` handlers and process functions are awaited on the loop.
+``run`` carries the caller's grad mode, inference mode and autocast to wherever the engine's
+code runs, and blocks from sync code as Ignite's does (a coroutine on an event loop).
 
 Deviation from Ignite, on purpose: ``run`` on an engine whose state is part way resumes from that
 exact iteration, with the same data order (Ignite restarts the data iterator).
@@ -225,7 +228,7 @@ class Engine:
         if driver is not None and bridge is driver.bridge:
             driver.fire(key, *args)
             return
-        self._events.fire(key, args, None if bridge is None or bridge.on_loop() else bridge)
+        self._events.fire(None if bridge is None or bridge.on_loop() else bridge, key, *args)
 
     async def afire_event(self, event: object, *args: object) -> None:
         """Fire ``event`` from a coroutine on the loop; awaits async handlers."""
