@@ -52,6 +52,7 @@ def _train(argv: list[str]) -> int:
     if isinstance(args.resume, str) and "=" in args.resume:  # `--resume key=value`: an override
         args.overrides.insert(0, args.resume)
         args.resume = True
+    from ..distributed import is_main
     from ..job import TrainJob  # heavy imports after argument errors are out of the way
     from ..runtime import run
 
@@ -72,6 +73,8 @@ def _train(argv: list[str]) -> int:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             result = await job.run()
+            if not is_main():  # under torchrun, rank 0 alone reports (the job echoes likewise)
+                return result.exit_code
             if result.state is not None:
                 shown = "  ".join(f"val/{k}={float(v):.4f}" for k, v in result.metrics.items())
                 print(f"{result.status}: epoch {result.state.epoch}, iteration "
