@@ -23,6 +23,7 @@ from aiotrain import AsyncLoader
 from aiotrain import distributed as dist
 from aiotrain.data.cache import CacheManager
 from aiotrain.data.mmap_dataset import MmapDataset
+from aiotrain.errors import MissingExtra
 from aiotrain.files import atomic_write
 from aiotrain.job import Task
 from aiotrain.metrics import Accuracy, Loss
@@ -45,7 +46,7 @@ def _digits_csv() -> Path:
     (hundreds of modules) holds the GIL for about a second, which would stall a service's loop."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the digits example needs scikit-learn installed (its data file)")
+        raise MissingExtra("sklearn", "the digits example (its data file)")
     return Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
 
 

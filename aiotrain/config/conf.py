@@ -50,7 +50,10 @@ _MAX_YAML_VALUES = 1 << 20  # a YAML file's aliases may not expand it past this 
 
 
 def _plain(cfg: Any) -> Any:
-    return cfg._data if isinstance(cfg, Config) else cfg
+    if isinstance(cfg, Config):
+        cfg._used_whole()
+        return cfg._data
+    return cfg
 
 
 class Conf:

@@ -43,8 +43,53 @@ def test_check_only_passes_without_training(tmp_path):
 
 
 def test_failing_validation_exits_1(tmp_path):
-    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only", "optim.lr=-1.0")
+    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only", "validation.memory_budget=1000")
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "VALIDATION FAILED" in r.stdout
+
+
+def _own_frames_only(stderr: str) -> list[str]:
+    """The frame lines of an error's traceback part; none may be aiotrain's or a library's."""
+    files = [ln.split('"')[1] for ln in stderr.splitlines() if ln.strip().startswith("File ")]
+    assert files and all("/aiotrain/" not in f and "site-packages" not in f for f in files), stderr
+    return files
+
+
+def test_a_value_the_task_fails_on_is_named_first_then_the_users_frames(tmp_path):
+    """optim.lr = -1.0 reaches torch.optim.Adam inside the factory: one line naming the key and
+    the task's failure, then the task's own frames (no runtime, torch or asyncio frames)."""
+    r = train(tmp_path, "examples/digits.sdn", "optim.lr=-1.0")
+    assert r.returncode == 2, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("aiotrain train: override 'optim.lr=-1.0': optim.lr = -1.0"), first
+    assert "ValueError: Invalid learning rate: -1.0" in first
+    assert _own_frames_only(r.stderr) == [str(ROOT / "examples" / "digits.py")]
+    bad = tmp_path / "bad.sdn"  # the same value written in the file: placed at its line
+    bad.write_text((ROOT / "examples" / "digits.sdn").read_text().replace("lr = 3e-3", "lr = -1.0"))
+    r = train(tmp_path, str(bad))
+    assert r.returncode == 2 and r.stderr.startswith(f"{bad}:20:3: optim.lr = -1.0"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_missing_input_of_the_task_exits_2_naming_the_file_and_its_key(tmp_path):
+    (tmp_path / "taken").write_text("a file where the data folder should be")
+    r = train(tmp_path, "examples/digits.sdn", f"data.root={tmp_path}/taken/digits")
+    assert r.returncode == 2, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"aiotrain train: override 'data.root={tmp_path}/taken/digits': "
+                            f"{tmp_path}/taken"), first
+    assert f"(data.root = '{tmp_path}/taken/digits')" in first
+    _own_frames_only(r.stderr)
+
+
+def test_a_top_level_key_nobody_reads_is_an_error_with_a_hint(tmp_path):
+    typo = tmp_path / "typo.sdn"
+    typo.write_text((ROOT / "examples" / "digits.sdn").read_text().replace("seed: 0", "sed: 0"))
+    r = train(tmp_path, str(typo), "train.max_epochs=1")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr
+    assert r.stderr.strip() == (f"{typo}:5:1: sed: unknown top-level key: neither the runtime nor "
+                                "the task (examples.digits:build) reads it; did you mean seed?")
+    assert not list((tmp_path / "runs").rglob("metadata.sdn"))  # refused before any run began
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -58,6 +103,16 @@ def test_failing_validation_exits_1(tmp_path):
     (["examples/digits.sdn", "train.device=cpux"], "train.device = 'cpux'"),
     (["examples/digits.sdn", 'train.max_epochs="3"'], "train.max_epochs = '3'"),
     (["examples/digits.sdn", "--resume", "nosuchrun"], "resume: no run 'nosuchrun'"),
+    # an override names itself, not the file: it is not written there
+    (["examples/digits.sdn", "train.lr=fast"], "aiotrain train: override 'train.lr=fast': train.lr: "
+                                               "unknown key in the runtime's 'train' section"),
+    (["examples/digits.sdn", "optim.lr=fast"], "aiotrain train: override 'optim.lr=fast': 'fast' is a "
+                                               "string, but examples/digits.sdn:20:3 sets optim.lr to "
+                                               "a number (0.003)"),
+    (["examples/digits.sdn", "model.dropuot=0.2"], "model.dropuot is not in examples/digits.sdn; did "
+                                                   "you mean model.dropout?"),
+    (["examples/digits.sdn", "data.root=${nope}"], "override 'data.root=${nope}': data.root: "
+                                                   "interpolation key 'nope' not found"),
 ])
 def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     r = train(tmp_path, *args)

@@ -28,6 +28,11 @@ class SdnDocument:
         self.entries: dict[tuple[Any, ...], tuple[int, int, tuple[int, int] | None]] = {}
         self.data = _Parser(self.entries).parse(self.lines)
 
+    def position(self, path: str | list[Any] | tuple[Any, ...]) -> tuple[int, int] | None:
+        """Line and column (1-based) of the key of the entry at ``path``, when the text has one."""
+        entry = self.entries.get(tuple(split_path(path)))
+        return None if entry is None else (entry[0] + 1, entry[1] + 1)
+
     def __str__(self) -> str:
         text = "\n".join(self.lines)
         return text.replace("\n", "\r\n") if self._crlf else text
