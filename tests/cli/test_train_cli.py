@@ -241,3 +241,45 @@ def test_a_config_deeper_than_the_parser_accepts_is_one_line_naming_the_line(tmp
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "nesting deeper than" in err and f"{path}:" in err
+
+
+def _hiding(tmp_path: Path, hidden: set[str]) -> dict[str, str]:
+    """An environment whose Python processes (forked data workers included) cannot import the
+    ``hidden`` packages, as after ``pip install .`` without extras: a sitecustomize marks them
+    absent (``sys.modules[name] = None``: imports fail, ``importlib.util.find_spec`` is None)."""
+    site = tmp_path / f"hide{len(hidden)}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nfor _name in {sorted(hidden)!r}:\n    sys.modules[_name] = None\n")
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "AIOTRAIN_DIR": str(tmp_path)}
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["train", "examples/digits.sdn", "train.max_epochs=1"], "examples"),  # scikit-learn's data
+    (["train", "examples/digits.sdn", "--mode=check_only"], "examples"),
+    (["runs", "serve", "--port", "0"], "dashboard"),
+    (["sweep", "examples/digits.sdn", "--method", "bayes", "--trials", "1",
+      "optim.lr=loguniform(1e-4,1e-1)"], "sweeps"),
+])
+def test_without_the_optional_packages_a_command_names_the_extra_in_one_line(tmp_path, argv, extra):
+    from aiotrain.errors import EXTRAS
+
+    env = _hiding(tmp_path, set(EXTRAS))
+    r = subprocess.run([sys.executable, "-m", "aiotrain", *argv], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"pip install 'aiotrain[{extra}]'" in lines[0], lines
+
+
+def test_with_only_the_examples_extra_the_digits_example_trains(tmp_path):
+    """What `pip install '.[examples]'` gives: no rich (no bar: the epoch lines show progress),
+    no uvloop, no yaml, ... and it trains."""
+    from aiotrain.errors import EXTRAS
+
+    env = _hiding(tmp_path, set(EXTRAS) - {"sklearn", "tokenizers", "aiohttp"})
+    r = subprocess.run([sys.executable, "-m", "aiotrain", "train", "examples/digits.sdn",
+                        "train.max_epochs=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "finished: epoch 1" in r.stdout
