@@ -100,7 +100,8 @@ def _train(argv: list[str]) -> int:
                      f"{args.config} --resume {job.identity.id}"
                      if job.stop_checkpoint is not None and job.identity is not None
                      else "no checkpoint written")
-            print(f"interrupted: {where}", file=sys.stderr)
+            if is_main():  # rank 0 writes the stop checkpoint, and says where it is
+                print(f"interrupted: {where}", file=sys.stderr)
             return ExitCode.INTERRUPTED
         finally:
             loop.remove_signal_handler(signal.SIGINT)

@@ -108,7 +108,7 @@ async def build_task(spec: str, cfg: Config) -> Task:
         except Exception as exc:
             if missing_extra(exc) is not None:  # already one line, naming the extra to install
                 raise
-            raise task_error(exc, spec, log) from exc
+            raise _task_error(exc, spec, log) from exc
     if isinstance(task, dict):
         try:
             task = Task(**task)
@@ -126,7 +126,7 @@ async def build_task(spec: str, cfg: Config) -> Task:
     return task
 
 
-def task_error(exc: Exception, spec: str, log: ReadLog) -> TaskError:
+def _task_error(exc: Exception, spec: str, log: ReadLog) -> TaskError:
     """The TaskError for ``exc`` raised by the factory ``spec``: the key or file it was about
     first, the user's own frames after."""
     frames = "".join(traceback.format_list(own_frames(exc.__traceback__)))
