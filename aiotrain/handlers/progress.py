@@ -5,6 +5,7 @@ A redraw is a loop handler, and reaching a loop handler costs the compute thread
 evaluates on the compute thread: it passes only when ``refresh_s`` has elapsed since the last
 redraw or on the epoch's last iteration. Between redraws, training pays one clock read per
 iteration. Outside a terminal (CI logs, files) there is no bar: one line per epoch instead.
+rich (extra ``progress``) is imported when a ProgressBar is made, not with this module.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from ..errors import require
 from ..events import Events
 from ..values import as_number
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 __all__ = ["ProgressBar"]
 
@@ -34,7 +32,8 @@ __all__ = ["ProgressBar"]
 @functools.cache
 def _stderr_console() -> Console:
     # one shared console, so that bars of several engines (trainer + evaluator) nest properly
-    return Console(stderr=True)
+    console: Console = require("rich.console", "the progress bar").Console(stderr=True)
+    return console
 
 
 class ProgressBar:
@@ -54,7 +53,7 @@ class ProgressBar:
             raise ValueError(f"ProgressBar: refresh_s must be >= 0, got {refresh_s!r}")
         self.persist = bool(persist)
         self.refresh_s = float(refresh_s)
-        self.console = console or _stderr_console()
+        self.console = console or _stderr_console()  # MissingExtra without rich
         self._progress: Progress | None = None
         self._task: Any = None
         self._last_draw = 0.0
@@ -97,6 +96,14 @@ class ProgressBar:
         self._start_iteration = st.epoch_iteration
         if not self.console.is_terminal:
             return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[values]}"),
