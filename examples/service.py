@@ -10,7 +10,7 @@
     GET    /health             answers at once, also while models train
     GET    /dashboard/         the runs dashboard (aiotrain.dashboard) over $AIOTRAIN_DIR: jobs show up live
 
-Each job runs in a job worker process of its own (``aiotrain.isolation.ProcessJob``), so jobs
+Each job runs in a job worker process of its own (``aiotrain.job.ProcessJob``), so jobs
 running at once never share torch's RNG or settings and each reproduces its solo result;
 ``--in-process`` runs them as TrainJobs on this loop instead (cheaper to start, but concurrent
 jobs then share torch's per-process state: see docs/sweeps.md, "What in-process jobs share").
@@ -49,8 +49,7 @@ from aiotrain import Events
 from aiotrain.cli.train import load_config
 from aiotrain.config import Conf, ConfigError
 from aiotrain.dashboard import dashboard_app
-from aiotrain.isolation import ProcessJob
-from aiotrain.job import TrainJob
+from aiotrain.job import ProcessJob, TrainJob
 from aiotrain.runtime import to_io
 
 LOG_LINES = 20

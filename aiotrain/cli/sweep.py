@@ -19,8 +19,8 @@ from typing import Any, TextIO
 
 from ..config import ConfigError
 from ..errors import ExitCode, UserError
-from ..tracking.space import Distribution, parse_parameter, unflatten
-from ..tracking.sweeps import GOALS, METHODS
+from ..sweeps.space import Distribution, parse_parameter, unflatten
+from ..sweeps.sweep import GOALS, METHODS
 from .command import Parser, run_command
 from .signals import cancel_on_signals
 
@@ -52,8 +52,8 @@ def _sweep(argv: list[str]) -> int:
     if args.resume is None and args.config is None:
         raise UserError("give a CONFIG.sdn (or --resume ID)")
     from ..runtime import run
-    from ..sweeper import SweepRunner
-    from ..tracking.sweeps import Sweep
+    from ..sweeps.runner import SweepRunner
+    from ..sweeps.sweep import Sweep
 
     table = LiveTable(sys.stdout)
     runner: SweepRunner | None = None

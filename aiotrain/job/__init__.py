@@ -7,13 +7,15 @@
 - ``parts``: the wiring as an ordered list of small parts
 - ``sharding``: a train loader's share of the data under torchrun
 - ``train_job``: TrainJob and JobResult
+- ``isolation``: ProcessJob (a TrainJob in a worker process of its own) and ``run_evaluated``
 """
 
+from .isolation import ProcessJob, RemoteEngine, run_evaluated
 from .parts import JobContext, On, Part
 from .settings import TrainSettings
 from .step import NonFiniteError
 from .task import Task, default_prepare_batch
 from .train_job import JobResult, TrainJob
 
-__all__ = ["JobContext", "JobResult", "NonFiniteError", "On", "Part", "Task", "TrainJob",
-           "TrainSettings", "default_prepare_batch"]
+__all__ = ["JobContext", "JobResult", "NonFiniteError", "On", "Part", "ProcessJob", "RemoteEngine",
+           "Task", "TrainJob", "TrainSettings", "default_prepare_batch", "run_evaluated"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import ConfigError, sdn
 from ..files import atomic_write
-from ..tracking.reader import process_alive
+from ..owner import current_owner, process_alive
 from ..tracking.system import system_info
 
 __all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "find_run"]
@@ -52,7 +52,7 @@ class RunIdentity:
     def write(self, status: str, **fields: Any) -> None:
         """Rewrite ``run.sdn`` atomically with ``status`` and ``fields`` (blocking: I/O thread)."""
         self.record.update(fields, id=self.id, project=self.project, name=self.name,
-                           status=status, pid=os.getpid(),
+                           status=status, pid=os.getpid(), owner=current_owner(),
                            system={"hostname": system_info()["hostname"]}, updated_at=time.time())
         self.record.setdefault("created_at", self.record["updated_at"])
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..config import SdnError, sdn
 from ..distributed import is_main
+from ..owner import current_owner
 from ..runtime import submit_io, to_io
 from ..values import ScalarLike, as_number
 from .index import write_row
@@ -348,6 +349,7 @@ class Run:
             "id": self.id, "name": self.name, "project": self.project, "tags": self.tags,
             "notes": self.notes, "status": self.status, "created_at": self.start_time,
             "finished_at": self.end_time, "error": self.error, "pid": os.getpid(),
+            "owner": current_owner(),
             "config": self.config, "system": system_info(),
         }
         write_sdn(self.dir / "metadata.sdn", metadata)

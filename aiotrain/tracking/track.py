@@ -2,15 +2,17 @@
 
 ``with Track.run("mnist", config=cfg) as run: run.log({"train/loss": 0.3})``; also
 ``Track.set_mode``, ``Track.set_dir``, ``Track.Artifact``, ``Track.Table``, ``Track.lineage``,
-``Track.runs``, ``Track.load_run`` and ``Track.Sweep`` with its distributions.
+``Track.runs``, ``Track.load_run`` and ``Track.Sweep`` with its distributions (they live in
+``aiotrain.sweeps``, which imports tracking, so they are looked up on first use).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import store
 from .artifacts import Artifact, lineage
@@ -18,9 +20,21 @@ from .media import Table
 from .reader import RunRecord as _RunRecord
 from .reader import list_runs, load_run
 from .run import Run as _Run
-from .sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
+
+if TYPE_CHECKING:
+    from ..sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
 
 __all__ = ["Track"]
+
+
+class _FromSweeps:
+    """A class attribute that is ``aiotrain.sweeps.<name>``, imported when first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        return getattr(importlib.import_module("aiotrain.sweeps"), self.name)
 
 
 class Track:
@@ -29,14 +43,23 @@ class Track:
     Run = _Run
     Artifact = Artifact
     Table = Table
-    Sweep = Sweep
-    SweepResult = SweepResult
     RunRecord = _RunRecord
-    Uniform = Uniform
-    LogUniform = LogUniform
-    IntUniform = IntUniform
-    Normal = Normal
-    Choice = Choice
+    if TYPE_CHECKING:
+        Sweep = Sweep
+        SweepResult = SweepResult
+        Uniform = Uniform
+        LogUniform = LogUniform
+        IntUniform = IntUniform
+        Normal = Normal
+        Choice = Choice
+    else:
+        Sweep = _FromSweeps()
+        SweepResult = _FromSweeps()
+        Uniform = _FromSweeps()
+        LogUniform = _FromSweeps()
+        IntUniform = _FromSweeps()
+        Normal = _FromSweeps()
+        Choice = _FromSweeps()
 
     def __init__(self) -> None:
         raise TypeError("Track is a namespace: call Track.run(...), not Track()")

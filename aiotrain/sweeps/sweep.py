@@ -15,7 +15,7 @@ cartesian product of ``Choice`` values, ``IntUniform`` ranges and fixed values i
 (``count`` limits it), random draws from ``random.Random(seed)`` and bayes asks Optuna's TPE
 (the ``sweeps`` extra); the same seed gives the same trials. ``early_terminate`` (pruning)
 needs trials that report scores while they train, which training jobs do: it is honoured by
-``aiotrain sweep`` / ``SweepRunner`` (see ``aiotrain/sweeper.py``), not by ``agent``.
+``aiotrain sweep`` / ``SweepRunner`` (see ``aiotrain/sweeps/runner.py``), not by ``agent``.
 Progress is saved after every trial to ``{root}/sweeps/{project}/{sweep_id}.json``.
 """
 
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..runtime import to_io
-from .run import Run, outcome
+from ..tracking.run import Run, outcome
+from ..tracking.store import check_name, get_dir, get_mode, write_json
 from .space import (
     Choice,
     Distribution,
@@ -43,7 +44,6 @@ from .space import (
     spec,
     unflatten,
 )
-from .store import check_name, get_dir, get_mode, write_json
 
 __all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
 
@@ -203,7 +203,7 @@ class Sweep:
 def _start(sweep: Sweep, count: int | None) -> tuple[SweepResult, Any]:
     if sweep.early_terminate:
         raise ValueError("early_terminate needs trials that report while they train: run the sweep "
-                         "with `aiotrain sweep` or aiotrain.sweeper.SweepRunner")
+                         "with `aiotrain sweep` or aiotrain.sweeps.SweepRunner")
     if count is None and sweep.method != "grid":
         raise ValueError(f"{sweep.method} search needs count=")
     return SweepResult(sweep.id, sweep.metric), sweep.search()

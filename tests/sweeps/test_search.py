@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aiotrain.tracking.search import GridSearch, OptunaSearch, RandomSearch, make_search
-from aiotrain.tracking.space import Choice, IntUniform, LogUniform, Uniform
+from aiotrain.sweeps.search import GridSearch, OptunaSearch, RandomSearch, make_search
+from aiotrain.sweeps.space import Choice, IntUniform, LogUniform, Uniform
 
 
 def test_grid_is_exhausted_and_restore_skips_what_was_asked():

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from aiotrain.handlers import Checkpoint
-from aiotrain.sweeper import SweepRunner
+from aiotrain.sweeps import SweepRunner
 from aiotrain.tracking import Choice, Track
 from aiotrain.tracking.reader import list_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ["train.patience=null", "model.channels=4", "data.batch_size=128"]
 
 
