@@ -130,7 +130,7 @@ def part_parallel(args) -> None:
         rec = await SweepRunner(s, "examples/digits.sdn", [*overrides, f"tracking.dir={root}",
                                                            f"data.root={root}/data"],
                                 parallel=parallel).run()
-        assert all(t["status"] == "finished" for t in rec["trials"]), rec["trials"]
+        assert all(t.status == "finished" for t in rec.trials), rec.trials
         return time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from ..config import ConfigError
 from ..errors import ExitCode, UserError
+from ..sweeps.record import SweepRecord, TrialRecord
 from ..sweeps.space import Distribution, parse_parameter, unflatten
 from ..sweeps.sweep import GOALS, METHODS
 from .command import Parser, run_command
@@ -91,7 +92,7 @@ def _sweep(argv: list[str]) -> int:
         except (ValueError, LookupError, RuntimeError, ImportError, OSError) as exc:
             raise UserError(str(exc), file=args.config) from None
         table.finish(record)
-        return ExitCode.OK if record.get("best") else ExitCode.FAILED
+        return ExitCode.OK if record.best else ExitCode.FAILED
 
     return run(go())
 
@@ -124,59 +125,62 @@ class LiveTable:
         self._drawn = 0
         self._seen: dict[int, tuple[str, int]] = {}
 
-    def update(self, record: dict[str, Any]) -> None:
+    def update(self, record: SweepRecord) -> None:
         if self.tty:
             lines = render(record)
             up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
             self.out.write(up + "\n".join(lines) + "\n")
             self._drawn = len(lines)
         else:
-            for t in record["trials"]:
-                key = (t["status"], len(t["intermediate"]))
-                if self._seen.get(t["number"]) != key:
-                    self._seen[t["number"]] = key
-                    self.out.write(_row(t, record, _keys(record)) + "\n")
+            for t in record.trials:
+                key = (t.status, len(t.intermediate))
+                if self._seen.get(t.number) != key:
+                    self._seen[t.number] = key
+                    self.out.write(_row(t, _keys(record)) + "\n")
         self.out.flush()
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, record: SweepRecord) -> None:
         if not self.tty:
             self.out.write("\n".join(render(record)) + "\n")
-        best = record.get("best")
+        best = record.best
         if best:
-            params = "  ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-            self.out.write(f"best: trial {best.get('number')}  {record['metric']['name']}="
-                           f"{_fmt(best['value'])}  {params}\n")
+            params = "  ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+            self.out.write(f"best: trial {best.number}  {record.metric['name']}="
+                           f"{_fmt(best.value)}  {params}\n")
         else:
             self.out.write("best: none (every trial failed; see the error column)\n")
         self.out.flush()
 
 
-def render(record: dict[str, Any]) -> list[str]:
+def render(record: SweepRecord) -> list[str]:
     """The sweep's table as lines: a header, one row per trial."""
-    trials = record["trials"]
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("running", "finished", "pruned", "crashed")}
-    wanted = record.get("trials_wanted") or "grid"
-    head = (f"sweep {record['id']}  {record['method']}  {record['metric']['name']} "
-            f"({record['metric']['goal']})  {len(trials)}/{wanted} trials  "
+    trials = record.trials
+    counts = {s: sum(t.status == s for t in trials) for s in ("running", "finished", "pruned", "crashed")}
+    wanted = record.trials_wanted or "grid"
+    head = (f"sweep {record.id}  {record.method}  {record.metric['name']} "
+            f"({record.metric['goal']})  {len(trials)}/{wanted} trials  "
             + "  ".join(f"{n} {s}" for s, n in counts.items() if n))
     keys = _keys(record)
-    cols = ["#", "status", record["metric"]["name"], "epochs", *keys]
+    cols = ["#", "status", record.metric["name"], "epochs", *keys]
     lines = [head, "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cols))]
-    lines += [_row(t, record, keys) for t in trials]
+    lines += [_row(t, keys) for t in trials]
     return lines
 
 
-def _row(t: dict[str, Any], record: dict[str, Any], keys: list[str]) -> str:
-    value = t["value"] if t["value"] is not None else (t["intermediate"][-1][1] if t["intermediate"] else None)
-    cells = [str(t["number"]), t["status"], _fmt(value), str(len(t["intermediate"])),
-             *(_fmt(t["params"].get(k)) for k in keys)]
+def _row(t: TrialRecord, keys: list[str]) -> str:
+    """One trial: its cells, then its error (a crash) or its note (a restart), if any."""
+    value = t.value if t.value is not None else (t.intermediate[-1][1] if t.intermediate else None)
+    cells = [str(t.number), t.status, _fmt(value), str(len(t.intermediate)),
+             *(_fmt(t.params.get(k)) for k in keys)]
     row = "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cells))
-    return row + (f"  {t['error']}" if t.get("error") else "")
+    if t.error:
+        return f"{row}  error: {t.error}"
+    return f"{row}  ({t.note})" if t.note else row
 
 
-def _keys(record: dict[str, Any]) -> list[str]:
+def _keys(record: SweepRecord) -> list[str]:
     """The searched parameters (the record holds their text form; fixed ones have no call)."""
-    return [k for k, v in record["parameters"].items() if isinstance(parse_parameter(v), Distribution)]
+    return [k for k, v in record.parameters.items() if isinstance(parse_parameter(v), Distribution)]
 
 
 def _fmt(value: Any) -> str:

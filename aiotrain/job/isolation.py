@@ -6,19 +6,21 @@ Two TrainJobs on one event loop share all of it, so neither reproduces its solo 
 RNG draws interleave). ``ProcessJob(cfg, ...)`` runs the same pipeline in a job worker process
 (``runtime.JobProcess``), so a job's result never depends on what runs beside it.
 
-The parent keeps TrainJob's face: ``await job.run()`` returns a JobResult; ``job.ready`` is set
-once the engines exist in the child; ``job.trainer`` and ``job.evaluator`` are ``RemoteEngine``
-views with the last known ``state`` (epoch, iteration, output, metrics), ``observe(...)``
-streams (the same Snapshots, the same filters, the same drop-oldest bound) and ``terminate()``;
-``echo`` receives the job's progress lines. Cancelling the task that awaits ``run()`` cancels
-the job in the child (the step in flight ends, checkpoint writes are flushed, the tracked run is
-marked ``interrupted``), then the process exits; checkpoints are files, so they cross the
-boundary as they are.
+The parent keeps TrainJob's face, the ``Job`` protocol (``protocol.py``): ``await job.run()``
+returns a JobResult; ``job.ready`` is set once the engines, the run's identity and its tracked
+run exist in the child (``job.identity`` and ``job.run_dir`` say which); ``job.trainer`` and
+``job.evaluator`` are ``RemoteEngine`` views with the last known ``state`` (epoch, iteration,
+output, metrics), ``observe(...)`` streams (the same Snapshots, the same filters, the same
+drop-oldest bound) and ``terminate()``; ``job.stop(reason)`` stops the child's job; ``echo``
+receives the job's progress lines, ``on_score`` and ``on_evaluation`` its evaluations (each a
+round trip to the parent: that is where a sweep's pruner lives). Cancelling the task that awaits
+``run()`` cancels the job in the child (the step in flight ends, checkpoint writes are flushed,
+the tracked run is marked ``interrupted``), then the process exits; checkpoints are files, so
+they cross the boundary as they are.
 
-``run_evaluated(job, on_evaluation)`` runs either kind of job and calls
-``on_evaluation(epoch, metrics)`` after every evaluation; a true answer stops training at once
-(the epoch's checkpoints are still written). In a worker process the call is a round trip to
-the parent, which is where a sweep's pruner lives.
+``run_evaluated(job, on_evaluation)`` runs any job and calls ``on_evaluation(epoch, metrics)``
+after every evaluation; a true answer stops training after that epoch (its checkpoints are
+still written).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, cast
 
 from ..config import Conf, Config
@@ -36,13 +39,12 @@ from ..engine.observe import Observer, plain
 from ..events import Events, EventsList, FilteredEvent, resolve_events
 from ..runtime import JobChannel, JobProcess
 from ..validation import ValidationMode
-from .settings import TrainSettings
+from .identity import RunIdentity
+from .protocol import EvaluationHook, Job, ScoreListener
+from .settings import TrainSettings, load_settings
 from .train_job import JobResult, TrainJob
 
 __all__ = ["EvaluationHook", "ProcessJob", "RemoteEngine", "run_evaluated"]
-
-EvaluationHook = Callable[[int, dict[str, Any]], "bool | Awaitable[bool]"]
-"""``on_evaluation(epoch, metrics) -> stop?`` (sync or async), called after each evaluation."""
 
 # what the child forwards: enough for progress views and the usual observers
 _TRAINER_EVENTS = (Events.STARTED | Events.EPOCH_STARTED | Events.ITERATION_COMPLETED
@@ -124,25 +126,30 @@ class RemoteEngine:
 class ProcessJob:
     """A TrainJob run in a job worker process of its own (see the module docstring).
 
-    Same arguments as TrainJob (``progress`` defaults to False: the worker shares the parent's
-    terminal), plus ``on_evaluation`` (see ``run_evaluated``) and ``grace``, the seconds a
-    cancelled worker gets to flush its checkpoints before it is killed.
+    The same arguments as TrainJob except ``parts`` (objects that cannot cross a process
+    boundary: give them to the Task instead); ``progress`` defaults to False (the worker shares
+    the parent's terminal); ``grace`` is the seconds a cancelled worker gets to flush its
+    checkpoints before it is killed. The config is checked here, strictly, as TrainJob does.
     """
 
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
-                 resume: bool = False, progress: bool = False,
-                 echo: Callable[[str], None] = print, on_evaluation: EvaluationHook | None = None,
+                 resume: bool | str = False, progress: bool = False,
+                 echo: Callable[[str], None] = print, force: bool = False,
+                 on_score: ScoreListener | None = None, on_evaluation: EvaluationHook | None = None,
                  grace: float = 60.0) -> None:
-        self.cfg = cfg
-        self.settings: TrainSettings = Conf.validate(TrainSettings, cfg, strict=False)
+        self.settings: TrainSettings
+        self.settings, self.cfg = load_settings(cfg)
         self.mode = ValidationMode(mode)
-        self.resume, self.progress, self.echo = resume, progress, echo
+        self.resume, self.force, self.progress, self.echo = resume, force, progress, echo
+        self.on_score = on_score
         self.on_evaluation = on_evaluation
         self.grace = grace
         self.trainer = RemoteEngine("trainer", self._send)
         self.evaluator = RemoteEngine("evaluator", self._send)
         self.ready = asyncio.Event()
-        self.stopped = False  # on_evaluation asked to stop
+        self.stop_reason: str | None = None
+        self.identity: RunIdentity | None = None
+        self.run_dir: str | None = None
         self.pid: int | None = None
         self._proc: JobProcess | None = None
         self._pending: set[asyncio.Task[Any]] = set()
@@ -150,18 +157,27 @@ class ProcessJob:
     async def run(self) -> JobResult:
         """Train in a fresh worker process; the JobResult (or the job's exception) comes back."""
         cfg = Conf.to_dict(self.cfg)
-        self._proc = JobProcess(_train_in_worker, cfg, self.mode.value, self.resume, self.progress,
+        self._proc = JobProcess(_train_in_worker, cfg, self.mode.value, self.resume, self.force,
+                                self.progress, self.on_score is not None,
                                 self.on_evaluation is not None, on_message=self._on_message,
                                 grace=self.grace, name=f"aiotrain-job-{self.settings.tracking.project}")
         try:
             async with self._proc as proc:
                 self.pid = proc.pid
-                return await proc.wait()
+                if self.stop_reason is not None:  # stopped before the worker existed
+                    self._send("stop", self.stop_reason)
+                result: JobResult = await proc.wait()
+                return result
         finally:
             for task in self._pending:
                 task.cancel()
             self.trainer._close(final=True)
             self.evaluator._close(final=True)
+
+    def stop(self, reason: str) -> None:
+        """End the job after the step in flight (``TrainJob.stop`` in the worker)."""
+        self.stop_reason = reason
+        self._send("stop", reason)
 
     def _send(self, kind: str, payload: Any) -> None:
         if self._proc is not None:
@@ -175,13 +191,27 @@ class ProcessJob:
         elif kind == "echo":
             self.echo(payload)
         elif kind == "ready":
+            self.identity = RunIdentity(payload["id"], payload["project"], payload["name"],
+                                        Path(payload["dir"]), {})
+            self.run_dir = payload["run_dir"]
             self.ready.set()
         elif kind == "closed":
             (self.trainer if payload == "trainer" else self.evaluator)._close()
+        elif kind == "score" and self.on_score is not None:
+            self._spawn(self._score(*payload))
         elif kind == "evaluated":
-            task = asyncio.get_running_loop().create_task(self._verdict(*payload))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._spawn(self._verdict(*payload))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _score(self, epoch: int, score: float, metrics: dict[str, float]) -> None:
+        assert self.on_score is not None
+        result = self.on_score(epoch, score, metrics)
+        if inspect.isawaitable(result):
+            await result
 
     async def _verdict(self, epoch: int, metrics: dict[str, Any]) -> None:
         assert self.on_evaluation is not None
@@ -192,68 +222,39 @@ class ProcessJob:
         except Exception as exc:  # the child must get an answer, or it waits forever
             self._send("verdict", ("error", f"{type(exc).__name__}: {exc}"))
             raise
-        self.stopped = self.stopped or bool(stop)
         self._send("verdict", ("ok", bool(stop)))
 
 
-async def run_evaluated(job: TrainJob | ProcessJob,
-                        on_evaluation: EvaluationHook | None = None) -> tuple[JobResult, bool]:
-    """Run ``job``, calling ``on_evaluation(epoch, metrics)`` after every evaluation; a true
-    answer terminates the trainer after the current epoch's handlers (checkpoints included).
+async def run_evaluated(job: Job, on_evaluation: EvaluationHook | None = None
+                        ) -> tuple[JobResult, bool]:
+    """Run ``job`` (any ``Job``), calling ``on_evaluation(epoch, metrics)`` after every
+    evaluation; a true answer stops the job after that epoch's handlers (checkpoints included).
     Returns the JobResult and whether ``on_evaluation`` stopped the job."""
-    if isinstance(job, ProcessJob):
-        job.on_evaluation = on_evaluation
-        result = await job.run()
-        return result, job.stopped
     stopped = False
+    if on_evaluation is not None:
+        hook = on_evaluation
 
-    async def attach(hook: EvaluationHook) -> None:
-        await job.ready.wait()
-        trainer, evaluator = job.trainer, job.evaluator
-        assert trainer is not None and evaluator is not None  # they exist once ready is set
-
-        async def evaluated(engine: Any) -> None:
+        async def judged(epoch: int, metrics: dict[str, Any]) -> bool:
             nonlocal stopped
-            stop = hook(trainer.state.epoch, plain(engine.state.metrics))
-            if inspect.isawaitable(stop):
-                stop = await stop
-            if stop:
-                stopped = True
-                trainer.terminate()
+            verdict = hook(epoch, metrics)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            stopped = stopped or bool(verdict)
+            return bool(verdict)
 
-        evaluator.add_event_handler(Events.COMPLETED, evaluated)
-
-    hook = asyncio.create_task(attach(on_evaluation)) if on_evaluation is not None else None
-    try:
-        result = await job.run()
-    finally:
-        if hook is not None:
-            hook.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hook
-    return result, stopped
+        job.on_evaluation = judged
+    return await job.run(), stopped
 
 
 # the worker's side -------------------------------------------------------------------------------
-async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, resume: bool,
-                           progress: bool, evaluations: bool) -> JobResult:
+async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, resume: bool | str,
+                           force: bool, progress: bool, scores: bool, evaluations: bool) -> JobResult:
     """Runs in the job worker process: the TrainJob, its forwarded events and its verdicts."""
     loop = asyncio.get_running_loop()
-    job = TrainJob(Conf.from_dict(cfg), mode=mode, resume=resume, progress=progress,
-                   echo=lambda line: channel.send("echo", str(line)))
     verdicts: list[asyncio.Future[Any]] = []
 
-    def on_message(kind: str, payload: Any) -> None:
-        if kind == "terminate":
-            engine = job.trainer if payload == "trainer" else job.evaluator
-            if engine is not None:
-                engine.terminate()
-        elif kind == "verdict" and verdicts:
-            fut = verdicts.pop(0)
-            if not fut.done():
-                fut.set_result(payload)
-
-    channel.on_message = on_message
+    def on_score(epoch: int, score: float, metrics: dict[str, float]) -> None:
+        channel.send("score", (epoch, score, metrics))
 
     async def ask_parent(epoch: int, metrics: dict[str, Any]) -> bool:
         fut = loop.create_future()
@@ -262,9 +263,27 @@ async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, 
         status, answer = await fut
         if status == "error":
             raise RuntimeError(f"on_evaluation failed in the parent process: {answer}")
-        return answer
+        return bool(answer)
 
-    runner = asyncio.create_task(run_evaluated(job, ask_parent if evaluations else None))
+    job = TrainJob(Conf.from_dict(cfg), mode=mode, resume=resume, force=force, progress=progress,
+                   echo=lambda line: channel.send("echo", str(line)),
+                   on_score=on_score if scores else None,
+                   on_evaluation=ask_parent if evaluations else None)
+
+    def on_message(kind: str, payload: Any) -> None:
+        if kind == "terminate":
+            engine = job.trainer if payload == "trainer" else job.evaluator
+            if engine is not None:
+                engine.terminate()
+        elif kind == "stop":
+            job.stop(str(payload))
+        elif kind == "verdict" and verdicts:
+            fut = verdicts.pop(0)
+            if not fut.done():
+                fut.set_result(payload)
+
+    channel.on_message = on_message
+    runner = asyncio.create_task(job.run())
     forwarders: list[asyncio.Task[Any]] = []
     try:
         ready = asyncio.create_task(job.ready.wait())
@@ -273,8 +292,12 @@ async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, 
         if job.ready.is_set():
             forwarders = [asyncio.create_task(_forward(channel, "trainer", job.trainer, _TRAINER_EVENTS)),
                           asyncio.create_task(_forward(channel, "evaluator", job.evaluator, _EVALUATOR_EVENTS))]
-            channel.send("ready")
-        result, _ = await runner
+            identity = job.identity
+            assert identity is not None  # it exists once the job is ready
+            channel.send("ready", {"id": identity.id, "project": identity.project,
+                                   "name": identity.name, "dir": str(identity.dir),
+                                   "run_dir": job.run_dir})
+        result = await runner
     finally:
         runner.cancel()
         for task in forwarders:

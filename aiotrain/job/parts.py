@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..events import Events
 from ..handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
+from .protocol import EvaluationHook, ScoreListener
 from .step import NonFiniteError
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..tracking.run import Run
     from .identity import RunIdentity
     from .settings import TrainSettings
     from .task import Task
 
 __all__ = ["BestCheckpoint", "EarlyStop", "Evaluate", "JobContext", "LastCheckpoint", "On",
            "Part", "Progress", "Schedule", "ScoreListeners", "TrackTrain", "default_parts"]
-
-ScoreListener = Callable[[int, float, dict[str, float]], "Awaitable[None] | None"]
-
 
 @dataclass
 class JobContext:
@@ -42,13 +41,14 @@ class JobContext:
     task: Task
     trainer: Engine
     evaluator: Engine
-    run: Any
+    run: Run | None
     identity: RunIdentity
     echo: Callable[[str], None]
     main: bool
     stop: Callable[[str], None]  # stop training after this step, with a reason that is echoed
     to_save: dict[str, Any] = field(default_factory=dict)  # what the ``last`` checkpoint holds
     score_listeners: list[ScoreListener] = field(default_factory=list)
+    on_evaluation: EvaluationHook | None = None
     best: Checkpoint | None = None
     last: Checkpoint | None = None
 
@@ -117,8 +117,9 @@ class Evaluate:
 
 
 class ScoreListeners:
-    """After each evaluation, ``listener(epoch, score, metrics)`` for every listener (sync or
-    async; e.g. a sweep's pruning, which may call ``ctx.stop``)."""
+    """After each evaluation, ``listener(epoch, score, metrics)`` for every listener, then the
+    job's ``on_evaluation(epoch, metrics)`` hook (each sync or async); a true answer from the
+    hook stops the run after this epoch's handlers (e.g. a sweep's pruner)."""
 
     def attach(self, ctx: JobContext) -> None:
         if not ctx.evaluates:
@@ -126,10 +127,17 @@ class ScoreListeners:
 
         async def notify(engine: Any) -> None:
             metrics = {k: _number(v) for k, v in ctx.evaluator.state.metrics.items()}
+            epoch = engine.state.epoch
             for listener in ctx.score_listeners:
-                result = listener(engine.state.epoch, ctx.score(), metrics)
+                result = listener(epoch, ctx.score(), metrics)
                 if inspect.isawaitable(result):
                     await result
+            if ctx.on_evaluation is not None:
+                verdict = ctx.on_evaluation(epoch, metrics)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if verdict:
+                    ctx.stop(f"on_evaluation asked to stop after epoch {epoch}")
 
         ctx.trainer.add_event_handler(ctx.eval_event, notify)
 

@@ -32,7 +32,8 @@ from ..tracking import Track
 from ..tracking.run import Run
 from ..validation import RuntimeValidator, ValidationMode, ValidationReport
 from .identity import ResumeError, RunIdentity, check_resumable, find_run
-from .parts import JobContext, On, Part, ScoreListener, default_parts
+from .parts import JobContext, On, Part, default_parts
+from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
 from .sharding import shard_train_loader
 from .step import EvalStep, GradientState, NonFiniteError, TrainStep
@@ -67,25 +68,30 @@ class TrainJob:
     ``tracking.name``), or a run id / name. ``force`` resumes despite a config that differs.
     ``parts``: extra parts (``aiotrain.job.parts.Part`` or ``(event, handler)`` pairs), attached
     after the built-in ones and before the ``last`` checkpoint. ``on_score(epoch, score,
-    metrics)`` (sync or async) is called after every evaluation; ``job.stop(reason)`` ends the
+    metrics)`` (sync or async) is called after every evaluation, then ``on_evaluation(epoch,
+    metrics)``, whose true answer stops the run after that epoch; ``job.stop(reason)`` ends the
     run after the step in flight. ``trainer`` and ``evaluator`` exist once ``run`` has built the
-    task; ``ready`` is set at that moment. The config is checked when the job is created
-    (SchemaError, one line); ``job.cfg`` is the config with every default filled in.
+    task; ``ready`` is set once the run's identity and tracked run exist too. The config is
+    checked when the job is created (SchemaError, one line); ``job.cfg`` is the config with every
+    default filled in. A TrainJob is a ``Job`` (``protocol.py``), as ``ProcessJob`` is.
     """
 
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
                  resume: bool | str = False, progress: bool = True,
                  echo: Callable[[str], None] = print, force: bool = False,
-                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None) -> None:
+                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None,
+                 on_evaluation: EvaluationHook | None = None) -> None:
         self.settings: TrainSettings
         self.settings, self.cfg = load_settings(cfg)
         self.mode = ValidationMode(mode)
         self.resume, self.force, self.progress, self.echo = resume, force, progress, echo
         self.parts = list(parts)
         self.score_listeners: list[ScoreListener] = [on_score] if on_score is not None else []
+        self.on_evaluation = on_evaluation
         self.trainer: Engine | None = None
         self.evaluator: Engine | None = None
         self.identity: RunIdentity | None = None
+        self.run_dir: str | None = None  # the tracked run's folder, once ``ready``
         self.ready = asyncio.Event()
         self.stop_reason: str | None = None
         self.stop_checkpoint: Path | None = None
@@ -217,7 +223,7 @@ class TrainJob:
         identity = resumed or await self._identity(run)
         self.identity = identity
         ctx = JobContext(s, task, trainer, evaluator, run, identity, self.echo, main, self.stop,
-                         score_listeners=self.score_listeners)
+                         score_listeners=self.score_listeners, on_evaluation=self.on_evaluation)
         ctx.to_save.update(model=task.model, optimizer=task.optimizer, trainer=trainer,
                            train_loader=task.train_loader)
         if step is not None:
@@ -231,9 +237,10 @@ class TrainJob:
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
             run = ctx.run = await self._open_run(resumed.id)
+        self.run_dir = str(run.dir) if run is not None else None
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
-                        run_dir=str(run.dir) if run is not None else None)
+                        run_dir=self.run_dir)
         self.ready.set()
         if main:
             self.echo(f"run: {identity.id}  checkpoints: {identity.dir}")

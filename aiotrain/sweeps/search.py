@@ -18,9 +18,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from .record import TrialRecord
 from .space import Choice, Distribution, IntUniform, LogUniform, Normal, Uniform, flatten, grid_axes
 
 __all__ = ["GridSearch", "OptunaSearch", "RandomSearch", "Search", "make_search"]
@@ -41,9 +42,14 @@ class Search(Protocol):
     def tell(self, number: int, value: float | None, state: str) -> None:
         """Trial ``number`` ended: ``state`` is finished, pruned or crashed."""
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
-        """Replay the trials of an earlier, interrupted run of this sweep (``number``, ``params``,
-        ``status``, ``value``, ``intermediate``), so the next ``ask`` continues after them."""
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
+        """Replay the trials of an earlier, interrupted run of this sweep, so the next ``ask``
+        continues after them (ended trials are told as they ended)."""
+
+    def resume_trial(self, number: int, params: Mapping[str, Any],
+                     intermediate: Sequence[tuple[int, float]]) -> None:
+        """Re-open trial ``number``, left running by a crash, with its parameters and reports,
+        so its next ``report`` and ``tell`` are judged as if it had never stopped."""
 
 
 class GridSearch:
@@ -65,9 +71,13 @@ class GridSearch:
     def tell(self, number: int, value: float | None, state: str) -> None:
         pass
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
         for _ in trials:  # proposals are a fixed sequence: skip the ones already made
             self.ask()
+
+    def resume_trial(self, number: int, params: Mapping[str, Any],
+                     intermediate: Sequence[tuple[int, float]]) -> None:
+        pass  # nothing judges reports here: the trial needs no state
 
 
 class RandomSearch(GridSearch):
@@ -132,26 +142,26 @@ class OptunaSearch:
         else:
             self._study.tell(trial, state=TrialState.FAIL)
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
         TrialState = self._optuna.trial.TrialState
         states = {"finished": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "crashed": TrialState.FAIL}
         for t in trials:
             if self._inner is not None:
                 self._inner.ask()
-            self._count = max(self._count, t["number"] + 1)
-            status = t["status"]
+            self._count = max(self._count, t.number + 1)
+            status = t.status
             if status not in states:
                 continue  # a trial a crash left running is re-opened with resume_trial
-            if status == "finished" and not _finite(t.get("value")):
+            if status == "finished" and not _finite(t.value):
                 status = "crashed"
             self._study.add_trial(self._optuna.trial.create_trial(
-                state=states[status], value=float(t["value"]) if status == "finished" else None,
-                params={k: v for k, v in t["params"].items() if k in self._dists},
+                state=states[status], value=t.value if status == "finished" else None,
+                params={k: v for k, v in t.params.items() if k in self._dists},
                 distributions=self._dists,
-                intermediate_values={int(s): float(v) for s, v in t.get("intermediate", [])}))
+                intermediate_values={int(s): float(v) for s, v in t.intermediate}))
 
     def resume_trial(self, number: int, params: Mapping[str, Any],
-                     intermediate: list[tuple[int, float]]) -> None:
+                     intermediate: Sequence[tuple[int, float]]) -> None:
         """Re-open trial ``number`` (left running by a crash) with its parameters and reports."""
         self._study.enqueue_trial({k: v for k, v in params.items() if k in self._dists})
         trial = self._study.ask(self._dists)
