@@ -29,10 +29,10 @@ from ..handlers import Checkpoint, CheckpointError
 from ..parallel import parallelize
 from ..runtime import to_io
 from ..tracking import Track
-from ..tracking.run import Run
+from ..tracking.run import LiveRunError, Run
 from ..validation import RuntimeValidator, ValidationMode, ValidationReport
 from .identity import ResumeError, RunIdentity, check_resumable, find_run
-from .parts import JobContext, On, Part, default_parts
+from .parts import HISTORY, HistoryPosition, JobContext, On, Part, default_parts
 from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
 from .sharding import shard_train_loader
@@ -173,7 +173,7 @@ class TrainJob:
         run_id = await to_io(dist.broadcast_object, run_id)
         return RunIdentity(run_id, tr.project, tr.name, self.runs_root / run_id, {})
 
-    async def _open_run(self, resume_id: str | None) -> Run | None:
+    async def _open_run(self, resume_id: str | None, rewind: int | None = None) -> Run | None:
         s = self.settings
         if not dist.is_main() or s.tracking.mode == "disabled":
             return None
@@ -184,7 +184,9 @@ class TrainJob:
             run = await to_io(make)
         else:
             try:
-                run = await to_io(functools.partial(make, resume=resume_id))
+                run = await to_io(functools.partial(make, resume=resume_id, rewind=rewind))
+            except LiveRunError as exc:
+                raise ResumeError(str(exc)) from None
             except ValueError:  # the earlier run was not tracked (tracking was disabled)
                 self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
                           "tracking it as a new run")
@@ -210,7 +212,7 @@ class TrainJob:
             step = TrainStep(net, task.optimizer, task.loss_fn, prepare, device,
                              grad_clip=s.train.grad_clip, accumulate=s.train.accumulate,
                              precision=s.train.precision, on_nan=s.train.on_nan,
-                             iteration_scheduler=per_iteration)
+                             iteration_scheduler=per_iteration, skip_limit=s.train.skip_limit)
         process = step if step is not None else task.train_step
         assert process is not None  # the built-in step, or the task's own
         trainer = Engine(process)
@@ -223,7 +225,8 @@ class TrainJob:
         identity = resumed or await self._identity(run)
         self.identity = identity
         ctx = JobContext(s, task, trainer, evaluator, run, identity, self.echo, main, self.stop,
-                         score_listeners=self.score_listeners, on_evaluation=self.on_evaluation)
+                         score_listeners=self.score_listeners, on_evaluation=self.on_evaluation,
+                         train_step=step)
         ctx.to_save.update(model=task.model, optimizer=task.optimizer, trainer=trainer,
                            train_loader=task.train_loader)
         if step is not None:
@@ -236,7 +239,12 @@ class TrainJob:
             part.attach(ctx)
         if resumed is not None:  # finds, CRC-checks and loads files: off the loop
             await to_io(self._load_last, ctx)
-            run = ctx.run = await self._open_run(resumed.id)
+            history = ctx.to_save[HISTORY]
+            assert isinstance(history, HistoryPosition)
+            run = ctx.run = await self._open_run(resumed.id, history.loaded)
+            if run is not None and run.rewound and main:
+                self.echo(f"resume: {run.rewound} records logged after that checkpoint moved to "
+                          f"{run.dir / 'metrics.rewound.jsonl'}; those steps are logged again")
         self.run_dir = str(run.dir) if run is not None else None
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
@@ -286,7 +294,10 @@ class TrainJob:
                                   "(it stopped before its first save); start a new run")
             path = files[-1]
         try:
-            Checkpoint.load_objects(ctx.to_save, path)
+            try:
+                Checkpoint.load_objects(ctx.to_save, path)
+            except CheckpointError:  # from before checkpoints held the history position?
+                Checkpoint.load_objects({k: v for k, v in ctx.to_save.items() if k != HISTORY}, path)
         except CheckpointError as exc:
             raise ResumeError(f"resume: cannot load {exc}") from None
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
@@ -312,8 +323,12 @@ class TrainJob:
                   f"{self.stop_checkpoint}; continue with --resume {ctx.identity.id}")
 
     async def _end(self, ctx: JobContext, status: str, error: str | None) -> None:
-        """Mark the run (tracked and ``run.sdn``) and, when it finished, log the best model."""
+        """Mark the run (tracked and ``run.sdn``) and, when it finished, log the best model;
+        say how many optimizer steps ``on_nan = skip_step`` skipped (also in the summary)."""
         run, st = ctx.run, ctx.trainer.state
+        skipped = ctx.train_step.skipped if ctx.train_step is not None else 0
+        if skipped and ctx.main:
+            self.echo(f"skipped: {skipped} optimizer steps in all (train.on_nan = skip_step)")
         if ctx.main:
             await to_io(functools.partial(ctx.identity.write, status, epoch=st.epoch,
                                           iteration=st.iteration, error=error,
@@ -329,6 +344,8 @@ class TrainJob:
             (art.add_dir if best.is_dir() else art.add_file)(str(best))  # a folder when sharded
             await run.alog_artifact(art, aliases=["best"])
         run.summary.update({f"val/{k}": v for k, v in ctx.evaluator.state.metrics.items()})
+        if self.settings.train.on_nan == "skip_step":
+            run.summary["train/skipped"] = skipped
         await run.afinish(status, error=error)
 
     def _result(self, ctx: JobContext, code: int, status: str, state: State) -> JobResult:

@@ -68,12 +68,16 @@ class Track:
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
             resume: bool | str = False, system_interval: float | None = 2.0,
-            flush_interval: float | None = None) -> _Run:
+            flush_interval: float | None = None, rewind: int | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
         run of this project with this ``name`` (a new one if there is none), ``resume="<id>"``
-        continues that run (ValueError if missing): same folder, config merged, steps going on.
+        continues that run (ValueError if missing): same folder, config merged, steps going on;
+        a run that a live process is still writing is refused (ValueError, one line).
+        ``rewind=N`` (with ``resume``) first cuts the history back to its first N records
+        (``run.position`` when your checkpoint was saved); the records cut are kept in
+        metrics.rewound.jsonl, so the resumed run logs each step once.
         ``system_interval``: seconds between system metrics samples (system.jsonl) while the run
         is open inside an event loop; None turns the sampler off.
         ``flush_interval`` is the run's loss window on a crash, in seconds (see
@@ -81,7 +85,7 @@ class Track:
         ValueError here, not at ``finish``.
         """
         return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
-                    system_interval=system_interval, flush_interval=flush_interval)
+                    rewind=rewind, system_interval=system_interval, flush_interval=flush_interval)
 
     @staticmethod
     def set_mode(mode: str) -> None:
