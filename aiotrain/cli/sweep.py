@@ -6,6 +6,11 @@ Each ``key=SPEC`` is a distribution (``loguniform(1e-4,1e-1)``, ``uniform(a,b)``
 is redrawn as they start, report and end (one line per change when stdout is not a terminal),
 then the best config is printed. ``--resume ID`` continues a sweep after a crash or kill -9.
 
+``--storage URL --study NAME`` shares the sweep through an Optuna storage (``sqlite:///x.db``,
+``postgresql+psycopg://...``, ``journal:///shared/x.log``): run the same command on any number
+of machines (later ones may leave out the key=SPEC parameters: the study has them) and they run
+one sweep together; ``--trials`` counts for the whole study (see ``aiotrain/sweeps/study.py``).
+
 Exit codes: 0 the sweep ran and has a best trial, 1 every trial failed, 2 usage or config
 errors, 130 interrupted (Ctrl-C: trials in flight flush their checkpoints; resume with --resume).
 """
@@ -40,6 +45,12 @@ def _parser() -> Parser:
     p.add_argument("--in-process", action="store_true", help="run trials in this process (one at a time)")
     p.add_argument("--resume", metavar="ID", help="continue the sweep ID after a crash")
     p.add_argument("--dir", help="the tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
+    p.add_argument("--storage", metavar="URL", help="share the sweep through this Optuna storage")
+    p.add_argument("--study", metavar="NAME", help="the shared sweep's name in --storage")
+    p.add_argument("--retries", type=int, default=1,
+                   help="shared: runs of a trial whose worker died (0: move on to a new trial)")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0, metavar="S",
+                   help="shared: a worker silent this long has died (same host: known at once)")
     return p
 
 
@@ -52,6 +63,10 @@ def _sweep(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.resume is None and args.config is None:
         raise UserError("give a CONFIG.sdn (or --resume ID)")
+    if (args.storage is None) != (args.study is None):
+        raise UserError("a shared sweep needs both --storage URL and --study NAME")
+    if args.storage is not None and args.resume is not None:
+        raise UserError("a shared sweep needs no --resume: run the same command again to join it")
     from ..runtime import run
     from ..sweeps.runner import SweepRunner
     from ..sweeps.sweep import Sweep
@@ -61,15 +76,23 @@ def _sweep(argv: list[str]) -> int:
     try:
         if not args.resume:
             space, fixed = split_params(args.params)
-            if not space:
-                raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
-                                 "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
             if args.dir:
                 fixed.append(f"tracking.dir={args.dir}")
-            sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
-                                 seed=args.seed, early_terminate={"type": args.prune} if args.prune else None)
+            if not space and args.storage is not None:
+                from ..sweeps.study import stored_sweep
+
+                sweep = stored_sweep(args.storage, args.study)
+            elif not space:
+                raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
+                                 "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
+            else:
+                sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
+                                     seed=args.seed, id=args.study,
+                                     early_terminate={"type": args.prune} if args.prune else None)
             runner = SweepRunner(sweep, args.config, fixed, trials=args.trials, parallel=args.parallel,
-                                 isolate=not args.in_process, on_update=table.update)
+                                 isolate=not args.in_process, on_update=table.update,
+                                 storage=args.storage, study=args.study, retries=args.retries,
+                                 heartbeat_timeout=args.heartbeat_timeout)
     except (ValueError, ImportError) as exc:
         raise UserError(str(exc), file=args.config) from None
 

@@ -49,6 +49,20 @@ class TrialRecord(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
 
+    def conclude(self, metric: str, value: float | None, *, pruned: bool = False,
+                 exit_code: int = 0) -> None:
+        """How the trial's job ended: crashed (validation errors, or ``metric`` never
+        evaluated), else pruned or finished with ``value``."""
+        if exit_code != 0:
+            self.status = "crashed"
+            self.error = f"the job exited with status {exit_code} (validation errors)"
+        elif value is None:
+            self.status = "crashed"
+            self.error = (f"no {metric!r} was evaluated (does the task have a val_loader and "
+                          "metrics?)")
+        else:
+            self.status, self.value = ("pruned" if pruned else "finished"), float(value)
+
 
 class SweepRecord(msgspec.Struct, kw_only=True):
     """A sweep: its definition (``parameters`` in their text form, see ``space.spec``), its

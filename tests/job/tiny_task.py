@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -46,6 +47,14 @@ def build(cfg: Any) -> Task:
             _calls[0] += 1 if torch.is_grad_enabled() else 0
             loss = nn.functional.mse_loss(out, target)
             return loss * float("nan") if _calls[0] >= nan_from else loss
+    slow = cfg.data.get("slow")
+    if slow:  # seconds per training step: a trial that lasts long enough to be killed
+        plain = loss_fn
+
+        def loss_fn(out, target):
+            if torch.is_grad_enabled():
+                time.sleep(slow)
+            return plain(out, target)
     train_step = None
     if cfg.data.get("custom_step"):
         def train_step(engine: Any, batch: Any) -> dict[str, Any]:
