@@ -31,7 +31,15 @@ from ..runtime import to_io
 from ..tracking import Track
 from ..tracking.run import LiveRunError, Run
 from ..validation import RuntimeValidator, ValidationMode, ValidationReport
-from .identity import ResumeError, RunIdentity, check_resumable, find_run
+from .identity import (
+    ResumeError,
+    RunIdentity,
+    check_resumable,
+    config_diff,
+    find_attempt,
+    find_run,
+    launch_id,
+)
 from .parts import HISTORY, HistoryPosition, JobContext, On, Part, default_parts
 from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
@@ -64,8 +72,10 @@ class JobResult:
 class TrainJob:
     """One training job from a config. ``await job.run()`` returns a JobResult.
 
-    ``resume``: False (a new run), True (the newest run of the project, or of
-    ``tracking.name``), or a run id / name. ``force`` resumes despite a config that differs.
+    ``resume``: False (a new run, or what ``train.resume`` says), True (the newest run of the
+    project, or of ``tracking.name``), a run id / name, or "auto" (this run's earlier attempt if
+    it has one: see ``identity.find_attempt``; a restart under torchrun). ``force`` resumes
+    despite a config that differs.
     ``parts``: extra parts (``aiotrain.job.parts.Part`` or ``(event, handler)`` pairs), attached
     after the built-in ones and before the ``last`` checkpoint. ``on_score(epoch, score,
     metrics)`` (sync or async) is called after every evaluation, then ``on_evaluation(epoch,
@@ -199,11 +209,7 @@ class TrainJob:
     async def _train(self, task: Task, device: torch.device) -> JobResult:
         s = self.settings
         main = dist.is_main()
-        resumed: RunIdentity | None = None
-        if self.resume:
-            ref = self.resume if isinstance(self.resume, str) else None
-            resumed = await to_io(find_run, self.runs_root, ref, s.tracking.name)
-            check_resumable(resumed, Conf.to_dict(self.cfg), self.force)
+        resumed, load = await self._resumed()
         net = self._wrap(task.model, device, task.optimizer)
         prepare = task.prepare_batch or default_prepare_batch
         step = None
@@ -237,18 +243,24 @@ class TrainJob:
         for part in default_parts(progress=self.progress, in_step_schedule=step is not None,
                                   extra=extra):
             part.attach(ctx)
-        if resumed is not None:  # finds, CRC-checks and loads files: off the loop
-            await to_io(self._load_last, ctx)
-            history = ctx.to_save[HISTORY]
-            assert isinstance(history, HistoryPosition)
-            run = ctx.run = await self._open_run(resumed.id, history.loaded)
+        if resumed is not None:
+            cut: int | None = 0  # an attempt that left no checkpoint: its history goes too
+            if load:  # finds, CRC-checks and loads files: off the loop
+                await to_io(self._load_last, ctx)
+                history = ctx.to_save[HISTORY]
+                assert isinstance(history, HistoryPosition)
+                cut = history.loaded
+            elif main:
+                self.echo(f"resume: run {resumed.id} left no checkpoint; it starts over")
+            run = ctx.run = await self._open_run(resumed.id, cut)
             if run is not None and run.rewound and main:
                 self.echo(f"resume: {run.rewound} records logged after that checkpoint moved to "
                           f"{run.dir / 'metrics.rewound.jsonl'}; those steps are logged again")
+            self._check_world(resumed)
         self.run_dir = str(run.dir) if run is not None else None
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
-                        run_dir=self.run_dir)
+                        run_dir=self.run_dir, launch=launch_id(), world_size=dist.world_size())
         self.ready.set()
         if main:
             self.echo(f"run: {identity.id}  checkpoints: {identity.dir}")
@@ -273,6 +285,52 @@ class TrainJob:
             self.echo(f"stopped: {self.stop_reason} (epoch {state.epoch}, iteration {state.iteration})")
         await self._end(ctx, "finished", None)
         return self._result(ctx, EXIT_OK, "finished", state)
+
+    async def _resumed(self) -> tuple[RunIdentity | None, bool]:
+        """The run this job continues (``resume``, else ``train.resume``) and whether it loads
+        that run's checkpoint; refused in one line when it cannot be continued."""
+        s = self.settings
+        how = self.resume or s.train.resume
+        if not how:
+            return None, False
+        if how == "auto":  # rank 0 decides, so that every rank continues the same run (or none)
+            choice, note = await to_io(self._attempt)
+            if note:
+                self.echo(note)
+            if choice is None:
+                return None, False
+            run_id, load = choice
+            resumed = await to_io(find_run, self.runs_root, run_id, None)
+        else:
+            ref = how if isinstance(how, str) else None
+            resumed, load = await to_io(find_run, self.runs_root, ref, s.tracking.name), True
+        check_resumable(resumed, Conf.to_dict(self.cfg), self.force)
+        return resumed, load
+
+    def _attempt(self) -> tuple[tuple[str, bool] | None, str | None]:
+        """On rank 0: this run's earlier attempt (its id, and whether it left a checkpoint),
+        then the same answer on every rank (a collective: I/O thread); and a line to say, when
+        an attempt is passed over."""
+        choice, note = None, None
+        if dist.is_main():
+            found = find_attempt(self.runs_root, self.settings.tracking.name)
+            differ = config_diff(found.record.get("config") or {}, Conf.to_dict(self.cfg)) \
+                if found is not None else []
+            if found is not None and differ and not self.force:
+                note = (f"resume: auto: run {found.id} had another config ({differ[0]}); "
+                        "starting a new run")
+            elif found is not None:
+                choice = (found.id, any(found.dir.glob("last_*")))
+        return dist.broadcast_object(choice), note
+
+    def _check_world(self, resumed: RunIdentity) -> None:
+        """A resume on another number of ranks: resharded, and said to be so."""
+        before, now = resumed.record.get("world_size"), dist.world_size()
+        if dist.is_main() and isinstance(before, int) and before != now:
+            self.echo(f"resume: warning: the world size changed from {before} to {now}: "
+                      "modules and optimizers are resharded (sharded checkpoints; a single-file "
+                      "one is whole), but each rank's data share and RNG state differ, so this is "
+                      "not the run an unchanged world would have trained")
 
     def _wrap(self, model: torch.nn.Module, device: torch.device,
               optimizer: torch.optim.Optimizer) -> torch.nn.Module:
@@ -304,8 +362,9 @@ class TrainJob:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ResumeError(f"resume: {path} does not fit this job ({first})") from None
         st = ctx.trainer.state
-        self.echo(f"resume: run {ctx.identity.id} from {path} (epoch {st.epoch}, "
-                  f"iteration {st.iteration})")
+        if dist.is_main():
+            self.echo(f"resume: run {ctx.identity.id} from {path} (epoch {st.epoch}, "
+                      f"iteration {st.iteration})")
 
     async def _save_stop_point(self, ctx: JobContext) -> None:
         """After a cancel: the ``last`` checkpoint at the stop point, durable before returning."""

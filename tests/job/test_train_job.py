@@ -232,3 +232,22 @@ def test_train_lines_carry_the_steps_scalars_and_val_metrics_once(tmp_path):
     assert [r["step"] for r in history if "val/loss" in r] == [8, 16, 24]
     pairs = [(r["step"], k) for r in history for k in r if k not in ("step", "timestamp")]
     assert len(pairs) == len(set(pairs))
+
+
+def test_train_resume_auto_continues_this_runs_attempt_or_starts_fresh(tmp_path):
+    auto = {"train.resume": "auto"}
+    first = job(tmp_path, over=auto)
+    run(interrupted_after_first_epoch(first))
+    record = sdn.load(first.identity.dir / "run.sdn")
+    assert record["world_size"] == 1 and record["launch"] is None
+    record["world_size"] = 2  # as if two ranks had trained it
+    (first.identity.dir / "run.sdn").write_text(sdn.dumps(record))
+    lines: list[str] = []
+    second = job(tmp_path, lines, over=auto)
+    result = run(second.run())
+    assert result.exit_code == 0 and second.identity.id == first.identity.id
+    assert any(ln.startswith(f"resume: run {first.identity.id} from ") for ln in lines), lines
+    assert any("the world size changed from 2 to 1" in ln for ln in lines), lines
+    third = job(tmp_path, over=auto)  # that run finished: auto starts a new one
+    run(third.run())
+    assert third.identity.id != first.identity.id

@@ -64,12 +64,36 @@ def build(cfg: Any) -> Task:
             opt.step()
             return {"loss": loss.detach(), "custom": 1.0}
     handlers = list(cfg.data.get("handlers_log") and [_order_part(cfg.data.handlers_log)] or [])
+    if cfg.data.get("die_at"):
+        handlers.append(_die_once(int(cfg.data.die_at), int(cfg.data.get("die_rank", 1)),
+                                  str(cfg.data.die_marker)))
     return Task(model=model, optimizer=opt, loss_fn=loss_fn,
                 train_loader=AsyncLoader(train, cfg.data.batch_size, shuffle=True, seed=cfg.seed),
                 val_loader=AsyncLoader(Pairs(x[:16], y[:16]), 16),
                 metrics={"loss": Loss(nn.MSELoss())}, score_name="loss", score_mode="min",
                 resources=[AsyncResource()], handlers=handlers,
                 train_step=train_step)
+
+
+def _die_once(iteration: int, rank: int, marker: str) -> Any:
+    """A part that SIGKILLs this process at ``iteration`` on global ``rank``, the first time only
+    (``marker`` records that it did): a worker that dies under torchrun."""
+    import os
+    import signal
+
+    from aiotrain import Events
+    from aiotrain import distributed as dist
+
+    class Die:
+        def attach(self, ctx: Any) -> None:
+            def die(engine: Any) -> None:
+                if dist.rank() == rank and not os.path.exists(marker):
+                    with open(marker, "w") as f:
+                        f.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+            ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), die)
+
+    return Die()
 
 
 _ORDER: dict[str, list[str]] = {}
