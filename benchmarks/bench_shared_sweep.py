@@ -28,23 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from aiotrain.sweeps.study import open_storage  # noqa: E402
-
-TINY = """task: tests.job.tiny_task:build
-seed: 0
-data:
-  n = 64
-  batch_size = 8
-optim:
-  lr = 0.05
-tracking:
-  project: bench
-"""
+from tests.job.tiny_task import SDN  # noqa: E402
 
 
 def run_sweep(folder: Path, workers: int, trials: int, epochs: int, step_sleep: float) -> dict:
     folder.mkdir(parents=True)
     config = folder / "tiny.sdn"
-    config.write_text(TINY)
+    config.write_text(SDN)
     storage, study = f"sqlite:///{folder / 'sweep.db'}", f"w{workers}"
     cmd = [sys.executable, "-m", "aiotrain", "sweep", str(config), "optim.lr=loguniform(1e-3,1e-1)",
            "--metric", "loss", "--goal", "minimize", "--trials", str(trials), "--in-process",

@@ -154,7 +154,7 @@ class Sweep:
                 _returned(run, sweep, function(*_args(function, trial.config, run)))
             except Exception as exc:  # a failed trial is recorded; the sweep goes on
                 error = exc
-            except BaseException as exc:  # Ctrl-C stops the sweep, the run is kept as crashed
+            except BaseException as exc:  # Ctrl-C stops the sweep, the run is kept, interrupted
                 run.finish(*outcome(exc))
                 raise
             run.finish(*outcome(error))
@@ -177,7 +177,7 @@ class Sweep:
                 _returned(run, sweep, await value if inspect.isawaitable(value) else value)
             except Exception as exc:
                 error = exc
-            except BaseException as exc:  # cancellation stops the sweep, the run is kept as crashed
+            except BaseException as exc:  # cancellation stops the sweep, the run is kept, interrupted
                 await run.afinish(*outcome(exc))
                 raise
             await run.afinish(*outcome(error))

@@ -15,30 +15,19 @@ import msgspec
 import pytest
 import torch
 
+from tests.job.tiny_task import SDN
+
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = """task: tests.job.tiny_task:build
-seed: 0
-data:
-  n = 64
-  batch_size = 8
-optim:
-  lr = 0.05
-train:
-  max_epochs = 4
-  log_every = 1
-  resume = auto
-tracking:
-  project: tiny
-"""
+SETTINGS = ("train.max_epochs=4", "train.log_every=1", "train.resume=auto")
 
 
 def torchrun(store: Path, launcher: list[str], *overrides: str) -> subprocess.Popen:
     config = store / "tiny.sdn"
     store.mkdir(parents=True, exist_ok=True)
-    config.write_text(CONFIG)
+    config.write_text(SDN)
     env = {**os.environ, "AIOTRAIN_DIR": str(store), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launcher, "-m",
-                             "aiotrain", "train", str(config), "--no-progress", *overrides],
+                             "aiotrain", "train", str(config), "--no-progress", *SETTINGS, *overrides],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

@@ -12,6 +12,18 @@ from aiotrain import AsyncLoader
 from aiotrain.job import Task
 from aiotrain.metrics import Loss
 
+SDN = """task: tests.job.tiny_task:build
+seed: 0
+data:
+  n = 64
+  batch_size = 8
+optim:
+  lr = 0.05
+tracking:
+  project: tiny
+"""
+"""The task as a config file (for commands: tests of real processes, benchmarks)."""
+
 
 class Pairs:
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:

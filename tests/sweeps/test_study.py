@@ -22,30 +22,19 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from aiotrain.sweeps.study import open_storage  # noqa: E402 - after the skip without Optuna
+from tests.job.tiny_task import SDN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = """task: tests.job.tiny_task:build
-seed: 0
-data:
-  n = 64
-  batch_size = 8
-optim:
-  lr = 0.05
-train:
-  max_epochs = 2
-tracking:
-  project: tiny
-"""
 GRID = "optim.lr=0.01,0.02,0.03,0.04"
 SLOW = ("data.slow=0.05", "train.max_epochs=20")  # one worker's own overrides: slow trials
 
 
 def sweep(tmp_path: Path, storage: str, study: str, *args: str, worker: str = "a") -> subprocess.Popen:
     config = tmp_path / "tiny.sdn"
-    config.write_text(TINY)
+    config.write_text(SDN)
     cmd = [sys.executable, "-m", "aiotrain", "sweep", str(config), "--metric", "loss", "--goal",
            "minimize", "--in-process", "--storage", storage, "--study", study,
-           "--dir", str(tmp_path / worker), *args]
+           "--dir", str(tmp_path / worker), "train.max_epochs=2", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
