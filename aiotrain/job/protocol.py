@@ -13,8 +13,8 @@ handlers (its checkpoints are written), as ``stop`` would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -41,8 +41,11 @@ class EngineView(Protocol):
     @property
     def state(self) -> State: ...
 
-    def observe(self, *events: Any, maxsize: int = 256
-                ) -> AbstractAsyncContextManager[AsyncIterator[Snapshot]]: ...
+    @contextlib.asynccontextmanager
+    async def observe(self, *events: Any, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
+        """``async with view.observe(Events.X) as stream: async for snapshot in stream``."""
+        raise NotImplementedError
+        yield  # an async generator, as the engines' own: what asynccontextmanager wraps
 
     def terminate(self) -> None: ...
 

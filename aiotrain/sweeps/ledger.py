@@ -1,7 +1,8 @@
 """Where a sweep's trials come from and where what they did is kept: the ``Ledger`` seam.
 
 ``SweepRunner`` runs trials; a ledger hands them out (``claim``), hears what they do
-(``started``, ``report``, ``ended``) and keeps the sweep's ``SweepRecord``. Two ledgers:
+(``trial_started``, ``scored``, ``trial_ended``) and keeps the sweep's ``SweepRecord``, from
+``begin`` to ``end``. Two ledgers:
 
 - ``LocalLedger`` (this module), the default: the search backend lives in this process and the
   record is a JSON file, ``{root}/sweeps/{project}/{sweep_id}.json``, rewritten atomically at
@@ -45,22 +46,22 @@ class Ledger(Protocol):
     def record(self) -> SweepRecord:
         """The sweep as it stands (what ``on_update`` and ``SweepRunner.run`` give out)."""
 
-    async def open(self) -> None:
+    async def begin(self) -> None:
         """Get ready to hand out trials (and settle what a stopped sweep left running)."""
 
     async def claim(self) -> Claim | None:
         """The next trial to run and how its job starts, or None when the sweep is done."""
 
-    async def started(self, trial: TrialRecord) -> None:
+    async def trial_started(self, trial: TrialRecord) -> None:
         """The trial's job has its run: ``trial.run_id`` and folders are set."""
 
-    async def report(self, trial: TrialRecord, step: int, value: float) -> bool:
+    async def scored(self, trial: TrialRecord, step: int, value: float) -> bool:
         """The trial scored ``value`` at ``step`` (already in ``trial.intermediate``); True: prune."""
 
-    async def ended(self, trial: TrialRecord) -> None:
+    async def trial_ended(self, trial: TrialRecord) -> None:
         """The trial ended: its status, value and error are set."""
 
-    async def close(self, status: str) -> None:
+    async def end(self, status: str) -> None:
         """The sweep (this process's part of it) ended with ``status``."""
 
 
@@ -68,7 +69,7 @@ class LocalLedger:
     """The search backend in this process, the record in a JSON file (module docstring).
 
     ``record`` is a new record for a new sweep, or the stored one to continue (``aresume``):
-    then ``open`` settles each trial it shows running from its job's ``run.sdn``: a job that
+    then ``begin`` settles each trial it shows running from its job's ``run.sdn``: a job that
     had finished makes the trial finished (never trained again), a job that failed or crashed
     makes it crashed, an interrupted job continues from its last checkpoint in the same tracked
     run, and a trial whose job had not begun (or had no checkpoint) starts over with a ``note``.
@@ -89,7 +90,7 @@ class LocalLedger:
     def record(self) -> SweepRecord:
         return self._record
 
-    async def open(self) -> None:
+    async def begin(self) -> None:
         self._search = await to_io(self.sweep.search)  # Optuna's import takes a while
         if self.resuming:
             await self._restore()
@@ -114,10 +115,10 @@ class LocalLedger:
         await self._save()
         return trial, False
 
-    async def started(self, trial: TrialRecord) -> None:
+    async def trial_started(self, trial: TrialRecord) -> None:
         await self._save()
 
-    async def report(self, trial: TrialRecord, step: int, value: float) -> bool:
+    async def scored(self, trial: TrialRecord, step: int, value: float) -> bool:
         async with self._lock:
             prune = await to_io(self._searcher().report, trial.number, step, value)
         if prune:  # final from now on: never run again, whatever stops this process
@@ -125,12 +126,12 @@ class LocalLedger:
         await self._save()
         return prune
 
-    async def ended(self, trial: TrialRecord) -> None:
+    async def trial_ended(self, trial: TrialRecord) -> None:
         async with self._lock:
             await to_io(self._searcher().tell, trial.number, trial.value, trial.status)
         await self._save()
 
-    async def close(self, status: str) -> None:
+    async def end(self, status: str) -> None:
         self._record.status = status
         await self._save()
 
@@ -180,7 +181,7 @@ class LocalLedger:
         return self.root / "checkpoints" / self.project / f"{self.sweep.id}-{number}"
 
     def _searcher(self) -> Search:
-        assert self._search is not None  # made by open() before any trial
+        assert self._search is not None  # made by begin() before any trial
         return self._search
 
     async def _save(self) -> None:

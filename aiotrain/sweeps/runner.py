@@ -122,16 +122,16 @@ class SweepRunner:
         """Run (or continue, or join) the sweep; returns its record. Cancelling stops the trials
         in flight (each flushes its checkpoints) and records them ``interrupted``."""
         ledger = self._ledger = await to_io(self._prepare)
-        await ledger.open()
+        await ledger.begin()
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.parallel):
                     group.create_task(self._worker(ledger))
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, asyncio.CancelledError) else "crashed"
-            await asyncio.shield(ledger.close(status))
+            await asyncio.shield(ledger.end(status))
             raise
-        await ledger.close("finished")
+        await ledger.end("finished")
         return ledger.record
 
     # setting up ----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ class SweepRunner:
             if pruned and result.run_dir:
                 await to_io(set_run_status, result.run_dir, "pruned")
         trial.finished_at = time.time()
-        await ledger.ended(trial)
+        await ledger.trial_ended(trial)
 
     async def _attempt(self, ledger: Ledger, cfg: Config, trial: TrialRecord,
                        resume: Resume) -> tuple[JobResult, bool]:
@@ -226,7 +226,7 @@ class SweepRunner:
             value = float(metrics[self.metric_key])
             # a trial resumed from a checkpoint older than its last report redoes that epoch
             trial.intermediate = [e for e in trial.intermediate if e[0] < epoch] + [(epoch, value)]
-            return await ledger.report(trial, epoch, value)
+            return await ledger.scored(trial, epoch, value)
 
         started = asyncio.create_task(self._started(ledger, job, trial))
         try:
@@ -242,7 +242,7 @@ class SweepRunner:
         if job.identity is not None:
             trial.run_id, trial.checkpoint_dir = job.identity.id, str(job.identity.dir)
         trial.run_dir = job.run_dir
-        await ledger.started(trial)
+        await ledger.trial_started(trial)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -162,7 +162,7 @@ class StudyLedger:
         return self._record
 
     # the Ledger ----------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def begin(self) -> None:
         async with self._lock:
             await to_io(self._open)
             await self._refresh()
@@ -178,23 +178,23 @@ class StudyLedger:
                 return claimed if isinstance(claimed, tuple) else None
             await asyncio.sleep(self.timeout / 6)
 
-    async def started(self, trial: TrialRecord) -> None:
+    async def trial_started(self, trial: TrialRecord) -> None:
         async with self._lock:
             await to_io(self._keep_info, trial)
             await self._refresh()
 
-    async def report(self, trial: TrialRecord, step: int, value: float) -> bool:
+    async def scored(self, trial: TrialRecord, step: int, value: float) -> bool:
         async with self._lock:
             prune = await to_io(self._report, trial, step, value)
             await self._refresh()
         return prune
 
-    async def ended(self, trial: TrialRecord) -> None:
+    async def trial_ended(self, trial: TrialRecord) -> None:
         async with self._lock:
             await to_io(self._tell, trial)
             await self._refresh()
 
-    async def close(self, status: str) -> None:
+    async def end(self, status: str) -> None:
         if self._beats is not None:
             self._beats.cancel()
         async with self._lock:
