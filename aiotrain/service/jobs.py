@@ -162,7 +162,7 @@ class JobService:
         return record
 
     async def _build(self, body: Any) -> Any:
-        from ..isolation import ProcessJob
+        from ..job.isolation import ProcessJob
         from ..job import TrainJob
 
         try:
