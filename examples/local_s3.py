@@ -186,12 +186,10 @@ async def _proxy_main(port: int, upstream: int, opts: argparse.Namespace) -> Non
         up_w.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", port, backlog=1024)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    async with server:
-        await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # it holds nothing to clean up: just go
+        loop.add_signal_handler(sig, os._exit, 0)
+    await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:

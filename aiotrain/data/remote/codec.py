@@ -3,7 +3,8 @@
 An item is a dict (``{"jpg": b"...", "cls": 3}``), a list or tuple, or a single value; values are
 bytes, str, int, float, bool, None, numpy arrays (dtype, shape and raw bytes: no pickle, so a
 shard is safe to read from anywhere) and CPU tensors (stored as arrays, read back as arrays),
-nested in dicts and lists. ``compression="zlib"`` compresses each record on its own, so one item
+nested in dicts and lists. An item that is a tuple (a Dataset's ``(x, y)``) reads back as a
+tuple; tuples nested inside read back as lists. ``compression="zlib"`` compresses each record on its own, so one item
 can still be read by itself.
 """
 
@@ -30,8 +31,6 @@ def _enc_hook(obj: Any) -> Any:
         return msgspec.msgpack.Ext(_ARRAY, len(head).to_bytes(4, "little") + head + arr.tobytes())
     if type(obj).__module__ == "torch" and type(obj).__name__ == "Tensor":
         return _enc_hook(obj.detach().cpu().numpy())
-    if isinstance(obj, tuple):  # msgspec writes tuples as lists; keep the type
-        return msgspec.msgpack.Ext(_TUPLE, _enc.encode(list(obj)))
     raise TypeError(f"cannot pack a value of type {type(obj).__name__}; items hold bytes, str, "
                     "numbers, numpy arrays or tensors, in dicts and lists")
 

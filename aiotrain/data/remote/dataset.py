@@ -101,14 +101,17 @@ class RemoteDataset:
             await ds.check()
         return ds
 
-    async def check(self) -> None:
-        """HEAD the first shard: ``RemoteDatasetError`` (one line) if it is missing, refused or
-        not the size the index says."""
-        ref = self._refs[0]
+    async def check(self, every: bool = False) -> None:
+        """HEAD the first shard (``every``: all of them, together): ``RemoteDatasetError`` (one
+        line) if one is missing, refused or not the size the index says."""
+        refs = self._refs if every else self._refs[:1]
+        await asyncio.gather(*(self._check_shard(ref) for ref in refs))
+
+    async def _check_shard(self, ref: ShardRef) -> None:
         try:
             info = await ref.source.head(ref.name)
         except ObjectError as exc:
-            raise RemoteDatasetError(f"cannot read the dataset's first shard: {exc}") from None
+            raise RemoteDatasetError(f"cannot read the dataset's shard: {exc}") from None
         if ref.size is not None and info.size != ref.size:
             raise RemoteDatasetError(f"{ref.url}: {info.size} bytes in the store, {ref.size} in "
                                      "the index (the index is stale: pack or index it again)")
