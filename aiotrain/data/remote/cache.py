@@ -93,7 +93,9 @@ class ShardCache:
         self._held: dict[str, _Held] = {}
         self._tasks: dict[str, asyncio.Task[_Held | Path | memoryview]] = {}
         self._info: dict[str, ObjectInfo] = {}  # HEADs: size and ETag by URL
-        self._done: set[str] = set()  # keys whose items this epoch are all served
+        self._done: set[str] = set()  # keys no plan needs now (every item of this epoch served)
+        self._mine: dict[str, int] = {}  # files this process wrote (or is writing): their sizes
+        self._writing: set[str] = set()
         self._requests: asyncio.Semaphore | None = None
         self._downloading = 0  # bytes of downloads in flight (the read-ahead budget)
 
@@ -101,6 +103,7 @@ class ShardCache:
     async def read(self, ref: ShardRef, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of shard ``ref``, from memory, disk, or a download first."""
         key = await self._key(ref)
+        self._done.discard(key)  # being read: needed again
         held = self._held.get(key)
         if held is not None:
             held.last_use = time.monotonic()
@@ -145,10 +148,6 @@ class ShardCache:
         key = self._known_key(ref)
         if key is not None:
             self._done.add(key)
-
-    def begin_epoch(self) -> None:
-        """A new epoch's plan: no shard is done yet."""
-        self._done.clear()
 
     async def size(self, ref: ShardRef) -> int:
         """The shard's size: the index's, or the store's (one HEAD, remembered)."""
@@ -211,7 +210,7 @@ class ShardCache:
     async def _load(self, ref: ShardRef, key: str, path: Path) -> _Held | Path | memoryview:
         """A shard already on disk: into memory (checked again) if the budget allows, else read
         from the file per item."""
-        if not self._make_room(self._size(ref)):
+        if self._size(ref) > self.memory_bytes:
             return path
         try:
             data = await to_io(path.read_bytes)
@@ -220,7 +219,7 @@ class ShardCache:
         if not _intact(data, ref):
             await to_io(_unlink, path)
             return await self._fetch(ref, key)
-        return self._hold(key, memoryview(data))
+        return self._hold_or_pass(key, memoryview(data))
 
     async def _fetch(self, ref: ShardRef, key: str) -> _Held | Path | memoryview:
         """Download ``ref`` once per machine (file lock), check it, store it, hold it."""
@@ -235,8 +234,14 @@ class ShardCache:
                 if _intact(data, ref):
                     return self._hold_or_pass(key, memoryview(data))
             data = await self._download(ref)
-            if self._room_on_disk(len(data), key):
-                await to_io(atomic_write, path, data)
+            if await self._room_on_disk(len(data), key):
+                try:
+                    await to_io(atomic_write, path, data)
+                except Exception:  # not written (a cancelled wait leaves the thread writing)
+                    self._mine.pop(key, None)
+                    raise
+                finally:
+                    self._writing.discard(key)
         finally:
             lock.release()
         return self._hold_or_pass(key, memoryview(data))
@@ -301,27 +306,56 @@ class ShardCache:
     def _eviction_order(self, held: dict[str, _Held]) -> list[str]:
         return sorted(held, key=lambda k: (k not in self._done, held[k].last_use))
 
-    def _room_on_disk(self, size: int, keep: str) -> bool:
-        """Delete cache files (done this epoch first, then oldest) until ``size`` more fits."""
+    async def _room_on_disk(self, size: int, keep: str) -> bool:
+        """Delete cache files (done this epoch first, then the oldest) until ``size`` more fits;
+        on success the room is reserved for ``keep`` (marked as being written: the caller writes
+        it, then takes it out of ``_writing``). The folder is listed
+        on an I/O thread; the decision is taken on the loop without a pause, so two downloads of
+        this process never count the same room. Files other processes are writing now are seen
+        once written: with several processes the folder may pass the budget by their shards in
+        flight."""
         if self.disk_bytes is None:
+            self._mine[keep] = size
+            self._writing.add(keep)
             return True
         if size > self.disk_bytes:
             return False
-        files = []
-        for entry in os.scandir(self.folder):
-            if entry.name.endswith(SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    st = entry.stat()
-                    files.append((entry.name[:-len(SUFFIX)], st.st_size, st.st_mtime))
-        used = sum(s for _, s, _ in files)
-        files.sort(key=lambda f: (f[0] not in self._done, f[2]))
-        for key, fsize, _ in files:
+        listed = await to_io(_list_cache, self.folder)
+        others = [f for f in listed if f[0] not in self._mine]
+        used = sum(f[1] for f in others) + sum(self._mine.values())
+        candidates = others + [(k, n, 0.0) for k, n in self._mine.items()]
+        candidates.sort(key=lambda f: (f[0] not in self._done, f[2]))
+        victims = []
+        for key, fsize, _ in candidates:
             if used + size <= self.disk_bytes:
                 break
-            if key != keep:
-                _unlink(self._path(key))
+            if key != keep and key not in self._writing:
+                victims.append(key)
                 used -= fsize
-        return used + size <= self.disk_bytes
+        if used + size > self.disk_bytes:
+            return False
+        for key in victims:
+            self._mine.pop(key, None)
+        self._mine[keep] = size
+        self._writing.add(keep)  # before any pause: no other decision may take this room back
+        await to_io(_unlink_all, [self._path(k) for k in victims])
+        return True
+
+
+def _list_cache(folder: Path) -> list[tuple[str, int, float]]:
+    """``(key, size, mtime)`` of the shards in a cache folder."""
+    files = []
+    for entry in os.scandir(folder):
+        if entry.name.endswith(SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat()
+                files.append((entry.name[:-len(SUFFIX)], st.st_size, st.st_mtime))
+    return files
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _size_of(path: Path) -> int | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 from typing import Any
 
 import numpy as np
@@ -65,12 +66,9 @@ class RemoteDataset:
         self._refs = [self._ref(s.name, s.bytes, s.crc32) for s in manifest.shards]
         self._offsets: dict[int, Any] = {}  # shard -> item offsets, once known
         self._offset_tasks: dict[int, asyncio.Task[Any]] = {}
-        # the plan of the epoch being read: this rank's shards in order of first use, and how
-        # many of each shard's items are still to be served
-        self._plan_epoch = -1
-        self._sequence: list[int] = []
-        self._position: dict[int, int] = {}
-        self._left: dict[int, int] = {}
+        # the plans of the epochs being read (the current one, and the next once it started)
+        self._plans: list[_Plan] = []
+        self._new_plans: collections.deque[_Plan] = collections.deque()  # from the sampler's thread
 
     def _ref(self, name: str, size: int | None, crc: int | None) -> ShardRef:
         if "://" in name:  # a full URL in a wids list: its own source, sharing the stats
@@ -147,33 +145,47 @@ class RemoteDataset:
 
     # planning ----------------------------------------------------------------------------------
     def plan(self, epoch: int, items: np.ndarray) -> None:
-        """Take note of this rank's items of ``epoch`` (called by the sampler, from a thread)."""
+        """Take note of this rank's items of ``epoch`` (called by the sampler, from a thread:
+        the plan is built here and handed over in one assignment)."""
         shards = np.searchsorted(np.asarray(self._starts[1:]), items, side="right")
-        firsts = np.unique(shards, return_index=True)
-        sequence = [int(k) for k in firsts[0][np.argsort(firsts[1])]]
-        left = dict(zip(*[a.tolist() for a in np.unique(shards, return_counts=True)], strict=True))
-        # one assignment each, read on the loop
-        self._sequence, self._position = sequence, {k: i for i, k in enumerate(sequence)}
-        self._left, self._plan_epoch = left, epoch
-        self.cache.begin_epoch()
+        keys, firsts, counts = np.unique(shards, return_index=True, return_counts=True)
+        sequence = [int(k) for k in keys[np.argsort(firsts)]]
+        self._new_plans.append(_Plan(epoch, sequence, dict(zip(keys.tolist(), counts.tolist(), strict=True))))
+
+    def _current_plans(self) -> list[_Plan]:
+        """The plans on the loop: the newest sampler deals taken in (thread-safe deque)."""
+        while self._new_plans:
+            plan = self._new_plans.popleft()
+            self._plans = [p for p in self._plans if p.epoch != plan.epoch and p.left][-1:] + [plan]
+        return self._plans
 
     def _served(self, shard: int) -> None:
-        left = self._left.get(shard)
-        if left is None:
-            return
-        if left <= 1:
-            self._left.pop(shard, None)
-            self.cache.release(self._refs[shard])
-        else:
-            self._left[shard] = left - 1
+        """One item of ``shard`` was served: count it against the oldest plan that still needs
+        the shard; when no plan needs it any more, the cache may evict it first."""
+        for plan in self._current_plans():
+            left = plan.left.get(shard, 0)
+            if left:
+                if left == 1:
+                    del plan.left[shard]
+                    if not any(shard in p.left for p in self._plans):
+                        self.cache.release(self._refs[shard])
+                else:
+                    plan.left[shard] = left - 1
+                break
+        if self._plans and not self._plans[0].left and len(self._plans) > 1:
+            self._plans = self._plans[1:]
 
     def _read_ahead(self, shard: int) -> None:
-        pos = self._position.get(shard)
-        if pos is None or self.fetch != "shard":
+        """Start the downloads of the shards this rank reads after ``shard``, within budget."""
+        if self.fetch != "shard":
             return
-        for k in self._sequence[pos + 1:pos + 1 + self.lookahead]:
-            if not self.cache.prefetch(self._refs[k]):
-                break
+        for plan in self._current_plans():
+            pos = plan.position.get(shard)
+            if pos is not None and shard in plan.left:
+                for k in plan.sequence[pos + 1:pos + 1 + self.lookahead]:
+                    if not self.cache.prefetch(self._refs[k]):
+                        break
+                return
 
     # reading -----------------------------------------------------------------------------------
     async def aget(self, index: int) -> Any:
@@ -250,6 +262,15 @@ class RemoteDataset:
         for task in self._offset_tasks.values():
             task.cancel()
         await self.cache.aclose()
+
+
+class _Plan:
+    """One epoch's reading plan on this rank: its shards in order of first use, and how many of
+    each shard's items are still to be served."""
+
+    def __init__(self, epoch: int, sequence: list[int], left: dict[int, int]) -> None:
+        self.epoch, self.sequence, self.left = epoch, sequence, left
+        self.position = {k: i for i, k in enumerate(sequence)}
 
 
 class _Detached:

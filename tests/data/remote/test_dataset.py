@@ -181,12 +181,8 @@ def _run(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-async def test_resume_after_kill_9_is_exact_and_downloads_only_what_is_left(s3, tmp_path):
-    url = await _packed(s3)
-    log = tmp_path / "log.json"
-    straight = _run([url, tmp_path / "c0", tmp_path / "straight.json"])
-    assert straight.wait(60) == 0, straight.stderr.read()
-    order = json.loads((tmp_path / "straight.json").read_text())["consumed"]
+def _kill_midway(url: str, tmp_path: Path, log: Path) -> None:
+    """Start a reader, kill -9 it once half the epoch is logged."""
     victim = _run([url, tmp_path / "c1", log, "--pause", "0.05"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -195,17 +191,28 @@ async def test_resume_after_kill_9_is_exact_and_downloads_only_what_is_left(s3, 
         time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(10)
-    state_file = tmp_path / "state.json"
-    state_file.write_text(log.read_text())
-    done = json.loads(log.read_text())["consumed"]
-    assert 0 < len(done) < N
-    resumed = _run([url, tmp_path / "c2", log, "--state", state_file])  # a fresh, empty cache
+
+
+def _finish(url: str, tmp_path: Path, log: Path, state: Path) -> dict:
+    resumed = _run([url, tmp_path / "c2", log, "--state", state])  # a fresh, empty cache
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
+    return json.loads(out)
+
+
+async def test_resume_after_kill_9_is_exact_and_downloads_only_what_is_left(s3, tmp_path):
+    url = await _packed(s3)
+    log, state = tmp_path / "log.json", tmp_path / "state.json"
+    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path / "c0"))
+    order = ds.sampler(seed=5).items(0).tolist()  # what an uninterrupted run reads (stream.py)
+    await to_io(_kill_midway, url, tmp_path, log)
+    state.write_text(log.read_text())
+    done = json.loads(log.read_text())["consumed"]
+    assert 0 < len(done) < N
+    report = await to_io(_finish, url, tmp_path, log, state)
     assert json.loads(log.read_text())["consumed"] == order  # the exact sequence, once
     # only shards with items still to read were downloaded
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path / "c3"))
     left = {ds.locate(i)[0] for i in order[len(done):]}
     needed = sum(ds.manifest.shards[k].bytes or 0 for k in left)
-    assert json.loads(out)["bytes"] <= needed + 4096  # + the index
+    assert report["bytes"] <= needed + 4096  # + the index
     assert needed < sum(s.bytes or 0 for s in ds.manifest.shards)

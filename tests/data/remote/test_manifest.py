@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from aiotrain.data.remote.manifest import (Manifest, ManifestError, ShardInfo, manifest_json,
-                                           parse_manifest)
+from aiotrain.data.remote.manifest import (
+    Manifest,
+    ManifestError,
+    ShardInfo,
+    manifest_json,
+    parse_manifest,
+)
 
 
 def test_both_layouts_round_trip():

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from aiotrain.data.remote.codec import encode_item
-from aiotrain.data.remote.packed import (ShardFormatError, build_shard, header_size, item_bounds,
-                                         iter_items, read_offsets)
+from aiotrain.data.remote.packed import (
+    ShardFormatError,
+    build_shard,
+    header_size,
+    item_bounds,
+    iter_items,
+    read_offsets,
+)
 
 
 def test_any_item_is_read_from_its_range():
