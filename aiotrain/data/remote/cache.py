@@ -6,9 +6,9 @@ shared by the processes of one machine.
 - **Downloads.** A shard is fetched as parallel range requests of ``chunk_bytes`` (object stores
   cap each connection; many connections fill the pipe), at most ``max_requests`` in flight across
   the process, every range pinned to one version of the object (``If-Match`` its ETag). It is
-  checked (size, and CRC-32 where the index has one) before any of its items is served, written
-  to disk with ``files.atomic_write`` (temp file, fsync, rename: another process sees the whole
-  file or none), and kept in memory while the memory budget allows.
+  checked (size, and CRC-32 where the index has one) before any of its items is served, kept in
+  memory while the memory budget allows, and written to disk in the background with
+  ``files.atomic_write`` (temp file, fsync, rename: another process sees the whole file or none).
 - **Several processes.** One download per shard per machine: a process takes the shard's file lock
   (``filelock``; tried without blocking, the loop is never blocked) before downloading, and a
   process that waited finds the file there. Reading needs no lock: files are only ever replaced
@@ -96,6 +96,7 @@ class ShardCache:
         self._done: set[str] = set()  # keys no plan needs now (every item of this epoch served)
         self._mine: dict[str, int] = {}  # files this process wrote (or is writing): their sizes
         self._writing: set[str] = set()
+        self._writes: set[asyncio.Task[None]] = set()  # downloads being written to disk
         self._requests: asyncio.Semaphore | None = None
         self._downloading = 0  # bytes of downloads in flight (the read-ahead budget)
 
@@ -163,11 +164,13 @@ class ShardCache:
         return sum(len(h.data) for h in self._held.values())
 
     async def aclose(self) -> None:
-        """Stop downloads in flight and drop what is held in memory (files stay)."""
+        """Stop downloads in flight, finish the writes to disk under way, and drop what is held
+        in memory (files stay)."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._writes, return_exceptions=True)
         self._tasks.clear()
         self._held.clear()
 
@@ -222,7 +225,8 @@ class ShardCache:
         return self._hold_or_pass(key, memoryview(data))
 
     async def _fetch(self, ref: ShardRef, key: str) -> _Held | Path | memoryview:
-        """Download ``ref`` once per machine (file lock), check it, store it, hold it."""
+        """Download ``ref`` once per machine (file lock), check it, hold it; the write to disk
+        goes on in the background (still under the lock), so items are served at once."""
         path, size = self._path(key), self._size(ref)
         if self.disk_bytes == 0:
             return self._hold_or_pass(key, memoryview(await self._download(ref)))
@@ -232,8 +236,21 @@ class ShardCache:
             if await to_io(_size_of, path) == size:
                 data = await to_io(path.read_bytes)  # another process fetched it meanwhile
                 if _intact(data, ref):
+                    lock.release()
                     return self._hold_or_pass(key, memoryview(data))
             data = await self._download(ref)
+        except BaseException:
+            lock.release()
+            raise
+        writer = asyncio.create_task(self._store(key, path, data, lock))
+        self._writes.add(writer)
+        writer.add_done_callback(self._writes.discard)
+        return self._hold_or_pass(key, memoryview(data))
+
+    async def _store(self, key: str, path: Path, data: bytes, lock: Any) -> None:
+        """Write a downloaded shard to the cache folder (if the disk budget allows), atomically,
+        then let other processes waiting for it in."""
+        try:
             if await self._room_on_disk(len(data), key):
                 try:
                     await to_io(atomic_write, path, data)
@@ -244,7 +261,6 @@ class ShardCache:
                     self._writing.discard(key)
         finally:
             lock.release()
-        return self._hold_or_pass(key, memoryview(data))
 
     async def _download(self, ref: ShardRef) -> bytes:
         source = ref.source

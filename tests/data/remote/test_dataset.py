@@ -173,6 +173,7 @@ async def test_elastic_resume_continues_the_epoch_exactly(s3, tmp_path, before, 
     for loader in second:  # and the next epoch is whole, dealt among the new ranks
         nxt += await _epoch(loader)
     assert sorted(nxt) == list(range(N))
+    await cache.aclose()
 
 
 def _run(args, **kw):
