@@ -26,7 +26,7 @@ _EXPORTS = {
     "ShardSampler": "order", "epoch_order": "order",
     "ShardCache": "cache", "ShardIntegrityError": "cache",
     "RemoteDataset": "dataset", "RemoteDatasetError": "dataset",
-    "TransferStats": "stats", "attach_data_metrics": "stats",
+    "TransferStats": "stats", "attach_data_metrics": "stats", "DataMetrics": "stats",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -41,4 +41,4 @@ if TYPE_CHECKING:
     from .pack import PackWriter, pack
     from .retry import Retry
     from .source import ObjectError, ObjectSource
-    from .stats import TransferStats, attach_data_metrics
+    from .stats import DataMetrics, TransferStats, attach_data_metrics

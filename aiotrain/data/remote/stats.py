@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TransferStats", "attach_data_metrics"]
+__all__ = ["DataMetrics", "TransferStats", "attach_data_metrics"]
 
 
 @dataclass
@@ -73,10 +73,11 @@ class TransferStats:
         }
 
 
-def attach_data_metrics(engine: Any, stats: TransferStats, run: Any, every: int = 50) -> None:
+def attach_data_metrics(engine: Any, stats: TransferStats, run: Any = None, every: int = 50) -> None:
     """Measure the engine's time waiting on data into ``stats`` and log ``stats.metrics()`` to
-    ``run`` (a tracking Run, or anything with ``log(metrics, step)``) every ``every`` iterations.
-    The handlers are sync: they run on the compute thread and cost a clock read each."""
+    ``run`` (a tracking Run, or anything with ``log(metrics, step)``; None: measure only) every
+    ``every`` iterations. The handlers are sync: they run on the compute thread and cost a clock
+    read each."""
     from ...events import Events
 
     started: list[float] = [0.0]
@@ -88,8 +89,20 @@ def attach_data_metrics(engine: Any, stats: TransferStats, run: Any, every: int 
         stats.wait_s += time.perf_counter() - started[0]
 
     def log_metrics(eng: Any) -> None:
-        run.log(stats.metrics(), step=eng.state.iteration)
+        if run is not None:
+            run.log(stats.metrics(), step=eng.state.iteration)
 
     engine.add_event_handler(Events.GET_BATCH_STARTED, batch_started)
     engine.add_event_handler(Events.GET_BATCH_COMPLETED, batch_completed)
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=every), log_metrics)
+
+
+class DataMetrics:
+    """A TrainJob part (``Task(handlers=[DataMetrics(dataset.stats)])``): the data figures of
+    ``attach_data_metrics``, logged to the job's tracked run every ``every`` iterations."""
+
+    def __init__(self, stats: TransferStats, every: int = 50) -> None:
+        self.stats, self.every = stats, every
+
+    def attach(self, ctx: Any) -> None:
+        attach_data_metrics(ctx.trainer, self.stats, ctx.run, self.every)
