@@ -41,6 +41,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -251,48 +252,57 @@ def run_ceiling(spec: dict) -> dict:
     return {"items_s": round(spec["items"] / asyncio.run(go()), 1)}
 
 
-def _wds_decode(sample):
-    return decode(sample["jpg"]), int(sample["cls"])
-
-
 def run_webdataset(spec: dict) -> dict:
     import webdataset as wds
     from torch.utils.data import DataLoader
 
     t0 = time.perf_counter()
     ds = wds.WebDataset(spec["urls"], shardshuffle=False, empty_check=False,
-                        workersplitter=wds.split_by_worker).map(_wds_decode)
+                        workersplitter=wds.split_by_worker).map(_sample_decode)
     dl = DataLoader(ds, batch_size=BATCH, num_workers=spec["workers"])
     return _consume(dl, spec["items"], t0)
+
+
+class _MosaicImages:
+    """MosaicML Streaming's dataset with the shared decode (a class made on first use: the
+    library is imported only where it runs)."""
+
+    made: Any = None
+
+    @classmethod
+    def make(cls, **kw: Any) -> Any:
+        from streaming import StreamingDataset
+
+        class Images(StreamingDataset):
+            def __getitem__(self, i):
+                return _sample_decode(super().__getitem__(i))
+
+        Images.__qualname__ = "_MosaicImages.made"
+        cls.made = Images
+        return Images(**kw)
 
 
 def run_mosaic(spec: dict) -> dict:
-    from streaming import StreamingDataset
     from torch.utils.data import DataLoader
 
-    class Images(StreamingDataset):
-        def __getitem__(self, i):
-            sample = super().__getitem__(i)
-            return decode(sample["jpg"]), int(sample["cls"])
-
     t0 = time.perf_counter()
-    ds = Images(remote=spec["url"], local=spec["cache"], shuffle=False, batch_size=BATCH)
+    ds = _MosaicImages.make(remote=spec["url"], local=spec["cache"], shuffle=False, batch_size=BATCH)
     dl = DataLoader(ds, batch_size=BATCH, num_workers=spec["workers"])
     return _consume(dl, spec["items"], t0)
+
+
+def _sample_decode(sample: dict):
+    return decode(sample["jpg"]), int(sample["cls"])
 
 
 def run_litdata(spec: dict) -> dict:
     import litdata
     from torch.utils.data import DataLoader
 
-    class Images(litdata.StreamingDataset):
-        def __getitem__(self, i):
-            sample = super().__getitem__(i)
-            return decode(sample["jpg"]), int(sample["cls"])
-
     t0 = time.perf_counter()
-    ds = Images(spec["url"], storage_options={"endpoint_url": spec["endpoint"]},
-                max_cache_size="8GB", cache_dir=spec["cache"])
+    ds = litdata.StreamingDataset(spec["url"], storage_options={"endpoint_url": spec["endpoint"]},
+                                  max_cache_size="8GB", cache_dir=spec["cache"],
+                                  transform=_sample_decode)
     dl = DataLoader(ds, batch_size=BATCH, num_workers=spec["workers"])
     return _consume(dl, spec["items"], t0)
 
@@ -391,7 +401,8 @@ def measure(name: str, spec: dict, env: dict, notes: dict, key: str, timeout: in
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln]
+        tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
         notes[key] = f"{name} could not run: {tail[:300]}"
         return None
     out = json.loads(lines[-1])
@@ -428,11 +439,8 @@ def _write_mds(jpegs: list[bytes], out: Path) -> str | None:
     return None
 
 
-def _litdata_item(i: int):
-    return {"jpg": _JPEGS[i], "cls": i % 10}
-
-
-_JPEGS: list[bytes] = []
+def _litdata_item(path: str) -> dict:
+    return {"jpg": Path(path).read_bytes(), "cls": int(Path(path).stem) % 10}
 
 
 def _write_litdata(jpegs: list[bytes], out: Path) -> str | None:
@@ -440,10 +448,15 @@ def _write_litdata(jpegs: list[bytes], out: Path) -> str | None:
         import litdata
     except Exception as exc:
         return f"litdata cannot be imported here: {type(exc).__name__}: {exc}"[:300]
-    _JPEGS[:] = jpegs
+    folder = out.parent / "jpgs"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, raw in enumerate(jpegs):
+        (folder / f"{i:06d}.jpg").write_bytes(raw)
+        paths.append(str(folder / f"{i:06d}.jpg"))
     try:
-        litdata.optimize(fn=_litdata_item, inputs=list(range(len(jpegs))), output_dir=str(out),
-                         chunk_bytes="64MB", num_workers=1, mode="overwrite")
+        litdata.optimize(fn=_litdata_item, inputs=paths, output_dir=str(out), chunk_bytes="64MB",
+                         num_workers=1, mode="overwrite")
     except Exception as exc:
         return f"litdata.optimize failed: {type(exc).__name__}: {exc}"[:300]
     return None
