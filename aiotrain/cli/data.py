@@ -91,8 +91,7 @@ def _pack(args: Any) -> int:
     except (FileNotFoundError, TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
-        print(f"aiotrain data: {exc}")
-        return ExitCode.FAILED
+        raise UserError(str(exc), code=ExitCode.FAILED) from None
     size = sum(s.bytes or 0 for s in manifest.shards)
     print(f"packed {manifest.items} items into {len(manifest.shards)} {manifest.format} shards "
           f"({size / 1e6:.1f} MB) at {args.out}")
@@ -122,8 +121,7 @@ def _index(args: Any) -> int:
         manifest = index_tars(shards)
         run(write(manifest_json(manifest)))
     except ObjectError as exc:
-        print(f"aiotrain data: {exc}")
-        return ExitCode.FAILED
+        raise UserError(str(exc), code=ExitCode.FAILED) from None
     except ValueError as exc:
         raise UserError(str(exc)) from None
     print(f"indexed {manifest.items} samples in {len(shards)} tar shards into {args.output}")
@@ -142,6 +140,5 @@ def _check(args: Any) -> int:
     try:
         print(f"ok: {run(check())}")
     except (RemoteDatasetError, OSError) as exc:
-        print(f"aiotrain data: {exc}")
-        return ExitCode.FAILED
+        raise UserError(str(exc), code=ExitCode.FAILED) from None
     return ExitCode.OK

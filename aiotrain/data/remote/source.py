@@ -66,7 +66,8 @@ def join_url(base: str, name: str) -> str:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
-        return "no such object (check the URL and the bucket)"
+        text = str(exc)
+        return text if text.startswith("no such folder") else "no such object (check the URL and the bucket)"
     if isinstance(exc, PermissionError):
         return "access refused (check the credentials in the environment or config files)"
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -122,7 +123,12 @@ class ObjectSource:
     # the store ------------------------------------------------------------------------------------
     async def _client(self) -> tuple[Any, Any]:
         if self._store is None:
-            self._store = await to_io(self._make_store)
+            try:
+                self._store = await to_io(self._make_store)
+            except ImportError:
+                raise
+            except Exception as exc:  # a bad URL or option, a local folder that is not there
+                raise ObjectError(self.url, 1, exc, False) from exc
         import obstore  # already imported by _make_store, on the I/O thread
 
         return obstore, self._store
@@ -134,6 +140,8 @@ class ObjectSource:
         except ImportError as exc:
             raise ImportError(f"reading object storage needs obstore; {EXTRA_HINT}") from exc
         if self._local is not None:
+            if not self.options.get("mkdir") and not Path(self._local).is_dir():
+                raise FileNotFoundError("no such folder")
             return LocalStore(self._local, mkdir=bool(self.options.get("mkdir")))
         parts = urlsplit(self.url)
         options = dict(self.options)
