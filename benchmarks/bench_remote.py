@@ -153,7 +153,7 @@ def run_aiotrain_packed(spec: dict) -> dict:
 
     t0 = time.perf_counter()
     cache = ShardCache(spec["cache"], disk_bytes=spec.get("disk_bytes", 16 << 30))
-    ds = run(RemoteDataset.open(spec["url"], cache=cache))
+    ds = run(RemoteDataset.aopen(spec["url"], cache=cache))
     loader = AsyncLoader(ds, BATCH, sampler=ds.sampler(seed=0), workers=spec["workers"],
                          transform=decode_item, rng="numpy", concurrency=128, prefetch=6)
     try:
@@ -180,7 +180,7 @@ class _PerObject:
         return (_Sized, (self.n,))
 
     async def aget(self, i: int) -> dict:
-        return {"jpg": bytes(await self.source.get(f"{i:06d}.jpg")), "cls": i % 10}
+        return {"jpg": bytes(await self.source.aget(f"{i:06d}.jpg")), "cls": i % 10}
 
 
 class _Sized:
@@ -318,7 +318,7 @@ def run_resume(spec: dict) -> dict:
         return [int(it["i"]) for it in items]
 
     async def go() -> bool:
-        ds = await RemoteDataset.open(spec["url"], cache=ShardCache(spec["cache"]))
+        ds = await RemoteDataset.aopen(spec["url"], cache=ShardCache(spec["cache"]))
         def loader():
             return AsyncLoader(ds, BATCH, sampler=ds.sampler(seed=3), collate_fn=ids)
         straight = [i async for b in loader() for i in b]

@@ -53,8 +53,8 @@ async def build(cfg: Any) -> Task:
     """The task: datasets opened (and checked) from ``data.url``, then the digits model."""
     torch.manual_seed(cfg.seed)
     cache = ShardCache(cfg.data.cache, disk_bytes=1 << 30)
-    train_ds = await RemoteDataset.open(f"{cfg.data.url}/train", cache=cache)
-    val_ds = await RemoteDataset.open(f"{cfg.data.url}/val", cache=cache)
+    train_ds = await RemoteDataset.aopen(f"{cfg.data.url}/train", cache=cache)
+    val_ds = await RemoteDataset.aopen(f"{cfg.data.url}/val", cache=cache)
     train_loader = AsyncLoader(train_ds, cfg.data.batch_size, sampler=train_ds.sampler(seed=cfg.seed),
                                transform=to_pair, seed=cfg.seed, workers=cfg.data.get("workers", 0))
     val_loader = AsyncLoader(val_ds, 256, sampler=val_ds.sampler(shuffle="none"),

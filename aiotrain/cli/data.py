@@ -109,12 +109,12 @@ def _index(args: Any) -> int:
         for url in args.shards:
             base, _, name = url.rpartition("/")
             out.append((name if base == args.output.rpartition("/")[0] else url,
-                        bytes(await ObjectSource(base or ".").get(name))))
+                        bytes(await ObjectSource(base or ".").aget(name))))
         return out
 
     async def write(data: bytes) -> None:
         base, _, name = args.output.rpartition("/")
-        await ObjectSource(base or ".").put(name, data)
+        await ObjectSource(base or ".").aput(name, data)
 
     try:
         shards = run(read_all())
@@ -133,8 +133,8 @@ def _check(args: Any) -> int:
     from ..runtime import run
 
     async def check() -> str:
-        ds = await RemoteDataset.open(args.url, index=args.index, check=False)
-        await ds.check(every=True)
+        ds = await RemoteDataset.aopen(args.url, index=args.index, check=False)
+        await ds.acheck(every=True)
         return repr(ds)
 
     try:

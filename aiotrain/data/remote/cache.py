@@ -101,7 +101,7 @@ class ShardCache:
         self._downloading = 0  # bytes of downloads in flight (the read-ahead budget)
 
     # public ----------------------------------------------------------------------------------
-    async def read(self, ref: ShardRef, start: int, end: int) -> memoryview:
+    async def aread(self, ref: ShardRef, start: int, end: int) -> memoryview:
         """Bytes ``[start, end)`` of shard ``ref``, from memory, disk, or a download first."""
         key = await self._key(ref)
         self._done.discard(key)  # being read: needed again
@@ -150,7 +150,7 @@ class ShardCache:
         if key is not None:
             self._done.add(key)
 
-    async def size(self, ref: ShardRef) -> int:
+    async def asize(self, ref: ShardRef) -> int:
         """The shard's size: the index's, or the store's (one HEAD, remembered)."""
         await self._key(ref)
         return self._size(ref)
@@ -185,7 +185,7 @@ class ShardCache:
         known = self._known_key(ref)
         if known is not None:
             return known
-        info = await ref.source.head(ref.name)  # shards without a CRC: keyed by ETag and size
+        info = await ref.source.ahead(ref.name)  # shards without a CRC: keyed by ETag and size
         if ref.size is not None and info.size != ref.size:
             raise ShardIntegrityError(f"{ref.url}: the store has {info.size} bytes, the index "
                                       f"says {ref.size}")
@@ -268,7 +268,7 @@ class ShardCache:
         if info is None and ref.size is not None and ref.crc32 is not None:
             info = ObjectInfo(ref.size, None)  # the CRC checks the whole: no HEAD needed
         elif info is None:
-            info = await source.head(ref.name)
+            info = await source.ahead(ref.name)
             self._info[ref.url] = info
         size, etag = info.size, info.etag
         if ref.size is not None and size != ref.size:
@@ -282,7 +282,7 @@ class ShardCache:
                 hi = min(lo + self.chunk_bytes, size)
                 assert self._requests is not None
                 async with self._requests:
-                    part = await source.get(ref.name, lo, hi, etag=etag)
+                    part = await source.aget(ref.name, lo, hi, etag=etag)
                 if len(part) != hi - lo:
                     raise ShardIntegrityError(f"{ref.url}: range {lo}-{hi} came back with {len(part)} bytes")
                 buf[lo:hi] = part

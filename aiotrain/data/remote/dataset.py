@@ -1,7 +1,7 @@
 """RemoteDataset: the items of a sharded dataset in object storage, as a map-style dataset that
 AsyncLoader fetches on the event loop.
 
-``await RemoteDataset.open(url)`` reads the dataset's index (``index.json``: the packed format,
+``await RemoteDataset.aopen(url)`` reads the dataset's index (``index.json``: the packed format,
 or a wids shard list of WebDataset tars) and checks that the first shard is there and readable,
 so a wrong URL, a missing object or a refused credential is one line at start, not an error an
 hour in. Item ``i`` is numbered shard-major. ``aget(i)`` returns the item as stored: a packed
@@ -50,7 +50,7 @@ class RemoteDatasetError(RuntimeError):
 
 class RemoteDataset:
     """A sharded dataset in object storage (see the module docstring). Build it with
-    ``await RemoteDataset.open(url, ...)``."""
+    ``await RemoteDataset.aopen(url, ...)``."""
 
     def __init__(self, url: str, manifest: Manifest, *, cache: ShardCache | None = None,
                  fetch: str = "shard", retry: Retry | None = None,
@@ -79,7 +79,7 @@ class RemoteDataset:
         return ShardRef(self.source, name, size, crc)
 
     @classmethod
-    async def open(cls, url: str, *, index: str = INDEX_NAME, cache: ShardCache | None = None,
+    async def aopen(cls, url: str, *, index: str = INDEX_NAME, cache: ShardCache | None = None,
                    fetch: str = "shard", retry: Retry | None = None,
                    options: dict[str, Any] | None = None, check: bool = True) -> RemoteDataset:
         """Read ``url``/``index`` and check the first shard (``check``): a missing index or shard
@@ -87,7 +87,7 @@ class RemoteDataset:
         source = ObjectSource(url, retry=retry, options=options)
         where = join_url(url, index)
         try:
-            raw = await source.get(index)
+            raw = await source.aget(index)
             manifest = parse_manifest(raw, where)
         except ObjectError as exc:
             raise RemoteDatasetError(f"cannot open the dataset: {exc}") from None
@@ -96,10 +96,10 @@ class RemoteDataset:
         ds = cls(url, manifest, cache=cache, fetch=fetch, retry=retry, options=options)
         ds.stats.bytes += len(raw)
         if check:
-            await ds.check()
+            await ds.acheck()
         return ds
 
-    async def check(self, every: bool = False) -> None:
+    async def acheck(self, every: bool = False) -> None:
         """HEAD the first shard (``every``: all of them, together): ``RemoteDatasetError`` (one
         line) if one is missing, refused or not the size the index says."""
         refs = self._refs if every else self._refs[:1]
@@ -107,7 +107,7 @@ class RemoteDataset:
 
     async def _check_shard(self, ref: ShardRef) -> None:
         try:
-            info = await ref.source.head(ref.name)
+            info = await ref.source.ahead(ref.name)
         except ObjectError as exc:
             raise RemoteDatasetError(f"cannot read the dataset's shard: {exc}") from None
         if ref.size is not None and info.size != ref.size:
@@ -198,7 +198,7 @@ class RemoteDataset:
                 self._read_ahead(shard)
                 offsets = await self._shard_offsets(shard, whole=True)
                 start, end = item_bounds(offsets, local)
-                raw = await self.cache.read(ref, start, end)
+                raw = await self.cache.aread(ref, start, end)
                 if local_now:
                     self.stats.hits += 1
                 else:
@@ -207,7 +207,7 @@ class RemoteDataset:
                 offsets = await self._shard_offsets(shard, whole=False)
                 start, end = item_bounds(offsets, local)
                 self.stats.misses += 1
-                raw = await ref.source.get(ref.name, start, end)
+                raw = await ref.source.aget(ref.name, start, end)
         finally:
             self._served(shard)
         return self._decode(raw, ref.url)
@@ -243,14 +243,14 @@ class RemoteDataset:
             return np.asarray(info.offsets, dtype=np.int64)
         if self.manifest.format == "packed":
             head_end = header_size(info.items)
-            head = await (self.cache.read(ref, 0, head_end) if whole
-                          else ref.source.get(ref.name, 0, head_end))
+            head = await (self.cache.aread(ref, 0, head_end) if whole
+                          else ref.source.aget(ref.name, 0, head_end))
             return read_offsets(head, info.items, info.bytes or head_end, ref.url)
         if not whole:
             raise RemoteDatasetError(f"{ref.url}: reading tar samples by range needs an index "
                                      "with offsets (aiotrain data index)")
-        size = await self.cache.size(ref)
-        data = await self.cache.read(ref, 0, size)
+        size = await self.cache.asize(ref)
+        data = await self.cache.aread(ref, 0, size)
         offsets = sample_offsets(data, ref.url)
         if len(offsets) - 1 != info.items:
             raise RemoteDatasetError(f"{ref.url}: {len(offsets) - 1} samples in the shard, "

@@ -90,7 +90,7 @@ class PackWriter:
             atomic_write(Path(self._local) / name, data)
         else:
             assert self._source is not None
-            asyncio.run(self._source.put(name, data))
+            asyncio.run(self._source.aput(name, data))
 
     def close(self) -> Manifest:
         """Write the last shard and the index; returns the index."""

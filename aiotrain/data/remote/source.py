@@ -2,8 +2,8 @@
 local files, through obstore (the Rust ``object_store`` crate's Python binding).
 
 ``ObjectSource(url)`` names a prefix (``s3://bucket/train``, ``gs://...``, ``az://...``,
-``https://host/data``, ``file:///data`` or a plain local path); ``get(name, start, end)``,
-``head(name)``, ``put(name, data)`` act on objects under it. Credentials come from where each
+``https://host/data``, ``file:///data`` or a plain local path); ``aget(name, start, end)``,
+``ahead(name)``, ``aput(name, data)`` act on objects under it. Credentials come from where each
 store's own tools look: the environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
 ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_ACCOUNT_NAME``, ...) and, for S3 without
 keys in the environment, the AWS config files through boto3 when it is installed. Nothing is
@@ -159,7 +159,7 @@ class ObjectSource:
         return from_url(self.url, config=options or None, **kwargs)  # type: ignore[arg-type]
 
     # requests -------------------------------------------------------------------------------------
-    async def get(self, name: str, start: int | None = None, end: int | None = None,
+    async def aget(self, name: str, start: int | None = None, end: int | None = None,
                   etag: str | None = None) -> memoryview:
         """The bytes of ``name`` (``[start, end)`` when given: one range request). With ``etag``
         the read fails unless the object still has that ETag (no mixing of two versions)."""
@@ -175,7 +175,7 @@ class ObjectSource:
 
         return await self._call(name, once)
 
-    async def head(self, name: str) -> ObjectInfo:
+    async def ahead(self, name: str) -> ObjectInfo:
         """Size and ETag of ``name``; ``ObjectError`` at once when it is missing or refused."""
         async def once(obs: Any, store: Any) -> tuple[ObjectInfo, int]:
             meta = await obs.head_async(store, name)
@@ -183,7 +183,7 @@ class ObjectSource:
 
         return await self._call(name, once)
 
-    async def put(self, name: str, data: bytes | memoryview) -> None:
+    async def aput(self, name: str, data: bytes | memoryview) -> None:
         """Write ``name`` (whole; the store makes it visible atomically)."""
         async def once(obs: Any, store: Any) -> tuple[None, int]:
             await obs.put_async(store, name, bytes(data) if isinstance(data, memoryview) else data)

@@ -24,7 +24,7 @@ async def _dataset(s3, tmp_path, **cache) -> tuple[str, RemoteDataset]:
     url = f"{s3.url}/c"
     items = [{"i": i, "x": np.random.default_rng(i).bytes(200)} for i in range(N)]
     await to_io(pack, items, url, shard_bytes=4000)
-    return url, await RemoteDataset.open(url, cache=ShardCache(tmp_path / "cache", **cache))
+    return url, await RemoteDataset.aopen(url, cache=ShardCache(tmp_path / "cache", **cache))
 
 
 async def _epoch(ds: RemoteDataset, **kw) -> list[int]:
@@ -40,14 +40,14 @@ def _cached(folder: Path) -> list[Path]:
 async def test_budgets_hold_under_a_small_cache(s3, tmp_path):
     url, probe = await _dataset(s3, tmp_path)
     shard = max(s.bytes or 0 for s in probe.manifest.shards)
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path / "small", disk_bytes=int(2.5 * shard),
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path / "small", disk_bytes=int(2.5 * shard),
                                                         memory_bytes=shard + 10))
     for epoch_seed in (0, 1):
         assert sorted(await _epoch(ds, seed=epoch_seed)) == list(range(N))
         on_disk = sum(p.stat().st_size for p in _cached(tmp_path / "small"))
         assert on_disk <= 2.5 * shard and ds.cache.held_bytes() <= shard + 10
+    await ds.aclose()  # waits for the writes under way
     assert 1 <= len(_cached(tmp_path / "small")) < len(probe.counts)  # some were evicted
-    await ds.aclose()
 
 
 async def test_a_corrupt_cached_shard_is_fetched_again(s3, tmp_path):
@@ -58,7 +58,7 @@ async def test_a_corrupt_cached_shard_is_fetched_again(s3, tmp_path):
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
-    again = await RemoteDataset.open(url, cache=ShardCache(tmp_path / "cache"))
+    again = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path / "cache"))
     index_bytes = again.stats.bytes
     assert sorted(await _epoch(again)) == list(range(N))
     assert again.stats.bytes - index_bytes == len(data)  # that shard, and only it, downloaded again

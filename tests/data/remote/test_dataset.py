@@ -51,7 +51,7 @@ async def _epoch(loader) -> list[int]:
 
 async def test_every_item_once_and_the_second_epoch_from_the_cache(s3, tmp_path):
     url = await _packed(s3, compression="zlib")
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path))
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
     assert len(ds) == N and len(ds.counts) > 4
     loader = AsyncLoader(ds, batch_size=16, sampler=ds.sampler(seed=1), collate_fn=_ids)
     first = await _epoch(loader)
@@ -67,7 +67,7 @@ async def test_every_item_once_and_the_second_epoch_from_the_cache(s3, tmp_path)
 
 async def test_decoding_in_worker_processes_does_not_change_the_batches(s3, tmp_path):
     url = await _packed(s3)
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path))
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
     batches = []
     for workers in (0, 2):
         loader = AsyncLoader(ds, batch_size=32, sampler=ds.sampler(seed=2), workers=workers,
@@ -86,20 +86,20 @@ def _decode(item, gen):
 async def test_a_wrong_url_or_a_stale_index_is_one_line_at_open(s3, tmp_path):
     with pytest.raises(RemoteDatasetError, match=r"^cannot open the dataset: s3://.*/nothing/"
                                                  r"index.json: no such object"):
-        await RemoteDataset.open(f"{s3.url}/nothing", cache=ShardCache(tmp_path))
+        await RemoteDataset.aopen(f"{s3.url}/nothing", cache=ShardCache(tmp_path))
     url = await _packed(s3)
-    await ObjectSource(url).put("shard-00000.atp", b"short")
+    await ObjectSource(url).aput("shard-00000.atp", b"short")
     with pytest.raises(RemoteDatasetError, match="5 bytes in the store, .* in the index"):
-        await RemoteDataset.open(url, cache=ShardCache(tmp_path))
+        await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
 
 
 async def test_a_corrupt_shard_is_refused_not_served(s3, tmp_path):
     url = await _packed(s3)
     src = ObjectSource(url)
-    shard = bytearray(await src.get("shard-00001.atp"))
+    shard = bytearray(await src.aget("shard-00001.atp"))
     shard[-1] ^= 0xFF  # same size, different bytes
-    await src.put("shard-00001.atp", bytes(shard))
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path))
+    await src.aput("shard-00001.atp", bytes(shard))
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
     loader = AsyncLoader(ds, batch_size=16, sampler=ds.sampler(shuffle="none"), collate_fn=_ids)
     with pytest.raises(DatasetError, match="CRC-32 of the download"):
         await _epoch(loader)
@@ -111,7 +111,7 @@ async def test_tar_shards_indexed_and_read_by_range_or_whole(s3, tmp_path, fetch
     samples = [{"__key__": f"{i:05d}", "bin": bytes([i % 256]) * 300, "cls": str(i)} for i in range(60)]
     url = f"{s3.url}/wds"
     await to_io(pack, samples, url, shard_bytes=6000, format="tar")
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path), fetch=fetch)
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path), fetch=fetch)
     assert ds.manifest.format == "tar"
     loader = AsyncLoader(ds, batch_size=7, sampler=ds.sampler(seed=3),
                          collate_fn=lambda b: [int(s["cls"]) for s in b])
@@ -124,11 +124,11 @@ async def test_tar_shards_without_offsets_are_scanned_after_download(s3, tmp_pat
     url = f"{s3.url}/plain"
     await to_io(pack, samples, url, shard_bytes=5000, format="tar")
     src = ObjectSource(url)
-    index = json.loads(bytes(await src.get("index.json")))
+    index = json.loads(bytes(await src.aget("index.json")))
     for entry in index["shardlist"]:
         del entry["offsets"], entry["crc32"]  # a plain wids list: counts and sizes only
-    await src.put("index.json", json.dumps(index).encode())
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path))
+    await src.aput("index.json", json.dumps(index).encode())
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
     loader = AsyncLoader(ds, batch_size=4, sampler=ds.sampler(seed=0),
                          collate_fn=lambda b: [int(s["cls"]) for s in b])
     assert sorted(await _epoch(loader)) == list(range(30))
@@ -137,7 +137,7 @@ async def test_tar_shards_without_offsets_are_scanned_after_download(s3, tmp_pat
 
 async def test_packed_items_read_by_range_without_the_cache(s3, tmp_path):
     url = await _packed(s3)
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path, disk_bytes=0), fetch="range")
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path, disk_bytes=0), fetch="range")
     loader = AsyncLoader(ds, batch_size=10, sampler=ds.sampler(shuffle="global", seed=4),
                          collate_fn=_ids)
     assert sorted(await _epoch(loader)) == list(range(N))
@@ -151,7 +151,7 @@ async def test_elastic_resume_continues_the_epoch_exactly(s3, tmp_path, before, 
     cache = ShardCache(tmp_path)
 
     async def loaders(world):
-        ds = await RemoteDataset.open(url, cache=cache)
+        ds = await RemoteDataset.aopen(url, cache=cache)
         return [AsyncLoader(ds, batch_size=8, sampler=ds.sampler(seed=9, rank=r, world_size=world),
                             collate_fn=_ids) for r in range(world)]
 
@@ -204,7 +204,7 @@ def _finish(url: str, tmp_path: Path, log: Path, state: Path) -> dict:
 async def test_resume_after_kill_9_is_exact_and_downloads_only_what_is_left(s3, tmp_path):
     url = await _packed(s3)
     log, state = tmp_path / "log.json", tmp_path / "state.json"
-    ds = await RemoteDataset.open(url, cache=ShardCache(tmp_path / "c0"))
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path / "c0"))
     order = ds.sampler(seed=5).items(0).tolist()  # what an uninterrupted run reads (stream.py)
     await to_io(_kill_midway, url, tmp_path, log)
     state.write_text(log.read_text())

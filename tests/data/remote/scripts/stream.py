@@ -36,7 +36,7 @@ def main() -> None:
 
 
 async def stream(args: argparse.Namespace, saved: dict | None) -> None:
-    ds = await RemoteDataset.open(args.url, cache=ShardCache(args.cache))
+    ds = await RemoteDataset.aopen(args.url, cache=ShardCache(args.cache))
     sampler = ds.sampler(seed=5, rank=args.rank, world_size=args.world)
     if args.raw:
         items = await asyncio.gather(*(ds.aget(i) for i in sampler))
