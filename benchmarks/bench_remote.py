@@ -484,6 +484,11 @@ def main() -> None:
     from aiotrain.data.remote import pack
     from examples.local_s3 import LocalS3, LoopbackProxy
 
+    # the peers' writers print progress on stdout (their spawned workers too): the set-up's
+    # output goes to stderr, and stdout carries the one JSON line
+    sys.stdout.flush()
+    json_out = os.dup(1)
+    os.dup2(2, 1)
     load_before = os.getloadavg()
     notes: dict[str, str] = {}
     n, workers = a.items, a.workers
@@ -555,6 +560,8 @@ def main() -> None:
     peers = [v for v in (rate("mosaic"), rate("litdata")) if v]
     best_peer = max(peers) if peers else None
     cached = r["aiotrain"]["epoch_items_s"][1] if r.get("aiotrain") else None
+    sys.stdout.flush()
+    os.dup2(json_out, 1)
     emit("bench_remote",
          items=n, workers=workers, batch=BATCH, step_ms=STEP_S * 1e3, delay_ms=DELAY_S * 1e3,
          cap_mb_s=RATE / 1e6, shards=len(manifest.shards),
