@@ -8,7 +8,7 @@ shared by the processes of one machine.
   the process, every range pinned to one version of the object (``If-Match`` its ETag). It is
   checked (size, and CRC-32 where the index has one) before any of its items is served, kept in
   memory while the memory budget allows, and written to disk in the background with
-  ``files.atomic_write`` (temp file, fsync, rename: another process sees the whole file or none).
+  ``files.atomic_file`` (temp file, fsync, rename: another process sees the whole file or none).
 - **Several processes.** One download per shard per machine: a process takes the shard's file lock
   (``filelock``; tried without blocking, the loop is never blocked) before downloading, and a
   process that waited finds the file there. Reading needs no lock: files are only ever replaced
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...files import atomic_write
+from ...files import atomic_file
 from ...runtime import to_io
 from .packed import crc32
 from .source import ObjectInfo, ObjectSource
@@ -219,7 +219,7 @@ class ShardCache:
             data = await to_io(path.read_bytes)
         except FileNotFoundError:  # evicted by another process meanwhile
             return await self._fetch(ref, key)
-        if not _intact(data, ref):
+        if not await to_io(_intact, data, ref):
             await to_io(_unlink, path)
             return await self._fetch(ref, key)
         return self._hold_or_pass(key, memoryview(data))
@@ -234,10 +234,10 @@ class ShardCache:
         lock = await _acquire(self.folder / f"{key}.lock")
         try:
             if await to_io(_size_of, path) == size:
-                data = await to_io(path.read_bytes)  # another process fetched it meanwhile
-                if _intact(data, ref):
+                there = await to_io(path.read_bytes)  # another process fetched it meanwhile
+                if await to_io(_intact, there, ref):
                     lock.release()
-                    return self._hold_or_pass(key, memoryview(data))
+                    return self._hold_or_pass(key, memoryview(there))
             data = await self._download(ref)
         except BaseException:
             lock.release()
@@ -247,13 +247,13 @@ class ShardCache:
         writer.add_done_callback(self._writes.discard)
         return self._hold_or_pass(key, memoryview(data))
 
-    async def _store(self, key: str, path: Path, data: bytes, lock: Any) -> None:
+    async def _store(self, key: str, path: Path, data: bytes | bytearray, lock: Any) -> None:
         """Write a downloaded shard to the cache folder (if the disk budget allows), atomically,
         then let other processes waiting for it in."""
         try:
             if await self._room_on_disk(len(data), key):
                 try:
-                    await to_io(atomic_write, path, data)
+                    await to_io(_write_shard, path, data)
                 except Exception:  # not written (a cancelled wait leaves the thread writing)
                     self._mine.pop(key, None)
                     raise
@@ -262,7 +262,7 @@ class ShardCache:
         finally:
             lock.release()
 
-    async def _download(self, ref: ShardRef) -> bytes:
+    async def _download(self, ref: ShardRef) -> bytearray:
         source = ref.source
         info = self._info.get(ref.url)
         if info is None and ref.size is not None and ref.crc32 is not None:
@@ -290,8 +290,8 @@ class ShardCache:
             await _gather_all([chunk(lo) for lo in range(0, size, self.chunk_bytes)])
         finally:
             self._downloading -= size
-        data = bytes(buf)
-        if not _intact(data, ref):
+        data = buf  # no copy: the checksum runs on an I/O thread, the loop goes on
+        if not await to_io(_intact, data, ref):
             raise ShardIntegrityError(f"{ref.url}: CRC-32 of the download is not the index's "
                                       f"{ref.crc32:#010x} (corrupt in transit or in the store)")
         return data
@@ -374,6 +374,11 @@ def _unlink_all(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _write_shard(path: Path, data: bytes | bytearray) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
 def _size_of(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -390,7 +395,7 @@ def _pread(path: Path, start: int, end: int) -> memoryview:
         return memoryview(os.pread(f.fileno(), end - start, start))
 
 
-def _intact(data: bytes, ref: ShardRef) -> bool:
+def _intact(data: bytes | bytearray, ref: ShardRef) -> bool:
     if ref.size is not None and len(data) != ref.size:
         return False
     return ref.crc32 is None or crc32(data) == ref.crc32

@@ -81,6 +81,6 @@ def iter_items(shard: bytes | memoryview, items: int, compression: Compression,
         yield decode_item(view[start:end], compression)
 
 
-def crc32(data: bytes | memoryview) -> int:
+def crc32(data: bytes | bytearray | memoryview) -> int:
     """The CRC-32 the index records for a shard."""
     return zlib.crc32(data) & 0xFFFFFFFF
