@@ -82,7 +82,7 @@ class ShardCache:
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, *,
                  disk_bytes: int | None = 16 << 30, memory_bytes: int = 1 << 30,
-                 chunk_bytes: int = 8 << 20, max_requests: int = 32,
+                 chunk_bytes: int = 16 << 20, max_requests: int = 32,
                  readahead_bytes: int = 256 << 20) -> None:
         self.folder = Path(folder) if folder is not None else default_cache_dir()
         self.disk_bytes = disk_bytes  # None: no bound; 0: no disk cache at all

@@ -176,7 +176,8 @@ class RemoteDataset:
             self._plans = self._plans[1:]
 
     def _read_ahead(self, shard: int) -> None:
-        """Start the downloads of the shards this rank reads after ``shard``, within budget."""
+        """Start the downloads of the shards this rank reads after ``shard``, within budget
+        (called once ``shard`` is here, so read-ahead never slows the download waited for)."""
         if self.fetch != "shard":
             return
         for plan in self._current_plans():
@@ -195,7 +196,8 @@ class RemoteDataset:
         try:
             if self.fetch == "shard":
                 local_now = self.cache.is_local(ref)
-                self._read_ahead(shard)
+                if local_now:  # the shard needed now first, then the next ones behind it
+                    self._read_ahead(shard)
                 offsets = await self._shard_offsets(shard, whole=True)
                 start, end = item_bounds(offsets, local)
                 raw = await self.cache.aread(ref, start, end)
