@@ -304,7 +304,14 @@ def run_litdata(spec: dict) -> dict:
                                   max_cache_size="8GB", cache_dir=spec["cache"],
                                   transform=_sample_decode)
     dl = DataLoader(ds, batch_size=BATCH, num_workers=spec["workers"])
-    return _consume(dl, spec["items"], t0)
+    try:
+        return _consume(dl, spec["items"], t0)
+    except RuntimeError as exc:
+        if "builder error" in str(exc):  # reqwest refusing http:// without allow_http
+            raise RuntimeError("litdata reads chunks with an obstore client whose options it fixes "
+                               "without allow_http, so it cannot reach the plain-http loopback "
+                               "server (obstore: 'HTTP error: builder error')") from None
+        raise
 
 
 def run_resume(spec: dict) -> dict:
