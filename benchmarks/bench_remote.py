@@ -402,8 +402,17 @@ READERS = {
 
 
 # the parent ------------------------------------------------------------------------------------
+_ONLY: set[str] = set()  # --only: the result keys to measure (all when empty)
+
+
+def wanted(*keys: str) -> bool:
+    return not _ONLY or any(k in _ONLY for k in keys)
+
+
 def measure(name: str, spec: dict, env: dict, notes: dict, key: str, timeout: int = 600) -> dict | None:
     """Run reader ``name`` in a child process; None (and a note) if it cannot run."""
+    if not wanted(key):
+        return None
     proc = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(spec)],
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -475,7 +484,10 @@ def main() -> None:
     ap.add_argument("spec", nargs="?")
     ap.add_argument("--items", type=int, default=4000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--only", default="", help="comma-separated result keys to measure (e.g. "
+                    "aiotrain,webdataset,decode_bound,decode_bound_webdataset); default all")
     a = ap.parse_args()
+    _ONLY.update(k for k in a.only.split(",") if k)
     if a.child:
         try:
             print(json.dumps(child(a.child, json.loads(a.spec))))
@@ -510,11 +522,12 @@ def main() -> None:
         tars = pack([{"__key__": f"{i:06d}", "jpg": raw, "cls": str(i % 10)} for i, raw in enumerate(jpegs)],
                     tmp / "wds", shard_bytes=SHARD_BYTES, format="tar")
         _upload_dir(s3, tmp / "wds", "wds")
-        _put_objects(s3, jpegs)
-        mds_note = _write_mds(jpegs, tmp / "mds")
+        if wanted("per_object_aiotrain", "per_object_dataloader", "per_object_ceiling", "clients"):
+            _put_objects(s3, jpegs)
+        mds_note = _write_mds(jpegs, tmp / "mds") if wanted("streaming") else "not run (--only)"
         if mds_note is None:
             _upload_dir(s3, tmp / "mds", "mds")
-        lit_note = _write_litdata(jpegs, tmp / "lit")
+        lit_note = _write_litdata(jpegs, tmp / "lit") if wanted("litdata") else "not run (--only)"
         if lit_note is None:
             _upload_dir(s3, tmp / "lit", "lit")
         del items
