@@ -1,5 +1,6 @@
-"""A real S3 API server (moto's, started once for these tests on 127.0.0.1) and a loopback proxy
-in front of it for faults; tests that need them skip, saying why, where moto is not installed."""
+"""A real S3 API server (moto's, started once for this package's tests on 127.0.0.1, stopped when
+they end, so other tests' leftover-process checks see nothing) and a loopback proxy in front of it
+for faults; tests that need them skip, saying why, where moto is not installed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 _buckets = itertools.count()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def s3_server() -> Iterator[object]:
     pytest.importorskip("obstore", reason="the remote extra (obstore) is not installed")
     pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
