@@ -72,6 +72,11 @@ class RemoteDataset:
 
     def _ref(self, name: str, size: int | None, crc: int | None) -> ShardRef:
         if "://" in name:  # a full URL in a wids list: its own source, sharing the stats
+            scheme = name.split("://", 1)[0]
+            own = self.url.split("://", 1)[0] if "://" in self.url else "file"
+            if scheme != own:  # an index from a store must not send us to local files or elsewhere
+                raise RemoteDatasetError(f"{self.url}: the index names shard {name!r} on another "
+                                         f"kind of store ({scheme}://, the dataset is {own}://)")
             base, _, leaf = name.rpartition("/")
             source = ObjectSource(base, retry=self.source.retry, options=self.source.options,
                                   stats=self.stats)

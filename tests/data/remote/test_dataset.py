@@ -93,6 +93,14 @@ async def test_a_wrong_url_or_a_stale_index_is_one_line_at_open(s3, tmp_path):
         await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
 
 
+async def test_an_index_cannot_send_the_reader_to_local_files(s3, tmp_path):
+    url = f"{s3.url}/hostile"
+    index = {"shardlist": [{"url": "file:///etc/passwd", "nsamples": 1}]}
+    await ObjectSource(url).aput("index.json", json.dumps(index).encode())
+    with pytest.raises(RemoteDatasetError, match="another kind of store"):
+        await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
+
+
 async def test_a_corrupt_shard_is_refused_not_served(s3, tmp_path):
     url = await _packed(s3)
     src = ObjectSource(url)
