@@ -57,7 +57,16 @@ def encode_item(item: Any, compression: Compression = None) -> bytes:
     return zlib.compress(raw, 6) if compression == "zlib" else raw
 
 
+MAX_ITEM_BYTES = 1 << 30  # a compressed record that would inflate past this is refused
+
+
 def decode_item(record: bytes | memoryview, compression: Compression = None) -> Any:
-    """The item a record holds (arrays are read-only views when uncompressed)."""
-    raw = zlib.decompress(record) if compression == "zlib" else record
+    """The item a record holds (arrays are read-only views when uncompressed). A record is
+    untrusted input: one that inflates past ``MAX_ITEM_BYTES`` is a ValueError, not a bomb."""
+    raw: bytes | memoryview = record
+    if compression == "zlib":
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(record, MAX_ITEM_BYTES)
+        if inflater.unconsumed_tail:
+            raise ValueError(f"a packed item inflates past {MAX_ITEM_BYTES} bytes")
     return _dec.decode(raw)

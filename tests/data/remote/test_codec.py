@@ -31,3 +31,13 @@ def test_objects_that_would_need_pickle_are_refused():
         encode_item({"x": object()})
     with pytest.raises(TypeError, match="Python objects"):
         encode_item(np.array([object()]))
+
+
+def test_a_compressed_record_cannot_inflate_without_bound(monkeypatch):
+    from aiotrain.data.remote import codec
+
+    monkeypatch.setattr(codec, "MAX_ITEM_BYTES", 1000)
+    bomb = encode_item({"zeros": bytes(100_000)}, "zlib")
+    assert len(bomb) < 1000
+    with pytest.raises(ValueError, match="inflates past 1000 bytes"):
+        decode_item(bomb, "zlib")
