@@ -135,7 +135,7 @@ def test_asyncio_run_of_a_run_made_outside_the_loop_trains_once_and_returns_the_
     from aiotrain.runtime import run
 
     for runner in (asyncio.run, run):
-        steps = []
-        engine = Engine(lambda e, batch: steps.append(batch))
+        steps: list[int] = []
+        engine = Engine(lambda e, batch, steps=steps: steps.append(batch))
         state = runner(engine.run([1, 2, 3], max_epochs=2))
         assert state is engine.state and state.epoch == 2 and steps == [1, 2, 3] * 2
