@@ -4,6 +4,7 @@ first-use work a run does when it is created rather than in its first drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import platform
@@ -53,7 +54,8 @@ def warm_up(sampler: bool) -> None:
         _warm_up(False)
         return
     if not _is_warm(sampler):
-        submit_io(_warm_up, sampler)
+        with contextlib.suppress(RuntimeError):  # the executor is gone (interpreter exit): the drain does it
+            submit_io(_warm_up, sampler)
 
 
 def _is_warm(sampler: bool) -> bool:
