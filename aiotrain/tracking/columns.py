@@ -394,7 +394,8 @@ class ColumnAppender:
             while offset < size:
                 f.seek(offset)
                 chunk = f.read(min(want, size - offset))
-                end = chunk.rfind(b"\n") + 1
+                # a read grown for a long line takes that line alone: the next block is a usual one
+                end = (chunk.rfind(b"\n") if want == _BLOCK else chunk.find(b"\n")) + 1
                 if end == 0:
                     if len(chunk) < want:
                         break  # a torn last line: not part of the history yet
