@@ -36,19 +36,20 @@ async def test_a_run_created_in_a_loop_warms_up_on_an_io_thread(monkeypatch: pyt
     monkeypatch.delitem(sys.modules, "psutil", raising=False)
     loop_thread = threading.current_thread()
     threads: list[threading.Thread] = []
+    go, done = threading.Event(), threading.Event()
     real = system._warm_up
 
-    def recording(sampler: bool) -> None:
+    def held_back(sampler: bool) -> None:  # waits until the test has looked
         threads.append(threading.current_thread())
+        go.wait()
         real(sampler)
+        done.set()
 
-    monkeypatch.setattr(system, "_warm_up", recording)
+    monkeypatch.setattr(system, "_warm_up", held_back)
     run = Track.run("p", system_interval=1.0)
-    assert "psutil" not in sys.modules  # not imported on the loop
-    for _ in range(2000):  # a liveness bound while the I/O thread does it, not a measurement
-        if "psutil" in sys.modules:
-            break
-        await to_io(threading.Event().wait, 0.01)
+    assert "psutil" not in sys.modules and not system_info.cache_info().currsize  # nothing on the loop
+    go.set()
+    assert await to_io(done.wait, 60)  # a liveness bound, not a measurement
     assert threads and all(t is not loop_thread for t in threads)
     assert "psutil" in sys.modules and system_info.cache_info().currsize == 1
     await run.afinish()
