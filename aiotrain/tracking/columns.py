@@ -39,12 +39,15 @@ import os
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 import numpy as np
+
+from .pacing import Pacer
 
 try:
     import fcntl
@@ -57,7 +60,8 @@ __all__ = ["RECORD", "CachedColumns", "ColumnAppender", "ColumnRef", "Entries", 
 RECORD = np.dtype([("end", "<i8"), ("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
 _MARK = np.dtype([("offset", "<i8"), ("entries", "<i8")])
 _RESERVED = ("step", "timestamp")
-_CHUNK = 16 << 20  # jsonl bytes decoded at a time when (re)building
+_BLOCK = 64 << 10  # jsonl bytes decoded and appended at a time when (re)building: about a millisecond
+_CHUNK = 16 << 20  # the longest line a cache is built over
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -79,6 +83,11 @@ class Entries:
 
 
 _NUMERIC = frozenset((float, int, bool, type(None)))
+_SCAN = 64  # records whose keys are gathered in one call (a fraction of a millisecond for big records)
+
+
+def _no_pause() -> None:
+    """The ``pace`` of callers that need not share the GIL politely."""
 
 
 def _number(value: Any) -> float | None:
@@ -122,17 +131,23 @@ def _steps(values: list[Any]) -> np.ndarray:
     return np.where(np.isfinite(steps) & (np.abs(steps) < 2.0**63), steps, 0).astype(np.int64)
 
 
-def split_records(records: list[dict[str, Any]]) -> Entries:
+def split_records(records: list[dict[str, Any]], pace: Callable[[], None] = _no_pause) -> Entries:
     """Sort the values of ``records`` into per-key points and media entries (see the module doc).
 
     Works a key at a time over the whole batch (one list and one numpy conversion per key), so
-    the writer's drain stays a fraction of a microsecond per value."""
+    the writer's drain stays a fraction of a microsecond per value. ``pace`` is called between
+    keys (and between slices of the key scan), where the writer lets other threads have the GIL."""
     out = Entries()
     if not records:
         return out
     steps = _steps([r.get("step", 0) for r in records])
     times = _floats([r.get("timestamp") for r in records])
-    for key in set().union(*records).difference(_RESERVED):
+    keys: set[str] = set()
+    for i in range(0, len(records), _SCAN):
+        keys.update(*records[i:i + _SCAN])
+        pace()
+    for key in keys.difference(_RESERVED):
+        pace()
         raw = [r.get(key) for r in records]
         values = _floats(raw)
         keep = np.flatnonzero(~np.isnan(values))
@@ -366,41 +381,50 @@ class ColumnAppender:
         return appender
 
     def _catch_up(self, jsonl: Path, offset: int) -> None:
+        """Append the complete lines of ``jsonl`` from ``offset`` on, ``_BLOCK`` bytes at a time,
+        paced (a whole file in one piece would hold the GIL for seconds); a line longer than a
+        block is read whole, up to ``_CHUNK`` bytes."""
         try:
             size = os.stat(jsonl).st_size
         except FileNotFoundError:
             return
-        if offset >= size:
-            return
+        pace = Pacer()
+        want = _BLOCK
         with open(jsonl, "rb") as f:
-            f.seek(offset)
             while offset < size:
-                chunk = f.read(min(_CHUNK, size - offset))
-                if not chunk:
-                    break
-                end = chunk.rfind(b"\n") + 1
+                f.seek(offset)
+                chunk = f.read(min(want, size - offset))
+                # a read grown for a long line takes that line alone: the next block is a usual one
+                end = (chunk.rfind(b"\n") if want == _BLOCK else chunk.find(b"\n")) + 1
                 if end == 0:
-                    if len(chunk) < _CHUNK:
+                    if len(chunk) < want:
                         break  # a torn last line: not part of the history yet
-                    raise ValueError(f"{jsonl}: a line longer than {_CHUNK} bytes at byte {offset}")
-                f.seek(offset + end)
+                    if want >= _CHUNK:
+                        raise ValueError(f"{jsonl}: a line longer than {_CHUNK} bytes at byte {offset}")
+                    want = min(want * 8, _CHUNK)
+                    continue
+                want = _BLOCK
                 lines = chunk[:end]
                 try:
                     records = msgspec.json.decode(b"[" + b",".join(ln for ln in lines.split(b"\n") if ln.strip()) + b"]")
                 except msgspec.DecodeError:
                     raise ValueError(f"{jsonl}: corrupt metrics line after byte {offset}") from None
-                self.append(records, lines, offset)
+                self.append(records, [lines], offset, pace)
                 offset += end
 
-    def append(self, records: list[dict[str, Any]], lines: bytes, offset: int) -> None:
-        """Add ``records``, encoded as ``lines`` (one JSON line each, no other newline), which
-        the jsonl holds from byte ``offset``; then mark them covered."""
-        entries = split_records(records)
+    def append(self, records: list[dict[str, Any]], lines: list[bytes], offset: int,
+               pace: Callable[[], None] = _no_pause) -> None:
+        """Add ``records``, encoded as ``lines`` (one JSON line each, no other newline, in one or
+        more pieces, as written), which the jsonl holds from byte ``offset``; then mark them
+        covered. ``pace`` is called between keys (the writer's ``Pacer``): a batch of many keys
+        is not one long hold of the GIL."""
+        entries = split_records(records, pace)
         if entries.scalars or entries.media:
-            ends = np.flatnonzero(np.frombuffer(lines, np.uint8) == 10) + (offset + 1)
+            ends = _line_ends(lines, offset, pace)
             if len(ends) != len(records):
                 raise ValueError(f"{len(records)} records but {len(ends)} lines")
             for key, (index, steps, times, values) in entries.scalars.items():
+                pace()
                 column = np.empty(len(index), RECORD)
                 column["end"] = ends[index]
                 column["step"] = steps
@@ -418,7 +442,7 @@ class ColumnAppender:
             f.flush()
         if self._media is not None:
             self._media.flush()
-        self._marks.write(np.array([(offset + len(lines), self._entries)], _MARK).tobytes())
+        self._marks.write(np.array([(offset + sum(map(len, lines)), self._entries)], _MARK).tobytes())
         self._marks.flush()
 
     def _file(self, key: str) -> BinaryIO:
@@ -458,6 +482,16 @@ class ColumnAppender:
                 with contextlib.suppress(OSError):
                     f.close()
         self._files.clear()
+
+
+def _line_ends(lines: list[bytes], offset: int, pace: Callable[[], None]) -> np.ndarray:
+    """The byte offset just past each line of ``lines`` (pieces the jsonl holds from ``offset``)."""
+    ends = []
+    for piece in lines:
+        ends.append(np.flatnonzero(np.frombuffer(piece, np.uint8) == 10) + (offset + 1))
+        offset += len(piece)
+        pace()
+    return np.concatenate(ends) if ends else np.empty(0, np.int64)
 
 
 def hold_for_writing(jsonl_file: BinaryIO, wait: float = 10.0) -> bool:

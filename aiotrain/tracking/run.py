@@ -69,7 +69,7 @@ from .store import (
     jsonable,
     write_sdn,
 )
-from .system import system_info
+from .system import system_info, warm_up
 from .writer import MetricsWriter, rewind_history
 
 __all__ = ["LiveRunError", "Run", "drain_open_run"]
@@ -150,6 +150,7 @@ class Run:
             self.dir / "metrics.jsonl", self._create_files, self.flush_interval)
         self._queue = self._writer.queue if self._writer is not None else None
         if not self.disabled:
+            warm_up(sampler=system_interval is not None)  # first-use work now, not in the first drain
             with _open_lock:
                 _open_runs.add(self)
 

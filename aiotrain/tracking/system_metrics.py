@@ -7,6 +7,10 @@ one task that, every ``system_interval`` seconds, takes a sample in the I/O exec
 history a user logged (``metrics.jsonl``) holds exactly what they logged. Rates (disk and network
 MB/s) are over the time since the previous sample; CPU percentages too (psutil's non-blocking
 form). GPU keys appear only where NVML (``pynvml``) or CUDA reports devices.
+
+psutil is imported by the first ``SystemSampler`` (or earlier, by ``system.warm_up`` when the run
+is created), never when this module is: the run imports this module on the event loop when it
+starts the sampler task, and psutil's first import costs tens of milliseconds of CPU.
 """
 
 from __future__ import annotations
@@ -16,8 +20,6 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
-
-import psutil
 
 from ..runtime import to_io
 
@@ -33,11 +35,14 @@ class SystemSampler:
     """
 
     def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)  # the first call only primes the counters
         psutil.cpu_percent(None)
         self._last = time.monotonic()
-        self._disk = _disk()
+        self._disk = _disk(psutil)
         self._net = psutil.net_io_counters()
         self._gpus = _gpu_probe()
 
@@ -46,6 +51,7 @@ class SystemSampler:
         now = time.monotonic()
         dt = max(now - self._last, 1e-6)
         self._last = now
+        psutil = self._psutil
         vm = psutil.virtual_memory()
         out = {
             "system/cpu_percent": psutil.cpu_percent(None),
@@ -54,7 +60,7 @@ class SystemSampler:
             "system/mem_available_mb": vm.available / _MB,
             "system/mem_percent": vm.percent,
         }
-        disk = _disk()
+        disk = _disk(psutil)
         if disk is not None and self._disk is not None:
             out["system/disk_read_mbps"] = (disk.read_bytes - self._disk.read_bytes) / _MB / dt
             out["system/disk_write_mbps"] = (disk.write_bytes - self._disk.write_bytes) / _MB / dt
@@ -69,7 +75,7 @@ class SystemSampler:
         return out
 
 
-def _disk() -> Any:
+def _disk(psutil: Any) -> Any:
     try:
         return psutil.disk_io_counters()
     except (OSError, RuntimeError):  # containers without /proc/diskstats

@@ -22,6 +22,13 @@ and ``close`` fsync: the window is about the process dying, not the machine losi
 run appends to it (what its checkpoint covered); the records cut go to ``NAME.rewound.jsonl``
 beside it first, so nothing logged is lost. The column cache needs no care: a cache past the
 cut fails its check and is rebuilt when the writer opens the file.
+
+A drain runs beside training, so it shares the GIL in small pieces: records are encoded and
+written in chunks of ``CHUNK_FIELDS`` values and appended to the cache a key at a time, and a
+``Pacer`` (``pacing.py``) sleeps briefly between two pieces once the drain has held the GIL for
+a millisecond, so the training thread or the event loop never waits long for it.
+First-use work (the system information in metadata.sdn, psutil's import) is done when the run
+is created, not in its first drain (``system.warm_up``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import msgspec
 
 from ..runtime import spawn_daemon, submit_io
 from .columns import ColumnAppender, drop_torn_tail, hold_for_writing, let_go
+from .pacing import Pacer
 from .store import encode_nonfinite
 
 __all__ = ["MetricsWriter", "rewind_history"]
@@ -56,6 +64,7 @@ class MetricsWriter:
     FLUSH_INTERVAL_S = 1.0
     FLUSH_RECORDS = 4096
     CACHE_RECORDS = 1024
+    CHUNK_FIELDS = 2048  # values (keys, step and timestamp included) encoded and written at once
 
     def __init__(self, path: Path, before_first_write: Callable[[], None] | None = None,
                  interval: float | None = None) -> None:
@@ -104,58 +113,88 @@ class MetricsWriter:
             self.error = exc
 
     def drain(self, durable: bool) -> int:
-        """Write everything queued now; fsync when ``durable``. Returns the records written."""
+        """Write everything queued now; fsync when ``durable``. Returns the records written.
+
+        The records go out in chunks of at most ``CHUNK_FIELDS`` values (at least one record),
+        each encoded and written on its own, then appended to the column cache every
+        ``CACHE_RECORDS`` lines, a key at a time; a ``Pacer`` runs between chunks and between keys,
+        so a big drain never holds the GIL for more than a millisecond or two at a time."""
         with self._lock:
-            n = len(self.queue)
-            records = [self.queue.popleft() for _ in range(n)]
+            n = left = len(self.queue)
             if self._file is None:
-                if not records and not durable:
+                if not n and not durable:
                     return 0
                 self._open()
-            if records:
-                encoded = [_encode(r) for r in records]
-                lines = self._encoder.encode_lines(encoded)
-                try:
-                    self._file.write(lines)
-                    self._file.flush()  # the jsonl first: the cache never covers more than it holds
-                except BaseException:
-                    self._drop_cache()  # the jsonl's length is unknown now
-                    raise
-                self._cache(encoded, lines)
-                self._size += len(lines)
-            else:
-                self._file.flush()
+            pace = Pacer()
+            while left:
+                chunk = self._take(left)
+                left -= len(chunk)
+                self._write(chunk)
+                pace()
+                if len(self._pending) >= self.CACHE_RECORDS:
+                    self._append_cache(pace)
+            self._file.flush()
             if durable:
-                self._append_cache()
+                self._append_cache(pace)
                 os.fsync(self._file.fileno())
                 if self._columns is not None:
                     self._columns.sync()
             return n
 
+    def _take(self, left: int) -> list[dict[str, Any]]:
+        """Pop up to ``left`` queued records, stopping once they hold ``CHUNK_FIELDS`` values."""
+        popleft, chunk, fields = self.queue.popleft, [], 0
+        while left and fields < self.CHUNK_FIELDS:
+            record = popleft()
+            chunk.append(record)
+            fields += len(record)
+            left -= 1
+        return chunk
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` to the file as JSON lines, then queue them for the column cache."""
+        encoded = [_encode(r) for r in records]
+        lines = self._encoder.encode_lines(encoded)
+        try:
+            self._file.write(lines)
+            self._file.flush()  # the jsonl first: the cache never covers more than it holds
+        except BaseException:
+            self._drop_cache()  # the jsonl's length is unknown now
+            raise
+        self._cache(encoded, lines)
+        self._size += len(lines)
+
     def _cache(self, records: list[dict[str, Any]], lines: bytes) -> None:
-        """Queue written lines for the column cache, appended once ``CACHE_RECORDS`` wait (or
-        at the next durable drain): a reader decodes the few lines past the cache's last mark,
-        and a log call with ``interval`` 0 does not pay for a cache append each."""
+        """Queue written lines for the column cache; ``drain`` appends them once ``CACHE_RECORDS``
+        lines wait (and at each durable drain): a reader decodes the few lines past the cache's
+        last mark, and a log call with ``interval`` 0 does not pay for a cache append each."""
         if self._columns is None:
             return
         if not self._pending:
             self._pending_at = self._size
         self._pending.extend(records)
         self._pending_lines.append(lines)
-        if len(self._pending) >= self.CACHE_RECORDS:
-            self._append_cache()
 
-    def _append_cache(self) -> None:
+    def _append_cache(self, pace: Pacer) -> None:
         """Append the queued lines to the column cache; after a failure the cache stays behind
-        (readers decode the jsonl past its last mark) until the file is next opened."""
-        records, lines = self._pending, b"".join(self._pending_lines)
+        (readers decode the jsonl past its last mark) until the file is next opened. The records
+        are let go of a slice at a time: freeing a million values at once holds the GIL for tens
+        of milliseconds."""
+        records, lines = self._pending, self._pending_lines
         self._pending, self._pending_lines = [], []
         if self._columns is None or not records:
             return
         try:
-            self._columns.append(records, lines, self._pending_at)
+            self._columns.append(records, lines, self._pending_at, pace)
         except (OSError, ValueError):
             self._drop_cache()
+        while records:  # from the end: each slice is a cheap truncation of the list
+            k = fields = 0
+            while k < len(records) and fields < self.CHUNK_FIELDS:
+                k += 1
+                fields += len(records[-k])
+            del records[-k:]
+            pace()
 
     def _drop_cache(self) -> None:
         self._pending, self._pending_lines = [], []

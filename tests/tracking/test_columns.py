@@ -208,11 +208,11 @@ def test_a_failed_cache_append_leaves_the_cache_behind_not_wrong(tmp_path: Path,
     calls = {"n": 0}
     real = ColumnAppender.append
 
-    def flaky(self, records, lines, offset):
+    def flaky(self, records, lines, offset, *pace):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")
-        real(self, records, lines, offset)
+        real(self, records, lines, offset, *pace)
 
     monkeypatch.setattr(ColumnAppender, "append", flaky)
     with Track.run("p", dir=tmp_path) as run:
@@ -279,3 +279,62 @@ def test_a_column_file_replaced_after_the_history_started_is_read_again_from_the
     forged.replace(loss)  # as a rebuild that reassigned the file would leave it
     _assert_matches_jsonl(series, jsonl)  # the stale column is noticed: decoded from the jsonl
     assert series.from_cache == 0
+
+
+@pytest.mark.parametrize("block", [16, 100, 1 << 16])
+def test_the_catch_up_reads_in_blocks_and_long_lines_whole(run_dir: Path, block: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilding a cache a block at a time (the writer paces between blocks) gives the same
+    cache whatever the block size: lines longer than a block are read whole, a torn last line
+    is left out."""
+    import aiotrain.tracking.columns as columns
+
+    monkeypatch.setattr(columns, "_BLOCK", block)
+    jsonl = run_dir / "metrics.jsonl"
+    with open(jsonl, "ab") as f:
+        f.write(msgspec.json.encode({"step": 500, "timestamp": 9.0, "long": 1.0, "pad": "x" * 300}) + b"\n")
+        f.write(b'{"step": 501, "timestamp": 9.5, "lo')  # torn: not part of the history yet
+    complete = jsonl.read_bytes().rfind(b"\n") + 1
+    shutil.rmtree(cache_dir(jsonl))
+    paces = {"n": 0}
+    real = ColumnAppender.append
+
+    def counted(self, records, lines, offset, pace=lambda: None):
+        def counting() -> None:
+            paces["n"] += 1
+            pace()
+        real(self, records, lines, offset, counting)
+
+    monkeypatch.setattr(ColumnAppender, "append", counted)
+    ColumnAppender.open(jsonl).close()
+    assert read_cache(jsonl).offset == complete
+    assert paces["n"] > 0  # the catch-up hands its pacer to every append
+    jsonl.write_bytes(jsonl.read_bytes()[:complete])
+    _assert_matches_jsonl(_series(jsonl), jsonl)
+
+
+def test_a_line_longer_than_the_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiotrain.tracking.columns as columns
+
+    monkeypatch.setattr(columns, "_BLOCK", 16)
+    monkeypatch.setattr(columns, "_CHUNK", 200)
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_bytes(msgspec.json.encode({"step": 0, "timestamp": 1.0, "pad": "x" * 400}) + b"\n")
+    with pytest.raises(ValueError, match="longer than 200 bytes"):
+        ColumnAppender.open(jsonl)
+
+
+def test_an_append_paces_between_keys(tmp_path: Path) -> None:
+    """A batch of many keys is appended a key at a time, the pacer called between keys; lines
+    handed over in pieces (as the writer wrote them) are covered exactly."""
+    jsonl = tmp_path / "metrics.jsonl"
+    records = [{"step": i, "timestamp": 1.0 + i, **{f"k{j}": float(i * j) for j in range(50)}} for i in range(4)]
+    lines = msgspec.json.Encoder().encode_lines(records)
+    appender = ColumnAppender.open(jsonl)  # a new run: no jsonl yet
+    jsonl.write_bytes(lines)
+    calls = {"n": 0}
+    appender.append(records, [lines[:40], lines[40:]], 0, lambda: calls.__setitem__("n", calls["n"] + 1))
+    appender.close()
+    assert calls["n"] >= 2 * 50  # once per key while sorting values out, once per key written
+    assert read_cache(jsonl).offset == len(lines)
+    _assert_matches_jsonl(_series(jsonl), jsonl)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aiotrain.tracking import Track
-from aiotrain.tracking.columns import hold_for_writing
+from aiotrain.tracking.columns import hold_for_writing, read_cache
 from aiotrain.tracking.reader import read_history
 from aiotrain.tracking.writer import MetricsWriter
 
@@ -149,3 +149,59 @@ def test_a_forked_child_does_not_keep_the_lock_after_close(tmp_path: Path) -> No
         os.waitpid(pid, 0)
         for fd in (release_r, release_w, ready_r, ready_w):
             os.close(fd)
+
+
+def test_a_drain_writes_in_bounded_chunks_with_the_pacer_between(tmp_path: Path, monkeypatch) -> None:
+    """A big drain is cut into chunks of at most CHUNK_FIELDS values (a record bigger than that
+    is a chunk of its own), written in order, the pacer called after each chunk and each cache
+    append, so the drain never holds the GIL for the whole batch."""
+    import aiotrain.tracking.writer as writer_module
+
+    monkeypatch.setattr(MetricsWriter, "CHUNK_FIELDS", 12)
+    monkeypatch.setattr(MetricsWriter, "CACHE_RECORDS", 7)
+    chunks: list[int] = []
+    real_write = MetricsWriter._write
+
+    def recording_write(self, records):
+        chunks.append(len(records))
+        real_write(self, records)
+
+    paces = {"n": 0}
+
+    class CountingPacer:
+        def __call__(self) -> None:
+            paces["n"] += 1
+
+    monkeypatch.setattr(MetricsWriter, "_write", recording_write)
+    monkeypatch.setattr(writer_module, "Pacer", CountingPacer)
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", interval=1e9)
+    records = [{"step": i, "timestamp": 1.0, "a": float(i), "b": i} for i in range(30)]
+    records[10] = {"step": 10, "timestamp": 1.0, **{f"k{j}": j for j in range(20)}}  # 22 values
+    writer.queue.extend(dict(r) for r in records)
+    assert writer.drain(durable=True) == 30
+    writer.close()
+    assert sum(chunks) == 30 and len(chunks) > 1
+    assert all(n <= 3 for n in chunks)  # 4 values a record: at most 3 records reach 12 values
+    assert 1 in chunks  # the 22-value record went alone
+    assert paces["n"] >= len(chunks)
+    assert [r["step"] for r in read_history(writer.path)] == list(range(30))
+    assert read_cache(writer.path).offset == writer.path.stat().st_size
+
+
+def test_a_drain_takes_only_what_was_queued_when_it_began(tmp_path: Path, monkeypatch) -> None:
+    """Records logged while a chunked drain runs wait for the next drain (flush semantics)."""
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", interval=1e9)
+    monkeypatch.setattr(MetricsWriter, "CHUNK_FIELDS", 3)  # one 3-value record a chunk
+    real_write = MetricsWriter._write
+
+    def write_and_log(self, records):
+        real_write(self, records)
+        self.queue.append({"step": 100, "timestamp": 1.0, "late": 1})
+
+    monkeypatch.setattr(MetricsWriter, "_write", write_and_log)
+    writer.queue.extend({"step": i, "timestamp": 1.0, "a": 1} for i in range(5))
+    assert writer.drain(durable=False) == 5
+    assert len(writer.queue) == 5  # one per chunk, left for the next drain
+    monkeypatch.setattr(MetricsWriter, "_write", real_write)
+    writer.close()
+    assert len(read_history(writer.path)) == 10
