@@ -157,8 +157,12 @@ class Engine:
         return self._bus.allowed
 
     def add_metric(self, metric: Any, name: str) -> None:
-        """Attach ``metric`` under ``name``: its value lands in ``state.metrics[name]``."""
-        metric.attach(self, name)
+        """Attach ``metric`` under ``name``: its value lands in ``state.metrics[name]``.
+        aiotrain's and Ignite's metrics attach themselves; a torchmetrics ``Metric`` or
+        ``MetricCollection`` is wrapped in :class:`aiotrain.metrics.TorchMetric`."""
+        from ..metrics.adapter import as_metric
+
+        as_metric(metric).attach(self, name)
 
     def add_metrics(self, metrics: dict[str, Any]) -> None:
         """Attach several metrics: ``{"acc": Accuracy(), ...}``."""
