@@ -114,6 +114,7 @@ class Run:
         self._sampler: asyncio.Task[None] | None = None
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._system: MetricsWriter | None = None
+        self._chart: Any = None  # a LiveChart in a notebook cell (tracking/live_chart.py)
         if system_interval is not None and not system_interval > 0:
             raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
         self.system_interval = system_interval
@@ -312,6 +313,8 @@ class Run:
         self._writer.close()  # creates the folder and metadata if nothing was logged yet
         write_sdn(self.dir / "summary.sdn", self.summary)
         self._write_metadata(self.summary)
+        if self._chart is not None:
+            self._chart.close()
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
@@ -394,6 +397,9 @@ class Run:
         without a ``with`` block."""
         if self._writer is not None:
             await to_io(self._writer.open)
+            from .live_chart import open_live_chart
+
+            self._chart = open_live_chart(self.dir / "metrics.jsonl", f"{self.project}/{self.name}")
         self._start_sampler()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
