@@ -45,6 +45,16 @@ class Attachable(Protocol):
     def attach(self, engine: Any, name: str) -> None: ...
 
 
+class _TorchmetricsMetric(Protocol):
+    """The part of a torchmetrics Metric the adapter drives."""
+
+    update_count: int
+
+    def reset(self) -> None: ...
+    def update(self, *args: Any, **kwargs: Any) -> None: ...
+    def compute(self) -> Any: ...
+
+
 def _torchmetrics_types() -> tuple[type, ...]:
     """torchmetrics' base classes, or () when the user never imported torchmetrics (then no
     object can be one of its metrics, and importing it here would only cost start-up time)."""
@@ -60,7 +70,7 @@ def as_metric(metric: Any) -> Attachable:
     wrapped in a :class:`TorchMetric`; otherwise a TypeError naming what was given."""
     if isinstance(metric, Attachable):
         return metric
-    if isinstance(metric, _torchmetrics_types()):
+    if _is_instance(metric, _torchmetrics_types()):
         return TorchMetric(metric)
     raise TypeError(f"cannot attach a {type(metric).__name__} as a metric: pass an aiotrain or "
                     "Ignite Metric, or a torchmetrics Metric/MetricCollection")
@@ -76,11 +86,12 @@ class TorchMetric(Metric):
     def __init__(self, metric: Any, output_transform: Callable[[Any], Any] | None = None,
                  device: str | torch.device | None = None) -> None:
         types = _torchmetrics_types() or _import_types()
-        if not isinstance(metric, types):
+        if not _is_instance(metric, types):
             raise TypeError(f"TorchMetric wraps a torchmetrics Metric or MetricCollection, "
                             f"got {type(metric).__name__}")
-        self.metric = metric if device is None else metric.to(device)
-        self._members = list(metric.values()) if isinstance(metric, types[1]) else [metric]
+        self.metric: _TorchmetricsMetric = metric if device is None else metric.to(device)
+        self._members: list[_TorchmetricsMetric] = (
+            list(metric.values()) if _is_instance(metric, types[1:]) else [metric])
         super().__init__(output_transform, device=device if device is not None else "cpu")
 
     def reset(self) -> None:
@@ -115,6 +126,12 @@ def _import_types() -> tuple[type, ...]:
     except ImportError:
         raise ImportError("TorchMetric needs torchmetrics: pip install 'aiotrain[torchmetrics]'") from None
     return (torchmetrics.Metric, torchmetrics.MetricCollection)
+
+
+def _is_instance(obj: Any, types: tuple[type, ...]) -> bool:
+    """isinstance without narrowing ``obj`` for the type checker (the types are only known at
+    run time, so narrowing would turn the metric into ``object``)."""
+    return isinstance(obj, types)
 
 
 def _detached(value: Any) -> Any:
