@@ -30,6 +30,7 @@ import itertools
 import math
 import os
 import secrets
+import socket
 import string
 import sys
 import threading
@@ -84,7 +85,8 @@ class Run:
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
                  resume: bool | str = False, *, mode: str | None = None,
-                 system_interval: float | None = 2.0, flush_interval: float | None = None) -> None:
+                 system_interval: float | None = 2.0, flush_interval: float | None = None,
+                 mlflow_uri: str | None = None) -> None:
         self.project = check_name("project", project)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
@@ -130,6 +132,21 @@ class Run:
         if not self.disabled:
             with _open_lock:
                 _open_runs.add(self)
+        self._mirror = None if self.disabled else self._open_mirror(mlflow_uri)
+
+    def _open_mirror(self, uri: str | None) -> Any:
+        """The MLflow mirror (started) when a tracking server is named, else None."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
+        if not uri:
+            return None
+        from .mlflow_sink import MlflowSink, RunFacts
+
+        facts = RunFacts(run_dir=self.dir, project=self.project, name=self.name, run_id=self.id,
+                         config=self.config, tags=self.tags, notes=self.notes,
+                         start_time=self.start_time, host=socket.gethostname())
+        mirror = MlflowSink(facts, uri)
+        mirror.start()
+        return mirror
 
     # logging (the hot path) --------------------------------------------------------------------
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -315,6 +332,8 @@ class Run:
         self._write_metadata(self.summary)
         if self._chart is not None:
             self._chart.close()
+        if self._mirror is not None and not self._mirror.finish(status):
+            print(f"aiotrain: {self._mirror.pending()}", file=sys.stderr)
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
