@@ -1,7 +1,7 @@
 """``aiotrain runs``: list, show, compare, plot, export, delete and serve tracked runs.
 
     aiotrain runs ls [--project P] [--columns K,K] [--filter EXPR]... [--sort=[-]KEY] [--dir ROOT]
-    aiotrain runs show RUN [--dir ROOT]
+    aiotrain runs show RUN [--history N|all] [--metric M]... [--dir ROOT]
     aiotrain runs compare RUN RUN... [--all] [--dir ROOT]
     aiotrain runs plot RUN... --metric M [--metric M]... [--x step|time] [-o FILE.png] [--dir ROOT]
     aiotrain runs export RUN... (--tensorboard DIR | --mlflow URI) [--dir ROOT]
@@ -11,7 +11,14 @@
 RUN is a run folder, a run id, ``PROJECT/ID`` or a run name (refused, with the candidates listed,
 when several runs have it). ROOT defaults to ``$AIOTRAIN_DIR`` or ``./.aiotrain``. Keys in
 ``--columns``, ``--filter`` and ``--sort`` are run fields (status, tags, duration, ...),
-``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``). Exit codes
+``config.DOTTED.KEY`` or summary metric names (see ``aiotrain.tracking.query``); ``ls`` shows each
+run's HOST (the machine that wrote it: runs from several machines can share one folder); a key that no
+run has is refused with the closest keys the runs do have, since its column or filter could only
+ever be empty. ``show`` prints the run's metadata, config and summary as SDN, then its metric
+history as a table, one row per step, like W&B's ``run.history()`` (``--history N`` rows spread
+evenly over the run, first and last kept; ``all`` every step; 0 none). Every command reads
+through :mod:`aiotrain.tracking.read`, so a run's summary is the same here and in the dashboard.
+Exit codes
 follow :mod:`aiotrain.errors`: a mistake (unknown run, missing metric, bad option or name)
 prints one line to stderr and exits 2; an OS error (unreadable or unwritable files) exits 1;
 Ctrl-C (which is how ``serve`` stops) exits 130.
@@ -40,8 +47,12 @@ def _parser() -> Parser:
     ls.add_argument("--filter", action="append", default=[], metavar="EXPR",
                     help="KEY OP VALUE, OP one of = != < <= > >= ~ (repeatable: all must hold)")
     ls.add_argument("--sort", metavar="[-]KEY", help="sort by KEY; --sort=-KEY: descending")
-    show = sub.add_parser("show", help="a run's metadata, config and summary")
+    show = sub.add_parser("show", help="a run's metadata, config, summary and metric history")
     show.add_argument("run")
+    show.add_argument("--history", default="10", metavar="N|all",
+                      help="history rows to print, spread over the run (default 10; all: every step; 0: none)")
+    show.add_argument("--metric", action="append", default=[], metavar="M",
+                      help="history columns (repeatable; default: every scalar metric, up to 12)")
     compare = sub.add_parser("compare", help="config differences and summaries of runs side by side")
     compare.add_argument("runs", nargs="+", metavar="RUN")
     compare.add_argument("--all", action="store_true", help="also the config keys that are the same")
@@ -87,20 +98,15 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else "invalid argument"
 
 
-def _root(args: argparse.Namespace) -> Path:
-    from ..tracking.store import get_dir
+def _reader(args: argparse.Namespace) -> Any:
+    from ..tracking.read import RunReader
 
-    return Path(args.dir) if args.dir else get_dir()
-
-
-def _find(args: argparse.Namespace, ref: str | None = None) -> Any:
-    from ..tracking.reader import find_run
-
-    return find_run(ref if ref is not None else args.run, _root(args))
+    return RunReader(args.dir or None)
 
 
 def _find_all(args: argparse.Namespace) -> list[Any]:
-    records = [_find(args, ref) for ref in args.runs]
+    reader = _reader(args)
+    records = [reader.find(ref) for ref in args.runs]
     seen: set[Any] = set()
     for r in records:
         if r.dir in seen:
@@ -132,21 +138,23 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from ..tracking import query
-    from ..tracking.index import RunIndex
-    from ..tracking.store import check_name
+    from ..tracking.read import check_name
 
+    reader = _reader(args)
     filters = list(args.filter)
     if args.project is not None:
         check_name("project", args.project)
         filters.append(f"project={args.project}")
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-    rows = query.apply(RunIndex(_root(args)).refresh(), filters, args.sort)
-    table = [("ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS", *(c.upper() for c in columns))]
+    every = reader.rows()
+    rows = reader.select(every, filters, args.sort, check=True)
+    reader.check_keys(every, columns)
+    table = [("ID", "PROJECT", "NAME", "HOST", "STATUS", "CREATED", "TAGS", *(c.upper() for c in columns))]
     for r in rows:
         f = r.fields()
-        table.append((f["id"], f["project"], f["name"], f["status"], _when(f["created"]), ",".join(f["tags"]),
-                      *(_duration(query.column_value(r, c)) if c == "duration" else _cell(query.column_value(r, c))
+        table.append((f["id"], f["project"], f["name"], f["host"] or "-", f["status"], _when(f["created"]),
+                      ",".join(f["tags"]),
+                      *(_duration(reader.value(r, c)) if c == "duration" else _cell(reader.value(r, c))
                         for c in columns)))
     _print_table(table)
     return 0
@@ -171,23 +179,71 @@ def _brief(value: Any) -> Any:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from ..config import sdn
-    from ..tracking.store import encode_nonfinite
+    from ..tracking.read import encode_nonfinite
 
-    record = _find(args)
+    rows = _history_rows(args.history)
+    record = _reader(args).find(args.run)
     meta = record.metadata
     info = {"id": record.id, "name": record.name, "project": record.project, "status": record.status,
-            "dir": str(record.dir), "created": _when(meta.get("created_at")),
+            "host": record.host, "dir": str(record.dir), "created": _when(meta.get("created_at")),
             "finished": _when(meta.get("finished_at")), "tags": record.tags, "notes": meta.get("notes", "")}
     if meta.get("error"):
         info["error"] = meta["error"]
     doc = {"run": info, "config": record.config,
            "summary": {k: _brief(v) for k, v in record.summary.items()}}
     print(sdn.dumps(encode_nonfinite(doc), extra_depth=1), end="")  # the config sits one level down
+    if not record.summary_final:
+        print("# summary: the last logged values, read from metrics.jsonl (the run did not finish after it "
+              "last logged; run.summary updates made since its last finish were not written)")
+    if rows != 0:
+        _print_history(record, rows, args.metric)
     return 0
 
 
+_HISTORY_KEYS = 12  # columns `show` prints when no --metric names them
+
+
+def _history_rows(text: str) -> int | None:
+    """``--history``: a number of rows >= 0, or ``all`` (None)."""
+    if text == "all":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise UserError(f"aiotrain runs show: --history takes a number of rows or 'all', not {text!r}")
+
+
+def _print_history(record: Any, rows: int | None, metrics: list[str]) -> None:
+    from ..tracking.read import step_rows
+
+    history = step_rows(record.dir, keys=metrics or None)
+    missing = [m for m in metrics if m not in history.keys]
+    if missing:
+        raise LookupError(f"run {record.id} has no scalar metric {missing[0]!r} in its history")
+    keys = history.keys if metrics else history.keys[:_HISTORY_KEYS]
+    steps = history.rows
+    shown = steps if rows is None else _spread(steps, rows)
+    print(f"\n# history: {len(steps)} steps", end="")
+    if steps:
+        print(f" ({steps[0][0]}..{steps[-1][0]}), {len(shown)} shown"
+              + ("" if len(shown) == len(steps) else " (--history all: every step)"), end="")
+    if len(keys) < len(history.keys):
+        print(f"; {len(keys)} of {len(history.keys)} metrics (--metric M: choose)", end="")
+    print()
+    if shown and keys:
+        _print_table([("STEP", *keys), *((str(step), *(_cell(values.get(k)) for k in keys)) for step, values in shown)])
+
+
+def _spread(items: list[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spread, the first and the last kept."""
+    if len(items) <= n:
+        return items
+    if n == 1:
+        return items[-1:]
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ..tracking.store import flatten
+    from ..tracking.read import flatten
 
     records = _find_all(args)
     if len(records) < 2:
@@ -209,12 +265,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _points(record: Any, metric: str, x: str) -> tuple[Any, Any]:
-    from ..tracking.series import SeriesFile
+def _points(reader: Any, record: Any, metric: str, x: str) -> tuple[Any, Any]:
+    from ..tracking.read import history_of
 
-    which = "system" if metric.startswith("system/") else "metrics"
-    series = SeriesFile(record.dir / f"{which}.jsonl")
-    series.refresh()
+    series = reader.history(record.dir, history_of(metric))
     column = series.column(metric)
     if column is None:
         known = series.keys()
@@ -226,7 +280,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from ..tracking.media import safe_filename
 
     records = _find_all(args)
-    data = {(r.dir, m): _points(r, m, args.x) for r in records for m in args.metric}
+    reader = _reader(args)
+    data = {(r.dir, m): _points(reader, r, m, args.x) for r in records for m in args.metric}
     default = "_".join(r.id for r in records) + "_" + "_".join(args.metric)
     out = Path(args.output or f"{safe_filename(default)[:120]}.png")
     import matplotlib
@@ -291,7 +346,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
         for r in records:
             print(f"would delete {r.project}/{r.id} ({r.name}, {r.status}): {r.dir}")
         raise UserError("aiotrain runs rm: nothing deleted; pass --yes to delete these runs")
-    trash = _root(args) / ".trash"
+    trash = _reader(args).root / ".trash"
     trash.mkdir(parents=True, exist_ok=True)
     for r in records:
         # out of runs/ in one rename, so no reader ever sees half a run; then removed
@@ -306,7 +361,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..dashboard.server import serve
     from ..runtime import run
 
-    run(serve(_root(args), args.host, args.port,
+    run(serve(_reader(args).root, args.host, args.port,
               on_ready=lambda url: print(f"dashboard on {url}  (Ctrl-C stops it)", flush=True)))
     return 0
 

@@ -23,22 +23,23 @@ import asyncio
 import json
 import os
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from ..runtime import submit_io, to_io
-from ..tracking import query
-from ..tracking.columns import build_cache
-from ..tracking.index import RunIndex, RunRow
-from ..tracking.media import Table
-from ..tracking.reader import load_run
-from ..tracking.run import drain_open_run
-from ..tracking.series import Column, SeriesFile, read_new_records
-from ..tracking.store import check_name, encode_nonfinite, get_dir, read_json
+from ..runtime import to_io
+from ..tracking.read import (
+    HISTORIES,
+    Column,
+    History,
+    RunReader,
+    RunRow,
+    encode_nonfinite,
+    history_of,
+)
 
 __all__ = ["POLL_S", "dashboard_app"]
 
@@ -46,13 +47,11 @@ POLL_S = 0.25  # how often a live stream looks for new lines
 _STATIC = Path(__file__).parent / "static"
 _SERIES_FILES = 64  # parsed histories kept in memory (least recently used dropped)
 _MAX_POINTS = 20_000
-_BUILD_BYTES = 4 << 20  # JSON decoded at a history's first read that makes a cache worth building
-_FILES = ("metrics", "system")
 
 
 def dashboard_app(root: str | os.PathLike[str] | None = None) -> web.Application:
     """The dashboard over the runs under ``root`` (default: the tracking root in use)."""
-    return Dashboard(Path(root) if root is not None else get_dir()).app()
+    return Dashboard(RunReader(root, keep=_SERIES_FILES, build_caches=True)).app()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -68,16 +67,13 @@ def _bad(message: str, status: int = 400) -> web.HTTPException:
 class Dashboard:
     """State shared by the routes: the run index and the parsed histories."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.runs_root = root / "runs"
-        self.index = RunIndex(root)
+    def __init__(self, reader: RunReader) -> None:
+        self.reader = reader
+        self.root = reader.root
         self._row_cache: list[RunRow] = []
         self._rows_at = 0.0
         self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
         self._rows_lock = asyncio.Lock()
-        self._histories: OrderedDict[Path, SeriesFile] = OrderedDict()
-        self._built: set[Path] = set()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -112,7 +108,7 @@ class Dashboard:
         """The index's rows, refreshed at most once a second (concurrent callers share one)."""
         async with self._rows_lock:
             if time.monotonic() - self._rows_at >= 1.0:
-                self._row_cache = await to_io(self.index.refresh)
+                self._row_cache = await to_io(self.reader.rows)
                 self._rows_at = time.monotonic()
             return self._row_cache
 
@@ -121,12 +117,12 @@ class Dashboard:
         q = request.query
         rows = await self._current_rows()
         try:
-            shown = query.apply(rows, q.getall("filter", []), q.get("sort") or None, q.get("q", ""))
+            shown = self.reader.select(rows, q.getall("filter", []), q.get("sort") or None, q.get("q", ""))
         except ValueError as exc:
             raise _bad(str(exc)) from None
         columns = [c for c in q.get("columns", "").split(",") if c]
-        if self._keys[0] != self.index.generation:
-            self._keys = (self.index.generation, _keys(rows))
+        if self._keys[0] != self.reader.generation:
+            self._keys = (self.reader.generation, _keys(rows))
         config_keys, metric_keys, varying = self._keys[1]
         data = [_row(r, columns) for r in shown]
         return _json({"root": str(self.root), "total": len(rows), "rows": data, "config_keys": config_keys,
@@ -136,40 +132,28 @@ class Dashboard:
     # one run -----------------------------------------------------------------------------------------
     def run_dir(self, project: str, run_id: str) -> Path:
         try:
-            check_name("project", project)
-            check_name("run", run_id)
+            return self.reader.run_dir(project, run_id)
         except ValueError as exc:
             raise _bad(str(exc)) from None
-        return self.runs_root / project / run_id
 
-    async def _history(self, run_dir: Path, which: str) -> SeriesFile:
+    async def _history(self, run_dir: Path, which: str) -> History:
         """The run's parsed metrics (or system) history, brought up to date."""
-        path = run_dir / f"{which}.jsonl"
-        series = self._histories.get(path)
-        if series is None:
-            series = self._histories[path] = SeriesFile(path)
-            while len(self._histories) > _SERIES_FILES:
-                self._histories.popitem(last=False)
-        self._histories.move_to_end(path)
         try:
-            await to_io(series.refresh)
+            return await to_io(self.reader.history, run_dir, which)
         except ValueError as exc:
             raise _bad(str(exc), 400) from None
-        if series.offset - series.from_cache > _BUILD_BYTES and path not in self._built:
-            self._built.add(path)  # once: a run written by an older version, imported, torn cache
-            submit_io(build_cache, path)  # in the background; a live run's writer keeps its own
-        return series
 
     async def _run_detail(self, request: web.Request) -> web.Response:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
         try:
-            record = await to_io(load_run, run_dir)
-        except FileNotFoundError:
+            record = await to_io(self.reader.record, request.match_info["project"], request.match_info["id"])
+        except LookupError:
             raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
         metrics = await self._history(run_dir, "metrics")
         system = await self._history(run_dir, "system")
-        media, summary = await to_io(_media_and_summary, metrics, record.summary)
-        logged, used = await to_io(_artifact_refs, run_dir)
+        media = await to_io(self.reader.media, metrics)
+        summary = {k: v for k, v in record.summary.items() if not isinstance(v, dict)}
+        logged, used = await to_io(self.reader.artifact_refs, run_dir)
         meta = record.metadata
         return _json({
             "key": f"{record.project}/{record.id}", "id": record.id, "name": record.name,
@@ -203,10 +187,10 @@ class Dashboard:
             raise _bad(f"points must be between 4 and {_MAX_POINTS}")
         out, cursor = [], {}
         for ref, run_dir in self._refs(request):
-            files = {which: await self._history(run_dir, which) for which in _FILES}
+            files = {which: await self._history(run_dir, which) for which in HISTORIES}
             cursor[ref] = {which: f.offset for which, f in files.items()}
             for key in keys:
-                found = await to_io(files[_file_of(key)].downsampled, key, points)
+                found = await to_io(files[history_of(key)].downsampled, key, points)
                 if found is not None:
                     out.append({"run": ref, "key": key, "total": found[0], **_points(found[1])})
         return _json({"series": out, "cursor": cursor, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
@@ -218,10 +202,10 @@ class Dashboard:
         keys = request.query.getall("key", [])
         try:
             cursor = json.loads(request.query.get("cursor", "{}"))
-            offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0)) for ref, _ in refs for which in _FILES}
+            offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0)) for ref, _ in refs for which in HISTORIES}
         except (ValueError, TypeError, AttributeError):
             raise _bad("cursor must be the JSON object /api/series returned") from None
-        wanted = {which: [k for k in keys if _file_of(k) == which] for which in _FILES}
+        wanted = {which: [k for k in keys if history_of(k) == which] for which in HISTORIES}
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
@@ -230,12 +214,11 @@ class Dashboard:
         while request.transport is not None and not request.transport.is_closing():
             sent = False
             for ref, run_dir in refs:
-                drain_open_run(run_dir)  # an in-process run: flush now instead of within a second
-                for which in _FILES:
+                for which in HISTORIES:
                     if not wanted[which]:
                         continue
                     records, offsets[ref, which] = await to_io(
-                        read_new_records, run_dir / f"{which}.jsonl", offsets[ref, which])
+                        self.reader.tail, run_dir, which, offsets[ref, which])
                     for message in _messages(ref, wanted[which], records):
                         await resp.write(b"data: " + msgspec.json.encode(message) + b"\n\n")
                         sent = True
@@ -255,7 +238,7 @@ class Dashboard:
         except ValueError:
             raise _bad("limit must be an integer") from None
         try:
-            rows = await to_io(_table_rows, path, limit)
+            rows = await to_io(self.reader.table, path, limit)
         except FileNotFoundError:
             raise _bad("no such table", 404) from None
         except (ValueError, KeyError, msgspec.DecodeError) as exc:
@@ -263,7 +246,7 @@ class Dashboard:
         return _json(rows)
 
     async def _artifacts(self, request: web.Request) -> web.Response:
-        return _json(await to_io(_artifacts, self.root / "artifacts" / "projects"))
+        return _json(await to_io(self.reader.artifacts))
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
@@ -298,10 +281,6 @@ def _inside(run_dir: Path, rel: str) -> Path:
     return target
 
 
-def _file_of(key: str) -> str:
-    return "system" if key.startswith("system/") else "metrics"
-
-
 def _points(column: Column) -> dict[str, list[Any]]:
     return {"step": column.step.tolist(), "time": column.time.tolist(), "value": column.value.tolist()}
 
@@ -321,30 +300,6 @@ def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[
         if values:
             out.append({"run": ref, "key": key, "step": steps, "time": times, "value": values})
     return out
-
-
-def _media_and_summary(metrics: SeriesFile, stored: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Images, histograms and tables by key (at most 200 steps each), and the summary:
-    summary.sdn's scalars, or for a run still being written (none yet) its last logged values."""
-    media: dict[str, dict[str, list[dict[str, Any]]]] = {"image": {}, "histogram": {}, "table": {}}
-    for key, entries in metrics.media_entries().items():
-        for step, value in _thin(entries, 200):
-            kind = value.get("_type")
-            if kind in media:
-                media[kind].setdefault(key, []).append({"step": step, **value})
-    if stored:
-        summary = {k: v for k, v in stored.items() if not isinstance(v, dict)}
-    else:
-        summary = {k: float(c.value[-1]) for k in metrics.keys() if (c := metrics.column(k)) is not None}
-    return media, summary
-
-
-def _thin(entries: list[Any], n: int) -> list[Any]:
-    """At most ``n`` entries spread evenly, the last one always kept."""
-    if len(entries) <= n:
-        return entries
-    step = len(entries) / n
-    return [entries[int(i * step)] for i in range(n - 1)] + [entries[-1]]
 
 
 def _keys(rows: list[RunRow]) -> tuple[list[str], list[str], list[str]]:
@@ -368,61 +323,3 @@ def _row(row: RunRow, columns: list[str]) -> dict[str, Any]:
         data["summary"] = {c: row.summary.get(c) for c in columns if not c.startswith("config.")
                            and c in row.summary}
     return data
-
-
-def _artifact_refs(run_dir: Path) -> tuple[list[str], list[str]]:
-    out = []
-    for name in ("logged.jsonl", "used.jsonl"):
-        refs = []
-        try:
-            lines = (run_dir / "artifacts" / name).read_bytes().splitlines()
-        except FileNotFoundError:
-            lines = []
-        for line in lines:
-            try:
-                refs.append(msgspec.json.decode(line)["ref"])
-            except (msgspec.DecodeError, KeyError, TypeError):
-                continue  # a torn last line
-        out.append(list(dict.fromkeys(refs)))
-    return out[0], out[1]
-
-
-def _table_rows(path: Path, limit: int) -> dict[str, Any]:
-    table = Table.load(path)
-    return {"columns": table.columns, "rows": table.data[:limit], "nrows": len(table)}
-
-
-def _artifacts(base: Path) -> dict[str, Any]:
-    """Every artifact index under ``base``, and the lineage graph: runs and versions as nodes,
-    producer run -> version and version -> consumer run as edges."""
-    artifacts, nodes, edges = [], {}, []
-    for index_path in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
-        try:
-            index = read_json(index_path)
-        except (OSError, ValueError):
-            continue
-        aliases: dict[int, list[str]] = {}
-        for alias, number in index.get("aliases", {}).items():
-            aliases.setdefault(number, []).append(alias)
-        versions = []
-        for v in index.get("versions", []):
-            ref = f"{index['name']}:v{v['version']}"
-            node = f"{index['project']}/{ref}"
-            nodes[node] = {"id": node, "kind": "artifact", "label": ref, "type": index.get("type")}
-            producer = v.get("producer")
-            if producer:
-                run = f"{producer['project']}/{producer['id']}"
-                nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
-                edges.append({"from": run, "to": node})
-            for consumer in v.get("consumers", []):
-                run = f"{consumer['project']}/{consumer['id']}"
-                nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
-                edges.append({"from": node, "to": run})
-            versions.append({"version": v["version"], "ref": ref, "digest": v["digest"][:12],
-                             "created": v.get("created_at"), "aliases": sorted(aliases.get(v["version"], [])),
-                             "files": len(v.get("files", {})),
-                             "size": sum(f.get("size", 0) for f in v.get("files", {}).values()),
-                             "producer": producer, "consumers": v.get("consumers", [])})
-        artifacts.append({"project": index["project"], "name": index["name"], "type": index.get("type"),
-                          "versions": versions})
-    return {"artifacts": artifacts, "graph": {"nodes": list(nodes.values()), "edges": edges}}

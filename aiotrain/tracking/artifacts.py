@@ -15,6 +15,19 @@ one. ``latest`` moves to every new version; other aliases move to the version th
 to (one version per alias). Object files and the index are written atomically, and the index is
 changed only under an exclusive file lock (``filelock``: flock on POSIX, LockFileEx on Windows),
 so concurrent processes logging the same name get distinct versions and an intact index.
+
+**Integrity.** Every file is checked against the sha256 its version recorded before it is
+used: ``use_artifact`` hashes the version's stored objects, ``download`` hashes each file as it
+copies it (and a folder materialized earlier before returning it, rebuilding it from the objects
+when it was edited). A mismatch, a missing object, or an index naming a file outside the store
+(a member path with ``..``, a digest that is not 64 hex digits) is an ``ArtifactIntegrityError``
+naming the artifact and the file; nothing is copied from a file that failed. Hashes are
+remembered per process by (device, inode, size, mtime, ctime), so a file is read once per
+process unless it changes (a write changes its ctime, which no user can set back; a file
+changed in the last two seconds is hashed every time, as file times are coarse).
+``log_artifact`` finding a stored object that no longer matches its name replaces it with the
+content being logged. This detects corruption and files changed behind the index's back; whoever
+can rewrite index.json as well can make any content "recorded" (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,10 +37,11 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypedDict
 
 import msgspec
 from filelock import FileLock
@@ -35,10 +49,19 @@ from filelock import FileLock
 from ..files import make_temp_dir
 from .store import atomic_file, check_name, get_dir, jsonable, read_json, write_json
 
-__all__ = ["Artifact", "lineage", "log_artifact", "use_artifact"]
+__all__ = ["Artifact", "ArtifactCatalog", "ArtifactInfo", "ArtifactIntegrityError", "ArtifactRefs", "LineageGraph",
+           "RunRef", "VersionInfo", "catalog", "lineage", "log_artifact", "run_artifacts", "use_artifact"]
 
 _VERSION = re.compile(r"^v(\d+)$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_HASHED_MAX = 100_000  # remembered hashes (see _hash)
+_SETTLED_NS = 2_000_000_000  # a file's ctime must be this old for its hash to be remembered
+
+
+class ArtifactIntegrityError(ValueError):
+    """A stored artifact file does not match the sha256 its version recorded, is missing, or is
+    named by an index entry that points outside the store. The message names the file."""
 
 
 class Artifact:
@@ -103,13 +126,13 @@ class Artifact:
         store = _Store(self._root)
         if root is not None:
             target = Path(root)
-            _materialize(store, self.manifest, target)
+            _materialize(store, self.ref, self.manifest, target)
             return target
         target = store.folder(self.project, self.name) / "files" / f"v{self.version}"
-        if not _complete(target, self.manifest):
+        if not _complete(target, self.manifest):  # absent, or edited since: built again from the objects
             staging = make_temp_dir(target.parent.parent, ".files-")
             try:
-                _materialize(store, self.manifest, staging)
+                _materialize(store, self.ref, self.manifest, staging)
                 if target.exists():
                     shutil.rmtree(target)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +173,11 @@ class _Store:
         """Copy ``source`` into the object store (once per content); returns (sha256, size)."""
         digest, size = _sha256(source)
         target = self.object(digest)
-        if not target.exists():
+        try:
+            stored = _hash(target) == digest
+        except FileNotFoundError:
+            stored = False
+        if not stored:  # absent, or corrupt: (re)written from the content being logged
             with atomic_file(target) as out, open(source, "rb") as src:
                 shutil.copyfileobj(src, out, _CHUNK)
         return digest, size
@@ -195,16 +222,98 @@ def _digest(type_: str, manifest: dict[str, dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
-    return folder.is_dir() and all(
-        (folder / m).is_file() and (folder / m).stat().st_size == e["size"] for m, e in manifest.items())
+_hashed: dict[tuple[int, int, int, int, int], str] = {}
+_hashed_lock = threading.Lock()
 
 
-def _materialize(store: _Store, manifest: dict[str, dict[str, Any]], target: Path) -> None:
+def _hash(path: Path) -> str:
+    """The sha256 of ``path``, remembered by (device, inode, size, mtime, ctime): any write to
+    the file changes its ctime, so a remembered hash is never one of older content."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _hashed_lock:
+        known = _hashed.get(key)
+    if known is None:
+        known = _sha256(path)[0]
+        _remember(path, key, known)
+    return known
+
+
+def _remember(path: Path, key: tuple[int, int, int, int, int], digest: str) -> None:
+    """Remember ``digest`` for ``path`` if it did not change while it was read, and if its ctime
+    lies over two seconds back: file times are coarse (a write in the same clock tick as the
+    last one keeps the ctime), so a hash of a file changed that recently is not trusted to
+    describe it later (git's "racily clean" rule)."""
+    st = os.stat(path)
+    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == key \
+            and time.time_ns() - st.st_ctime_ns > _SETTLED_NS:
+        with _hashed_lock:
+            if len(_hashed) >= _HASHED_MAX:
+                _hashed.clear()
+            _hashed[key] = digest
+
+
+def _checked(ref: str, member: str, entry: Any) -> str:
+    """The recorded sha256 of ``member``, once the index entry is known to name a file inside
+    the store and the version's folder (index.json is a file others may write)."""
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ArtifactIntegrityError(f"artifact {ref}: file {member!r} has no valid sha256 in its index "
+                                     f"({digest!r}); the index is corrupt or was edited")
+    parts = Path(member).parts
+    if not member or Path(member).is_absolute() or ".." in parts or "\\" in member or "\x00" in member:
+        raise ArtifactIntegrityError(f"artifact {ref}: its index names a file outside the version's folder "
+                                     f"({member!r}); the index is corrupt or was edited")
+    return digest
+
+
+def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, Any]]) -> None:
+    """Check every stored object of a version against its recorded sha256 (see the module doc)."""
     for member, entry in manifest.items():
+        digest = _checked(ref, member, entry)
+        path = store.object(digest)
+        try:
+            actual = _hash(path)
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"artifact {ref}: stored file {member!r} is missing ({path})") from None
+        if actual != digest:
+            raise ArtifactIntegrityError(
+                f"artifact {ref}: stored file {member!r} ({path}) does not match its recorded sha256 "
+                f"(recorded {digest[:12]}..., found {actual[:12]}...): it was changed after it was logged")
+
+
+def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+    """Whether ``folder`` holds exactly the version's content (every file's sha256 checked)."""
+    try:
+        return folder.is_dir() and all(_hash(folder / m) == e["sha256"] for m, e in manifest.items())
+    except OSError:  # a file missing, or a folder where a file should be
+        return False
+
+
+def _materialize(store: _Store, ref: str, manifest: dict[str, dict[str, Any]], target: Path) -> None:
+    """Copy the version's objects into ``target``, hashing each as it is copied: a file whose
+    content does not match is not left in ``target`` and raises ``ArtifactIntegrityError``."""
+    for member, entry in manifest.items():
+        digest = _checked(ref, member, entry)
+        source = store.object(digest)
         dest = target / member
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.object(entry["sha256"]), dest)
+        try:
+            with atomic_file(dest) as out, open(source, "rb") as src:
+                h = hashlib.sha256()
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                if h.hexdigest() != digest:
+                    raise ArtifactIntegrityError(
+                        f"artifact {ref}: stored file {member!r} ({source}) does not match its recorded sha256 "
+                        f"(recorded {digest[:12]}..., found {h.hexdigest()[:12]}...): it was changed after it "
+                        "was logged; nothing was copied from it")
+        except FileNotFoundError as exc:
+            if exc.filename is not None and Path(exc.filename) == source:
+                raise ArtifactIntegrityError(f"artifact {ref}: stored file {member!r} is missing ({source})") from None
+            raise
+        st = os.stat(dest)
+        _remember(dest, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), digest)
 
 
 def _check_aliases(aliases: list[str]) -> list[str]:
@@ -257,12 +366,16 @@ def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
     stored = store.read(project, name)
     if stored is None:
         raise LookupError(f"no artifact {name!r} in project {project!r} under {run.root}")
+    entry = _resolve(stored, spec, ref)
+    _verify(store, f"{name}:v{entry['version']}", entry["files"])  # before the run is recorded as its consumer
     if run.disabled:
         index = stored
-        entry = _resolve(index, spec, ref)
     else:
         with store.locked(project, name) as index:
-            entry = _resolve(index, spec, ref)
+            verified, entry = entry, index["versions"][entry["version"]]  # that version, wherever aliases moved since
+            if entry["digest"] != verified["digest"] or entry["files"] != verified["files"]:
+                raise ArtifactIntegrityError(f"artifact {name}:v{entry['version']}: its index changed while it "
+                                             "was being verified; use it again")
             consumer = {"id": run.id, "project": run.project}
             if consumer not in entry["consumers"]:
                 entry["consumers"].append(consumer)
@@ -311,17 +424,141 @@ def _record(run: Any, filename: str, artifact: Artifact) -> None:
         os.fsync(f.fileno())
 
 
-def _run_refs(root: Path, run: dict[str, str], filename: str) -> list[str]:
-    path = root / "runs" / run["project"] / run["id"] / "artifacts" / filename
+def _refs(path: Path) -> list[str]:
+    """The refs of a run's logged.jsonl / used.jsonl, in order, each once (a torn last line skipped)."""
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
         return []
     refs = []
     for line in lines:
-        with contextlib.suppress(msgspec.DecodeError):  # a torn last line
+        with contextlib.suppress(msgspec.DecodeError, KeyError, TypeError):  # a torn last line
             refs.append(msgspec.json.decode(line)["ref"])
-    return refs
+    return list(dict.fromkeys(refs))
+
+
+def _run_refs(root: Path, run: dict[str, str], filename: str) -> list[str]:
+    return _refs(root / "runs" / run["project"] / run["id"] / "artifacts" / filename)
+
+
+class ArtifactRefs(NamedTuple):
+    """What one run logged and used, as ``name:vN`` refs in order."""
+
+    logged: list[str]
+    used: list[str]
+
+
+def run_artifacts(run_dir: str | os.PathLike[str]) -> ArtifactRefs:
+    """The artifact versions the run in ``run_dir`` logged and used."""
+    folder = Path(run_dir) / "artifacts"
+    return ArtifactRefs(_refs(folder / "logged.jsonl"), _refs(folder / "used.jsonl"))
+
+
+class RunRef(TypedDict):
+    """A run named by project and id (an artifact's producer or consumer)."""
+
+    project: str
+    id: str
+
+
+class VersionInfo(TypedDict):
+    """One stored version as the catalog lists it."""
+
+    version: int
+    ref: str
+    digest: str  # the first 12 hex digits
+    created: float | None
+    aliases: list[str]
+    files: int
+    size: int
+    producer: RunRef | None
+    consumers: list[RunRef]
+
+
+class ArtifactInfo(TypedDict):
+    """One artifact name of a project with its versions; ``error`` names an unreadable index."""
+
+    project: str
+    name: str
+    type: str | None
+    versions: list[VersionInfo]
+    error: str | None
+
+
+LineageEdge = TypedDict("LineageEdge", {"from": str, "to": str})
+
+
+class LineageNode(TypedDict, total=False):
+    """A run (``kind`` "run") or an artifact version (``kind`` "artifact", with its ``type``)."""
+
+    id: str
+    kind: str
+    label: str
+    type: str | None
+
+
+class LineageGraph(TypedDict):
+    """Runs and versions as nodes; producer -> version and version -> consumer as edges."""
+
+    nodes: list[LineageNode]
+    edges: list[LineageEdge]
+
+
+class ArtifactCatalog(TypedDict):
+    """Every artifact under a tracking root and the lineage graph between them and their runs."""
+
+    artifacts: list[ArtifactInfo]
+    graph: LineageGraph
+
+
+def catalog(root: str | os.PathLike[str] | None = None) -> ArtifactCatalog:
+    """Every artifact index under ``root`` (default: the tracking root), with its versions and
+    aliases, and the lineage graph. An index that cannot be decoded is listed with its ``error``
+    (and no versions) rather than left out."""
+    base = _Store(Path(root) if root is not None else get_dir()).base / "projects"
+    artifacts: list[ArtifactInfo] = []
+    nodes: dict[str, LineageNode] = {}
+    edges: list[LineageEdge] = []
+    for index_path in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
+        project, name = index_path.parent.parent.name, index_path.parent.name
+        try:
+            index = read_json(index_path)
+        except FileNotFoundError:  # removed since the listing
+            continue
+        except (msgspec.DecodeError, ValueError) as exc:
+            artifacts.append({"project": project, "name": name, "type": None, "versions": [],
+                              "error": f"{index_path}: unreadable index ({exc})"})
+            continue
+        artifacts.append({"project": project, "name": name, "type": index.get("type"),
+                          "versions": _versions(index, project, name, nodes, edges), "error": None})
+    return {"artifacts": artifacts, "graph": {"nodes": list(nodes.values()), "edges": edges}}
+
+
+def _versions(index: dict[str, Any], project: str, name: str, nodes: dict[str, LineageNode],
+              edges: list[LineageEdge]) -> list[VersionInfo]:
+    aliases: dict[int, list[str]] = {}
+    for alias, number in index.get("aliases", {}).items():
+        aliases.setdefault(number, []).append(alias)
+    versions: list[VersionInfo] = []
+    for v in index.get("versions", []):
+        ref = f"{name}:v{v['version']}"
+        node = f"{project}/{ref}"
+        nodes[node] = {"id": node, "kind": "artifact", "label": ref, "type": index.get("type")}
+        producer = v.get("producer")
+        if producer:
+            run = f"{producer['project']}/{producer['id']}"
+            nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
+            edges.append({"from": run, "to": node})
+        for consumer in v.get("consumers", []):
+            run = f"{consumer['project']}/{consumer['id']}"
+            nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
+            edges.append({"from": node, "to": run})
+        files = v.get("files", {})
+        versions.append({"version": v["version"], "ref": ref, "digest": v["digest"][:12],
+                         "created": v.get("created_at"), "aliases": sorted(aliases.get(v["version"], [])),
+                         "files": len(files), "size": sum(f.get("size", 0) for f in files.values()),
+                         "producer": producer, "consumers": v.get("consumers", [])})
+    return versions
 
 
 def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -50,8 +51,8 @@ try:
 except ImportError:  # Windows: no advisory locks, so readers never build caches there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "Entries", "build_cache", "cache_dir",
-           "drop_torn_tail", "hold_for_writing", "let_go", "read_cache", "split_records"]
+__all__ = ["RECORD", "CachedColumns", "ColumnAppender", "ColumnRef", "Entries", "StaleColumn", "build_cache",
+           "cache_dir", "drop_torn_tail", "hold_for_writing", "let_go", "read_cache", "split_records"]
 
 RECORD = np.dtype([("end", "<i8"), ("step", "<i8"), ("time", "<f8"), ("value", "<f8")])
 _MARK = np.dtype([("offset", "<i8"), ("entries", "<i8")])
@@ -145,12 +146,47 @@ def split_records(records: list[dict[str, Any]]) -> Entries:
 
 
 # reading ------------------------------------------------------------------------------------------------
+class StaleColumn(ValueError):
+    """A column file is no longer the one ``read_cache`` checked (the cache was rebuilt since):
+    read the history again."""
+
+
+@dataclass(frozen=True)
+class ColumnRef:
+    """The covered records of one key's column file, read only when asked for: a reader holds
+    no descriptor (nor mapping) per key between calls, however many keys and runs it keeps.
+
+    ``read`` checks that the file is still the one that was checked (same device and inode,
+    the same last covered record) and raises ``StaleColumn`` otherwise."""
+
+    path: Path
+    count: int
+    identity: tuple[int, int]  # (st_dev, st_ino) when checked
+    last: bytes  # the last covered record, as stored
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self) -> np.ndarray:
+        """The ``count`` covered records (a RECORD array in memory)."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(self.count * RECORD.itemsize)
+        except FileNotFoundError:
+            raise StaleColumn(f"{self.path} is gone (the cache was rebuilt)") from None
+        if (st.st_dev, st.st_ino) != self.identity or len(data) != self.count * RECORD.itemsize \
+                or data[-RECORD.itemsize:] != self.last:
+            raise StaleColumn(f"{self.path} changed since it was checked (the cache was rebuilt)")
+        return np.frombuffer(data, RECORD)
+
+
 @dataclass
 class CachedColumns:
     """What a valid cache holds: the jsonl offset it covers, and per key its records there."""
 
     offset: int
-    columns: dict[str, np.ndarray]  # RECORD arrays, memory-mapped
+    columns: dict[str, ColumnRef]  # read on demand
     media: list[tuple[str, int, dict[str, Any]]]  # (key, step, value), in file order
 
 
@@ -158,7 +194,8 @@ def read_cache(jsonl: Path) -> CachedColumns | None:
     """The cache of ``jsonl`` when it passes every check (see the module doc), else None.
 
     A missing cache (or an empty one) reads as covering nothing; only a cache that exists and
-    disagrees with the jsonl is None."""
+    disagrees with the jsonl is None. Each column file is opened once, briefly, to find how many
+    of its records the last mark covers (a binary search over a few pages), and then closed."""
     folder = cache_dir(jsonl)
     try:
         jsonl_size = os.stat(jsonl).st_size
@@ -170,17 +207,37 @@ def read_cache(jsonl: Path) -> CachedColumns | None:
     offset, entries, keys, media = state
     if offset > jsonl_size:
         return None
-    columns = {}
-    for key, name in keys.items():
-        records = _map_records(folder / name)
-        columns[key] = records[: int(np.searchsorted(records["end"], offset, side="right"))]
+    try:
+        columns = {key: _covered(folder / name, offset) for key, name in keys.items()}
+    except OSError:  # a column file missing or unreadable: the cache is not whole
+        return None
     kept = [m for m in media if m[0] <= offset]
-    if sum(len(c) for c in columns.values()) + len(kept) != entries:
+    if sum(c.count for c in columns.values()) + len(kept) != entries:
         return None
     if offset and not _boundary_agrees(jsonl, offset, columns, kept):
         return None
-    return CachedColumns(offset, {k: c for k, c in columns.items() if len(c)},
+    return CachedColumns(offset, {k: c for k, c in columns.items() if c.count},
                          [(k, s, v) for _, k, s, v in kept])
+
+
+def _covered(path: Path, offset: int) -> ColumnRef:
+    """The records of a column file whose line ends at or before ``offset`` (they come first:
+    ``end`` grows through the file; a writer only ever cuts records after the last mark)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        n = st.st_size // RECORD.itemsize
+        tail = max(0, n - 256)  # usually all but the last few are covered: look there first
+        block = np.frombuffer(os.pread(f.fileno(), (n - tail) * RECORD.itemsize, tail * RECORD.itemsize), RECORD)
+        if len(block) and int(block["end"][0]) <= offset:
+            lo = hi = tail + int(np.searchsorted(block["end"], offset, side="right"))
+        else:  # the first record whose end > offset lies in [lo, hi]
+            lo, hi = 0, tail
+        while lo < hi:
+            mid = (lo + hi) // 2
+            end = int(np.frombuffer(os.pread(f.fileno(), 8, mid * RECORD.itemsize), "<i8")[0])
+            lo, hi = (mid + 1, hi) if end <= offset else (lo, mid)
+        last = os.pread(f.fileno(), RECORD.itemsize, (lo - 1) * RECORD.itemsize) if lo else b""
+    return ColumnRef(path, lo, (st.st_dev, st.st_ino), last)
 
 
 def _read_state(folder: Path) -> tuple[int, int, dict[str, str], list[tuple[int, str, int, Any]]] | None:
@@ -222,21 +279,6 @@ def _complete_lines(path: Path) -> list[bytes]:
     return data[: data.rfind(b"\n") + 1].splitlines()
 
 
-def _map_records(path: Path) -> np.ndarray:
-    """The whole records of a column file, memory-mapped read-only: finding the covered prefix
-    touches a few pages, and only a column that is charted is read whole. (A writer only ever
-    cuts records after the last mark, never the covered prefix, and a rebuild replaces the
-    files, so the mapped prefix stays valid.)"""
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return np.empty(0, RECORD)
-    n = size // RECORD.itemsize
-    if n == 0:
-        return np.empty(0, RECORD)
-    return np.memmap(path, RECORD, mode="r", shape=(n,))
-
-
 def _last_line(jsonl: Path, offset: int) -> bytes | None:
     """The jsonl line that ends exactly at ``offset`` (None when ``offset`` is not a line end)."""
     with open(jsonl, "rb") as f:
@@ -254,7 +296,7 @@ def _last_line(jsonl: Path, offset: int) -> bytes | None:
         return tail
 
 
-def _boundary_agrees(jsonl: Path, offset: int, columns: dict[str, np.ndarray],
+def _boundary_agrees(jsonl: Path, offset: int, columns: dict[str, ColumnRef],
                      media: list[tuple[int, str, int, Any]]) -> bool:
     """Whether the jsonl line ending at ``offset`` holds exactly what the cache recorded for it."""
     try:
@@ -266,7 +308,8 @@ def _boundary_agrees(jsonl: Path, offset: int, columns: dict[str, np.ndarray],
         return False
     entries = split_records([record])
     expected = {k: (s[0], t[0], v[0]) for k, (_, s, t, v) in entries.scalars.items()}
-    found = {k: c[-1] for k, c in columns.items() if len(c) and int(c[-1]["end"]) == offset}
+    lasts = {k: np.frombuffer(c.last, RECORD)[0] for k, c in columns.items() if c.count}
+    found = {k: last for k, last in lasts.items() if int(last["end"]) == offset}
     if expected.keys() != found.keys():
         return False
     for key, (step, when, value) in expected.items():
@@ -280,13 +323,21 @@ def _boundary_agrees(jsonl: Path, offset: int, columns: dict[str, np.ndarray],
 
 # writing -------------------------------------------------------------------------------------------------
 class ColumnAppender:
-    """Appends batches of records to the cache of one jsonl file; owned by that file's writer."""
+    """Appends batches of records to the cache of one jsonl file; owned by that file's writer.
+
+    At most ``OPEN_FILES`` column files stay open (the least recently written is closed and
+    reopened when its key comes again), so a run logging thousands of keys needs no more
+    descriptors than one logging a few; ``sync`` fsyncs every file written since the last one,
+    open or not."""
+
+    OPEN_FILES = 48
 
     def __init__(self, folder: Path, keys: dict[str, str], entries: int) -> None:
         self.folder = folder
         self._keys = keys
         self._entries = entries
-        self._files: dict[str, BinaryIO] = {}
+        self._files: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._written: set[str] = set()  # keys appended to since the last sync
         self._marks: BinaryIO = open(folder / "marks.bin", "ab")  # noqa: SIM115 - held for the run
         self._keys_file: BinaryIO | None = None
         self._media: BinaryIO | None = None
@@ -371,8 +422,10 @@ class ColumnAppender:
         self._marks.flush()
 
     def _file(self, key: str) -> BinaryIO:
+        self._written.add(key)
         f = self._files.get(key)
         if f is not None:
+            self._files.move_to_end(key)
             return f
         name = self._keys.get(key)
         if name is None:
@@ -382,10 +435,17 @@ class ColumnAppender:
             self._keys_file.write(_encoder.encode({"key": key, "file": name}) + b"\n")
             self._keys_file.flush()  # the name is on record before any of its values
         f = self._files[key] = open(self.folder / name, "ab")  # noqa: SIM115
+        while len(self._files) > self.OPEN_FILES:
+            _, oldest = self._files.popitem(last=False)
+            oldest.close()  # flushed; synced (reopened) by the next sync
         return f
 
     def sync(self) -> None:
-        """fsync every file of the cache (the writer's durable drains)."""
+        """fsync every file of the cache written since the last sync (the writer's durable drains)."""
+        for key in self._written.difference(self._files):
+            with open(self.folder / self._keys[key], "rb") as closed:  # fsync reaches the file's data through any descriptor
+                os.fsync(closed.fileno())
+        self._written.clear()
         for f in (*self._files.values(), self._keys_file, self._media, self._marks):
             if f is not None:
                 f.flush()
@@ -451,7 +511,8 @@ def _cut_to_last_mark(folder: Path, cached: CachedColumns) -> tuple[dict[str, st
     assert state is not None  # read_cache just read the same files
     offset, entries, keys, media = state
     for key, name in keys.items():
-        size = len(cached.columns.get(key, ())) * RECORD.itemsize
+        ref = cached.columns.get(key)
+        size = (ref.count if ref is not None else 0) * RECORD.itemsize
         _truncate(folder / name, size)
     with contextlib.suppress(FileNotFoundError):
         _truncate(folder / "marks.bin", os.path.getsize(folder / "marks.bin") // _MARK.itemsize * _MARK.itemsize)

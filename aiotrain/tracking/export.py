@@ -14,19 +14,22 @@ timestamps (system metrics included), tags (``aiotrain.run_id``, ``aiotrain.proj
 tags, notes as ``mlflow.note.content``), media/ and tables/ as artifacts, and the status and
 times. A run already exported to that store (same ``aiotrain.run_id`` tag) is skipped, so the
 export can be repeated.
+
+Both read the run through :mod:`aiotrain.tracking.read`, so the summary metrics they export are
+the ones ``runs show`` and the dashboard show (a killed run's are derived from its log).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .reader import iter_history
-from .store import flatten
+from .read import RunRecord, flatten, scan_history
 
 __all__ = ["export_mlflow", "export_tensorboard", "tensorboard_folder"]
 
@@ -34,10 +37,10 @@ _MLFLOW_STATUS = {"finished": "FINISHED", "crashed": "FAILED", "interrupted": "K
 _PARAM_BATCH, _METRIC_BATCH = 100, 1000  # MLflow's log_batch limits
 
 
-def _histories(record: Any) -> Any:
+def _histories(record: RunRecord) -> Iterator[dict[str, Any]]:
     """The run's records, then its system metrics records."""
-    yield from record.history()
-    yield from iter_history(record.dir / "system.jsonl")
+    yield from scan_history(record.dir, "metrics")
+    yield from scan_history(record.dir, "system")
 
 
 def _hparam(value: Any) -> Any:
@@ -46,14 +49,14 @@ def _hparam(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
-def tensorboard_folder(record: Any) -> str:
+def tensorboard_folder(record: RunRecord) -> str:
     """The folder name of ``record`` under an export directory."""
     from .media import safe_filename
 
     return safe_filename(f"{record.project}-{record.name}-{record.id}")
 
 
-def export_tensorboard(record: Any, out_dir: Path) -> dict[str, int]:
+def export_tensorboard(record: RunRecord, out_dir: Path) -> dict[str, int]:
     """Write ``record``'s history and hparams under ``out_dir``; returns how many values of each kind."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
@@ -120,7 +123,7 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def export_mlflow(record: Any, uri: str) -> dict[str, Any]:
+def export_mlflow(record: RunRecord, uri: str) -> dict[str, Any]:
     """Write ``record`` into the MLflow tracking store at ``uri``; returns the MLflow run id and
     counts (``skipped`` is True when this run was exported there before)."""
     from mlflow import MlflowClient

@@ -5,8 +5,11 @@ seconds. ``RunIndex.refresh`` keeps each run's row and re-reads a run only when 
 changed (size or mtime). A finished run costs one ``stat`` of its folder: its files are replaced
 atomically (``os.replace``), which changes the folder's mtime, and appending to it again means
 resuming, which rewrites metadata.sdn first; a folder changed in the last two seconds is checked
-file by file (coarse mtimes). A run still being written has no summary.sdn yet: its summary is
-folded from the lines appended to metrics.jsonl since the last refresh. ``refresh`` reads the
+file by file (coarse mtimes). A run still being written (or killed) has no summary.sdn newer
+than its log: its summary is
+folded from the lines appended to metrics.jsonl since the last refresh (the one rule of
+``reader.py``: summary.sdn when it is newer than the log, else summary.sdn updated by the log).
+``refresh`` reads the
 disk: call it from a thread (the dashboard uses the I/O executor).
 
 Parsing SDN is what makes a first (cold) refresh slow, so a run also writes ``row.json`` beside
@@ -15,6 +18,11 @@ that metadata.sdn and summary.sdn had when it was written. The index uses a row 
 both files still have that size and mtime; a run changed since (a status rewritten, a resumed
 run's new summary, a run written by an older version) is read from its SDN files, so a row is
 never stale.
+
+An error is never an empty answer: a run whose files are corrupt is a row with status
+``unreadable`` and the error (one line naming the file), and any other error (a file that
+cannot be opened, a descriptor limit reached) is raised from ``refresh``, not turned into a
+table without that run.
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ from typing import Any
 import msgspec
 
 from ..files import atomic_write
-from .reader import RunRecord, decode_tree, load_run
+from .reader import (
+    RunRecord,
+    decode_tree,
+    fold_summary,
+    load_run,
+    read_stored_summary,
+    summary_is_final,
+)
 from .series import read_new_records
 from .store import encode_nonfinite, flatten, jsonable
 
@@ -56,7 +71,8 @@ def _storable(tree: dict[str, Any]) -> Any:
 
 def read_row(run_dir: str, metadata: tuple[int, int] | None, summary: tuple[int, int] | None) -> RunRecord | None:
     """The run as ``row.json`` holds it when metadata.sdn and summary.sdn still have the size
-    and mtime it recorded (``metadata`` / ``summary``: their stamps now), else None."""
+    and mtime it recorded (``metadata`` / ``summary``: their stamps now), else None (also when
+    it cannot be read: the caller reads the SDN files, and their errors are its answer)."""
     try:
         with open(os.path.join(run_dir, ROW_FILE), "rb") as f:
             data = f.read()
@@ -105,8 +121,9 @@ class RunRow:
     def fields(self) -> dict[str, Any]:
         """The plain fields a filter or column can name (see ``aiotrain.tracking.query``)."""
         r = self.record
-        return {"id": r.id, "name": r.name, "project": r.project, "status": r.status, "tags": r.tags,
-                "notes": r.metadata.get("notes") or "", "created": r.created_at, "duration": self.duration}
+        return {"id": r.id, "name": r.name, "project": r.project, "host": r.host, "status": r.status,
+                "tags": r.tags, "notes": r.metadata.get("notes") or "", "created": r.created_at,
+                "duration": self.duration}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf");
@@ -160,6 +177,21 @@ class RunIndex:
         rows.sort(key=lambda r: (r.record.created_at, r.record.id))
         return rows
 
+    def row(self, run_dir: str | os.PathLike[str]) -> RunRow | None:
+        """The row of one run (None when ``run_dir`` holds no run), refreshed from disk as
+        ``refresh`` would: a reader of one run folds its log incrementally too."""
+        key = os.fspath(run_dir)
+        before = self._entries.get(key)
+        entry = self._load(key, before)
+        if entry is None:
+            if self._entries.pop(key, None) is not None:
+                self.generation += 1
+            return None
+        if entry is not before:
+            self._entries[key] = entry
+            self.generation += 1
+        return entry.row
+
     def _load(self, run_dir: str, entry: _Entry | None) -> _Entry | None:
         if entry is not None and entry.folder is not None:
             folder = _stat(run_dir)
@@ -171,32 +203,46 @@ class RunIndex:
         if entry is not None and entry.stamp == stamp:
             entry.folder = _stat(run_dir) if entry.folder is not None else None
             return entry
+        try:
+            return self._read(run_dir, stamp, entry)
+        except ValueError as exc:  # a corrupt file: the run is listed as unreadable, not left out
+            record = RunRecord(Path(run_dir), {"id": os.path.basename(run_dir), "status": "unreadable",
+                                               "error": str(exc).splitlines()[0]}, {})
+            return _Entry(stamp, RunRow(record, {}, {}, 0.0))
+
+    def _read(self, run_dir: str, stamp: tuple[Any, ...], entry: _Entry | None) -> _Entry | None:
+        """Read a run whose files changed (``ValueError`` for a corrupt one; any other error,
+        a descriptor limit reached included, is raised too: never an empty or shortened table)."""
         folder = _stat(run_dir)
         record = read_row(run_dir, stamp[0], stamp[1])
-        if record is None:
+        if record is not None:
+            stored = record.summary  # summary.sdn as row.json holds it ({} when there is none)
+        else:
             try:
                 record = load_run(run_dir)
-            except (OSError, ValueError):  # replaced between stat and read: next refresh sees it
+                stored = read_stored_summary(run_dir) if stamp[1] is not None else {}
+            except FileNotFoundError:  # replaced or removed between stat and read: next refresh sees it
                 return entry
-        if entry is None or stamp[:2] != entry.stamp[:2]:
-            entry = _Entry(stamp, RunRow(record, {}, {}, 0.0))
+        if entry is None or stamp[:2] != entry.stamp[:2]:  # new, or summary.sdn changed: fold anew
+            entry = _Entry(stamp, RunRow(record, {}, {}, 0.0), folded=dict(stored))
         entry.stamp = stamp
-        if stamp[1] is not None:  # finished: summary.sdn is the summary
-            summary = record.summary
-        else:  # still being written: fold the new lines of metrics.jsonl
-            try:
-                records, entry.offset = read_new_records(Path(run_dir, "metrics.jsonl"), entry.offset)
-            except ValueError:
-                records = []
-            for r in records:
-                entry.folded.update(r)
-            summary = {k: v for k, v in entry.folded.items() if k not in ("step", "timestamp")}
+        final = summary_is_final(_mtime(stamp[1]), _mtime(stamp[2]))
+        if final:
+            summary = stored
+        else:  # not finished since it last logged: the lines appended since the last refresh, folded
+            records, entry.offset = read_new_records(Path(run_dir, "metrics.jsonl"), entry.offset)
+            entry.folded = summary = fold_summary(entry.folded, records)
+        record.set_summary(summary, final)
         last_write = max((s[1] / 1e9 for s in stamp if s is not None), default=0.0)
         entry = _Entry(entry.stamp, RunRow(record, flatten(record.config), _scalars(summary), last_write),
                        entry.offset, entry.folded)
-        done = stamp[1] is not None and record.metadata.get("status") != "running"
+        done = final and record.metadata.get("status") != "running"
         entry.folder = folder if done else None
         return entry
+
+
+def _mtime(stamp: tuple[int, int] | None) -> int | None:
+    return None if stamp is None else stamp[1]
 
 
 def _stat(path: str) -> tuple[int, int] | None:

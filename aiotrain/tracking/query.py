@@ -1,7 +1,7 @@
 """Filters, sort keys and columns over run rows: one syntax for ``runs ls`` and the dashboard.
 
-A key names a run field (``id``, ``name``, ``project``, ``status``, ``tags``, ``notes``,
-``created``, ``duration``), a config value (``config.train.lr``, dotted) or a summary metric
+A key names a run field (``id``, ``name``, ``project``, ``host``, ``status``, ``tags``,
+``notes``, ``created``, ``duration``), a config value (``config.train.lr``, dotted) or a summary metric
 (``summary.val/acc``, or just ``val/acc`` when it is not a field name). A filter is
 ``KEY OP VALUE`` with OP one of ``=  !=  <  <=  >  >=  ~`` (``~``: contains, case-insensitive);
 numbers compare as numbers, anything else as text; on ``tags``, ``=`` and ``~`` test membership
@@ -21,7 +21,7 @@ from .index import RunRow
 
 __all__ = ["Filter", "apply", "column_value", "parse_filter", "parse_sort", "search"]
 
-FIELDS = ("id", "name", "project", "status", "tags", "notes", "created", "duration")
+FIELDS = ("id", "name", "project", "host", "status", "tags", "notes", "created", "duration")
 _FILTER = re.compile(r"^\s*(?P<key>[^=!<>~]+?)\s*(?P<op>>=|<=|!=|=|<|>|~)\s*(?P<value>.*?)\s*$")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -95,12 +95,12 @@ def parse_sort(text: str) -> tuple[str, bool]:
 
 
 def search(rows: Iterable[RunRow], text: str) -> list[RunRow]:
-    """Rows whose id, name, project, tags or notes contain ``text`` (case-insensitive)."""
+    """Rows whose id, name, project, host, tags or notes contain ``text`` (case-insensitive)."""
     needle = text.lower()
     out = []
     for row in rows:
         f = row.fields()
-        hay = " ".join([f["id"], f["name"], f["project"], f["notes"], *f["tags"]]).lower()
+        hay = " ".join([f["id"], f["name"], f["project"], f["host"] or "", f["notes"], *f["tags"]]).lower()
         if needle in hay:
             out.append(row)
     return out

@@ -6,7 +6,10 @@ starts from the file's binary column cache (``columns.py``: milliseconds for 10^
 decodes only the JSON lines the cache does not cover (all of them when there is no valid
 cache), and afterwards reads only the bytes appended since, so a live run costs a few new lines per
 refresh. It stops at the last complete line, so a writer mid-append (or a torn last line) is
-never read half. Non-scalar values (histograms, images, tables) are kept aside per key with
+never read half, and before a range of NUL bytes: on a network file system (NFS) another
+machine's writes reach the server out of order, so a reader there can see the file grown with a
+hole not yet filled; it reads up to the hole and goes on from there once the hole is filled.
+(A full read of the file, ``reader.iter_history``, calls a hole before the last line corrupt.) Non-scalar values (histograms, images, tables) are kept aside per key with
 their step, for the run detail page. A scalar logged as nan is dropped from its column (a chart
 has nothing to draw there); inf values are kept.
 
@@ -25,7 +28,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .columns import read_cache, split_records
+from .columns import ColumnRef, StaleColumn, read_cache, split_records
 
 __all__ = ["Column", "SeriesFile", "decode_lines", "downsample", "read_new_records"]
 
@@ -48,8 +51,9 @@ def decode_lines(chunk: bytes, path: Path) -> list[dict[str, Any]]:
         raise
 
 
-def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """The complete records appended to ``path`` after byte ``offset``, and the new offset.
+def read_new_records(path: Path, offset: int, until: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The complete records appended to ``path`` after byte ``offset`` (up to byte ``until``
+    when given), and the new offset.
 
     A file that shrank below ``offset`` was replaced: it is read again from the start.
     """
@@ -57,6 +61,8 @@ def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int
         size = os.stat(path).st_size
     except FileNotFoundError:
         return [], 0
+    if until is not None:
+        size = min(size, until)
     if size < offset:
         offset = 0
     if size == offset:
@@ -64,7 +70,8 @@ def read_new_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int
     with open(path, "rb") as f:
         f.seek(offset)
         chunk = f.read(size - offset)
-    end = chunk.rfind(b"\n") + 1
+    hole = chunk.find(b"\0")  # JSON lines never hold a NUL byte: a range not written yet
+    end = chunk.rfind(b"\n", 0, hole if hole >= 0 else len(chunk)) + 1
     if end == 0:
         return [], offset
     return decode_lines(chunk[:end], path), offset + end
@@ -84,6 +91,7 @@ class Column:
 
 @dataclass
 class _Parts:
+    cached: ColumnRef | None = None  # the column cache's records, read when the column is asked for
     step: list[np.ndarray] = field(default_factory=list)
     time: list[np.ndarray] = field(default_factory=list)
     value: list[np.ndarray] = field(default_factory=list)
@@ -102,7 +110,9 @@ class SeriesFile:
 
     The first refresh starts from the file's column cache (``columns.py``) when the cache agrees
     with the file, and decodes only the lines the cache does not cover; otherwise (no cache, or
-    one that fails a check) it decodes the whole file."""
+    one that fails a check) it decodes the whole file. A key's cached records are read when its
+    column is first asked for, and no file stays open between calls: a reader keeping many
+    histories of many keys holds no descriptor for them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,6 +138,14 @@ class SeriesFile:
                 self._add(records)
             return len(records)
 
+    def _reload(self) -> None:
+        """Read the history again from scratch, up to the offset already reached."""
+        offset = self.offset
+        self._clear()
+        self._start()
+        records, self.offset = read_new_records(self.path, self.offset, until=offset)
+        self._add(records)
+
     def _clear(self) -> None:
         self._parts.clear()
         self._small.clear()
@@ -138,8 +156,8 @@ class SeriesFile:
         cached = read_cache(self.path)
         if cached is None or not cached.offset:
             return
-        for key, records in cached.columns.items():
-            self._parts.setdefault(key, _Parts()).add(records["step"], records["time"], records["value"])
+        for key, ref in cached.columns.items():
+            self._parts.setdefault(key, _Parts()).cached = ref
         for key, step, value in cached.media:
             self.media.setdefault(key, []).append((step, value))
         self.offset = self.from_cache = cached.offset
@@ -177,10 +195,22 @@ class SeriesFile:
         with self._lock:
             return self._column(key)
 
-    def _column(self, key: str) -> Column | None:
+    def _column(self, key: str, retry: bool = True) -> Column | None:
         parts = self._parts.get(key)
         if parts is None:
             return None
+        if parts.cached is not None:
+            try:
+                records = parts.cached.read()
+            except StaleColumn:  # the cache was rebuilt since: read the history again, to the same offset
+                if not retry:
+                    raise
+                self._reload()
+                return self._column(key, retry=False)
+            parts.step.insert(0, records["step"])
+            parts.time.insert(0, records["time"])
+            parts.value.insert(0, records["value"])
+            parts.cached = parts.joined = None
         if parts.joined is None:
             parts.joined = Column(np.concatenate(parts.step), np.concatenate(parts.time),
                                   np.concatenate(parts.value))

@@ -220,8 +220,12 @@ def write_sdn(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def read_sdn(path: Path) -> dict[str, Any]:
-    """Read an SDN file written by ``write_sdn``."""
-    return sdn.loads(path.read_text(encoding="utf-8"), extra_depth=1)
+    """Read an SDN file written by ``write_sdn`` (an error names the file, line and column)."""
+    try:
+        return sdn.loads(path.read_text(encoding="utf-8"), extra_depth=1)
+    except sdn.SdnError as exc:  # file:line:col first, as every config error
+        where = f"{os.fspath(path)}:{exc.line}:{exc.col}" if exc.line is not None else os.fspath(path)
+        raise sdn.SdnError(f"{where}: {exc.msg}", path=os.fspath(path)) from None
 
 
 _encoder = msgspec.json.Encoder()

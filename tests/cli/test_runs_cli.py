@@ -40,7 +40,7 @@ def test_ls(root):
     out = cli(root, "ls")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS"]
+    assert lines[0].split() == ["ID", "PROJECT", "NAME", "HOST", "STATUS", "CREATED", "TAGS"]
     assert run.id in lines[1] and "finished" in lines[1] and "t1" in lines[1]
     assert bad.id in lines[2] and "crashed" in lines[2]
     only = cli(root, "ls", "--project", "other")

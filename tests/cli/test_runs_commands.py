@@ -38,7 +38,8 @@ def test_ls_columns_filter_sort(root, capsys):
     code, out, err = run_cli(capsys, "ls", "--columns", "config.lr,acc,duration", "--sort=-acc")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "PROJECT", "NAME", "STATUS", "CREATED", "TAGS", "CONFIG.LR", "ACC", "DURATION"]
+    assert lines[0].split() == ["ID", "PROJECT", "NAME", "HOST", "STATUS", "CREATED", "TAGS", "CONFIG.LR", "ACC",
+                                 "DURATION"]
     assert [line.split()[0] for line in lines[1:]] == [r.id for r in reversed(runs)]
     assert lines[1].split()[-3:-1] == ["0.001", "0.7"]
     code, out, _ = run_cli(capsys, "ls", "--filter", "config.lr<0.05", "--filter", "tag=base")

@@ -252,3 +252,30 @@ def test_a_writer_never_waits_forever_for_a_held_file(tmp_path: Path) -> None:
         assert hold_for_writing(builder, wait=0)
         assert not hold_for_writing(writer, wait=0.1)  # then it leaves the cache alone
 
+
+
+def test_a_writer_of_many_keys_keeps_few_files_open_and_its_cache_whole(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(ColumnAppender, "OPEN_FILES", 3)
+    with Track.run("p", dir=tmp_path, flush_interval=0.05) as run:
+        for i in range(40):
+            run.log({f"k{(i * 7 + j) % 11}": float(i + j) for j in range(4)})  # keys come and go
+            if i % 10 == 9:
+                run.flush()  # a durable drain: every file written since the last one is synced
+    jsonl = run.dir / "metrics.jsonl"
+    series = _series(jsonl)
+    assert series.from_cache == jsonl.stat().st_size
+    _assert_matches_jsonl(series, jsonl)
+
+
+def test_a_column_file_replaced_after_the_history_started_is_read_again_from_the_jsonl(run_dir: Path) -> None:
+    jsonl = run_dir / "metrics.jsonl"
+    series = _series(jsonl)  # started from the cache: no column read yet, no file held
+    assert series.from_cache == jsonl.stat().st_size
+    folder = cache_dir(jsonl)
+    keys = dict(msgspec.json.decode(line).values() for line in (folder / "keys.jsonl").read_bytes().splitlines())
+    loss = folder / keys["loss"]
+    forged = loss.with_name("forged")
+    forged.write_bytes(loss.read_bytes()[:-32] + bytes(32))  # same length, another last record
+    forged.replace(loss)  # as a rebuild that reassigned the file would leave it
+    _assert_matches_jsonl(series, jsonl)  # the stale column is noticed: decoded from the jsonl
+    assert series.from_cache == 0

@@ -89,3 +89,34 @@ def test_a_resumed_run_shows_its_new_summary(tmp_path: Path) -> None:
         assert live.summary["acc"] == 0.5  # from the first session's summary.sdn, not from row.json
     done = {r.record.id: r for r in RunIndex(tmp_path).refresh()}[first.name]
     assert done.summary["loss"] == 0.01 and done.record.status == "finished"
+
+
+def test_a_corrupt_run_is_listed_as_unreadable_not_left_out(tmp_path: Path) -> None:
+    dirs = _make(tmp_path, 3)
+    (dirs[1] / "metadata.sdn").write_text("id: [unclosed\n")
+    (dirs[1] / ROW_FILE).unlink()
+    rows = RunIndex(tmp_path).refresh()
+    assert len(rows) == 3
+    (bad,) = [r for r in rows if r.record.status == "unreadable"]
+    assert bad.record.id == dirs[1].name and "metadata.sdn" in bad.record.metadata["error"]
+    live = tmp_path / "runs" / "p" / "live"  # a run still being written whose log is corrupt mid-file
+    live.mkdir(parents=True)
+    write_sdn(live / "metadata.sdn", {"id": "live", "project": "p", "status": "running", "created_at": 1.0})
+    (live / "metrics.jsonl").write_bytes(b'{"step": 0, "loss": 1}\n{not json\n{"step": 1, "loss": 2}\n')
+    (row,) = [r for r in RunIndex(tmp_path).refresh() if r.record.id == "live"]
+    assert row.record.status == "unreadable" and "metrics.jsonl" in row.record.metadata["error"]
+
+
+def test_an_os_error_reading_a_run_is_raised_not_an_empty_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make(tmp_path, 2)
+    idx = RunIndex(tmp_path)
+
+    def emfile(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(index, "read_row", lambda *a: None)
+    monkeypatch.setattr(index, "load_run", emfile)
+    with pytest.raises(OSError, match="Too many open files"):
+        idx.refresh()
+    monkeypatch.undo()
+    assert len(idx.refresh()) == 2

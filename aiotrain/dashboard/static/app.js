@@ -87,7 +87,7 @@ async function loadRuns(quiet) {
 }
 
 function renderTable() {
-  const cols = [["", null], ["name", "name"], ["status", "status"], ["tags", "tags"], ["created", "created"], ["duration", "duration"],
+  const cols = [["", null], ["name", "name"], ["host", "host"], ["status", "status"], ["tags", "tags"], ["created", "created"], ["duration", "duration"],
                 ...S.columns.map((c) => [c, c])];
   const arrow = (k) => (S.sort === k ? " ▲" : S.sort === "-" + k ? " ▼" : "");
   let html = "<thead><tr>" + cols.map(([label, key]) => `<th data-key="${esc(key || "")}">${esc(label)}${key ? arrow(key) : ""}</th>`).join("") + "</tr></thead><tbody>";
@@ -95,6 +95,7 @@ function renderTable() {
     const sel = S.selected.has(r.key);
     html += `<tr class="${sel ? "sel" : ""}" data-key="${esc(r.key)}"><td><input type="checkbox" class="pick" ${sel ? "checked" : ""}></td>
       <td><a href="#/run/${esc(r.key)}">${esc(r.name)}</a> <span class="muted">${esc(r.key)}</span></td>
+      <td>${esc(r.host || "")}</td>
       <td><span class="badge ${esc(r.status)}">${esc(r.status)}</span></td>
       <td>${r.tags.map((t) => `<span class="tag">${esc(t)}</span>`).join("")}</td>
       <td>${esc(when(r.created))}</td><td class="num">${dur(r.duration)}</td>
