@@ -72,7 +72,7 @@ def test_a_run_is_mirrored_whole(server, tmp_path):
     remote = client.get_run(run_id)
     assert remote.info.status == "FINISHED" and remote.info.run_name == "first"
     assert remote.data.params == {"optim.lr": "0.1", "seed": "3"}
-    assert remote.data.tags["baseline"] == "true" and remote.data.tags["aiotrain.run_id"] == run.id
+    assert remote.data.tags["tag.baseline"] == "true" and remote.data.tags["aiotrain.run_id"] == run.id
     assert remote.data.tags["mlflow.note.content"] == "hello"
     assert _steps(client, run_id, "train/loss") == [(s, pytest.approx(1.0 / (s + 1))) for s in range(150)]
     (nan,) = client.get_metric_history(run_id, "val/acc")
@@ -93,7 +93,7 @@ def test_resending_after_a_lost_cursor_duplicates_nothing(server, tmp_path):
     cursor.save(run.dir)
     sink = MlflowSink(_facts(run), server.url)
     sink._status = "finished"
-    sink._sync(final=True)
+    sink.sync(final=True)
     assert _steps(client, run_id, "loss") == [(s, float(s)) for s in range(20)]
 
 
@@ -163,9 +163,21 @@ def test_a_server_down_at_finish_leaves_the_rest_for_runs_sync(server, tmp_path,
             run.log({"loss": float(step)}, step=step)
     assert "aiotrain runs sync" in capsys.readouterr().err
     assert MlflowCursor.load(run.dir, down).status_sent is None
+    _wait(lambda: not [t for t in threading.enumerate() if t.name.startswith("aiotrain-mlflow")])
+    # `aiotrain runs sync` with the server still down: one line, exit 1, nothing lost
+    cli = [sys.executable, "-m", "aiotrain", "runs", "sync", run.id, "--dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    down_sync = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+    assert down_sync.returncode == 1 and len(down_sync.stderr.strip().splitlines()) == 1, down_sync.stderr
+    assert "nothing was lost" in down_sync.stderr
     # later, with a server: everything the run logged is sent, once
-    assert sync_run(_facts(run), server.url, "finished", timeout=60) == ""
-    assert sync_run(_facts(run), server.url, "finished", timeout=60) == ""  # a second sync: no-op
+    first = sync_run(_facts(run), server.url, "finished", timeout=60)
+    again = sync_run(_facts(run), server.url, "finished", timeout=60)
+    assert not first.skipped and first.metrics == 10
+    assert again.skipped and again.run_id == first.run_id
+    done = subprocess.run([*cli, "--mlflow", server.url], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and "complete already" in done.stdout, done.stderr
     client, run_id = _remote(server, run)
     assert _steps(client, run_id, "loss") == [(s, float(s)) for s in range(10)]
     assert client.get_run(run_id).info.status == "FINISHED"
