@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,7 @@ def main() -> None:
         out["mirror_log_vs_mlflow_async"] = round(out["aiotrain_mirror"]["log_us_mean"] / out["mlflow_async"]["log_us_mean"], 4)
     finally:
         server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     emit("mlflow", **out)
 
 
