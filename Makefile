@@ -36,6 +36,7 @@ torture: setup
 lint: setup
 	$(BIN)/ruff check aiotrain tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/python tests/security/html_sinks.py aiotrain/dashboard/static
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

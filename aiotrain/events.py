@@ -21,10 +21,10 @@ import inspect
 import itertools
 import numbers
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from .values import check_int
 
@@ -110,7 +110,7 @@ class FilteredEvent:
         return getattr(self.event, "name", str(self.event))
 
     @property
-    def value(self) -> Any:
+    def value(self) -> object:
         return getattr(self.event, "value", self.event)
 
     def __eq__(self, other: object) -> bool:
@@ -132,7 +132,7 @@ class FilteredEvent:
 class EventsList:
     """Several events (plain or filtered) that one handler is attached to: ``A | B``."""
 
-    events: list[Any] = field(default_factory=list)
+    events: list[object] = field(default_factory=list)
 
     def __or__(self, other: object) -> EventsList:
         if isinstance(other, EventsList):
@@ -141,13 +141,13 @@ class EventsList:
             return EventsList([*self.events, other])
         return NotImplemented
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[object]:
         return iter(self.events)
 
     def __len__(self) -> int:
         return len(self.events)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> object:
         return self.events[index]
 
 
@@ -155,11 +155,16 @@ class EventsList:
 class ForeignEvent(Protocol):
     """An event of another Ignite-shaped library: an enum member with an optional ``filter``."""
 
-    name: str
-    value: Any
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def value(self) -> object: ...
+
+    def __hash__(self) -> int: ...
 
 
-def _is_foreign_event(obj: object) -> bool:
+def _is_foreign_event(obj: object) -> TypeGuard[ForeignEvent]:
     return (not isinstance(obj, str | EventEnum | FilteredEvent) and isinstance(obj, ForeignEvent)
             and isinstance(getattr(obj, "name", None), str))
 
@@ -197,13 +202,13 @@ def make_filter(event_filter: EventFilter | None, every: int | None,
     lo = check_int("event filter argument after", after, minimum=0) if after is not None else 0
     hi = check_int("event filter argument before", before, minimum=0) if before is not None else None
 
-    def fn(_engine: Any, n: int) -> bool:
+    def fn(_engine: object, n: int) -> bool:
         return lo < n and (hi is None or n < hi) and (n - lo - 1) % n_every == 0
 
     return fn, label
 
 
-def check_signature(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> None:
+def check_signature(fn: Callable[..., object], what: str, *args: object, **kwargs: object) -> None:
     """Raise ValueError naming ``fn`` when it cannot be called with ``args`` / ``kwargs``."""
     if not _binds(fn, args, kwargs):
         sig = inspect.signature(fn)
@@ -214,7 +219,7 @@ def check_signature(fn: Callable[..., Any], what: str, *args: Any, **kwargs: Any
                          f"but will be called with ({', '.join(shown)})")
 
 
-def _binds(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+def _binds(fn: Callable[..., object], args: Sequence[object], kwargs: Mapping[str, object]) -> bool:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: trust them
@@ -226,7 +231,7 @@ def _binds(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) 
     return True
 
 
-def resolve_events(event: Any) -> list[tuple[EventKey, EventFilter | None]]:
+def resolve_events(event: object) -> list[tuple[EventKey, EventFilter | None]]:
     """``(key, filter)`` pairs for an event, a filtered event or a list of them (``A | B``)."""
     if isinstance(event, EventsList):
         return [pair for ev in event.events for pair in resolve_events(ev)]
@@ -244,7 +249,7 @@ def resolve_events(event: Any) -> list[tuple[EventKey, EventFilter | None]]:
     raise TypeError(f"expected an event (Events.X, Events.X(every=N) or A | B), got {event!r}")
 
 
-def resolve_key(event: Any) -> EventKey:
+def resolve_key(event: object) -> EventKey:
     """The key one (unfiltered or filtered) event is stored under."""
     pairs = resolve_events(event)
     if len(pairs) != 1:
@@ -257,15 +262,15 @@ class HandlerEntry:
     """One attached handler: what, with which arguments, how it is called."""
 
     event: EventKey
-    handler: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    handler: Callable[..., object]
+    args: tuple[object, ...]
+    kwargs: dict[str, object]
     filter: EventFilter | None
     key: tuple[int, int, int]
     takes_engine: bool
     is_async: bool
 
-    def invoke(self, engine: Any, event_args: tuple[Any, ...]) -> Any:
+    def invoke(self, engine: object, event_args: tuple[object, ...]) -> object:
         if self.takes_engine:
             return self.handler(engine, *event_args, *self.args, **self.kwargs)
         return self.handler(*event_args, *self.args, **self.kwargs)
@@ -277,7 +282,7 @@ class HandlerEntry:
 class RemovableHandle:
     """Returned by ``add_event_handler``; ``remove()`` (or leaving a ``with``) detaches it."""
 
-    def __init__(self, bus: EventBus, entries: list[HandlerEntry], engine: Any = None) -> None:
+    def __init__(self, bus: EventBus, entries: list[HandlerEntry], engine: object = None) -> None:
         self._bus, self._entries = bus, entries
         # weak references, as Ignite's handle: ``handle.engine()``, ``handle.handler()``
         self.engine = _weak(engine)
@@ -322,7 +327,7 @@ class EventBus:
         """Someone started or stopped listening outside the bus (an observer)."""
         self.version += 1
 
-    def register_events(self, *events: Any) -> None:
+    def register_events(self, *events: object) -> None:
         """Allow custom events on this bus: EventEnum members, strings or foreign enum members."""
         for index, ev in enumerate(events):
             if not (isinstance(ev, str | EventEnum) or _is_foreign_event(ev)):
@@ -330,9 +335,9 @@ class EventBus:
                                 f"got {ev!r}")
             set.add(self.allowed, resolve_key(ev))
 
-    def add(self, event: Any, handler: Callable[..., Any], args: Sequence[Any] = (),
-            kwargs: dict[str, Any] | None = None, *, priority: int = 0, first: bool = False,
-            event_args: Sequence[Any] = (), engine: Any = None) -> RemovableHandle:
+    def add(self, event: object, handler: Callable[..., object], args: Sequence[object] = (),
+            kwargs: Mapping[str, object] | None = None, *, priority: int = 0, first: bool = False,
+            event_args: Sequence[object] = (), engine: object = None) -> RemovableHandle:
         """Attach ``handler`` to ``event``. It is called ``handler(engine, *event_args, *args,
         **kwargs)``, or without ``engine`` when its signature takes none (as Ignite decides).
         ``first`` puts it before every ordinary handler of the event (metric updates)."""
@@ -365,7 +370,7 @@ class EventBus:
             self.entries.pop(entry.event, None)
         self.version += 1
 
-    def remove(self, handler: Callable[..., Any], event: Any) -> None:
+    def remove(self, handler: Callable[..., object], event: object) -> None:
         """Detach every attachment of ``handler`` to ``event``; ValueError if there is none."""
         key = resolve_key(event)
         if key not in self.entries:
@@ -377,25 +382,25 @@ class EventBus:
         for entry in found:
             self.discard(entry)
 
-    def has(self, handler: Callable[..., Any], event: Any = None) -> bool:
+    def has(self, handler: Callable[..., object], event: object = None) -> bool:
         """True when ``handler`` is attached (to ``event``, or to any event)."""
         lists = [self.entries.get(resolve_key(event), [])] if event is not None \
             else self.entries.values()
         return any(_same(e.handler, handler) for lst in lists for e in lst)
 
 
-def _weak(obj: Any) -> Callable[[], Any]:
+def _weak(obj: object) -> Callable[[], object]:
     try:
         return weakref.ref(obj)
     except TypeError:  # not weakly referenceable (None, some builtins): a strong one
         return lambda: obj
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def _is_async(fn: Callable[..., object]) -> bool:
     target = getattr(fn, "func", fn)  # functools.partial
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(type(target), "__call__", None))  # noqa: B004 - the method itself, not callability
 
 
-def _same(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+def _same(a: Callable[..., object], b: Callable[..., object]) -> bool:
     return a == b or getattr(a, "__wrapped__", None) == b

@@ -2,10 +2,15 @@
 blocking torch.save handler, torch.distributed.checkpoint.async_save, Lightning's AsyncCheckpointIO
 (when installed), and training with no saves; then sharded checkpoints on 2 Gloo ranks.
 
+``aiotrain`` is the default Checkpoint (the optimizer's state copied behind the next step);
+``aiotrain_overlap_off`` copies everything at the event, for comparison.
+
 The state is a model of ``--params-m`` million float32 parameters with its Adam state (3x the
 parameter bytes in all). A step stands for a GPU-bound step: ~1 ms of CPU work on the compute
-thread that ends in a (small) optimizer step, then a wait until 20 ms are up (as a CUDA sync would
-wait), so the CPU is free for the writer the way it is beside a GPU.
+thread (a small model's forward, backward and optimizer step), a wait until 20 ms are up (as a
+CUDA sync would wait, GIL-free), so the CPU is free for the writer the way it is beside a GPU, and
+then the saved model's own ``optimizer.step()``: without gradients it changes nothing, but it
+waits, as a real step would, for a checkpoint copy of its state still running behind the step.
 
 First the disk's write time is measured: one durable save of the whole state (torch.save to a temp
 file, fsync, rename, fsync of the folder), ``disk_write_s``. A save then triggers every ``--every`` steps; by
@@ -16,11 +21,13 @@ the throughput target is about). Figures per variant:
   it; the step loop waits for it), mean and max over the saves after the first;
   ``first_pause_ms`` (buffers allocated, pages faulted) is measured apart, before the run.
 - ``next_step_extra_ms``: how much longer than a normal step the step after a save took (for
-  aiotrain: its optimizer step waiting for the snapshot copy still running behind it).
+  aiotrain: its optimizer step waiting for the copy of the optimizer state still running behind
+  it); ``stall_ms`` = ``pause_ms`` + ``next_step_extra_ms``: all the training loop lost per save.
 - ``loop_gap_max_ms`` / ``loop_gap_p99_ms``: a heartbeat task's worst lateness on the event loop
   (5 ms ticks), what a co-hosted web service would feel.
 - ``steps_per_s`` (first to last step), ``drain_ms`` (what ``run`` then waits for the last write);
-  ratios ``pause_vs_blocking`` (target <= 0.10) and ``throughput_vs_none`` (target >= 0.95).
+  ratios ``stall_vs_blocking`` (target <= 0.10; ``pause_vs_blocking`` is the handler time alone)
+  and ``throughput_vs_none`` (target >= 0.95).
 
 Sharded: two processes (Gloo, CPU) shard the same model with FSDP2 and save it with
 ``Checkpoint(backend="sharded")``: per rank, the mean pause per save and the bytes it wrote into
@@ -80,8 +87,9 @@ def state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def make_step(head: torch.nn.Linear) -> Callable[[Engine, int], None]:
-    """~1 ms of real work that updates ``head`` through an optimizer step, then the GPU's wait."""
+def make_step(head: torch.nn.Linear, saved: torch.optim.Optimizer) -> Callable[[Engine, int], None]:
+    """~1 ms of real work that updates ``head`` through an optimizer step, the GPU's wait, then
+    the saved model's optimizer step (gradient-free: a no-op that still passes its pre-hooks)."""
     x = torch.randn(32, head.in_features)
     opt = torch.optim.SGD(head.parameters(), lr=1e-6)
 
@@ -93,6 +101,7 @@ def make_step(head: torch.nn.Linear) -> Callable[[Engine, int], None]:
         rest = STEP_S - (time.perf_counter() - start)
         if rest > 0:
             time.sleep(rest)
+        saved.step()
 
     return step
 
@@ -104,10 +113,10 @@ async def heartbeat(stop: asyncio.Event, gaps: list[float]) -> None:
         gaps.append((time.perf_counter() - t - TICK) * 1e3)
 
 
-async def train(head: torch.nn.Linear, steps: int, every: int,
+async def train(head: torch.nn.Linear, saved: torch.optim.Optimizer, steps: int, every: int,
                 save: Callable[[Engine], Awaitable[None]] | None) -> dict:
     """Run ``steps`` steps with ``save`` every ``every`` steps; time pauses, gaps, throughput."""
-    engine = Engine(make_step(head))
+    engine = Engine(make_step(head, saved))
     pauses: list[float] = []
     marks: list[float] = []
     engine.add_compute_hook(Events.ITERATION_COMPLETED, lambda e: marks.append(time.perf_counter()))
@@ -133,9 +142,10 @@ async def train(head: torch.nn.Linear, steps: int, every: int,
         saved_at = set(range(every - 1, len(marks) - 1, every))  # index of the step that saved
         normal = statistics.median(d for i, d in enumerate(intervals) if i not in saved_at and i - 1 not in saved_at)
         after = [intervals[i + 1] for i in saved_at if i + 1 < len(intervals)]
+        extra = (statistics.mean(after) - normal) * 1e3 if after else 0.0
         out.update(saves=len(pauses), pause_ms=round(statistics.mean(pauses), 2),
-                   pause_max_ms=round(max(pauses), 1),
-                   next_step_extra_ms=round((statistics.mean(after) - normal) * 1e3, 1) if after else None)
+                   pause_max_ms=round(max(pauses), 1), next_step_extra_ms=round(extra, 1),
+                   stall_ms=round(statistics.mean(pauses) + max(extra, 0.0), 2))
     return out
 
 
@@ -149,8 +159,9 @@ def blocking_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: P
     return save
 
 
-def aiotrain_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path):
-    ckpt = Checkpoint({"model": model, "optimizer": opt}, folder / "aiotrain", n_saved=1)
+def aiotrain_saver(model: torch.nn.Module, opt: torch.optim.Optimizer, folder: Path, overlap: bool = True):
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, folder / f"aiotrain{int(overlap)}", n_saved=1,
+                      overlap=overlap)
 
     async def save(engine: Engine) -> None:
         await ckpt(engine)
@@ -228,8 +239,9 @@ async def single_process(args: argparse.Namespace, folder: Path) -> dict:
     (folder / "probe.pt").unlink()
     every = args.every or max(1, math.ceil(2 * write_s / STEP_S))
     steps = args.steps or every * (args.saves + 1)
-    results: dict[str, dict] = {"none": await train(head, steps, every, None)}
+    results: dict[str, dict] = {"none": await train(head, opt, steps, every, None)}
     savers = {"blocking_durable_torch_save": blocking_saver, "aiotrain": aiotrain_saver,
+              "aiotrain_overlap_off": lambda m, o, f: aiotrain_saver(m, o, f, overlap=False),
               "dcp_async_save": dcp_saver}
     if lightning_installed():
         savers["lightning_async_checkpoint_io"] = lightning_saver
@@ -243,15 +255,16 @@ async def single_process(args: argparse.Namespace, folder: Path) -> dict:
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
             results[name] = {"skipped": f"{type(exc).__name__}: {exc}"[:200]}
             continue
-        results[name] = {"first_pause_ms": first, **await train(head, steps, every, save)}
+        results[name] = {"first_pause_ms": first, **await train(head, opt, steps, every, save)}
     base = results["none"]["steps_per_s"]
-    blocking = results["blocking_durable_torch_save"].get("pause_ms")
+    blocking = results["blocking_durable_torch_save"].get("stall_ms")
     for name in savers:
         r = results[name]
         if "steps_per_s" in r:
             r["throughput_vs_none"] = round(r["steps_per_s"] / base, 3)
             if blocking:
                 r["pause_vs_blocking"] = round(r["pause_ms"] / blocking, 3)
+                r["stall_vs_blocking"] = round(r["stall_ms"] / blocking, 3)
     return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
             "state_mb": round(nbytes / 2**20), "disk_write_s": round(write_s, 2),
             "save_interval_s": round(every * STEP_S, 2), "interval_vs_write": round(every * STEP_S / write_s, 2),
@@ -274,7 +287,7 @@ async def sharded_rank(args: argparse.Namespace) -> None:
     ckpt = Checkpoint({"model": model, "optimizer": opt}, folder, n_saved=1)
     head = torch.nn.Linear(SIDE, SIDE)
     every = args.every
-    figures = await train(head, every * (args.saves + 1), every, ckpt)
+    figures = await train(head, opt, every * (args.saves + 1), every, ckpt)
     last = ckpt.last_checkpoint
     rank = dist.rank()
     mine = [p for p in last.iterdir() if p.name.startswith(f"__{rank}_") or p.name == f"rank{rank}.pt"]
@@ -334,7 +347,7 @@ def main() -> None:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     emit("checkpoint", **figures, load_avg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-         targets={"pause_vs_blocking_max": 0.10, "throughput_vs_none_min": 0.95})
+         targets={"stall_vs_blocking_max": 0.10, "throughput_vs_none_min": 0.95})
 
 
 if __name__ == "__main__":

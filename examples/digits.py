@@ -10,6 +10,7 @@ number of workers. Validation reads one zero-copy gather per batch, unaugmented.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from aiotrain import AsyncLoader
 from aiotrain import distributed as dist
 from aiotrain.data.cache import CacheManager
 from aiotrain.data.mmap_dataset import MmapDataset
+from aiotrain.errors import MissingExtra
 from aiotrain.files import atomic_write
 from aiotrain.job import Task
 from aiotrain.metrics import Accuracy, Loss
@@ -44,7 +46,7 @@ def _digits_csv() -> Path:
     (hundreds of modules) holds the GIL for about a second, which would stall a service's loop."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the digits example needs scikit-learn installed (its data file)")
+        raise MissingExtra("sklearn", "the digits example (its data file)")
     return Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
 
 
@@ -114,7 +116,11 @@ def build(cfg: Any) -> Task:
     train_loader = AsyncLoader(train_ds, cfg.data.batch_size // world, sampler=sampler,
                                transform=augment, seed=cfg.seed, workers=cfg.data.get("workers", 0))
     val_loader = AsyncLoader(val_ds, 256)
-    model = SmallCNN(cfg.model.channels, cfg.model.dropout)
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if cfg.model.get("dtype", "float32") not in dtypes:
+        raise ValueError(f"model.dtype must be float32 or float64, got {cfg.model.dtype!r}")
+    dtype = dtypes[cfg.model.get("dtype", "float32")]
+    model = SmallCNN(cfg.model.channels, cfg.model.dropout).to(dtype)
     optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     name = cfg.optim.get("name", "adam")
     if name not in optimizers:
@@ -125,4 +131,12 @@ def build(cfg: Any) -> Task:
     return Task(model=model, optimizer=optimizer, loss_fn=loss_fn, train_loader=train_loader,
                 val_loader=val_loader, scheduler=scheduler,
                 metrics={"accuracy": Accuracy(), "loss": Loss(loss_fn)}, score_name="accuracy",
-                resources=[train_loader, cache])
+                resources=[train_loader, cache], prepare_batch=functools.partial(_prepare, dtype=dtype))
+
+
+def _prepare(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in the model's dtype (``model.dtype``: float64 makes runs that sum gradients in a
+    different order agree to 1e-12, as the distributed tests compare them), on ``device``."""
+    x, y = batch
+    return x.to(device, dtype), y.to(device)

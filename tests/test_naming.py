@@ -12,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aiotrain"
 
 #: The documented exceptions: ``aiotrain.run(coro)`` starts a loop as ``asyncio.run`` does, and
 #: ``Track.run(...)`` opens a Run (a context manager); neither is the coroutine verb ``run``.
-#: ``Engine.run`` is a plain function that returns its coroutine (it captures the caller's torch
-#: modes at the call, and a dropped one is detected), so it is awaited like a coroutine function.
+#: ``Engine.run`` is the one exception to the rule (docs/architecture.md, rule 5): on an event loop
+#: it returns its coroutine (captured with the caller's torch modes), from sync code it blocks and
+#: returns the State, as Ignite's ``run``; so it is a plain function, neither async nor ``_sync``.
 SYNC_RUNS = {"runtime.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ..config.errors import ConfigError
-from ..errors import ExitCode, UserError
+from ..errors import ExitCode, UserError, missing_extra
 
 __all__ = ["Parser", "run_command"]
 
@@ -42,7 +42,8 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run one subcommand's ``body`` and return its exit code under the table.
 
     A :class:`UserError` or :class:`ConfigError` prints one line on stderr (``FILE:LINE:COL:
-    message``, or ``PROG: message`` without a file); KeyboardInterrupt exits 130; a reader
+    message``, or ``PROG: message`` without a file), and so does an optional package that is not
+    installed (naming the extra to install; exit 2); KeyboardInterrupt exits 130; a reader
     that closed the pipe (``aiotrain sdn to-json f | head``) ends the command quietly with
     exit 1, since its output was cut short.
     """
@@ -56,6 +57,11 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
         return _report(prog, exc)
     except ConfigError as exc:
         return _report(prog, UserError.from_config(exc))
+    except ImportError as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        return _report(prog, UserError(str(missing)))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -67,6 +73,8 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
 def _report(prog: str, exc: UserError) -> int:
     text = str(exc)
     print(text if exc.file or text.startswith(prog) else f"{prog}: {text}", file=sys.stderr)
+    if exc.detail:
+        print(exc.detail.rstrip("\n"), file=sys.stderr)
     return exc.code
 
 

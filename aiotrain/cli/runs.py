@@ -76,6 +76,8 @@ def _parser() -> Parser:
     serve = sub.add_parser("serve", help="the web dashboard (live charts, comparison, artifacts)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="another Host name the dashboard answers to (repeat; e.g. behind a proxy)")
     for p in (ls, show, compare, plot, export, sync, rm, serve):
         p.add_argument("--dir", help="tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
     return parser
@@ -385,8 +387,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..dashboard.server import serve
     from ..runtime import run
 
-    run(serve(_reader(args).root, args.host, args.port,
-              on_ready=lambda url: print(f"dashboard on {url}  (Ctrl-C stops it)", flush=True)))
+    def ready(url: str) -> None:
+        print(f"dashboard on {url}  (Ctrl-C stops it)", flush=True)
+        if "?token=" in url:
+            print("reachable from the network: every request needs the token in this URL "
+                  "(shown only now; the browser keeps it in a cookie)", flush=True)
+
+    run(serve(_reader(args).root, args.host, args.port, on_ready=ready, allowed_hosts=args.allow_host))
     return 0
 
 

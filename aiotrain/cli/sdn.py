@@ -138,7 +138,7 @@ def _fmt(args: argparse.Namespace) -> int:
 
 
 def _parser() -> Parser:
-    p = Parser(prog="aiotrain sdn", description=__doc__.splitlines()[0])
+    p = Parser(prog="aiotrain sdn", description="check, convert, query and edit SDN files")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check", help="check that files parse")
     c.add_argument("files", nargs="+", metavar="FILE")

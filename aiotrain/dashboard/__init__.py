@@ -1,5 +1,9 @@
-"""The local web dashboard over tracked runs (``aiotrain runs serve``; needs aiohttp and plotly)."""
+"""The local web dashboard over tracked runs (``aiotrain runs serve``; needs aiohttp and plotly).
 
-from .app import dashboard_app
+``dashboard_app(root)``: an aiohttp Application; ``asgi_app(dir=root)``: the same routes as an
+ASGI app for FastAPI/Starlette (``app.mount("/runs", asgi_app(dir=root))``).
+"""
 
-__all__ = ["dashboard_app"]
+from .app import asgi_app, dashboard_app
+
+__all__ = ["asgi_app", "dashboard_app"]

@@ -1,9 +1,13 @@
-"""The dashboard's web app (aiohttp): runs table, charts, live updates, run detail, artifacts.
+"""The dashboard's web app: runs table, charts, live updates, run detail, artifacts.
 
-``dashboard_app(root)`` returns an ``aiohttp.web.Application``; ``aiotrain runs serve`` runs it
-on its own, and a service mounts it with ``app.add_subapp("/dashboard/", dashboard_app(root))``
-(the page uses relative URLs, so any prefix works). Every disk read runs in the I/O executor;
-the loop only routes requests, encodes JSON and streams events.
+The routes are written once over aiotrain.web's neutral requests (:meth:`Dashboard.routes`),
+and served by two thin faces: ``dashboard_app(root)`` returns an ``aiohttp.web.Application``
+(``aiotrain runs serve`` runs it; a service mounts it with
+``app.add_subapp("/dashboard/", dashboard_app(root))``), and ``asgi_app(dir=root)`` an ASGI app
+(``fastapi_app.mount("/runs", asgi_app(dir=root))``). The page uses relative URLs, so any prefix
+works. Both check Host, Origin and (when set) a token through one :class:`aiotrain.web.Guard`.
+Every disk read runs in the I/O executor; the loop only routes requests, encodes JSON and
+streams events.
 
 Routes (GET):
   /                          the single-page UI (static/index.html)
@@ -24,24 +28,31 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiohttp import web
 
 from ..runtime import to_io
-from ..tracking.read import (
-    HISTORIES,
-    Column,
-    History,
-    RunReader,
-    RunRow,
-    encode_nonfinite,
-    history_of,
+from ..tracking.read import HISTORIES, Column, History, RunReader, RunRow, history_of
+from ..web.guard import Guard
+from ..web.http import (
+    HTTPError,
+    Request,
+    Response,
+    Routes,
+    decode_json,
+    file_response,
+    json_response,
 )
 
-__all__ = ["POLL_S", "dashboard_app"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from ..web.asgi_face import ASGIApp
+
+__all__ = ["POLL_S", "Dashboard", "asgi_app", "dashboard_app", "dashboard_routes"]
 
 POLL_S = 0.25  # how often a live stream looks for new lines
 _STATIC = Path(__file__).parent / "static"
@@ -49,23 +60,45 @@ _SERIES_FILES = 64  # parsed histories kept in memory (least recently used dropp
 _MAX_POINTS = 20_000
 
 
-def dashboard_app(root: str | os.PathLike[str] | None = None) -> web.Application:
-    """The dashboard over the runs under ``root`` (default: the tracking root in use)."""
-    return Dashboard(RunReader(root, keep=_SERIES_FILES, build_caches=True)).app()
+def dashboard_app(root: str | os.PathLike[str] | None = None, *,
+                  guard: Guard | None = None) -> web.Application:
+    """The dashboard over the runs under ``root`` (default: the tracking root in use) as an
+    aiohttp Application; ``guard`` (default: answer to loopback names only, no token) says who
+    may use it. Needs aiohttp (``pip install 'aiotrain[dashboard]'``)."""
+    from ..web.aiohttp_face import aiohttp_app
+
+    return aiohttp_app(dashboard_routes(root), guard or Guard())
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(encode_nonfinite(data)), status=status,
-                        content_type="application/json")
+def asgi_app(dir: str | os.PathLike[str] | None = None, *, allowed_hosts: tuple[str, ...] = (),
+             token: str | None = None) -> ASGIApp:
+    """The dashboard over the runs under ``dir`` as an ASGI app, for
+    ``app.mount("/runs", asgi_app(dir=...))`` in FastAPI or Starlette. It answers to the
+    loopback names and ``allowed_hosts``; with ``token`` every request must carry it (required
+    when the app serves a network address)."""
+    from ..web.asgi_face import asgi_app as face
+
+    return face(dashboard_routes(dir), Guard.for_bind("localhost", allowed_hosts=allowed_hosts,
+                                                                  token=token))
 
 
-def _bad(message: str, status: int = 400) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
-    return cls(text=json.dumps({"error": message}), content_type="application/json")
+def dashboard_routes(root: str | os.PathLike[str] | None = None) -> Routes:
+    """The dashboard's routes over the runs under ``root``, to mount in another app of
+    aiotrain.web (the job service mounts them under ``/dashboard/``)."""
+    return Dashboard(_reader(root)).routes()
+
+
+def _reader(root: str | os.PathLike[str] | None) -> RunReader:
+    return RunReader(root, keep=_SERIES_FILES, build_caches=True)
+
+
+def _bad(message: str, status: int = 400) -> HTTPError:
+    return HTTPError(status, message)
 
 
 class Dashboard:
-    """State shared by the routes: the run index and the parsed histories."""
+    """State shared by the routes: the run reader (index and parsed histories) and the table's
+    cached rows."""
 
     def __init__(self, reader: RunReader) -> None:
         self.reader = reader
@@ -75,33 +108,35 @@ class Dashboard:
         self._keys: tuple[int, tuple[list[str], list[str], list[str]]] = (-1, ([], [], []))
         self._rows_lock = asyncio.Lock()
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        r = app.router
-        r.add_get("/", self._page)
-        r.add_get("/static/{name}", self._static)
-        r.add_get("/api/runs", self._runs)
-        r.add_get("/api/runs/{project}/{id}", self._run_detail)
-        r.add_get("/api/series", self._series)
-        r.add_get("/api/stream", self._stream)
-        r.add_get("/api/table/{project}/{id}", self._table)
-        r.add_get("/api/artifacts", self._artifacts)
-        r.add_get("/files/{project}/{id}/{path:.+}", self._file)
-        return app
+    def routes(self) -> Routes:
+        """The dashboard's routes (all GET), for either face or a mount in another app."""
+        r = Routes()
+        r.add("GET", "/", self._page)
+        r.add("GET", "/static/{name}", self._static)
+        r.add("GET", "/api/runs", self._runs)
+        r.add("GET", "/api/runs/{project}/{id}", self._run_detail)
+        r.add("GET", "/api/series", self._series)
+        r.add("GET", "/api/stream", self._stream)
+        r.add("GET", "/api/table/{project}/{id}", self._table)
+        r.add("GET", "/api/artifacts", self._artifacts)
+        r.add("GET", "/files/{project}/{id}/{path*}", self._file)
+        return r
 
     # pages and assets ---------------------------------------------------------------------------
-    async def _page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(_STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    async def _page(self, request: Request, params: dict[str, str]) -> Response:
+        page = file_response(_STATIC / "index.html", trusted=True)
+        page.headers["Cache-Control"] = "no-cache"
+        return page
 
-    async def _static(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
+    async def _static(self, request: Request, params: dict[str, str]) -> Response:
+        name = params["name"]
         if name == "plotly.min.js":
             path = await to_io(_plotly_js)
         elif name in ("app.js", "style.css"):
             path = _STATIC / name
         else:
             raise _bad(f"no static file {name!r}", 404)
-        return web.FileResponse(path)
+        return file_response(path, trusted=True)
 
     # the runs table --------------------------------------------------------------------------------
     async def _current_rows(self) -> list[RunRow]:
@@ -112,22 +147,23 @@ class Dashboard:
                 self._rows_at = time.monotonic()
             return self._row_cache
 
-    async def _runs(self, request: web.Request) -> web.Response:
+    async def _runs(self, request: Request, params: dict[str, str]) -> Response:
         started = time.perf_counter()
-        q = request.query
         rows = await self._current_rows()
         try:
-            shown = self.reader.select(rows, q.getall("filter", []), q.get("sort") or None, q.get("q", ""))
+            shown = self.reader.select(rows, request.args("filter"), request.arg("sort") or None,
+                                       request.arg("q", "") or "")
         except ValueError as exc:
             raise _bad(str(exc)) from None
-        columns = [c for c in q.get("columns", "").split(",") if c]
+        columns = [c for c in (request.arg("columns") or "").split(",") if c]
         if self._keys[0] != self.reader.generation:
             self._keys = (self.reader.generation, _keys(rows))
         config_keys, metric_keys, varying = self._keys[1]
         data = [_row(r, columns) for r in shown]
-        return _json({"root": str(self.root), "total": len(rows), "rows": data, "config_keys": config_keys,
-                      "metric_keys": metric_keys, "varying_config": varying,
-                      "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
+        return json_response({"root": str(self.root), "total": len(rows), "rows": data,
+                              "config_keys": config_keys, "metric_keys": metric_keys,
+                              "varying_config": varying,
+                              "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
 
     # one run -----------------------------------------------------------------------------------------
     def run_dir(self, project: str, run_id: str) -> Path:
@@ -143,19 +179,20 @@ class Dashboard:
         except ValueError as exc:
             raise _bad(str(exc), 400) from None
 
-    async def _run_detail(self, request: web.Request) -> web.Response:
-        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
+    async def _run_detail(self, request: Request, params: dict[str, str]) -> Response:
+        project, run_id = params["project"], params["id"]
+        run_dir = self.run_dir(project, run_id)
         try:
-            record = await to_io(self.reader.record, request.match_info["project"], request.match_info["id"])
+            record = await to_io(self.reader.record, project, run_id)
         except LookupError:
-            raise _bad(f"no run {request.match_info['project']}/{request.match_info['id']}", 404) from None
+            raise _bad(f"no run {project}/{run_id}", 404) from None
         metrics = await self._history(run_dir, "metrics")
         system = await self._history(run_dir, "system")
         media = await to_io(self.reader.media, metrics)
         summary = {k: v for k, v in record.summary.items() if not isinstance(v, dict)}
         logged, used = await to_io(self.reader.artifact_refs, run_dir)
         meta = record.metadata
-        return _json({
+        return json_response({
             "key": f"{record.project}/{record.id}", "id": record.id, "name": record.name,
             "project": record.project, "status": record.status, "tags": record.tags,
             "notes": meta.get("notes") or "", "created": meta.get("created_at"),
@@ -166,8 +203,8 @@ class Dashboard:
             "artifacts": {"logged": logged, "used": used}})
 
     # charts ---------------------------------------------------------------------------------------------
-    def _refs(self, request: web.Request) -> list[tuple[str, Path]]:
-        refs = request.query.getall("run", [])
+    def _refs(self, request: Request) -> list[tuple[str, Path]]:
+        refs = request.args("run")
         if not refs:
             raise _bad("give at least one run=PROJECT/ID")
         out = []
@@ -176,11 +213,11 @@ class Dashboard:
             out.append((ref, self.run_dir(project, run_id)))
         return out
 
-    async def _series(self, request: web.Request) -> web.Response:
+    async def _series(self, request: Request, params: dict[str, str]) -> Response:
         started = time.perf_counter()
-        keys = request.query.getall("key", [])
+        keys = request.args("key")
         try:
-            points = int(request.query.get("points", "1500"))
+            points = int(request.arg("points", "1500") or "")
         except ValueError:
             raise _bad("points must be an integer") from None
         if not 4 <= points <= _MAX_POINTS:
@@ -193,25 +230,32 @@ class Dashboard:
                 found = await to_io(files[history_of(key)].downsampled, key, points)
                 if found is not None:
                     out.append({"run": ref, "key": key, "total": found[0], **_points(found[1])})
-        return _json({"series": out, "cursor": cursor, "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
+        return json_response({"series": out, "cursor": cursor,
+                              "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
 
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    async def _stream(self, request: Request, params: dict[str, str]) -> Response:
         """Server-sent events: every ``POLL_S`` the lines appended to each run's files since the
         cursor, as ``{"run", "key", "step": [...], "time": [...], "value": [...]}`` messages."""
         refs = self._refs(request)
-        keys = request.query.getall("key", [])
+        keys = request.args("key")
+        what = "cursor (the JSON object /api/series returned)"
+        cursor = decode_json(request.arg("cursor", "{}") or "{}", what)
         try:
-            cursor = json.loads(request.query.get("cursor", "{}"))
-            offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0)) for ref, _ in refs for which in HISTORIES}
-        except (ValueError, TypeError, AttributeError):
-            raise _bad("cursor must be the JSON object /api/series returned") from None
+            offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0))
+                       for ref, _ in refs for which in HISTORIES}
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            raise _bad(f"{what} must map each run to its files' offsets") from None
+        if any(o < 0 for o in offsets.values()):
+            raise _bad(f"{what} holds a negative offset")
         wanted = {which: [k for k in keys if history_of(k) == which] for which in HISTORIES}
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        await resp.write(b"retry: 1000\n: connected\n\n")
+        return Response(200, self._events(request, refs, offsets, wanted), "text/event-stream",
+                        {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _events(self, request: Request, refs: list[tuple[str, Path]],
+                      offsets: dict[tuple[str, str], int], wanted: dict[str, list[str]]) -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n: connected\n\n"
         idle = 0.0
-        while request.transport is not None and not request.transport.is_closing():
+        while not request.disconnected():
             sent = False
             for ref, run_dir in refs:
                 for which in HISTORIES:
@@ -220,40 +264,41 @@ class Dashboard:
                     records, offsets[ref, which] = await to_io(
                         self.reader.tail, run_dir, which, offsets[ref, which])
                     for message in _messages(ref, wanted[which], records):
-                        await resp.write(b"data: " + msgspec.json.encode(message) + b"\n\n")
+                        yield b"data: " + msgspec.json.encode(message) + b"\n\n"
                         sent = True
             idle = 0.0 if sent else idle + POLL_S
             if idle >= 15.0:  # a comment line keeps proxies from closing an idle stream
-                await resp.write(b": ping\n\n")
+                yield b": ping\n\n"
                 idle = 0.0
             await asyncio.sleep(POLL_S)
-        return resp
 
     # tables, artifacts, files -------------------------------------------------------------------------
-    async def _table(self, request: web.Request) -> web.Response:
-        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
-        path = await to_io(_inside, run_dir, request.query.get("path", ""))
+    async def _table(self, request: Request, params: dict[str, str]) -> Response:
+        run_dir = self.run_dir(params["project"], params["id"])
+        path = await to_io(_inside, run_dir, request.arg("path", "") or "")
         try:
-            limit = min(int(request.query.get("limit", "100")), 10_000)
+            limit = min(int(request.arg("limit", "100") or ""), 10_000)
         except ValueError:
             raise _bad("limit must be an integer") from None
+        if limit < 0:
+            raise _bad("limit must not be negative")
         try:
             rows = await to_io(self.reader.table, path, limit)
         except FileNotFoundError:
             raise _bad("no such table", 404) from None
         except (ValueError, KeyError, msgspec.DecodeError) as exc:
             raise _bad(f"not a table file: {exc}") from None
-        return _json(rows)
+        return json_response(rows)
 
-    async def _artifacts(self, request: web.Request) -> web.Response:
-        return _json(await to_io(self.reader.artifacts))
+    async def _artifacts(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(await to_io(self.reader.artifacts))
 
-    async def _file(self, request: web.Request) -> web.StreamResponse:
-        run_dir = self.run_dir(request.match_info["project"], request.match_info["id"])
-        path = await to_io(_inside, run_dir, request.match_info["path"])
+    async def _file(self, request: Request, params: dict[str, str]) -> Response:
+        run_dir = self.run_dir(params["project"], params["id"])
+        path = await to_io(_inside, run_dir, params["path"])
         if not await to_io(path.is_file):
             raise _bad("no such file", 404)
-        return web.FileResponse(path)
+        return file_response(path)
 
 
 # helpers ---------------------------------------------------------------------------------------------

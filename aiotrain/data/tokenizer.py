@@ -2,8 +2,8 @@
 
 Created inside a running event loop, a ``TokenizerCache`` starts a task at once (unless
 ``background=False``): the files are
-read with aiofiles (on aiotrain's I/O executor) and parsed and built on the I/O executor, so the
-loop keeps running. ``await wait_ready()`` joins it; created outside a loop, loading starts on
+read, parsed and built on aiotrain's I/O executor (``aiotrain.runtime.to_io``), so the loop keeps
+running. ``await wait_ready()`` joins it; created outside a loop, loading starts on
 the first ``wait_ready()`` (or happens synchronously on the first ``get_vocab()`` / ``encode``
 when there is no loop at all, as in a plain script).
 
@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import aiofiles
 import msgspec
 
 from ..errors import where
-from ..runtime import io_executor, to_io
+from ..runtime import to_io
 
 try:
     import tokenizers
@@ -98,8 +97,8 @@ class TokenizerCache:
         return self._task
 
     async def _load(self) -> None:
-        vocab_raw = await _read_async(self.vocab_path)
-        merges_raw = None if self.merges_path is None else await _read_async(self.merges_path)
+        vocab_raw = await to_io(_read, self.vocab_path)
+        merges_raw = None if self.merges_path is None else await to_io(_read, self.merges_path)
         self._loaded = await to_io(_build, self.vocab_path, vocab_raw, self.merges_path, merges_raw)
 
     def is_ready(self) -> bool:
@@ -133,8 +132,8 @@ class TokenizerCache:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            vocab_raw = _read_sync(self.vocab_path)
-            merges_raw = None if self.merges_path is None else _read_sync(self.merges_path)
+            vocab_raw = _read(self.vocab_path)
+            merges_raw = None if self.merges_path is None else _read(self.merges_path)
             self._loaded = _build(self.vocab_path, vocab_raw, self.merges_path, merges_raw)
             return self._loaded
         raise RuntimeError(f"{self!r} is not loaded yet: await wait_ready() first")
@@ -167,15 +166,7 @@ class TokenizerCache:
 
 
 # reading --------------------------------------------------------------------------------------
-async def _read_async(path: str) -> bytes:
-    try:
-        async with aiofiles.open(path, "rb", executor=io_executor()) as f:
-            return await f.read()
-    except OSError as exc:
-        raise _read_error(path, exc) from None
-
-
-def _read_sync(path: str) -> bytes:
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()

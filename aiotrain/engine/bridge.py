@@ -2,9 +2,10 @@
 
 Sync code runs on the compute thread, async code on the loop: a sync handler is called inline,
 in priority order; a run of consecutive ``async def`` handlers is awaited on the loop in one
-crossing while the compute thread waits. A sync handler that returns an awaitable (``lambda e:
-evaluator.run(val)``) has it awaited on the loop before the next handler; one that creates an
-``engine.run(...)`` coroutine and drops it is an error, never a silent no-op.
+crossing while the compute thread waits. A sync handler that returns an awaitable has it awaited
+on the loop before the next handler. ``engine.run(...)`` in a sync handler on the compute thread
+runs to completion (Ignite's nested run); one that creates a coroutine on the loop's thread
+(a sync handler fired there) and drops it is an error, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import asyncio
 import concurrent.futures as cf
 import inspect
 import threading
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from ..events import HandlerEntry
 from .modes import TorchModes
 
 __all__ = ["Cancelled", "LoopBridge", "call_handlers", "current_bridge", "note_run_created"]
+
+T = TypeVar("T")
 
 
 class Cancelled(BaseException):
@@ -39,7 +42,7 @@ def current_bridge() -> LoopBridge | None:
     return getattr(_local, "bridge", None)
 
 
-def note_run_created(coro: Any) -> None:
+def note_run_created(coro: Coroutine[object, object, object]) -> None:
     """``Engine.run`` reports its coroutine here: if a sync handler dispatched on this thread
     neither returns nor awaits it, the dispatcher names the handler."""
     created = getattr(_local, "created", None)
@@ -47,7 +50,7 @@ def note_run_created(coro: Any) -> None:
         created.append(coro)
 
 
-async def _await(awaitable: Awaitable[Any]) -> Any:
+async def _await(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
@@ -71,7 +74,7 @@ class LoopBridge:
     def on_loop(self) -> bool:
         return threading.get_ident() == self.loop_thread
 
-    def cross(self, awaitable: Awaitable[Any]) -> Any:
+    def cross(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` on the loop and block this thread for its result."""
         fut = asyncio.run_coroutine_threadsafe(_await(self.modes.wrap(awaitable)), self.loop)
         self._crossing = fut
@@ -92,14 +95,14 @@ class LoopBridge:
             crossing.cancel()
 
 
-def call_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple,
+def call_handlers(due: Sequence[HandlerEntry], engine: object, args: tuple[object, ...],
                   bridge: LoopBridge | None) -> None:
     """Run ``due`` in order on this thread; async ones go to the loop through ``bridge``.
 
     Without a bridge (the loop's own thread, outside a run) async handlers cannot be awaited:
     that is an error telling the caller to use ``afire_event``."""
     prev = getattr(_local, "created", None)
-    created: list[Any] = []
+    created: list[Coroutine[object, object, object]] = []
     _local.created = created
     try:
         i, n = 0, len(due)
@@ -136,7 +139,7 @@ def call_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple,
         _local.created = prev
 
 
-async def _call_async(entries: Sequence[HandlerEntry], engine: Any, args: tuple,
+async def _call_async(entries: Sequence[HandlerEntry], engine: object, args: tuple[object, ...],
                       done: list[int]) -> None:
     for entry in entries:
         result = entry.invoke(engine, args)
@@ -145,7 +148,7 @@ async def _call_async(entries: Sequence[HandlerEntry], engine: Any, args: tuple,
         done[0] += 1
 
 
-async def acall_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple) -> None:
+async def acall_handlers(due: Sequence[HandlerEntry], engine: object, args: tuple[object, ...]) -> None:
     """Run ``due`` on the loop (``afire_event``): sync handlers called, async ones awaited."""
     for entry in due:
         result = entry.invoke(engine, args)
@@ -153,7 +156,8 @@ async def acall_handlers(due: Sequence[HandlerEntry], engine: Any, args: tuple) 
             await result
 
 
-def _check_dropped(entry: HandlerEntry, created: list[Any], result: Any) -> None:
+def _check_dropped(entry: HandlerEntry, created: list[Coroutine[object, object, object]],
+                   result: object) -> None:
     dropped = [c for c in created if c is not result
                and inspect.getcoroutinestate(c) == inspect.CORO_CREATED]
     created.clear()
@@ -161,12 +165,11 @@ def _check_dropped(entry: HandlerEntry, created: list[Any], result: Any) -> None
         _close(coro)
     if dropped:
         raise RuntimeError(
-            f"{entry!r} called engine.run(...) and dropped the coroutine, so that run never "
-            "happens: in a sync handler call evaluator.run_sync(...), or return the coroutine "
-            "(lambda e: evaluator.run(data)), or make the handler 'async def' and await it")
+            f"{entry!r} called engine.run(...) on the event loop's thread and dropped the "
+            "coroutine, so that run never happens: make the handler 'async def' and await it")
 
 
-def _close(awaitable: Any) -> None:
+def _close(awaitable: object) -> None:
     close = getattr(awaitable, "close", None)
     if callable(close):
         close()

@@ -10,21 +10,31 @@ of a step that ran but was cancelled before they finished run first on resume.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
 
 from ..data.batch import move_batch
 from ..events import EventKey, Events
 from .bridge import Cancelled, LoopBridge, call_handlers
+from .cursor import Cursor
+from .emitter import Emitter
 from .feed import Feed, StreamEnd
-from .state import State
+from .view import EngineView
 
-if TYPE_CHECKING:
-    from .engine import Engine
+__all__ = ["Driver", "FireHook"]
 
-__all__ = ["Driver"]
+class FireHook(Protocol):
+    """How the driver fires an event, when the engine says otherwise (``Engine._fire_event``)."""
+
+    def __call__(self, event: EventKey, /, *args: object) -> None: ...
 
 
 class Terminate(Exception):
@@ -39,70 +49,65 @@ class Interrupt(Exception):
     """interrupt() was called: return from run; the next run continues here."""
 
 
-class _Every:
-    """Contains every event: a watched engine (one that overrides ``_fire_event``) sees them all."""
-
-    def __contains__(self, event: object) -> bool:
-        return True
-
-
 # the events fired every iteration, in Driver.wanted's order
 _PER_ITERATION = (Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED, Events.ITERATION_STARTED,
                   Events.ITERATION_COMPLETED)
 
 
 class Driver:
-    """One run of an engine over its data, on the compute thread."""
+    """One run of an engine over its data, on the compute thread.
 
-    def __init__(self, engine: Engine, bridge: LoopBridge, feed: Feed, watched: bool = False) -> None:
-        self.engine, self.bridge, self.feed = engine, bridge, feed
-        self.handlers = engine._bus.entries  # the hot path reads the dict directly
-        self.counts = engine._event_counts
+    It sees the engine through ``EngineView`` (state and Ignite's stop flags) and fires events
+    through the engine's ``Emitter``. It owns the run's ``Cursor`` from start to end: ``release``
+    hands it back, with the data position, once the run is over (however it ended), and
+    ``position`` is a copy of it as it stands, for a ``state_dict`` taken mid-run.
+    ``fire_now(event, *args)`` fires an event: due handlers in order (sync inline, async on the
+    loop), then observers; ``fire`` replaces it when given (an Ignite subclass's ``_fire_event``
+    sees every event).
+    """
+
+    def __init__(self, engine: EngineView, events: Emitter, bridge: LoopBridge, source: object,
+                 cursor: Cursor, process_function: Callable[..., Any],
+                 device: torch.device | None = None, fire: FireHook | None = None) -> None:
+        self.engine, self.events, self.bridge, self.cursor = engine, events, bridge, cursor
+        held, cursor.held = (cursor.held if cursor.continuing else None), None
+        self.feed = Feed(source, bridge.cross, cursor.data_epoch, cursor.data_pos,
+                         lambda: bridge.cancelled, held)
+        self.process_function, self.device = process_function, device
+        self.async_step = inspect.iscoroutinefunction(process_function)
         self.exhausted = False  # the data ran out for good (a one-shot iterator)
-        # an Ignite-style subclass that defines _fire_event sees every event
-        self.fire = engine._fire_event if watched else self.fire_now
+        self.fire_now: FireHook = functools.partial(events.fire, bridge)
+        self.fire: FireHook = fire if fire is not None else self.fire_now
         # The per-iteration events are fired only when someone listens: at a 2 ms step the calls
         # themselves, run with cold caches, cost ~1 % of throughput (benchmarks/bench_overhead.py).
         # Who listens is recomputed only when the listeners change (the bus's version): an
         # event's hash is Python code, too slow to take four times per iteration.
-        self.listened: Any = _Every() if watched else self.handlers
-        self.bus = engine._bus
+        self.every_event = fire is not None  # a watched engine sees every event
+        self.bus = events.bus
         self.seen = -1
         self.wanted: tuple[bool, ...] = ()
 
+    # the cursor -----------------------------------------------------------------------------
+    def position(self) -> Cursor:
+        """The cursor as it stands now, with the data position the feed has reached."""
+        return dataclasses.replace(self.cursor, data_epoch=self.feed.epoch, data_pos=self.feed.pos)
+
+    def release(self) -> Cursor:
+        """The run is over: the cursor, with the data position (and an interrupted run's data
+        iterator), back to the engine."""
+        cur = self.cursor
+        cur.data_epoch, cur.data_pos = self.feed.epoch, self.feed.pos
+        cur.held = self.feed.it if cur.continuing else None
+        return cur
+
     # events ---------------------------------------------------------------------------------
-    def fire_now(self, event: EventKey, *args: Any) -> None:
-        """Fire ``event``: due handlers in order (sync inline, async on the loop), then observers."""
-        eng = self.engine
-        eng.last_event_name = event
-        entries = self.handlers.get(event)
-        if entries is None and not eng._observers:
-            return
-        count = self.count(event)
-        if entries:
-            due = [e for e in entries if e.filter is None or e.filter(eng, count)]
-            if due:
-                call_handlers(due, eng, args, self.bridge)
-        if eng._observers:
-            eng._notify(event, count)
-
-    def count(self, event: EventKey) -> int:
-        """What filters see: the state attribute the event maps to (iteration or epoch for the
-        built-in events, as Ignite), else how many times it fired (this firing included)."""
-        attr = State.event_to_attr.get(event)
-        if attr is not None:
-            return getattr(self.engine.state, attr)
-        n = self.counts.get(event, 0) + 1
-        self.counts[event] = n
-        return n
-
     def per_iteration(self, event: EventKey, index: int) -> None:
         """Fire per-iteration ``event`` (``_PER_ITERATION[index]``) if anyone listens, then stop
         if a handler (or the step) asked to."""
         if self.bus.version != self.seen:
             self.seen = self.bus.version
-            observed = bool(self.engine._observers)
-            self.wanted = tuple(observed or ev in self.listened for ev in _PER_ITERATION)
+            always = self.every_event or bool(self.events.observers)
+            self.wanted = tuple(always or ev in self.events.entries for ev in _PER_ITERATION)
         eng = self.engine
         if self.wanted[index]:
             self.fire(event)
@@ -126,13 +131,13 @@ class Driver:
 
     # the run --------------------------------------------------------------------------------
     def drive(self) -> None:
-        eng, st = self.engine, self.engine.state
+        eng, st, cur = self.engine, self.engine.state, self.cursor
         start = time.perf_counter()
         self.bridge.enter()
         try:
             self._run_owed()
             try:
-                if not eng._continuing:
+                if not cur.continuing:
                     self.fire(Events.STARTED)
                 self.check_stop_before_epoch("STARTED")
                 while not self.is_done() and not eng.should_terminate:
@@ -145,12 +150,12 @@ class Driver:
                 self.fire(Events.COMPLETED)
                 st.times["COMPLETED"] = time.perf_counter() - start
         except Interrupt:
-            eng._continuing, eng.should_interrupt = True, False
+            cur.continuing, eng.should_interrupt = True, False
             self.fire(Events.INTERRUPT)
         except Cancelled:
             raise
         except Exception as exc:
-            if Events.EXCEPTION_RAISED not in self.handlers:
+            if Events.EXCEPTION_RAISED not in self.events.entries:
                 raise
             self.fire(Events.EXCEPTION_RAISED, exc)
         finally:
@@ -158,7 +163,7 @@ class Driver:
 
     def _run_owed(self) -> None:
         """The ITERATION_COMPLETED handlers of a step that ran in a cancelled run."""
-        owed, self.engine._owed = self.engine._owed, []
+        owed, self.cursor.owed = self.cursor.owed, []
         if owed:
             self.engine.last_event_name = Events.ITERATION_COMPLETED
             call_handlers(owed, self.engine, (), self.bridge)
@@ -183,20 +188,20 @@ class Driver:
             st.epoch_length is not None and st.iteration >= st.epoch_length * st.max_epochs)
 
     def run_epoch(self) -> None:
-        eng, st = self.engine, self.engine.state
+        eng, st, cur = self.engine, self.engine.state, self.cursor
         self.check_cancel()
-        continuing, eng._continuing = eng._continuing, False
+        continuing, cur.continuing = cur.continuing, False
         start = time.perf_counter()
-        if not continuing and not eng._epoch_open:
+        if not continuing and not cur.epoch_open:
             st.epoch += 1
-            eng._epoch_open = True
+            cur.epoch_open = True
         if not continuing and not (st.epoch_length and st.epoch_iteration >= st.epoch_length):
             self.fire(Events.EPOCH_STARTED)
         try:
             self.check_stop_before_epoch("EPOCH_STARTED")
         except Terminate:
             if st.epoch_iteration == 0:
-                eng._epoch_open = False  # as Ignite: an epoch stopped at its start is skipped
+                cur.epoch_open = False  # as Ignite: an epoch stopped at its start is skipped
             raise
         try:
             self.iterate()
@@ -210,15 +215,15 @@ class Driver:
                 st.max_epochs = math.ceil(st.max_iters / st.epoch_length)
         if eng.should_terminate_single_epoch != "skip_epoch_completed":
             self.check_cancel()
-            eng._epoch_done = True
+            cur.epoch_done = True
             try:
                 self.fire(Events.EPOCH_COMPLETED)
             finally:
-                eng._epoch_done = False
+                cur.epoch_done = False
             st.times["EPOCH_COMPLETED"] = time.perf_counter() - start
         eng.should_terminate_single_epoch = False
         st.epoch_iteration = 0
-        eng._epoch_open = False
+        cur.epoch_open = False
         if eng.should_terminate:
             raise Terminate
         if eng.should_interrupt:
@@ -246,7 +251,7 @@ class Driver:
             try:
                 self.per_iteration(Events.ITERATION_COMPLETED, 3)
             except Cancelled as cancelled:  # the step ran: its unfinished handlers run on resume
-                self.engine._owed = cancelled.remaining
+                self.cursor.owed = cancelled.remaining
                 raise
             if st.max_iters is not None and st.iteration >= st.max_iters and \
                     (st.epoch_length is None or st.epoch_iteration < st.epoch_length):
@@ -296,9 +301,10 @@ class Driver:
             raise
 
     def step(self, batch: Any) -> Any:
-        eng = self.engine
-        if eng.device is not None:
-            batch = move_batch(batch, eng.device)
-        if eng._async_step:
-            return self.bridge.cross(eng._process_function(eng, batch))
-        return eng._process_function(eng, batch)
+        """The process function on ``batch`` (moved to the device first); an async one is
+        awaited on the loop."""
+        if self.device is not None:
+            batch = move_batch(batch, self.device)
+        if self.async_step:
+            return self.bridge.cross(self.process_function(self.engine, batch))
+        return self.process_function(self.engine, batch)

@@ -1,9 +1,12 @@
-"""Engine: Ignite's Engine API over aiotrain's driver (compute thread) and loop bridge.
+"""Engine: Ignite's Engine API, a facade over the run's parts (see docs/engine.md).
 
-Sync code runs on the compute thread, async code on the loop: the process function and every
-sync handler run inline on the engine's ComputeWorker thread in priority order, as in Ignite;
-``async def`` handlers and process functions are awaited on the loop. ``run`` carries the
-caller's grad mode, inference mode and autocast to wherever the engine's code runs.
+The facade keeps the API and what lasts between runs (State, the Cursor, the Emitter with the
+handlers); each run hands the Cursor to a Driver on the engine's compute thread and takes it back
+when the run is over. Sync code runs on the compute thread, async code on the loop: the process
+function and every sync handler run inline on the engine's ComputeWorker thread in priority
+order, as in Ignite; ``async def`` handlers and process functions are awaited on the loop.
+``run`` carries the caller's grad mode, inference mode and autocast to wherever the engine's
+code runs, and blocks from sync code as Ignite's does (a coroutine on an event loop).
 
 Deviation from Ignite, on purpose: ``run`` on an engine whose state is part way resumes from that
 exact iteration, with the same data order (Ignite restarts the data iterator).
@@ -14,18 +17,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
-import inspect
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
 import torch
 
 from ..data.loader import sized_len
 from ..events import (
-    EventBus,
+    AllowedEvents,
     EventKey,
     Events,
     RemovableHandle,
@@ -35,22 +36,41 @@ from ..events import (
 )
 from ..runtime import ComputeWorker, await_future
 from ..values import check_int
-from .bridge import (
-    Cancelled,
-    LoopBridge,
-    acall_handlers,
-    call_handlers,
-    current_bridge,
-    note_run_created,
-)
+from .bridge import Cancelled, LoopBridge, current_bridge, note_run_created
+from .cursor import Cursor
 from .driver import Driver
-from .feed import AsyncSource, Feed, NoData
+from .emitter import Emitter
+from .feed import AsyncSource, NoData
 from .modes import TorchModes
-from .observe import Observer, Snapshot, plain, scalars
+from .observe import Observer, Snapshot
 from .rng import rng_state, seed_everything, set_rng_state
 from .state import State
 
-__all__ = ["Engine"]
+__all__ = ["Attachable", "Engine"]
+
+H = TypeVar("H", bound=Callable[..., object])
+
+
+@runtime_checkable
+class Attachable(Protocol):
+    """What ``add_metric`` attaches: a Metric (aiotrain's or Ignite's)."""
+
+    def attach(self, engine: Engine, name: str, /) -> object: ...
+
+
+def _drive(driver: Driver, modes: TorchModes) -> None:
+    """The compute thread's part of a run: the driver, under the caller's torch modes."""
+    with modes.applied():
+        driver.drive()
+
+
+def _loop_running() -> bool:
+    """True on a thread whose event loop is running (where a run must be awaited)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class Engine:
@@ -67,7 +87,8 @@ class Engine:
     _state_dict_all_req_keys: tuple[str, ...] = ("epoch_length", "iteration")
     _state_dict_one_of_opt_keys: tuple[tuple[str, ...], ...] = (("max_epochs", "max_iters"),)
 
-    def __init__(self, process_function: Callable[..., Any], *, device: Any = None,
+    def __init__(self, process_function: Callable[..., Any], *,
+                 device: torch.device | str | int | None = None,
                  worker: ComputeWorker | None = None) -> None:
         if process_function is None or not callable(process_function):
             raise ValueError("Engine must be given a processing function in order to run: "
@@ -75,88 +96,87 @@ class Engine:
         check_signature(process_function, "process_function", None, None)
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self._process_function = process_function
-        self._async_step = inspect.iscoroutinefunction(process_function)
         self.device = torch.device(device) if device is not None else None
         self._worker = worker
-        self._bus = EventBus()
         self.state = State()
         self.should_terminate: bool | str = False
         self.should_terminate_single_epoch: bool | str = False
         self.should_interrupt = False
         self.last_event_name: EventKey | None = None  # the event being (or last) fired
         self._state_dict_user_keys: list[str] = []
-        self._event_counts: dict[EventKey, int] = {}
-        self._observers: dict[EventKey, list[Observer]] = {}
-        self._pending: set[Any] = set()
+        self._events = Emitter(self)  # handlers, event counts, observers
+        self._pending: set[cf.Future[Any] | asyncio.Future[Any]] = set()
         self._write_error: BaseException | None = None
         self._running = False
-        self._bridge: LoopBridge | None = None
-        self._feed: Feed | None = None
-        self._driver: Driver | None = None
-        self._data_epoch = 0
-        self._data_pos = 0
-        self._owed: list[Any] = []  # ITERATION_COMPLETED handlers a cancel left unrun
-        self._continuing = False  # the last run was interrupted: the next one continues it
-        self._held: Any = None  # the interrupted run's data iterator (a sync source's)
-        self._epoch_done = False  # inside EPOCH_COMPLETED: a state_dict now is a finished epoch
-        self._epoch_open = False  # state.epoch already counts the epoch in progress
+        self._cursor = Cursor()  # between runs; a run's driver owns it and hands it back
+        self._driver: Driver | None = None  # the run in progress
 
     # handlers -------------------------------------------------------------------------------
-    def add_event_handler(self, event: Any, handler: Callable[..., Any], *args: Any,
-                          priority: int = 0, **kwargs: Any) -> RemovableHandle:
+    def add_event_handler(self, event: object, handler: Callable[..., object], *args: object,
+                          priority: int = 0, **kwargs: object) -> RemovableHandle:
         """Attach ``handler(engine, *args, **kwargs)`` (or ``handler(*args, **kwargs)``) to
         ``event``; sync (compute thread) or ``async def`` (loop)."""
         keys = {key for key, _ in resolve_events(event)}
         lead = (Exception(),) if keys == {Events.EXCEPTION_RAISED} else ()
-        return self._bus.add(event, handler, args, kwargs, priority=priority, event_args=lead,
-                             engine=self)
+        return self._events.bus.add(event, handler, args, kwargs, priority=priority,
+                                    event_args=lead, engine=self)
 
-    def on(self, event: Any, handler: Any = None, *args: Any, priority: int = 0,
-           **kwargs: Any) -> Any:
+    @overload
+    def on(self, event: object, handler: None = None, *args: object, priority: int = 0,
+           **kwargs: object) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: object, handler: Callable[..., object], *args: object, priority: int = 0,
+           **kwargs: object) -> RemovableHandle: ...
+
+    def on(self, event: object, handler: object = None, *args: object, priority: int = 0,
+           **kwargs: object) -> Callable[[H], H] | RemovableHandle:
         """Decorator (``@engine.on(Events.X)``) or call (``engine.on(Events.X, fn)``)."""
         if handler is not None and not callable(handler):
             args, handler = (handler, *args), None
         if handler is None:
-            def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            def decorator(fn: H) -> H:
                 self.add_event_handler(event, fn, *args, priority=priority, **kwargs)
                 return fn
             return decorator
+        assert callable(handler)  # narrowed above: a non-callable went into args
         return self.add_event_handler(event, handler, *args, priority=priority, **kwargs)
 
-    def remove_event_handler(self, handler: Callable[..., Any], event: Any) -> None:
+    def remove_event_handler(self, handler: Callable[..., object], event: object) -> None:
         """Detach ``handler`` from ``event`` (a filtered event names its base event)."""
-        self._bus.remove(handler, event)
+        self._events.bus.remove(handler, event)
 
-    def has_event_handler(self, handler: Callable[..., Any], event: Any = None) -> bool:
+    def has_event_handler(self, handler: Callable[..., object], event: object = None) -> bool:
         """True when ``handler`` is attached to ``event`` (or to any event)."""
-        return self._bus.has(handler, event)
+        return self._events.bus.has(handler, event)
 
-    def add_compute_hook(self, event: Any, fn: Callable[..., Any], *args: Any,
+    def add_compute_hook(self, event: object, fn: Callable[..., object], *args: object,
                          priority: int = 0) -> RemovableHandle:
         """Run ``fn(engine, *args)`` when ``event`` fires, before the event's ordinary handlers
         whatever their priority: metric updates, so every handler sees this event's values."""
-        return self._bus.add(event, fn, args, priority=priority, first=True, engine=self)
+        return self._events.bus.add(event, fn, args, priority=priority, first=True, engine=self)
 
-    def register_events(self, *events: Any, event_to_attr: dict[Any, str] | None = None) -> None:
+    def register_events(self, *events: object,
+                        event_to_attr: dict[Any, str] | None = None) -> None:
         """Allow custom events (``engine.register_events(*MyEvents)``, or strings).
         ``event_to_attr`` names the State attribute each one's filters count."""
         if event_to_attr is not None and not isinstance(event_to_attr, dict):
             raise ValueError(f"event_to_attr must be a dict, got {type(event_to_attr).__name__}")
-        self._bus.register_events(*events)
+        self._events.bus.register_events(*events)
         for ev, attr in (event_to_attr or {}).items():
             State.event_to_attr[resolve_key(ev)] = attr
         self.state.update_attrs()
 
-    def has_registered_events(self, event: Any) -> bool:
+    def has_registered_events(self, event: object) -> bool:
         """True when ``event`` may be fired and handled on this engine."""
-        return event in self._bus.allowed
+        return event in self._events.bus.allowed
 
     @property
-    def _allowed_events(self) -> Any:
+    def _allowed_events(self) -> AllowedEvents:
         # Ignite's handlers (its tqdm ProgressBar) check membership here before attaching
-        return self._bus.allowed
+        return self._events.bus.allowed
 
-    def add_metric(self, metric: Any, name: str) -> None:
+    def add_metric(self, metric: Attachable | object, name: str) -> None:
         """Attach ``metric`` under ``name``: its value lands in ``state.metrics[name]``.
         aiotrain's and Ignite's metrics attach themselves; a torchmetrics ``Metric`` or
         ``MetricCollection`` is wrapped in :class:`aiotrain.metrics.TorchMetric`."""
@@ -164,7 +184,7 @@ class Engine:
 
         as_metric(metric).attach(self, name)
 
-    def add_metrics(self, metrics: dict[str, Any]) -> None:
+    def add_metrics(self, metrics: Mapping[str, Attachable]) -> None:
         """Attach several metrics: ``{"acc": Accuracy(), ...}``."""
         for name, metric in metrics.items():
             self.add_metric(metric, name)
@@ -174,7 +194,7 @@ class Engine:
         self._pending.add(fut)
         fut.add_done_callback(self._settled)
 
-    def _settled(self, fut: Any) -> None:
+    def _settled(self, fut: cf.Future[Any] | asyncio.Future[Any]) -> None:
         self._pending.discard(fut)
         if not fut.cancelled() and fut.exception() is not None and self._write_error is None:
             self._write_error = fut.exception()
@@ -201,37 +221,31 @@ class Engine:
         if not isinstance(data, Iterable | AsyncSource):
             raise TypeError(f"data must be iterable, got {type(data).__name__}")
         self.state.dataloader = data
-        if self._feed is not None:
-            self._feed.replace(data)
+        if self._driver is not None:
+            self._driver.feed.replace(data)
 
-    def fire_event(self, event: Any, *args: Any) -> None:
+    def fire_event(self, event: object, *args: object) -> None:
         """Fire ``event`` from sync code: on the compute thread sync handlers run inline and
         async ones on the loop while the thread waits; elsewhere only sync handlers can run."""
-        key = resolve_key(event)
-        if key not in self._bus.allowed:
-            raise ValueError(f"event {event!r} is not registered; call engine.register_events first")
+        key = self._allowed_key(event)
         bridge = current_bridge()
-        if bridge is not None and bridge is self._bridge and self._driver is not None:
-            self._driver.fire(key, *args)
+        driver = self._driver
+        if driver is not None and bridge is driver.bridge:
+            driver.fire(key, *args)
             return
-        count = self._count(key)
-        due = self._due(key, count)
-        if due:
-            call_handlers(due, self, args, None if bridge is None or bridge.on_loop() else bridge)
-        if self._observers:
-            self._notify(key, count)
+        self._events.fire(None if bridge is None or bridge.on_loop() else bridge, key, *args)
 
-    async def afire_event(self, event: Any, *args: Any) -> None:
+    async def afire_event(self, event: object, *args: object) -> None:
         """Fire ``event`` from a coroutine on the loop; awaits async handlers."""
-        key = resolve_key(event)
-        if key not in self._bus.allowed:
-            raise ValueError(f"event {event!r} is not registered; call engine.register_events first")
-        count = self._count(key)
-        await acall_handlers(self._due(key, count), self, args)
-        if self._observers:
-            self._notify(key, count)
+        await self._events.afire(self._allowed_key(event), args)
 
-    def _fire_event(self, event: Any, *args: Any) -> None:
+    def _allowed_key(self, event: object) -> EventKey:
+        key = resolve_key(event)
+        if key not in self._events.bus.allowed:
+            raise ValueError(f"event {event!r} is not registered; call engine.register_events first")
+        return key
+
+    def _fire_event(self, event: object, *args: object) -> None:
         """Ignite's override point: a subclass that defines it sees every event the driver fires
         (and calls ``super()._fire_event`` to run the handlers)."""
         if self._driver is not None:
@@ -239,56 +253,19 @@ class Engine:
         else:
             self.fire_event(event, *args)
 
-    def _due(self, key: EventKey, count: int) -> list[Any]:
-        self.last_event_name = key
-        return [e for e in self._bus.entries.get(key, ()) if e.filter is None or e.filter(self, count)]
-
-    def _count(self, key: EventKey) -> int:
-        attr = State.event_to_attr.get(key)
-        if attr is not None:
-            return getattr(self.state, attr)
-        n = self._event_counts.get(key, 0) + 1
-        self._event_counts[key] = n
-        return n
-
     # observers ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def observe(self, *events: Any, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
+    async def observe(self, *events: object,
+                      maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
         """``async with engine.observe(Events.X) as stream: async for snap in stream`` — one
         Snapshot per event. The queue keeps the newest ``maxsize`` snapshots and drops the oldest,
         so a slow observer never slows training. The stream ends when the engine's run ends."""
         obs = Observer(maxsize)
-        keys = set()
-        for ev in events or (Events.ITERATION_COMPLETED,):
-            for key, flt in resolve_events(ev):
-                obs.filters[key] = flt
-                keys.add(key)
-                self._observers.setdefault(key, []).append(obs)
-        self._bus.touch()
+        keys = self._events.watch(obs, events or (Events.ITERATION_COMPLETED,))
         try:
             yield obs
         finally:
-            for key in keys:
-                self._observers[key].remove(obs)
-                if not self._observers[key]:
-                    del self._observers[key]
-            self._bus.touch()
-
-    def _notify(self, event: EventKey, count: int) -> None:
-        observers = self._observers.get(event)
-        if not observers:
-            return
-        wanted = [o for o in observers if o.wants(self, event, count)]
-        if not wanted:
-            return
-        snap = Snapshot(getattr(event, "name", str(event)), self.state.epoch, self.state.iteration,
-                        scalars(self.state.output), plain(self.state.metrics), time.time())
-        bridge = self._bridge
-        for obs in wanted:
-            if bridge is None or bridge.on_loop():
-                obs.push(snap)
-            else:
-                bridge.loop.call_soon_threadsafe(obs.push, snap)
+            self._events.unwatch(obs, keys)
 
     # state ----------------------------------------------------------------------------------
     @property
@@ -306,11 +283,11 @@ class Engine:
              (term, getattr(st, term))])
         for key in self._state_dict_user_keys:
             sd[key] = getattr(st, key)
-        feed = self._feed
+        cur = self._driver.position() if self._driver is not None else self._cursor
         sd["resume"] = {
-            "epoch": st.epoch, "epoch_iteration": 0 if self._epoch_done else st.epoch_iteration,
-            "seed": st.seed, "data_epoch": feed.epoch if feed else self._data_epoch,
-            "data_pos": feed.pos if feed else self._data_pos, "rng": rng_state()}
+            "epoch": st.epoch, "epoch_iteration": 0 if cur.epoch_done else st.epoch_iteration,
+            "seed": st.seed, "data_epoch": cur.data_epoch, "data_pos": cur.data_pos,
+            "rng": rng_state()}
         return sd
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -357,51 +334,90 @@ class Engine:
         st.iteration, st.epoch, st.epoch_iteration, st.epoch_length = \
             iteration, epoch, epoch_iteration, length
         st.max_epochs, st.max_iters = sd.get("max_epochs"), sd.get("max_iters")
-        self._continuing, self._owed, self._held = False, [], None
-        self._epoch_open = resume is not None and epoch_iteration > 0
         if resume is not None:
             st.seed = resume.get("seed")
-            self._data_epoch, self._data_pos = int(resume["data_epoch"]), int(resume["data_pos"])
+            self._cursor = Cursor(int(resume["data_epoch"]), int(resume["data_pos"]),
+                                  epoch_open=epoch_iteration > 0)
             if "rng" in resume:
                 set_rng_state(resume["rng"])
         else:
-            self._data_epoch, self._data_pos = epoch, epoch_iteration
+            self._cursor = Cursor(epoch, epoch_iteration)
 
     # running --------------------------------------------------------------------------------
-    def run_sync(self, data: Any = None, max_epochs: int | None = None,
+    def run_sync(self, data: object = None, max_epochs: int | None = None,
                  max_iters: int | None = None, epoch_length: int | None = None,
                  seed: int | None = None) -> State:
-        """``run`` for sync code. In a sync handler of a running engine (its compute thread) it
-        runs this engine to completion while the loop keeps serving data, and returns its State;
-        in a plain script it runs its own event loop (uvloop when installed)."""
-        coro = self._arun(data, max_epochs, max_iters, epoch_length, seed, TorchModes.capture())
-        bridge = current_bridge()
-        if bridge is not None:
-            return bridge.cross(coro)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            from ..runtime import run
+        """``run`` for sync code, always blocking. In a sync handler of a running engine (its
+        compute thread) it runs this engine to completion while the loop keeps serving data, and
+        returns its State; in a plain script it runs its own event loop (uvloop when installed)."""
+        if _loop_running():
+            raise RuntimeError("run_sync() called inside a running event loop; use "
+                               "'await engine.run(...)'")
+        return self._run_blocking(self._arun(data, max_epochs, max_iters, epoch_length, seed,
+                                             TorchModes.capture()))
 
-            return run(coro)
-        coro.close()
-        raise RuntimeError("run_sync() called inside a running event loop; use 'await engine.run(...)'")
-
-    def run(self, data: Any = None, max_epochs: int | None = None, max_iters: int | None = None,
+    def run(self, data: object = None, max_epochs: int | None = None, max_iters: int | None = None,
             epoch_length: int | None = None, seed: int | None = None) -> Coroutine[Any, Any, State]:
-        """Run (or resume) over ``data``: ``await engine.run(...)`` returns the State.
+        """Run (or resume) the engine over ``data`` and give its State.
 
-        ``data``: an AsyncLoader, any iterable (list, torch DataLoader) or async iterable; None
-        with ``epoch_length`` runs steps on ``batch=None`` (or on what ``set_data`` gives).
+        On an event loop ``run`` returns a coroutine: ``state = await engine.run(...)``. From sync
+        code it behaves as Ignite's ``run``: it runs to completion and returns the State, in a
+        sync handler (a nested evaluation on the engine's compute thread, while the loop keeps
+        serving data) and in a plain script (on an event loop of its own). The annotation is the
+        awaited form; typed sync code calls ``run_sync``, the same call with the State's type.
+
+        Args:
+            data: an AsyncLoader, any iterable (list, torch DataLoader) or async iterable; None
+                with ``epoch_length`` runs steps on ``batch=None`` (or on what ``set_data`` gives).
+            max_epochs: epochs to run (default 1); more on a finished engine continues it.
+            max_iters: iterations to run instead of epochs (exclusive with ``max_epochs``).
+            epoch_length: iterations per epoch (default: ``len(data)``).
+            seed: seeds ``random``, numpy and torch when the run starts afresh.
+
         The caller's grad mode, inference mode and autocast apply to the whole run. Cancelling
         the awaiting task stops after the step in flight, waits for pending writes, leaves no
-        thread behind and re-raises CancelledError.
+        thread behind and re-raises CancelledError. An engine whose state is part way resumes
+        from the exact next iteration.
+
+        Example::
+
+            >>> from aiotrain import Engine, Events
+            >>> trainer = Engine(lambda engine, batch: batch * 2)
+            >>> evaluator = Engine(lambda engine, batch: batch)
+            >>> @trainer.on(Events.EPOCH_COMPLETED)
+            ... def validate(engine):
+            ...     state = evaluator.run([10, 20, 30])   # nested, as in Ignite
+            ...     print(f"epoch {engine.state.epoch}: evaluated {state.iteration} batches")
+            >>> state = trainer.run([1, 2, 3], max_epochs=2)   # a plain script: blocks
+            epoch 1: evaluated 3 batches
+            epoch 2: evaluated 3 batches
+            >>> state.iteration, state.output
+            (6, 6)
+            >>> import asyncio
+            >>> async def main():
+            ...     return await evaluator.run([4, 5])   # on a loop: awaited
+            >>> asyncio.run(main()).output
+            5
         """
         coro = self._arun(data, max_epochs, max_iters, epoch_length, seed, TorchModes.capture())
-        note_run_created(coro)
-        return coro
+        if _loop_running():
+            note_run_created(coro)
+            return coro
+        # sync code: Ignite's blocking run (the annotation is the awaited form, see above)
+        return cast("Coroutine[Any, Any, State]", self._run_blocking(coro))
 
-    async def _arun(self, data: Any, max_epochs: int | None, max_iters: int | None,
+    def _run_blocking(self, coro: Coroutine[Any, Any, State]) -> State:
+        """Run ``coro`` to completion from sync code: across the bridge on a compute thread,
+        on an event loop of its own elsewhere."""
+        bridge = current_bridge()
+        if bridge is not None:
+            result: State = bridge.cross(coro)
+            return result
+        from ..runtime import run
+
+        return run(coro)
+
+    async def _arun(self, data: object, max_epochs: int | None, max_iters: int | None,
                     epoch_length: int | None, seed: int | None, modes: TorchModes) -> State:
         if self._running:
             raise RuntimeError("this engine is already running")
@@ -409,38 +425,30 @@ class Engine:
         st = self.state
         bridge = LoopBridge(asyncio.get_running_loop(), modes)
         source = st.dataloader if st.dataloader is not None else NoData(st.epoch_length or 0)
-        held, self._held = (self._held if self._continuing else None), None
-        feed = Feed(source, bridge.cross, self._data_epoch, self._data_pos, lambda: bridge.cancelled,
-                    held)
-        driver = Driver(self, bridge, feed, watched=type(self)._fire_event is not Engine._fire_event)
-        self._bridge, self._feed, self._driver = bridge, feed, driver
+        watched = type(self)._fire_event is not Engine._fire_event
+        driver = Driver(self, self._events, bridge, source, self._cursor, self._process_function,
+                        self.device, fire=self._fire_event if watched else None)
+        self._driver = driver  # it owns the cursor until the run is over
         self._running, self._write_error = True, None
         worker = self._worker or ComputeWorker(device=self.device)
         own = self._worker is None
         worker.start()
         try:
-            await self._await_driver(worker.submit(self._drive, driver, modes))
+            await self._await_driver(worker.submit(_drive, driver, modes))
         finally:
-            write_error = await self._finish(own, worker)
+            self._cursor = driver.release()
+            write_error = await self._finish(driver, own, worker)
         if write_error is not None:  # the run itself succeeded, but a pending write did not
             raise write_error
         return self.state
 
-    def _drive(self, driver: Driver, modes: TorchModes) -> None:
-        try:
-            with modes.applied():
-                driver.drive()
-        finally:
-            self._data_epoch, self._data_pos = driver.feed.epoch, driver.feed.pos
-            self._held = driver.feed.it if self._continuing else None
-
     @property
-    def _dataloader_iter(self) -> Any:
+    def _dataloader_iter(self) -> Iterator[Any] | None:
         # Ignite's name: the data iterator a run is reading, or that an interrupted run left to
         # continue (None otherwise; a streaming source is reopened at its position instead)
-        return self._feed.it if self._feed is not None else self._held
+        return self._driver.feed.it if self._driver is not None else self._cursor.held
 
-    def _prepare(self, data: Any, max_epochs: int | None, max_iters: int | None,
+    def _prepare(self, data: object, max_epochs: int | None, max_iters: int | None,
                  epoch_length: int | None, seed: int | None) -> None:
         for name, value in (("max_epochs", max_epochs), ("max_iters", max_iters),
                             ("epoch_length", epoch_length)):
@@ -473,7 +481,8 @@ class Engine:
         if n_batches == 0:
             raise ValueError("data source is empty: Input data has zero size. Please provide "
                              "non-empty data")
-        if (st.max_epochs is None and st.max_iters is None) or (self._finished() and not self._continuing):
+        if (st.max_epochs is None and st.max_iters is None) or \
+                (self._finished() and not self._cursor.continuing):
             if data is None and epoch_length is None and st.epoch_length is None:
                 raise ValueError("epoch_length should be provided if data is None")
             st.iteration = st.epoch = st.epoch_iteration = 0
@@ -481,8 +490,7 @@ class Engine:
             st.max_epochs = None if max_iters is not None else (max_epochs or 1)
             st.epoch_length = epoch_length or n_batches or st.epoch_length
             st.seed = seed
-            self._data_epoch = self._data_pos = 0
-            self._owed, self._continuing, self._epoch_open = [], False, False
+            self._cursor = Cursor()
             if seed is not None:
                 seed_everything(seed)
         else:
@@ -505,7 +513,7 @@ class Engine:
         return (st.max_epochs is not None and st.epoch >= st.max_epochs
                 and st.epoch_iteration == 0)
 
-    async def _await_driver(self, fut: cf.Future[Any]) -> None:
+    async def _await_driver(self, fut: cf.Future[None]) -> None:
         try:
             await await_future(fut, on_cancel=self._request_cancel)
         except asyncio.CancelledError:
@@ -517,17 +525,16 @@ class Engine:
             raise
 
     def _request_cancel(self) -> None:
-        if self._bridge is not None:
-            self._bridge.cancel()
-        if self._feed is not None:
-            self._feed.interrupt()
+        if self._driver is not None:
+            self._driver.bridge.cancel()
+            self._driver.feed.interrupt()
 
-    async def _finish(self, own_worker: bool, worker: ComputeWorker) -> BaseException | None:
+    async def _finish(self, driver: Driver, own_worker: bool,
+                      worker: ComputeWorker) -> BaseException | None:
         """Close the data stream, wait for pending writes, stop the worker: also on error/cancel.
         Returns the first exception a pending write raised, if any."""
         try:
-            if self._feed is not None:
-                await self._feed.aclose()
+            await driver.feed.aclose()
             cancelled: asyncio.CancelledError | None = None
             while self._pending:
                 pending = [asyncio.wrap_future(f) if isinstance(f, cf.Future) else f
@@ -544,10 +551,8 @@ class Engine:
                 raise cancelled
             return error
         finally:
-            self._feed = self._bridge = self._driver = None
+            self._driver = None
             self._running = False
-            for observers in list(self._observers.values()):
-                for obs in observers:
-                    obs.close()
+            self._events.end_streams()
             if own_worker:
                 await worker.astop()

@@ -9,8 +9,8 @@ exact resume restarts from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from ..data.loader import AsyncLoader, StreamClosed
 from ..protocols import EpochAware
@@ -51,7 +51,22 @@ class StreamSource(Protocol):
 
 @runtime_checkable
 class AsyncSource(Protocol):
-    def __aiter__(self) -> Any: ...
+    """Any async iterable (``async for batch in source``)."""
+
+    def __aiter__(self) -> object: ...
+
+
+T = TypeVar("T")
+
+
+class Crossing(Protocol):
+    """Runs a coroutine on the loop from the compute thread and waits for its result."""
+
+    def __call__(self, awaitable: Awaitable[T], /) -> T: ...
+
+
+#: What the feed reads: a streaming source, or any iterable read on the compute thread.
+Source = StreamSource | Iterable[Any]
 
 
 class NoData:
@@ -64,23 +79,25 @@ class NoData:
         return iter([None] * self.epoch_length)
 
 
-def is_stream_source(data: Any) -> bool:
+def is_stream_source(data: object) -> TypeGuard[StreamSource]:
     """True for a StreamSource (its class defines ``open_stream``: a mock's attribute is not one)."""
     return isinstance(data, StreamSource) and callable(getattr(type(data), "open_stream", None))
 
 
-def as_source(data: Any) -> Any:
+def as_source(data: object) -> Source:
     """A source the feed can read: async iterables are wrapped into a stream."""
-    if isinstance(data, AsyncSource) and not isinstance(data, Iterable) and not is_stream_source(data):
+    if is_stream_source(data) or isinstance(data, Iterable):
+        return data
+    if isinstance(data, AsyncSource):
         return AsyncLoader.wrap(data)
-    return data
+    raise TypeError(f"data must be iterable or async iterable, got {type(data).__name__}")
 
 
 class Feed:
     """Batches for the driver (compute thread). ``cross`` runs a coroutine on the loop and waits;
     ``epoch``/``pos`` are the data epoch and the batches taken in it."""
 
-    def __init__(self, source: Any, cross: Callable[[Any], Any], epoch: int, pos: int,
+    def __init__(self, source: object, cross: Crossing, epoch: int, pos: int,
                  cancelled: Callable[[], bool], held: Iterator[Any] | None = None) -> None:
         self._cross, self._cancelled = cross, cancelled
         self.epoch, self.pos = epoch, pos
@@ -91,14 +108,15 @@ class Feed:
         self._opened = held is not None
 
     def _open(self) -> None:
-        if is_stream_source(self.source):
-            self.stream = self._cross(self.source.open_stream(self.epoch, self.pos))
-        else:
-            for target in (self.source, getattr(self.source, "sampler", None)):
+        source = self.source
+        if is_stream_source(source):
+            self.stream = self._cross(source.open_stream(self.epoch, self.pos))
+        elif isinstance(source, Iterable):
+            for target in (source, getattr(source, "sampler", None)):
                 if isinstance(target, EpochAware):
                     target.set_epoch(self.epoch)
                     break
-            self.it = iter(self.source)
+            self.it = iter(source)
             for _ in range(self.pos):  # an opaque iterable can only be skipped by reading it
                 next(self.it)
         self._opened = True
@@ -126,7 +144,7 @@ class Feed:
         """The last batch was taken but its step never ran: a resume takes it again."""
         self.pos -= 1
 
-    def restart(self, source: Any = None) -> None:
+    def restart(self, source: object = None) -> None:
         """Start the next pass over the data (the next data epoch, from its first batch); over
         ``source`` when a handler put a new one in ``state.dataloader``, as Ignite allows."""
         self._close_stream()

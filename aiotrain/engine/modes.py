@@ -82,7 +82,8 @@ class _WithModes(Awaitable[T]):
                 with self._modes.applied():
                     yielded = it.throw(error) if error is not None else it.send(send)
             except StopIteration as stop:
-                return stop.value
+                result: T = stop.value
+                return result
             send, error = None, None
             try:
                 send = yield yielded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -30,21 +31,32 @@ class Snapshot:
 
 
 class Observer:
-    """A bounded, drop-oldest queue of Snapshots read with ``async for`` on the loop."""
+    """A bounded, drop-oldest queue of Snapshots read with ``async for`` on the loop it was
+    created on (call it there)."""
 
     def __init__(self, maxsize: int) -> None:
         self.queue: deque[Snapshot] = deque(maxlen=maxsize)
         self.filters: dict[EventKey, EventFilter | None] = {}
         self._event = asyncio.Event()
         self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
 
-    def wants(self, engine: Any, event: EventKey, count: int) -> bool:
+    def wants(self, engine: object, event: EventKey, count: int) -> bool:
         flt = self.filters.get(event)
         return flt is None or flt(engine, count)
 
     def push(self, snap: Snapshot) -> None:
+        """Queue ``snap`` (on the observer's loop)."""
         self.queue.append(snap)
         self._event.set()
+
+    def offer(self, snap: Snapshot) -> None:
+        """Queue ``snap`` from any thread: directly on the loop's, else scheduled onto the loop."""
+        if threading.get_ident() == self._loop_thread:
+            self.push(snap)
+        else:
+            self._loop.call_soon_threadsafe(self.push, snap)
 
     def close(self) -> None:
         self._closed = True

@@ -57,7 +57,8 @@ class State:
         attr = self.event_to_attr.get(resolve_key(event))
         if attr is None:
             raise RuntimeError(f"Unknown event name '{event}'")
-        return getattr(self, attr)
+        value: int = getattr(self, attr)
+        return value
 
     def __repr__(self) -> str:
         # Ignite's layout; a State's repr (asyncio prints a main task's result at Ctrl-C) must

@@ -6,7 +6,8 @@ evaluates on the compute thread: it passes only when ``refresh_s`` has elapsed s
 redraw or on the epoch's last iteration. Between redraws, training pays one clock read per
 iteration. Outside a terminal (CI logs, files) there is no bar: one line per epoch instead. In a
 Jupyter kernel (with the default console) the bar is an HTML output of the cell, replaced in
-place at each redraw (``aiotrain.notebook``).
+place at each redraw (``aiotrain.notebook``). rich (extra ``progress``) is imported when a
+ProgressBar is made, not with this module.
 """
 
 from __future__ import annotations
@@ -15,21 +16,18 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from ..errors import require
 from ..events import Events
 from ..notebook import LiveOutput, in_kernel, progress_html
 from ..values import as_number
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 __all__ = ["ProgressBar"]
 
@@ -37,7 +35,8 @@ __all__ = ["ProgressBar"]
 @functools.cache
 def _stderr_console() -> Console:
     # one shared console, so that bars of several engines (trainer + evaluator) nest properly
-    return Console(stderr=True)
+    console: Console = require("rich.console", "the progress bar").Console(stderr=True)
+    return console
 
 
 class ProgressBar:
@@ -57,7 +56,7 @@ class ProgressBar:
             raise ValueError(f"ProgressBar: refresh_s must be >= 0, got {refresh_s!r}")
         self.persist = bool(persist)
         self.refresh_s = float(refresh_s)
-        self.console = console or _stderr_console()
+        self.console = console or _stderr_console()  # MissingExtra without rich
         self._notebook = console is None and in_kernel()
         self._html: LiveOutput | None = None
         self._progress: Progress | None = None
@@ -106,6 +105,14 @@ class ProgressBar:
             return
         if not self.console.is_terminal:
             return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("{task.fields[values]}"),

@@ -33,6 +33,9 @@ RECORD = "run.sdn"
 # keys a resume may change; everything else must match the run's config (or --force)
 RESUMABLE = ("train.max_epochs", "train.log_every", "train.device", "train.patience",
              "tracking.tags", "tracking.notes", "tracking.mode", "validation.", "checkpoint.every")
+# ...but only between values: turning one on or off changes what the checkpoints hold (early
+# stopping's state), so the run's checkpoint would not load
+SWITCHES = ("train.patience",)
 
 
 class ResumeError(ConfigError):
@@ -108,7 +111,10 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE):
+        before, after = a.get(key), b.get(key)
+        switched = key in SWITCHES and (before is None) != (after is None)
+        if not switched and any(key == r or (r.endswith(".") and key.startswith(r))
+                                for r in RESUMABLE):
             continue
         if a.get(key, _ABSENT) != b.get(key, _ABSENT):
             out.append(f"{key}: {_show(a.get(key, _ABSENT))} -> {_show(b.get(key, _ABSENT))}")

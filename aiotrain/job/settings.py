@@ -1,7 +1,9 @@
 """The runtime's part of a training config: its schema, strict checking, and the merged config.
 
 The sections ``train``, ``scheduler``, ``checkpoint``, ``tracking`` and ``validation`` (and the
-top-level ``task`` and ``seed``) belong to the runtime; every other key is the task's. Inside the
+top-level ``task`` and ``seed``) belong to the runtime; every other key is the task's. A top-level
+key that neither the runtime nor the task factory reads is an error (:func:`check_top_level`:
+``sed: 0`` for ``seed`` would otherwise train with the default seed). Inside the
 runtime's sections nothing passes unchecked: an unknown key is an error with a "did you mean"
 hint, and a bad value is one line naming the key, the value and what is allowed. Values are
 checked strictly (``max_epochs = "3"`` is a string, not 3), because a config that means something
@@ -22,12 +24,13 @@ import msgspec
 
 from ..config import Conf, Config, SchemaError
 
-__all__ = ["CheckpointSection", "SchedulerSection", "TrackingSection", "TrainSection",
-           "TrainSettings", "ValidationSection", "load_settings"]
+__all__ = ["RUNTIME_KEYS", "CheckpointSection", "SchedulerSection", "TrackingSection",
+           "TrainSection", "TrainSettings", "ValidationSection", "check_top_level", "load_settings"]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # torch.manual_seed takes 64 bits
 
 
 class TrainSection(msgspec.Struct, frozen=True):
@@ -84,7 +87,7 @@ class TrainSettings(msgspec.Struct, frozen=True):
     """The part of a training config the runtime reads; the task reads the rest."""
 
     task: str
-    seed: int = 0
+    seed: Seed = 0
     train: TrainSection = msgspec.field(default_factory=TrainSection)
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     checkpoint: CheckpointSection = msgspec.field(default_factory=CheckpointSection)
@@ -112,6 +115,25 @@ def load_settings(cfg: Config) -> tuple[TrainSettings, Config]:
     for key, check in _CHECKS.items():
         check(settings, key)
     return settings, Conf.merge(cfg, Conf.from_dict(msgspec.to_builtins(settings)))
+
+
+RUNTIME_KEYS = frozenset(f.name for f in msgspec.structs.fields(TrainSettings))
+"""The top-level keys the runtime reads: ``task``, ``seed`` and its sections."""
+
+
+def check_top_level(keys: list[str], read: set[str], task: str) -> None:
+    """Every top-level key in ``keys`` is the runtime's or was ``read`` by the task factory
+    ``task`` while it built; else a SchemaError naming the first other one, with a hint."""
+    unread = [k for k in keys if k not in RUNTIME_KEYS and k not in read]
+    if not unread:
+        return
+    key = unread[0]
+    known = sorted(RUNTIME_KEYS | read)  # a key the task asked for and did not find: the likeliest
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else \
+        "remove it, or read it in the task (keys read: " + ", ".join(known) + ")"
+    raise SchemaError(f"{key}: unknown top-level key: neither the runtime nor the task ({task}) "
+                      f"reads it; {hint}", full_key=key)
 
 
 def resolved_device(settings: TrainSettings) -> Any:

@@ -1,4 +1,10 @@
-"""Task: what a config's task factory returns, and how the factory is found and called."""
+"""Task: what a config's task factory returns, and how the factory is found and called.
+
+While the factory builds, the reads of its config are recorded (``aiotrain.config.node.ReadLog``):
+a top-level key that neither the runtime nor the factory reads is an error, and when the factory
+fails, :class:`TaskError` names the key whose value the failing call was using (or the file it
+could not open) in one line, followed by the user's own frames of the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -19,9 +26,28 @@ import torch
 import torch._dynamo  # noqa: F401, E402, I001
 
 from ..config import Config, ConfigError
+from ..config.node import ReadLog, ValueRead, recording_reads
+from ..errors import ExitCode, missing_extra, own_frames
 from ..runtime import to_compute, to_io
+from .settings import check_top_level
 
-__all__ = ["Task", "build_task", "close_resources", "default_prepare_batch"]
+__all__ = ["Task", "TaskError", "build_task", "close_resources", "default_prepare_batch"]
+
+
+class TaskError(ConfigError):
+    """The task factory failed while it built from the config.
+
+    ``msg`` is one line that starts with what it was about: the key(s) whose value the failing
+    call was using (``optim.lr = 'fast': ...``, ``full_key`` the first), the file it could not
+    read (``path``), or else the factory; ``frames`` is the traceback of the user's own code
+    only (aiotrain's, the standard library's and installed packages' frames left out);
+    ``exit_code`` is 2 (a config or input error) when a key or a file is named, else 1. The
+    factory's exception is the ``__cause__``."""
+
+    def __init__(self, msg: str, *, full_key: str | None = None, path: str | None = None,
+                 frames: str = "", exit_code: int = ExitCode.FAILED) -> None:
+        super().__init__(msg, full_key=full_key, path=path)
+        self.frames, self.exit_code = frames, exit_code
 
 
 @dataclass
@@ -73,10 +99,16 @@ async def build_task(spec: str, cfg: Config) -> Task:
     on the loop, a sync one on a compute thread) and check what it returns."""
     factory = await to_io(_import_factory, spec)
     await to_io(_warm_up)
-    if inspect.iscoroutinefunction(factory):
-        task = await factory(cfg)
-    else:  # model building is compute: keep it off the loop
-        task = await to_compute(factory, cfg)
+    with recording_reads(cfg) as log:
+        try:
+            if inspect.iscoroutinefunction(factory):
+                task = await factory(cfg)
+            else:  # model building is compute: keep it off the loop
+                task = await to_compute(factory, cfg)
+        except Exception as exc:
+            if missing_extra(exc) is not None:  # already one line, naming the extra to install
+                raise
+            raise _task_error(exc, spec, log) from exc
     if isinstance(task, dict):
         try:
             task = Task(**task)
@@ -85,8 +117,65 @@ async def build_task(spec: str, cfg: Config) -> Task:
     if not isinstance(task, Task):
         raise ConfigError(f"task: {spec} returned {type(task).__name__}, "
                           "expected aiotrain.job.Task or a dict of its fields")
-    _check(task, spec)
+    try:
+        _check(task, spec)
+        check_top_level([str(k) for k in cfg.keys()], log.top, spec)
+    except ConfigError:
+        await close_resources(task.resources)
+        raise
     return task
+
+
+def _task_error(exc: Exception, spec: str, log: ReadLog) -> TaskError:
+    """The TaskError for ``exc`` raised by the factory ``spec``: the key or file it was about
+    first, the user's own frames after."""
+    frames = "".join(traceback.format_list(own_frames(exc.__traceback__)))
+    what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    failure = f"{type(exc).__name__}: {what}" if what else type(exc).__name__
+    if isinstance(exc, ConfigError):  # a key the factory read that is missing, a bad value, ...
+        return TaskError(f"{exc.msg} (in the task {spec})", full_key=exc.full_key, path=exc.path,
+                         frames=frames, exit_code=ExitCode.USAGE)
+    if isinstance(exc, OSError) and exc.filename is not None:  # a missing or unreadable input
+        source = _source_of(str(exc.filename), log)
+        from_key = f" ({source.key} = {source.value!r})" if source is not None else ""
+        return TaskError(f"{exc.filename}: {exc.strerror or what}{from_key} "
+                         f"(in the task {spec})", full_key=source.key if source else None,
+                         frames=frames, exit_code=ExitCode.USAGE)
+    culprits = _culprits(exc, log)
+    if not culprits:
+        return TaskError(f"the task {spec} failed: {failure}", frames=frames)
+    shown = " or ".join(f"{r.key} = {r.value!r}" for r in culprits)
+    return TaskError(f"{shown}: the task {spec} failed on {'it' if len(culprits) == 1 else 'them'}:"
+                     f" {failure}", full_key=culprits[0].key, frames=frames,
+                     exit_code=ExitCode.USAGE)
+
+
+def _culprits(exc: BaseException, log: ReadLog) -> list[ValueRead]:
+    """The config values the failing call of the user's code was using: the innermost frame of
+    the traceback whose failing expression read config values, those values."""
+    tb = exc.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code, tb.tb_lasti))
+        tb = tb.tb_next
+    for code, lasti in reversed(frames):
+        found = log.read_within(code, lasti)
+        if found:
+            return found
+    return []
+
+
+def _source_of(filename: str, log: ReadLog) -> ValueRead | None:
+    """The config value a file name came from: the path itself, a folder holding it, or a path
+    inside it (a folder that could not be made); the longest when several match."""
+    best: ValueRead | None = None
+    for read in log.values:
+        value = read.value.rstrip("/") if isinstance(read.value, str) else ""
+        if value and (filename == value or filename.startswith(value + "/")
+                      or value.startswith(filename.rstrip("/") + "/")):
+            if best is None or len(read.value) > len(best.value):
+                best = read
+    return best
 
 
 def _check(task: Task, spec: str) -> None:

@@ -28,21 +28,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 
 from .. import distributed
+from ..engine.engine import Attachable
 from .metric import Metric
 
-__all__ = ["Attachable", "TorchMetric", "as_metric"]
-
-
-@runtime_checkable
-class Attachable(Protocol):
-    """What ``Engine.add_metric`` attaches: aiotrain's and Ignite's metrics both have it."""
-
-    def attach(self, engine: Any, name: str) -> None: ...
+__all__ = ["TorchMetric", "as_metric"]
 
 
 class _TorchmetricsMetric(Protocol):

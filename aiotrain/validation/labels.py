@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["LabelRangeError", "check_label_range", "class_count", "label_layout_error",
-           "label_range_error"]
+           "label_range_error", "regression_on_indices_error"]
 
 
 class LabelRangeError(ValueError):
@@ -23,6 +23,13 @@ class LabelRangeError(ValueError):
 
 _CLASSIFICATION = (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)
 _CLASSIFICATION_FNS = (F.cross_entropy, F.nll_loss)
+_ELEMENTWISE = (torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss)
+_ELEMENTWISE_FNS = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss)
+
+
+def _loss_name(loss_fn: Any) -> str:
+    """``CrossEntropyLoss`` for a loss module, ``mse_loss`` for a function."""
+    return str(getattr(loss_fn, "__name__", None) or type(loss_fn).__name__)
 
 
 def _named(loss_fn: Any) -> bool:
@@ -43,13 +50,29 @@ def label_layout_error(loss_fn: Any, out: Any, y: Any) -> str | None:
     expected = (out.shape[0], *out.shape[2:])
     if tuple(y.shape) == tuple(expected):
         return None
-    name = type(loss_fn).__name__ if isinstance(loss_fn, _CLASSIFICATION) else loss_fn.__name__
+    name = _loss_name(loss_fn)
     got = f"got logits {tuple(out.shape)} and targets {tuple(y.shape)}"
     if tuple(y.shape) == tuple(out.shape[:-1]):
         return (f"{name} takes the classes in dim 1, logits (B, C, ...) with targets (B, ...); "
                 f"{got}, which look like sequence logits (B, T, V): pass "
                 "logits.flatten(0, -2) with targets.flatten(), or logits.transpose(1, 2)")
     return f"{name} takes logits (B, C, ...) with targets (B, ...) = {tuple(expected)}; {got}"
+
+
+def regression_on_indices_error(loss_fn: Any, out: Any, y: Any) -> str | None:
+    """An element-wise regression loss (MSELoss, L1Loss, ...) given class-index targets: logits
+    ``(B, C, ...)`` with C > 1 and integer targets ``(B, ...)``. torch broadcasts the two (or fails
+    with a size error), so this is said in plain words. Integer targets shaped like the output
+    (a regression on counts) are left alone."""
+    elementwise = isinstance(loss_fn, _ELEMENTWISE) or loss_fn in _ELEMENTWISE_FNS
+    if not (elementwise and _index_targets(out, y)) or out.shape[1] < 2:
+        return None
+    if tuple(y.shape) != (out.shape[0], *out.shape[2:]):
+        return None
+    return (f"{_loss_name(loss_fn)} compares the output with the targets element by element, "
+            f"but the targets look like class indices (integer {tuple(y.shape)} for an output "
+            f"{tuple(out.shape)} of {out.shape[1]} classes): for classification use "
+            "CrossEntropyLoss; for regression give float targets shaped like the output")
 
 
 def class_count(loss_fn: Any, out: Any, y: Any) -> int | None:
@@ -81,6 +104,8 @@ def label_range_error(loss_fn: Any, out: Any, y: Any) -> str | None:
 
 def check_label_range(loss_fn: Any, out: Any, y: Any) -> None:
     """Raise LabelRangeError (a short message pointing at Shapes) when the labels do not fit."""
+    if regression_on_indices_error(loss_fn, out, y):
+        raise LabelRangeError(f"{_loss_name(loss_fn)} on class-index targets (see Shapes)")
     if label_layout_error(loss_fn, out, y):
         raise LabelRangeError(f"logits {tuple(out.shape)} and targets {tuple(y.shape)} do not fit "
                               "the loss's (B, C, ...) layout (see Shapes)")

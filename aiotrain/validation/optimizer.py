@@ -3,7 +3,8 @@
 Errors: trainable model parameters in no group (they would never be updated), optimizer
 parameters that are not the model's (an optimizer built over another copy), a parameter in more
 than one group, a non-finite or non-positive learning rate. Frozen parameters in a group are
-only a warning: the optimizer skips tensors without a gradient.
+information only: the optimizer skips tensors without a gradient (fine-tuning code often passes
+``model.parameters()`` whole).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def check_optimizer(ctx: CheckContext, section: ValidationSection) -> None:
         section.add_error(f"{len(orphans)} trainable parameter(s) are in no optimizer group and "
                           f"would never be updated: {name_list(orphans)}")
     if frozen:
-        section.add_warning(f"frozen parameters in the optimizer (skipped by it): {name_list(frozen)}")
+        section.add_info(f"frozen parameters in the optimizer (skipped by it): {name_list(frozen)}")
     if not section.errors:
         section.add_pass("every trainable parameter is optimized exactly once")
 

@@ -7,6 +7,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ..errors import require
 from .mode import ValidationMode
 
 __all__ = ["EXIT_FAILED", "EXIT_PASSED", "EXIT_USAGE", "ValidationReport", "ValidationSection"]
@@ -117,10 +118,9 @@ class ValidationReport:
     # rendering ---------------------------------------------------------------------------
     def print(self, file: IO[str] | None = None, *, color: bool | None = None,
               width: int = 100) -> None:
-        """Print the report with rich (colours on a terminal, plain text elsewhere)."""
-        from rich.console import Console
-
-        console = Console(file=file, width=width, highlight=False,
+        """Print the report with rich (colours on a terminal, plain text elsewhere; extra
+        ``progress``)."""
+        console = require("rich.console", "the validation report").Console(file=file, width=width, highlight=False,
                           no_color=color is False, force_terminal=color or None)
         console.print(self._renderable(console.width), soft_wrap=True)
 

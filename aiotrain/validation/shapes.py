@@ -12,7 +12,7 @@ import torch
 
 from .batches import describe, first_tensor
 from .context import CheckContext
-from .labels import label_layout_error, label_range_error
+from .labels import label_layout_error, label_range_error, regression_on_indices_error
 from .report import ValidationSection
 
 __all__ = ["check_shapes"]
@@ -57,7 +57,8 @@ def _batch_mismatch(section: ValidationSection, out: Any, y: Any) -> bool:
 
 
 def _label_problem(section: ValidationSection, ctx: CheckContext, out: Any, y: Any) -> bool:
-    problem = label_layout_error(ctx.loss_fn, out, y) or label_range_error(ctx.loss_fn, out, y)
+    problem = (regression_on_indices_error(ctx.loss_fn, out, y)
+               or label_layout_error(ctx.loss_fn, out, y) or label_range_error(ctx.loss_fn, out, y))
     if problem:
         section.add_error(problem)
     return problem is not None

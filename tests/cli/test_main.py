@@ -68,3 +68,12 @@ def test_the_console_entry_freezes_what_is_left_for_a_fast_exit():
             "from aiotrain.cli.main import console; raise SystemExit(console(['--help']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == "frozen True", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sdn", "--help"],
+                                  ["sdn", "set", "--help"], ["runs", "--help"], ["sweep", "--help"]])
+def test_help_is_plain_text(capsys, argv):
+    """Help is read in a terminal: no reStructuredText markup leaks into it (``x``, :mod:`y`)."""
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: aiotrain") and "``" not in out and ":mod:" not in out, out

@@ -43,8 +43,53 @@ def test_check_only_passes_without_training(tmp_path):
 
 
 def test_failing_validation_exits_1(tmp_path):
-    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only", "optim.lr=-1.0")
+    r = train(tmp_path, "examples/digits.sdn", "--mode=check_only", "validation.memory_budget=1000")
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "VALIDATION FAILED" in r.stdout
+
+
+def _own_frames_only(stderr: str) -> list[str]:
+    """The frame lines of an error's traceback part; none may be aiotrain's or a library's."""
+    files = [ln.split('"')[1] for ln in stderr.splitlines() if ln.strip().startswith("File ")]
+    assert files and all("/aiotrain/" not in f and "site-packages" not in f for f in files), stderr
+    return files
+
+
+def test_a_value_the_task_fails_on_is_named_first_then_the_users_frames(tmp_path):
+    """optim.lr = -1.0 reaches torch.optim.Adam inside the factory: one line naming the key and
+    the task's failure, then the task's own frames (no runtime, torch or asyncio frames)."""
+    r = train(tmp_path, "examples/digits.sdn", "optim.lr=-1.0")
+    assert r.returncode == 2, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith("aiotrain train: override 'optim.lr=-1.0': optim.lr = -1.0"), first
+    assert "ValueError: Invalid learning rate: -1.0" in first
+    assert _own_frames_only(r.stderr) == [str(ROOT / "examples" / "digits.py")]
+    bad = tmp_path / "bad.sdn"  # the same value written in the file: placed at its line
+    bad.write_text((ROOT / "examples" / "digits.sdn").read_text().replace("lr = 3e-3", "lr = -1.0"))
+    r = train(tmp_path, str(bad))
+    assert r.returncode == 2 and r.stderr.startswith(f"{bad}:20:3: optim.lr = -1.0"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_missing_input_of_the_task_exits_2_naming_the_file_and_its_key(tmp_path):
+    (tmp_path / "taken").write_text("a file where the data folder should be")
+    r = train(tmp_path, "examples/digits.sdn", f"data.root={tmp_path}/taken/digits")
+    assert r.returncode == 2, r.stderr
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"aiotrain train: override 'data.root={tmp_path}/taken/digits': "
+                            f"{tmp_path}/taken"), first
+    assert f"(data.root = '{tmp_path}/taken/digits')" in first
+    _own_frames_only(r.stderr)
+
+
+def test_a_top_level_key_nobody_reads_is_an_error_with_a_hint(tmp_path):
+    typo = tmp_path / "typo.sdn"
+    typo.write_text((ROOT / "examples" / "digits.sdn").read_text().replace("seed: 0", "sed: 0"))
+    r = train(tmp_path, str(typo), "train.max_epochs=1")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr
+    assert r.stderr.strip() == (f"{typo}:5:1: sed: unknown top-level key: neither the runtime nor "
+                                "the task (examples.digits:build) reads it; did you mean seed?")
+    assert not list((tmp_path / "runs").rglob("metadata.sdn"))  # refused before any run began
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -58,6 +103,16 @@ def test_failing_validation_exits_1(tmp_path):
     (["examples/digits.sdn", "train.device=cpux"], "train.device = 'cpux'"),
     (["examples/digits.sdn", 'train.max_epochs="3"'], "train.max_epochs = '3'"),
     (["examples/digits.sdn", "--resume", "nosuchrun"], "resume: no run 'nosuchrun'"),
+    # an override names itself, not the file: it is not written there
+    (["examples/digits.sdn", "train.lr=fast"], "aiotrain train: override 'train.lr=fast': train.lr: "
+                                               "unknown key in the runtime's 'train' section"),
+    (["examples/digits.sdn", "optim.lr=fast"], "aiotrain train: override 'optim.lr=fast': 'fast' is a "
+                                               "string, but examples/digits.sdn:20:3 sets optim.lr to "
+                                               "a number (0.003)"),
+    (["examples/digits.sdn", "model.dropuot=0.2"], "model.dropuot is not in examples/digits.sdn; did "
+                                                   "you mean model.dropout?"),
+    (["examples/digits.sdn", "data.root=${nope}"], "override 'data.root=${nope}': data.root: "
+                                                   "interpolation key 'nope' not found"),
 ])
 def test_bad_config_exits_2_with_one_clear_line(tmp_path, args, fragment):
     r = train(tmp_path, *args)
@@ -186,3 +241,45 @@ def test_a_config_deeper_than_the_parser_accepts_is_one_line_naming_the_line(tmp
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "nesting deeper than" in err and f"{path}:" in err
+
+
+def _hiding(tmp_path: Path, hidden: set[str]) -> dict[str, str]:
+    """An environment whose Python processes (forked data workers included) cannot import the
+    ``hidden`` packages, as after ``pip install .`` without extras: a sitecustomize marks them
+    absent (``sys.modules[name] = None``: imports fail, ``importlib.util.find_spec`` is None)."""
+    site = tmp_path / f"hide{len(hidden)}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        f"import sys\nfor _name in {sorted(hidden)!r}:\n    sys.modules[_name] = None\n")
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "AIOTRAIN_DIR": str(tmp_path)}
+
+
+@pytest.mark.parametrize("argv, extra", [
+    (["train", "examples/digits.sdn", "train.max_epochs=1"], "examples"),  # scikit-learn's data
+    (["train", "examples/digits.sdn", "--mode=check_only"], "examples"),
+    (["runs", "serve", "--port", "0"], "dashboard"),
+    (["sweep", "examples/digits.sdn", "--method", "bayes", "--trials", "1",
+      "optim.lr=loguniform(1e-4,1e-1)"], "sweeps"),
+])
+def test_without_the_optional_packages_a_command_names_the_extra_in_one_line(tmp_path, argv, extra):
+    from aiotrain.errors import EXTRAS
+
+    env = _hiding(tmp_path, set(EXTRAS))
+    r = subprocess.run([sys.executable, "-m", "aiotrain", *argv], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=240)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"pip install 'aiotrain[{extra}]'" in lines[0], lines
+
+
+def test_with_only_the_examples_extra_the_digits_example_trains(tmp_path):
+    """What `pip install '.[examples]'` gives: no rich (no bar: the epoch lines show progress),
+    no uvloop, no yaml, ... and it trains."""
+    from aiotrain.errors import EXTRAS
+
+    env = _hiding(tmp_path, set(EXTRAS) - {"sklearn", "tokenizers", "aiohttp"})
+    r = subprocess.run([sys.executable, "-m", "aiotrain", "train", "examples/digits.sdn",
+                        "train.max_epochs=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "finished: epoch 1" in r.stdout

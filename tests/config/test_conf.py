@@ -384,11 +384,11 @@ def _doubling(levels: int, make) -> dict:
 
 
 def test_values_that_repeat_each_other_are_resolved_once_each(monkeypatch):
-    import aiotrain.config.conf as conf_module
+    import aiotrain.config.interpolation as interpolation
 
     calls = []
-    real = conf_module._segments
-    monkeypatch.setattr(conf_module, "_segments", lambda s, where: calls.append(s) or real(s, where))
+    real = interpolation._segments
+    monkeypatch.setattr(interpolation, "_segments", lambda s, where: calls.append(s) or real(s, where))
     levels = 14  # today's output: 2**15 characters; resolving by repetition would take 2**15 calls
     cfg = Conf.from_dict(_doubling(levels, lambda ref: "ab" if ref is None else ref + ref))
     assert len(Conf.resolve(cfg).x[f"l{levels}"]) == 2 ** (levels + 1)
@@ -404,9 +404,9 @@ def test_values_that_repeat_each_other_are_resolved_once_each(monkeypatch):
     (lambda ref: "abcdefgh" if ref is None else [ref] * 40, "x.l"),             # breadth
 ])
 def test_interpolation_past_the_size_limit_is_an_error_naming_the_key(monkeypatch, make, key):
-    import aiotrain.config.conf as conf_module
+    import aiotrain.config.interpolation as interpolation
 
-    monkeypatch.setattr(conf_module, "MAX_RESOLVED_SIZE", 50_000)
+    monkeypatch.setattr(interpolation, "MAX_RESOLVED_SIZE", 50_000)
     cfg = Conf.from_dict(_doubling(60, make))  # 2**60 if it were built
     with pytest.raises(InterpolationError, match="more than 50000 characters") as info:
         Conf.resolve(cfg)

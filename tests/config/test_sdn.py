@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from aiotrain.config import sdn
 from aiotrain.config.sdn import MAX_DEPTH, SdnDocument, SdnError, dumps, loads
+from aiotrain.config.sdn import lexer as sdn_lexer
+from aiotrain.config.sdn import parser as sdn_parser
 
 #: The conformance cases (docs/sdn.md, "Conformance cases"): ``X.sdn`` with ``X.json`` (the value)
 #: or with ``X.err`` (``LINE COL`` of the error). Every input fuzzing ever broke lives there too.
@@ -236,7 +238,7 @@ def test_escapes_are_read_in_time_linear_in_the_string(escape):
     n = 20_000
     line = _CountingStr('"' + escape * n + '" # done')
     _CountingStr.scanned = 0
-    value, end = sdn._quoted(line, 0, 1)
+    value, end = sdn_lexer._quoted(line, 0, 1)
     assert value == loads(f'a: "{escape}"')["a"] * n and line[end:] == " # done"
     assert _CountingStr.scanned <= 4 * len(line), "each escape rescanned the rest of the line"
 
@@ -247,7 +249,7 @@ def test_a_bad_escape_after_many_good_ones_is_found_in_linear_time(bad, col):
     line = _CountingStr('"' + "\\n" * n + bad + '"')
     _CountingStr.scanned = 0
     with pytest.raises(SdnError) as info:
-        sdn._quoted(line, 0, 1)
+        sdn_lexer._quoted(line, 0, 1)
     assert info.value.col == 2 * n + 1 + col
     assert _CountingStr.scanned <= 4 * len(line)
 
@@ -265,7 +267,7 @@ def test_a_number_too_big_for_a_float_column_is_an_sdn_error(text):
 
 
 def test_a_text_over_the_size_limit_is_an_error_naming_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(sdn, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(sdn_parser, "MAX_FILE_BYTES", 1000)
     p = tmp_path / "big.sdn"
     p.write_text("a: 1\n" * 199)  # 995 bytes: read
     with pytest.raises(SdnError, match="duplicate"):

@@ -247,10 +247,12 @@ async def test_mounted_under_a_prefix(track_root, runs):
         await client.close()
 
 
-async def test_the_service_example_mounts_it(track_root, runs):
-    from examples.service import Policy, Service
+async def test_the_job_service_mounts_it(track_root, runs):
+    from aiotrain.service import JobService, Policy
+    from aiotrain.web.aiohttp_face import aiohttp_app
+    from aiotrain.web.guard import Guard
 
-    client = TestClient(TestServer(Service(Policy(["examples/digits.sdn"])).app()))
+    client = TestClient(TestServer(aiohttp_app(JobService(Policy(["examples/digits.sdn"]), dashboard=track_root).routes(), Guard())))
     await client.start_server()
     try:
         data = await get_json(client, "/dashboard/api/runs")

@@ -99,26 +99,63 @@ def test_nested_run_sync_from_sync_handler_with_an_async_loader():
     assert totals == [1.0, 5.0, 1.0, 5.0]
 
 
-def test_returned_run_is_awaited_before_the_next_step():
+def test_run_in_a_sync_handler_runs_to_completion_and_returns_the_state_as_in_ignite():
     evaluator = Engine(lambda e, b: b)
-    order = []
+    order, seen = [], []
     evaluator.on(Events.COMPLETED, lambda e: order.append(("eval", e.state.iteration)))
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def score(e):
+        e.state.metrics["total"] = sum(range(7, 7 + e.state.iteration))
+
     trainer = Engine(lambda e, b: order.append(("train", b)))
-    trainer.on(Events.ITERATION_COMPLETED(every=2), lambda e: evaluator.run([7, 8, 9]))
+
+    @trainer.on(Events.ITERATION_COMPLETED(every=2))
+    def validate(engine):
+        state = evaluator.run([7, 8, 9])  # Ignite's habit: blocks, then the metrics are there
+        seen.append((state is evaluator.state, evaluator.state.metrics["total"]))
+
+    trainer.on(Events.EPOCH_COMPLETED, lambda e: evaluator.run([1]))  # returned: still works
     trainer.run_sync([1, 2, 3, 4])
-    assert order == [("train", 1), ("train", 2), ("eval", 3), ("train", 3), ("train", 4), ("eval", 3)]
+    assert order == [("train", 1), ("train", 2), ("eval", 3), ("train", 3), ("train", 4),
+                     ("eval", 3), ("eval", 1)]
+    assert seen == [(True, 24), (True, 24)]
 
 
-def test_dropped_run_coroutine_is_an_error_naming_handler_and_run_sync():
+def test_run_outside_any_event_loop_runs_to_completion_as_in_ignite():
+    trainer = Engine(lambda e, b: b * 2)
+    state = trainer.run([1, 2, 3], max_epochs=2)  # a plain script, no loop: Ignite's blocking run
+    assert state is trainer.state
+    assert (state.epoch, state.iteration, state.output) == (2, 6, 6)  # (no thread left: conftest)
+
+
+def test_run_on_a_loop_is_a_coroutine_and_run_sync_there_refuses_at_once():
+    async def main():
+        engine = Engine(lambda e, b: b)
+        coro = engine.run([1, 2])
+        assert asyncio.iscoroutine(coro)
+        state = await coro
+        with pytest.raises(RuntimeError, match=r"run_sync\(\) called inside a running event loop"):
+            engine.run_sync([1])
+        return state.iteration
+
+    assert asyncio.run(main()) == 2
+
+
+def test_a_run_dropped_by_a_sync_handler_on_the_loop_thread_is_an_error_naming_it():
     evaluator = Engine(lambda e, b: b)
     trainer = Engine(lambda e, b: None)
 
     def validate(engine):
-        evaluator.run([1, 2])  # the Ignite habit: a coroutine nobody awaits
+        evaluator.run([1, 2])  # on the loop's thread a coroutine, and nobody awaits it
 
     trainer.on(Events.EPOCH_COMPLETED, validate)
-    with pytest.raises(RuntimeError, match=r"validate.*run_sync"):
-        trainer.run_sync([1])
+
+    async def main():
+        trainer.fire_event(Events.EPOCH_COMPLETED)  # sync code on the loop thread
+
+    with pytest.raises(RuntimeError, match=r"validate.*dropped the coroutine.*async def"):
+        asyncio.run(main())
 
 
 def test_resume_after_cancel_runs_the_iteration_completed_handlers_of_the_step_in_flight():

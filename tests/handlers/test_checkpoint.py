@@ -13,11 +13,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from aiotrain import distributed as dist
 from aiotrain.engine import Engine
 from aiotrain.events import Events
 from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, single_file, staging
+from tests.handlers import exactness
 
 SCRIPTS = Path(__file__).parent / "scripts"
 BIG = 2_000_000  # floats: 8 MB, above the inline-copy threshold, so the copy goes to a thread
@@ -60,7 +62,8 @@ async def _save(ckpt: Checkpoint, step: int, **metrics) -> None:
 
 
 def _names(folder) -> list[str]:
-    return sorted(os.listdir(folder))
+    """The folder's entries, less a scored Checkpoint's record of exact scores."""
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".scores.json"))
 
 
 class _Started(list):
@@ -235,6 +238,37 @@ async def test_score_sign_names_show_a_minimised_metric_and_rank_it_across_resta
     assert _names(tmp_path) == ["box_1_loss=0.5000.pt", "box_2_loss=0.2000.pt"]
     with pytest.raises(ValueError, match="score_sign"):
         Checkpoint({"box": Box()}, tmp_path, score_sign=2.0)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["maximised", "minimised"])
+async def test_an_equal_score_keeps_the_kept_file_across_restarts_as_within_one_process(tmp_path, sign):
+    def make():
+        return Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc", score_sign=sign,
+                          score_function=lambda e: sign * e.state.metrics["acc"])
+
+    third = 1 / 3  # shown as 0.3333, so the name alone cannot tell it from 0.33334
+    ckpt = make()
+    await _save(ckpt, 1, acc=third)
+    await _save(ckpt, 2, acc=third)  # equal: the file on disk stays
+    assert _names(tmp_path) == ["box_1_acc=0.3333.pt"]
+    again = make()  # a new process over the same folder: the same rule
+    await _save(again, 3, acc=third)
+    assert _names(tmp_path) == ["box_1_acc=0.3333.pt"]
+    better = third + 1e-9 if sign > 0 else third - 1e-9  # shown alike, but better
+    await _save(again, 4, acc=better)
+    assert _names(tmp_path) == ["box_4_acc=0.3333.pt"]
+    await _save(make(), 5, acc=better)
+    assert _names(tmp_path) == ["box_4_acc=0.3333.pt"]
+
+
+async def test_an_unreadable_score_record_ranks_by_the_names(tmp_path, caplog):
+    ckpt = Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc")
+    await _save(ckpt, 1, acc=0.5)
+    (tmp_path / ".box.scores.json").write_text("{torn")
+    again = Checkpoint({"box": Box()}, tmp_path, n_saved=1, score_name="acc")
+    assert "unreadable" in caplog.text and again.last_checkpoint == tmp_path / "box_1_acc=0.5000.pt"
+    await _save(again, 2, acc=0.5)
+    assert _names(tmp_path) == ["box_1_acc=0.5000.pt"]
 
 
 async def test_n_saved_none_keeps_everything(tmp_path):
@@ -464,8 +498,8 @@ async def test_cancel_during_the_final_flush_returns_after_the_write_is_durable(
 
 # the copy behind the next step ----------------------------------------------------------------
 def _gated_deferred_copy(monkeypatch, order: list[str]) -> threading.Event:
-    """Hold the copy of parameters and optimizer state (it runs in the I/O executor) until the
-    returned Event is set; note in ``order`` when it ends."""
+    """Hold the copy of optimizer state (it runs in the I/O executor) until the returned Event is
+    set; note in ``order`` when it ends."""
     gate, real = threading.Event(), staging.Staging.copy
 
     def copy(self, pairs):
@@ -480,42 +514,82 @@ def _gated_deferred_copy(monkeypatch, order: list[str]) -> threading.Event:
     return gate
 
 
-async def test_the_parameter_copy_runs_behind_the_next_step_and_the_optimizer_waits_for_it(tmp_path, monkeypatch):
+def _stepped_adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam over ``model`` after one step, so that it has state (moments, step counts)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)
+    model(torch.randn(8, model[0].in_features)).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    return opt
+
+
+async def test_optimizer_state_is_copied_behind_the_next_step_and_only_its_optimizer_waits(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    opt = _stepped_adam(model)
+    other = torch.nn.Linear(4, 4)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)  # not in to_save: never waits
     order: list[str] = []
     gate = _gated_deferred_copy(monkeypatch, order)
     opt.register_step_post_hook(lambda *a: order.append("stepped"))
     ckpt = Checkpoint({"model": model, "optimizer": opt}, tmp_path)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    await ckpt(FakeEngine(1))  # returns with the parameter copy still to do
+    before = {"model": exactness.clone(model.state_dict()), "optimizer": exactness.clone(opt.state_dict())}
+    await ckpt(FakeEngine(1))  # returns with the optimizer state's copy still to do
+    other_stepped = threading.Event()
 
-    def next_step() -> None:  # forward updates BatchNorm's statistics, then the optimizer steps
+    def next_step() -> None:  # forward updates BatchNorm's statistics, then the optimizers step
         model(torch.randn(8, 4)).pow(2).mean().backward()
+        other(torch.randn(2, 4)).sum().backward()
+        other_opt.step()
+        other_stepped.set()
         opt.step()
 
     step = asyncio.create_task(asyncio.to_thread(next_step))
-    await asyncio.sleep(0.1)
-    assert not step.done() and order == []  # forward and backward ran; the step waits
+    assert await asyncio.to_thread(other_stepped.wait, 10)
+    await asyncio.sleep(0.05)
+    assert not step.done() and order == []  # forward, backward, the other optimizer: ran; Adam waits
     gate.set()
     await step
     await ckpt.aflush()
     assert order == ["copied", "stepped"]
-    saved = torch.load(tmp_path / "checkpoint_1.pt", weights_only=True)["model"]
-    for key, value in before.items():
-        assert torch.equal(saved[key], value), f"{key} is not the state at the save event"
-    assert not torch.equal(model[0].weight, before["0.weight"])  # the step did happen after
-    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+    _check_files(tmp_path, {1: before}, ["model", "optimizer"])
+    assert not torch.equal(model[0].weight, before["model"]["0.weight"])  # the step did happen after
+    assert not torch.equal(model[1].running_mean, before["model"]["1.running_mean"])
+
+
+async def test_a_write_to_optimizer_state_outside_its_step_refuses_the_save(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    opt = _stepped_adam(model)
+    gate = _gated_deferred_copy(monkeypatch, [])
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, tmp_path)
+    await ckpt(FakeEngine(1))
+    with torch.no_grad():
+        opt.state[model[0].weight]["exp_avg"].mul_(0.5)  # e.g. a handler resetting moments
+    gate.set()
+    with pytest.raises(CheckpointError) as err:
+        await ckpt.aflush()
+    msg = str(err.value)
+    assert "checkpoint_1.pt not written: optimizer.state.0.exp_avg changed" in msg
+    assert "overlap=False" in msg and "\n" not in msg
+    assert _names(tmp_path) == []
+    model(torch.randn(2, 4)).sum().backward()
+    await asyncio.to_thread(opt.step)  # the gate is open again
+    fixed = Checkpoint({"model": model, "optimizer": opt}, tmp_path, overlap=False)
+    await fixed(FakeEngine(2))
+    with torch.no_grad():
+        opt.state[model[0].weight]["exp_avg"].mul_(0.5)
+    await fixed.aflush()
+    assert _names(tmp_path) == ["checkpoint_2.pt"]
 
 
 async def test_overlap_off_copies_everything_at_the_event(tmp_path, monkeypatch):
     order: list[str] = []
     _gated_deferred_copy(monkeypatch, order)  # never opened: nothing may wait for it
-    model = torch.nn.Linear(4, 4)
-    ckpt = Checkpoint({"model": model}, tmp_path, overlap=False)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    ckpt = Checkpoint({"model": model, "optimizer": _stepped_adam(model)}, tmp_path, overlap=False)
     await _save(ckpt, 1)
-    assert order == [] and _names(tmp_path) == ["model_1.pt"]
+    assert order == [] and _names(tmp_path) == ["checkpoint_1.pt"]
 
 
 # when_busy --------------------------------------------------------------------------------------
@@ -558,3 +632,175 @@ def test_unknown_backend_or_busy_policy_is_a_clear_error(tmp_path):
         Checkpoint({"b": Box()}, tmp_path, backend="nfs")
     with pytest.raises(ValueError, match="when_busy must be one of wait, skip, got 'drop'"):
         Checkpoint({"b": Box()}, tmp_path, when_busy="drop")
+
+
+# exact at the event, whatever mutates the tensors ----------------------------------------------
+class _Racing:
+    """Copies that run behind the step (in the I/O executor) start only once the test's code has
+    mutated something after the save event (``mutated.set()``; or after 2 s): the worst case for
+    a copy that races the next step. Exactness must hold for any timing; this makes a tearing
+    race certain. The save event itself re-arms it (see ``_expect_each_save``)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.mutated = threading.Event()
+        real = staging.Staging.copy
+
+        def copy(this, pairs):
+            if pairs and threading.current_thread() is not threading.main_thread():
+                self.mutated.wait(2)
+                self.mutated.clear()
+            real(this, pairs)
+
+        monkeypatch.setattr(staging.Staging, "copy", copy)
+
+
+def _expect_each_save(trainer: Engine, to_save: dict, every: int, racing: _Racing) -> dict[int, dict]:
+    """The state at each save event, cloned by a handler that runs right before the Checkpoint."""
+    expected: dict[int, dict] = {}
+
+    def snapshot(engine: Engine) -> None:
+        expected[engine.state.iteration] = {k: exactness.clone(v.state_dict()) for k, v in to_save.items()}
+        racing.mutated.clear()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), snapshot, priority=100)
+    trainer.add_event_handler(Events.COMPLETED, lambda: racing.mutated.set())  # the last copy goes
+    return expected
+
+
+def _check_files(folder: Path, expected: dict[int, dict], keys: list[str], stem: str = "checkpoint") -> None:
+    """One file per save, each holding the state of ``keys`` at its event."""
+    assert sorted(int(n.rsplit("_", 1)[1][:-3]) for n in _names(folder)) == sorted(expected)
+    for step, state in expected.items():
+        saved = torch.load(folder / f"{stem}_{step}.pt", weights_only=True)
+        if len(keys) == 1 and stem != "checkpoint":
+            saved = {keys[0]: saved}
+        for key in keys:
+            exactness.assert_same(saved[key], state[key], f"step {step}: {key}")
+
+
+def _ema_setup(every_step: int):
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.Linear(32, 4))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = torch.randn(8, 16)
+
+    def step(engine, batch):
+        model(x).pow(2).mean().backward()
+        if engine.state.iteration % every_step == 0:
+            opt.step()
+            opt.zero_grad()
+
+    return model, ema, opt, step
+
+
+@pytest.mark.parametrize("every_step", [1, 2], ids=["ema-each-step", "ema-each-iteration-optimizer-every-2"])
+async def test_an_ema_updated_after_the_checkpoint_is_saved_as_it_was_at_the_event(tmp_path, monkeypatch, every_step):
+    racing = _Racing(monkeypatch)
+    model, ema, opt, step = _ema_setup(every_step)
+    trainer = Engine(step)
+    to_save = {"model": model, "ema": ema, "optimizer": opt}
+    expected = _expect_each_save(trainer, to_save, 3, racing)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=3), Checkpoint(to_save, tmp_path, n_saved=None))
+
+    @trainer.on(Events.ITERATION_COMPLETED)  # registered after the Checkpoint, as in Ignite
+    def update_ema(engine):
+        ema.update_parameters(model)
+        racing.mutated.set()
+
+    await trainer.run(range(12), max_epochs=1)
+    _check_files(tmp_path, expected, ["model", "ema", "optimizer"])
+
+
+async def test_in_place_weight_decay_at_the_start_of_the_step_is_not_in_the_earlier_file(tmp_path, monkeypatch):
+    racing = _Racing(monkeypatch)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(4, 64)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.999)
+        racing.mutated.set()
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    trainer = Engine(step)
+    to_save = {"model": model, "optimizer": opt}
+    expected = _expect_each_save(trainer, to_save, 2, racing)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=2), Checkpoint(to_save, tmp_path, n_saved=None))
+    await trainer.run(range(10), max_epochs=1)
+    _check_files(tmp_path, expected, ["model", "optimizer"])
+
+
+@pytest.mark.parametrize("how", ["no_grad", "data"])
+async def test_manual_sgd_without_an_optimizer_is_saved_as_it_was_at_the_event(tmp_path, monkeypatch, how):
+    racing = _Racing(monkeypatch)
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(BIG // 256, 64)  # 2 MB
+    idx = torch.arange(0, BIG // 256, 97)
+
+    def step(engine, batch):
+        emb(idx).pow(2).sum().backward()
+        if how == "data":
+            emb.weight.data -= 0.01 * emb.weight.grad
+        else:
+            with torch.no_grad():
+                emb.weight -= 0.01 * emb.weight.grad
+        emb.weight.grad = None
+        racing.mutated.set()
+
+    trainer = Engine(step)
+    to_save = {"emb": emb, "trainer": trainer}
+    expected = _expect_each_save(trainer, to_save, 3, racing)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=3), Checkpoint(to_save, tmp_path, n_saved=None))
+    await trainer.run(range(9), max_epochs=1)
+    _check_files(tmp_path, expected, ["emb"])
+
+
+async def test_a_step_writing_weights_in_place_without_an_optimizer(tmp_path, monkeypatch):
+    racing = _Racing(monkeypatch)
+    w = torch.nn.Parameter(torch.zeros(BIG // 4))
+    holder = torch.nn.Module()
+    holder.w = w
+
+    def step(engine, batch):
+        with torch.no_grad():
+            w.add_(1.0)
+        racing.mutated.set()
+
+    trainer = Engine(step)
+    expected = _expect_each_save(trainer, {"holder": holder}, 3, racing)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=3), Checkpoint({"holder": holder}, tmp_path, n_saved=None))
+    await trainer.run(range(6), max_epochs=1)
+    _check_files(tmp_path, expected, ["holder"], stem="holder")
+    assert torch.load(tmp_path / "holder_3.pt", weights_only=True)["w"].max().item() == 3.0
+
+
+@pytest.fixture
+def late_copies(monkeypatch):
+    return exactness.LateCopies(monkeypatch)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=exactness.plans())
+def test_every_file_holds_the_state_at_its_event_whatever_mutates_it(plan, tmp_path_factory, late_copies):
+    exactness.check(plan, tmp_path_factory.mktemp("ckpt"), late_copies, "file")
+
+
+def test_a_discarded_checkpoint_leaves_no_hook_on_its_optimizer(tmp_path):
+    import gc
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    opt = _stepped_adam(model)
+    before = len(opt._optimizer_step_pre_hooks)
+    ckpt = Checkpoint({"model": model, "optimizer": opt}, tmp_path)
+    assert len(opt._optimizer_step_pre_hooks) == before + 1
+    del ckpt
+    gc.collect()
+    assert len(opt._optimizer_step_pre_hooks) == before

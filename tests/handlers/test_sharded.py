@@ -1,6 +1,7 @@
 """Sharded checkpoints (FSDP2 on Gloo, one process per rank on CPU): every rank writes its shards
 of one folder that appears whole or not at all; retention; integrity on load; resharding from 2
-ranks to 1 and to 4; SIGKILL at random moments, then resume, bit-identical."""
+ranks to 1 and to 4; SIGKILL at random moments, then resume, bit-identical; and, in this process,
+every folder holds the state at its event whatever mutates the tensors."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, sharded
+from tests.handlers import exactness
 
 SCRIPT = Path(__file__).parent / "scripts" / "sharded_run.py"
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +160,15 @@ def test_ranks_dying_before_the_rename_leave_no_checkpoint_under_its_name(tmp_pa
     assert ckpt.last_checkpoint == tmp_path / "ckpt" / "checkpoint_4"
 
 
+def test_a_torn_copy_on_one_rank_refuses_the_save_on_every_rank(tmp_path):
+    procs = _launch(2, "torn", str(tmp_path / "ckpt"))
+    for rank, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 3, f"rank {rank} exited {proc.returncode}: {err[-3000:]}"
+        assert f"checkpoint_{4} not written: optimizer.state." in err and "overlap=False" in err, err[-3000:]
+    assert not (tmp_path / "ckpt" / "checkpoint_4").exists()
+
+
 def _finished_steps(folder: Path) -> list[int]:
     names = os.listdir(folder) if folder.is_dir() else []
     return sorted(int(n.rsplit("_", 1)[1]) for n in names if n.startswith("checkpoint_"))
@@ -189,3 +201,15 @@ def test_sigkill_of_all_ranks_then_resume_is_bit_identical(trained, tmp_path):
     _finish(procs)
     assert starts[0] == 0 and starts == sorted(set(starts)), f"resumed at {starts}"
     _assert_same_state(torch.load(tmp_path / "resumed.pt", weights_only=True), reference, "resumed")
+
+
+@pytest.fixture
+def late_copies(monkeypatch):
+    return exactness.LateCopies(monkeypatch)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=exactness.plans())
+def test_every_sharded_checkpoint_holds_the_state_at_its_event_whatever_mutates_it(plan, tmp_path_factory,
+                                                                                   late_copies):
+    exactness.check(plan, tmp_path_factory.mktemp("ckpt"), late_copies, "sharded")

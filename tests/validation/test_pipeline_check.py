@@ -54,11 +54,12 @@ async def test_a_hanging_sync_loader_is_abandoned_after_the_timeout(net):
     release = threading.Event()
     try:
         start = time.monotonic()
-        report = await check(net, _Hang(release), timeout=0.3)
-        assert time.monotonic() - start < 15  # hanging would take 60 s
+        # the bound applies to every check: long enough for the others on a loaded machine
+        report = await check(net, _Hang(release), timeout=2.0)
+        assert time.monotonic() - start < 30  # hanging would take 60 s
     finally:
         release.set()
-    assert "batch 2 did not arrive within 0.3 s" in report.section("data pipeline").errors[0]
+    assert "batch 2 did not arrive within 2 s" in report.section("data pipeline").errors[0]
     assert report.section("training loop").passed  # runs on the one batch that came
 
 

@@ -2,14 +2,14 @@
 
 A save has three parts. At the event (on the loop, while the engine's step loop is paused, so the
 model is quiescent) every ``state_dict()`` in ``to_save`` is called, which captures the RNG states
-of an Engine at that very moment, and the state that a step may change before an optimizer steps
-(buffers such as BatchNorm statistics, plain objects' state) is copied into staging buffers.
-Parameters and optimizer state change only when an optimizer steps, so their copy runs in the I/O
-executor while the next step's forward and backward read them; any ``optimizer.step()`` waits
-until it is done (``staging.GATE``). The I/O executor then writes the snapshot atomically (one
-``.pt`` file by rank 0, or a sharded directory every rank writes into) and only then deletes what
-fell out of retention. A process killed at any moment leaves the previous newest checkpoint
-intact and loadable.
+of an Engine at that very moment, and the state is copied into staging buffers: everything, except
+the state of the optimizers in ``to_save``, whose copy runs in the I/O executor while the next
+step's forward and backward run; those optimizers' ``step()`` waits until it is done, and an
+in-place write to that state from anywhere else refuses the save (see ``staging`` for why this
+is exact). The I/O executor then writes the snapshot atomically (one ``.pt`` file by rank 0, or a
+sharded directory every rank writes into) and only then deletes what fell out of retention. A
+process killed at any moment leaves the previous newest checkpoint intact and loadable; a file a
+Checkpoint writes holds exactly the state at its event, or does not exist.
 
 Decisions (as an Ignite user would expect):
 
@@ -32,8 +32,9 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -46,7 +47,7 @@ from ...values import check_int
 from . import sharded, single_file
 from .errors import CheckpointError
 from .retention import NAME_RE, Retention
-from .staging import GATE, DTensor, Pairs, Staging, freeze
+from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, freeze
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
@@ -71,8 +72,9 @@ class Checkpoint:
     ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
     reads ``engine.state.metrics[score_name]``) the ``n_saved`` best are kept, else the ``n_saved``
     newest. The write is registered with ``engine.add_pending`` so ``run`` returns only once it is
-    durable; outside an engine, ``await checkpoint.aflush()``. ``overlap=False`` copies everything
-    at the event (for code that changes parameters other than through an optimizer step).
+    durable; outside an engine, ``await checkpoint.aflush()``. The state of the optimizers in
+    ``to_save`` is copied behind the next step (their ``step()`` waits for it); ``overlap=False``
+    copies it at the event too (for code that writes optimizer state outside ``step()``).
     ``score_sign=-1`` says the score function negated a minimised metric (higher is still better):
     names then show the metric's own value (``loss=0.4120``, not ``loss=-0.4120``).
     """
@@ -120,8 +122,10 @@ class Checkpoint:
         self._seq = 0
         self._writer = None
         if self.backend == "sharded":
-            self._writer = sharded.ShardedWriter({k for k, v in self.to_save.items() if sharded.is_sharded(v)})
-        self._deferred = sharded.deferred_paths(self.to_save)
+            self._writer = sharded.ShardedWriter()
+        self._optimizers = {k: cast(torch.optim.Optimizer, v) for k, v in self.to_save.items()
+                            if isinstance(v, torch.optim.Optimizer)}
+        self._gate = OptimizerGate(self._optimizers.values()) if overlap and self._optimizers else None
         self.save_dir.mkdir(parents=True, exist_ok=True)
         stale = self._retention.adopt()
         if dist.is_main():
@@ -158,26 +162,14 @@ class Checkpoint:
             self.skipped += 1
             log.debug("checkpoint at step %d skipped: the previous write is still running", step)
             return
-        state = sharded.capture(self.to_save) if collective else \
-            {k: obj.state_dict() for k, obj in self.to_save.items()}
+        state, through_dcp = sharded.capture(self.to_save) if collective else \
+            ({k: obj.state_dict() for k, obj in self.to_save.items()}, frozenset())
         frozen = freeze(state)
         await self.aflush()  # at most one write in flight; its staging buffers are ours after
         plan = self._retention.plan(step, score)
         if plan is None:
             return
-        deferred = self._deferred if self.overlap else set()
-        snapshot, now, later = self._staging.assign(
-            frozen, lambda where: where[:1] in deferred or where[:2] in deferred)
-        if sum(dst.nbytes for _, dst in now) <= _INLINE_COPY_BYTES:
-            self._staging.copy(now)
-        else:
-            await to_io(self._staging.copy, now)
-        copied: cf.Future[None] | None = None
-        if later:
-            copied = cf.Future()
-            GATE.hold(copied)
-        self._seq += 1
-        fut = submit_io(self._write, snapshot, later, copied, *plan, self._seq)
+        fut = submit_io(self._write, await self._stage(frozen, through_dcp, *plan))
         fut.add_done_callback(_log_failure)
         self._pending = fut
         add_pending = getattr(engine, "add_pending", None)
@@ -268,6 +260,16 @@ class Checkpoint:
         busy = self._pending is not None and not self._pending.done()
         return dist.any_rank(busy) if collective else busy
 
+    def _defers(self, where: tuple[Any, ...]) -> bool:
+        """The per-parameter state of an optimizer in to_save (``state`` of its state_dict, or
+        ``state.*`` keys of the flat one the sharded backend saves): only its step writes it."""
+        if self._gate is None or len(where) < 2 or where[0] not in self._optimizers:
+            return False
+        return where[1] == "state" or (isinstance(where[1], str) and where[1].startswith("state."))
+
+    def _parameters(self) -> list[torch.Tensor]:
+        return [p for opt in self._optimizers.values() for g in opt.param_groups for p in g["params"]]
+
     def _global_step(self, engine: Any) -> int:
         if self.global_step_transform is not None:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
@@ -275,25 +277,73 @@ class Checkpoint:
             step = engine.state.iteration
         return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
-    def _write(self, snapshot: dict[str, Any], later: Pairs, copied: cf.Future[None] | None,
-               path: Path, priority: tuple[float, ...], seq: int) -> None:
-        """On the I/O executor: finish the copy (and open the gate), write atomically, then
-        retire what retention drops."""
-        if copied is not None:
-            try:
-                self._staging.copy(later)
-            except BaseException as exc:
-                copied.set_exception(exc)
-                raise
-            copied.set_result(None)
-        if self._writer is not None:
-            self._writer.write(snapshot, path, self._writer.temp_for(path, seq))
+    async def _stage(self, frozen: dict[str, Any], through_dcp: frozenset[str], path: Path,
+                     priority: tuple[float, ...]) -> _Save:
+        """Copy into the staging buffers what must be copied at the event; hold the gate of the
+        optimizers whose state is left to copy behind the step."""
+        staged, now, later = self._staging.assign(frozen, self._defers, self._parameters())
+        if sum(dst.nbytes for _, dst in now) <= _INLINE_COPY_BYTES:
+            self._staging.copy(now)
         else:
-            payload = snapshot if len(snapshot) > 1 else next(iter(snapshot.values()))
-            single_file.atomic_save(payload, path)
-        for dropped in self._retention.commit(path, priority):
+            await to_io(self._staging.copy, now)
+        copied: cf.Future[None] | None = None
+        if later:
+            assert self._gate is not None  # only an optimizer's state is deferred, behind its gate
+            copied = cf.Future()
+            self._gate.hold(copied)
+        self._seq += 1
+        return _Save(staged, through_dcp, later, copied, path, priority, self._seq)
+
+    def _write(self, save: _Save) -> None:
+        """On the I/O executor: finish the copy (and open the gate), write atomically, then
+        retire what retention drops. A copy that was torn writes nothing (on every rank: a
+        sharded write is collective, so the ranks agree on it first)."""
+        if self._writer is not None:
+            self._writer.agree(lambda: self._finish_copy(save), "copying the optimizer state")
+        else:
+            self._finish_copy(save)
+        if dist.is_main():
+            self._retention.record(save.path, save.priority)
+        if self._writer is not None:
+            self._writer.write(save.state, save.through_dcp, save.path, self._writer.temp_for(save.path, save.seq))
+        else:
+            payload = save.state if len(save.state) > 1 else next(iter(save.state.values()))
+            single_file.atomic_save(payload, save.path)
+        for dropped in self._retention.commit(save.path, save.priority):
             if dist.is_main():
                 _remove(dropped)
+
+    def _finish_copy(self, save: _Save) -> None:
+        """The copy left behind the step; the gate opens when it ends, whatever happens."""
+        if save.copied is None:
+            return
+        try:
+            self._staging.copy_deferred(save.later)
+        except TornCopy as torn:
+            save.copied.set_result(None)
+            raise CheckpointError(
+                f"{save.path} not written: {torn} changed after the save event, before "
+                f"{torn.changed.where[0]}.step() (an in-place write to optimizer state outside its "
+                "step); pass Checkpoint(..., overlap=False) to copy optimizer state at the event") from None
+        except BaseException as exc:
+            save.copied.set_exception(exc)
+            raise
+        save.copied.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Save:
+    """One save on its way to disk: the staged state (``through_dcp``: its keys that a sharded
+    write hands to DCP), the copies still to make behind the step and the future that opens the
+    optimizers' gate when they are done, where it goes and its retention priority."""
+
+    state: dict[str, Any]
+    through_dcp: frozenset[str]
+    later: list[Deferred]
+    copied: cf.Future[None] | None
+    path: Path
+    priority: tuple[float, ...]
+    seq: int
 
 
 def _pick_backend(backend: str, to_save: Mapping[str, Any]) -> str:

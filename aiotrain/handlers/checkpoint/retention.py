@@ -10,11 +10,16 @@
   whose score does not beat the worst kept one is skipped. ``n_saved=None`` keeps all. A save
   whose name is already kept replaces it (the newer state wins).
 - A Retention created over a folder that already holds its checkpoints counts them, so retention
-  works across restarts.
+  works across restarts, by the same rule: a name shows its score to 4 decimals, so the exact
+  scores of the kept checkpoints are recorded in ``.{stem}.scores.json`` beside them (written
+  before the checkpoint appears); a restart ranks by them, so a save whose score equals a kept
+  one's is skipped after a restart exactly as within one process.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import re
@@ -22,9 +27,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...files import TEMP_SUFFIX
+from ...files import TEMP_SUFFIX, atomic_write
 
 __all__ = ["NAME_RE", "Kept", "Retention"]
+
+log = logging.getLogger("aiotrain.checkpoint")
 
 # one checkpoint name: <stem>_<step>[_<score name>=<score>][.pt] (the stem holds prefix and name)
 NAME_RE = re.compile(r"^(?P<stem>.+?)_(?P<step>\d+)(?:_(?P<sname>[^=/]+)=(?P<score>[^/]+?))?(?P<suffix>\.pt)?$")
@@ -50,6 +57,7 @@ class Retention:
         self._lock = threading.Lock()
         self._kept: list[Kept] = []
         self._seq = 0
+        self.scores_path = folder / f".{stem}.scores.json"
 
     @property
     def last(self) -> Path | None:
@@ -74,6 +82,7 @@ class Retention:
         found, stale = [], []
         with os.scandir(self.folder) as entries:
             listing = [(e.name, Path(e.path), e.is_dir()) for e in entries]
+        exact = self._recorded_scores() if self.scored else {}
         for name, path, is_dir in listing:
             if self.is_temp(name):
                 stale.append(path)
@@ -86,9 +95,13 @@ class Retention:
                 found.append(Kept(path, (step, path.stat().st_mtime_ns)))
                 continue
             try:
-                found.append(Kept(path, (rank_score(self.score_sign * float(m["score"])), step)))
+                shown = float(m["score"])
             except ValueError:  # a score we did not write
                 continue
+            ranked = exact.get(name)
+            if ranked is None or f"{self.score_sign * ranked:.4f}" != m["score"]:
+                ranked = rank_score(self.score_sign * shown)  # not recorded: as the name shows it
+            found.append(Kept(path, (ranked, step)))
         with self._lock:
             self._kept = sorted(found, key=lambda k: k.priority)
         return stale
@@ -107,6 +120,28 @@ class Retention:
         if full and priority[0] <= others[0].priority[0]:
             return None
         return path, priority
+
+    def record(self, path: Path, priority: tuple[float, ...]) -> None:
+        """Before a scored save appears: record its exact score beside the kept ones' (the files
+        name them to 4 decimals only)."""
+        if not self.scored:
+            return
+        with self._lock:
+            scores = {k.path.name: repr(k.priority[0]) for k in self._kept}
+        scores[path.name] = repr(priority[0])
+        atomic_write(self.scores_path, json.dumps({"format": 1, "scores": scores}, indent=1, sort_keys=True))
+
+    def _recorded_scores(self) -> dict[str, float]:
+        """The exact scores recorded by :meth:`record`; none (with a warning) if unreadable."""
+        try:
+            recorded = json.loads(self.scores_path.read_text("utf-8"))["scores"]
+            return {str(name): float(score) for name, score in recorded.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+            log.warning("%s: unreadable (%s); ranking kept checkpoints by the scores their names show",
+                        self.scores_path, exc)
+            return {}
 
     def commit(self, path: Path, priority: tuple[float, ...]) -> list[Path]:
         """Record a durable save; return the checkpoints that fell out of retention."""

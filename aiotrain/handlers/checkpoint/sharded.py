@@ -8,8 +8,9 @@ Layout of ``{stem}_{step}/``:
   so a checkpoint written by N ranks loads on M ranks, or in one process into a plain model
   (resharding is DCP's planner reading the chunks each rank needs).
 - ``rank{r}.pt``: the state of every other object (engine with its RNG states, loader position,
-  LR scheduler, ...), one file per rank, because RNG states differ per rank. Loaded on a different
-  number of ranks, rank r reads ``rank{r mod N}.pt``: exact resume needs the same world size.
+  LR scheduler, an optimizer that has no state yet, ...), one file per rank, because RNG states
+  differ per rank. Loaded on a different number of ranks, rank r reads ``rank{r mod N}.pt``:
+  exact resume needs the same world size.
 - ``aiotrain.json``: the manifest, written last: world size, which keys are where, and the size
   and CRC32 of every file. Loading checks all of them first, so a torn or flipped file is an error
   naming it.
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -38,14 +41,15 @@ import torch
 
 from ... import distributed as dist
 from ...files import TEMP_SUFFIX, atomic_write, fsync_dir
-from . import single_file
+from . import dcp_reader, single_file
 from .errors import CheckpointError
 
-__all__ = ["MANIFEST", "ShardedWriter", "capture", "deferred_paths", "is_sharded", "load", "remove", "verify"]
+__all__ = ["MANIFEST", "ShardedWriter", "capture", "is_sharded", "load", "remove", "verify"]
 
 MANIFEST = "aiotrain.json"
 _FORMAT = 1
 _CHUNK = 8 << 20
+_FILE_RE = re.compile(r"^(__\d+_\d+\.distcp|rank\d+\.pt|\.metadata)$")  # what a writer puts in a folder
 
 
 def is_sharded(obj: Any) -> bool:
@@ -70,67 +74,67 @@ def _options(strict: bool = True) -> Any:
     return StateDictOptions(flatten_optimizer_state_dict=True, strict=strict)
 
 
-def capture(to_save: Mapping[str, Any]) -> dict[str, Any]:
-    """Every object's state now: modules and optimizers by parameter name (DTensor shards for
-    sharded models), the others through their own ``state_dict()``."""
+def capture(to_save: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    """Every object's state now, and the keys whose state goes through DCP: modules and optimizers
+    by parameter name (DTensor shards for sharded models), the others through their own
+    ``state_dict()``. An optimizer without state (before its first step, or a stateless one) is
+    saved whole with the per-rank state: DCP's optimizer capture would create its state by
+    stepping it, which changes the run and the state being saved."""
+    out: dict[str, Any] = {}
+    through_dcp: set[str] = set()
+    for key, obj in to_save.items():
+        if is_sharded(obj) and not (isinstance(obj, torch.optim.Optimizer) and not obj.state):
+            out[key] = _dcp_state(key, obj, to_save)
+            through_dcp.add(key)
+        else:
+            out[key] = obj.state_dict()
+    return out, frozenset(through_dcp)
+
+
+def _dcp_state(key: str, obj: Any, to_save: Mapping[str, Any]) -> Any:
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    out: dict[str, Any] = {}
-    for key, obj in to_save.items():
-        if isinstance(obj, torch.nn.Module):
-            out[key] = get_model_state_dict(obj, options=_options())
-        elif isinstance(obj, torch.optim.Optimizer):
-            out[key] = get_optimizer_state_dict(_pair(key, obj, to_save), obj, options=_options())
-        else:
-            out[key] = obj.state_dict()
-    return out
-
-
-def deferred_paths(to_save: Mapping[str, Any]) -> set[tuple[str, ...]]:
-    """Paths of the state that only an optimizer step changes (parameters, optimizer state):
-    ``(key, name)`` for a module's parameters, ``(key,)`` for a whole optimizer."""
-    paths: set[tuple[str, ...]] = set()
-    for key, obj in to_save.items():
-        if isinstance(obj, torch.nn.Module):
-            paths.update((key, name) for name, _ in obj.named_parameters(remove_duplicate=False))
-        elif isinstance(obj, torch.optim.Optimizer):
-            paths.add((key,))
-    return paths
+    if isinstance(obj, torch.nn.Module):
+        return get_model_state_dict(obj, options=_options())
+    return get_optimizer_state_dict(_pair(key, obj, to_save), obj, options=_options())
 
 
 class ShardedWriter:
     """Writes sharded checkpoints for one Checkpoint; created on every rank in the same order
     (it makes the Gloo group the writes use and agrees on a token for temp folder names)."""
 
-    def __init__(self, sharded_keys: set[str]) -> None:
+    def __init__(self) -> None:
         # DCP's modules take seconds to import: here, at set-up, not at the first save's event
         import torch.distributed.checkpoint  # noqa: F401
         import torch.distributed.checkpoint.state_dict  # noqa: F401
 
-        self.sharded_keys = frozenset(sharded_keys)
         self.group = dist.new_group("gloo")
         self.token = dist.broadcast_object(secrets.token_hex(6))
 
     def temp_for(self, path: Path, seq: int) -> Path:
         return path.parent / f".{path.name}.{self.token}-{seq}{TEMP_SUFFIX}"
 
-    def write(self, snapshot: Mapping[str, Any], path: Path, temp: Path) -> None:
-        """On every rank, in the I/O executor: write this rank's part, then rank 0 commits."""
+    def write(self, snapshot: Mapping[str, Any], through_dcp: frozenset[str], path: Path, temp: Path) -> None:
+        """On every rank, in the I/O executor: write this rank's part (``through_dcp`` keys by
+        DCP, the others in its per-rank file), then rank 0 commits."""
         import torch.distributed.checkpoint as dcp
 
         rank, world = dist.rank(), dist.world_size()
-        sharded = {k: v for k, v in snapshot.items() if k in self.sharded_keys}
+        sharded = {k: v for k, v in snapshot.items() if k in through_dcp}
         per_rank = {k: v for k, v in snapshot.items() if k not in sharded}
-        self._agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
-        if sharded:  # the same on every rank: the keys come from to_save
+        self.agree(lambda: self._write_rank_file(temp, rank, per_rank), "writing the per-rank state")
+        if sharded:  # the same on every rank: the keys come from to_save, its optimizers step together
             writer = dcp.FileSystemWriter(str(temp), sync_files=True, single_file_per_rank=True)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.distributed.*")
-                dcp.save(sharded, storage_writer=writer, process_group=self.group,
-                         no_dist=not dist.is_initialized())
+                try:
+                    dcp.save(sharded, storage_writer=writer, process_group=self.group,
+                             no_dist=not dist.is_initialized())
+                except dcp.CheckpointException as exc:  # every rank learns of every rank's failure
+                    raise dcp_reader.as_checkpoint_error("writing the sharded state failed", exc) from None
         mine = {p.name: _describe(p) for p in temp.iterdir()
                 if p.name.startswith(f"__{rank}_") or p.name == f"rank{rank}.pt"
                 or (rank == 0 and p.name == ".metadata")}
@@ -150,13 +154,13 @@ class ShardedWriter:
             os.replace(temp, path)
             fsync_dir(path.parent)
 
-        self._agree(commit, "committing the checkpoint")
+        self.agree(commit, "committing the checkpoint")
 
     def _write_rank_file(self, temp: Path, rank: int, state: dict[str, Any]) -> None:
         temp.mkdir(parents=True, exist_ok=True)
         single_file.atomic_save(state, temp / f"rank{rank}.pt")
 
-    def _agree(self, fn: Any, what: str) -> None:
+    def agree(self, fn: Any, what: str) -> None:
         """Run ``fn`` on this rank, then learn whether every rank succeeded (no rank hangs in a
         later collective because another failed); raise a CheckpointError naming the failure."""
         error = None
@@ -180,8 +184,29 @@ def _describe(path: Path) -> list[int]:
 
 
 def verify(path: Path) -> dict[str, Any]:
-    """The manifest of a complete, intact sharded checkpoint; CheckpointError naming the file
-    that is missing, torn or corrupt otherwise."""
+    """The manifest of a complete, intact sharded checkpoint whose DCP metadata is safe to use;
+    CheckpointError naming the file that is missing, torn, corrupt or unsafe otherwise. The
+    manifest proves integrity, not origin (whoever wrote the folder wrote it): nothing here is
+    unpickled except through the restricted reader of ``dcp_reader``."""
+    manifest = _read_manifest(path)
+    for name, (size, crc) in manifest["files"].items():
+        file = path / name
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            raise CheckpointError(f"{file}: missing from the sharded checkpoint") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{file}: not a regular file, not read")
+        if st.st_size != size:
+            raise CheckpointError(f"{file}: truncated or grown ({st.st_size} bytes, expected {size})")
+        if _describe(file)[1] != crc:
+            raise CheckpointError(f"{file}: corrupt checkpoint (CRC mismatch)")
+    if manifest["sharded"]:
+        dcp_reader.read_metadata(path, _shards(manifest))
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
@@ -190,16 +215,23 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
         raise CheckpointError(f"{path}: unknown manifest format in {MANIFEST}")
-    for name, (size, crc) in manifest["files"].items():
-        try:
-            actual = _describe(path / name)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path / name}: missing from the sharded checkpoint") from None
-        if actual[0] != size:
-            raise CheckpointError(f"{path / name}: truncated or grown ({actual[0]} bytes, expected {size})")
-        if actual[1] != crc:
-            raise CheckpointError(f"{path / name}: corrupt checkpoint (CRC mismatch)")
+    files = manifest.get("files")
+    ok = (type(manifest.get("world_size")) is int and manifest["world_size"] >= 1
+          and _names(manifest.get("sharded")) and _names(manifest.get("per_rank")) and isinstance(files, dict)
+          and all(isinstance(name, str) and _FILE_RE.match(name) and isinstance(entry, list) and len(entry) == 2
+                  and all(type(x) is int and x >= 0 for x in entry) for name, entry in files.items()))
+    if not ok:
+        raise CheckpointError(f"{path}: corrupt manifest {MANIFEST} (malformed)")
     return manifest
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _shards(manifest: dict[str, Any]) -> dict[str, int]:
+    """The DCP shard files the manifest lists, with their (verified) sizes."""
+    return {name: size for name, (size, _) in manifest["files"].items() if dcp_reader.SHARD_RE.match(name)}
 
 
 def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
@@ -216,28 +248,31 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
     if missing:
         raise CheckpointError(f"{path}: no entry for {', '.join(map(repr, missing))} "
                               f"(it holds {', '.join(map(repr, sorted(saved)))})")
-    sharded = {k: obj for k, obj in to_load.items() if is_sharded(obj)}
-    wrong = [k for k in sharded if k not in manifest["sharded"]] + \
-            [k for k in to_load if k not in sharded and k not in manifest["per_rank"]]
+    sharded = {k: obj for k, obj in to_load.items() if k in manifest["sharded"]}
+    wrong = [k for k, obj in to_load.items() if (k in sharded) != is_sharded(obj)
+             and not (isinstance(obj, torch.optim.Optimizer) and k in manifest["per_rank"])]
     if wrong:
         raise CheckpointError(f"{path}: {', '.join(map(repr, wrong))} saved as another kind of object")
     if sharded:
-        targets = capture(sharded)
+        targets = {k: _dcp_state(k, obj, to_load) for k, obj in sharded.items()}
+        reader, planner = dcp_reader.reader_and_planner(path, _shards(manifest))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed.*")
             try:
-                dcp.load(targets, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-            except Exception as exc:  # DCP wraps errors of every rank in one CheckpointException
-                raise CheckpointError(f"{path}: cannot load the sharded state ({exc})"[:2000]) from exc
+                dcp.load(targets, storage_reader=reader, planner=planner, no_dist=not dist.is_initialized())
+            except dcp.CheckpointException as exc:  # a BaseException: it would escape `except Exception`
+                raise dcp_reader.as_checkpoint_error(f"{path}: cannot load the sharded state", exc) from None
         for key, obj in sharded.items():
             if isinstance(obj, torch.nn.Module):
                 set_model_state_dict(obj, targets[key], options=_options(strict))
             else:
-                set_optimizer_state_dict(_pair(key, obj, sharded), obj, targets[key], options=_options(strict))
+                set_optimizer_state_dict(_pair(key, obj, to_load), obj, targets[key], options=_options(strict))
     others = {k: obj for k, obj in to_load.items() if k not in sharded}
     if others:
-        world = int(manifest["world_size"])
-        state = single_file.read(path / f"rank{dist.rank() % world}.pt")
+        name = f"rank{dist.rank() % manifest['world_size']}.pt"
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{path / name}: missing from the sharded checkpoint")
+        state = single_file.read(path / name)
         for key, obj in others.items():
             obj.load_state_dict(state[key])
 

@@ -10,7 +10,6 @@ error naming the file, not silent garbage.
 
 from __future__ import annotations
 
-import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -23,9 +22,11 @@ from .errors import CheckpointError
 
 __all__ = ["atomic_save", "read", "verify"]
 
-# torch's weights_only refusal, and the global the pickle wanted to call
+# torch's weights_only refusal, the global the pickle wanted (a well-formed pickle asking for more
+# than data: unsafe), or the reason it could not even be parsed (garbage: corrupt)
 _REFUSED = "Weights only load failed"
 _GLOBAL = re.compile(r"GLOBAL (?P<name>[^\s]+)")
+_WHY = re.compile(r"WeightsUnpickler error:\s*(?P<why>[^\n]+)")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -64,11 +65,13 @@ def _torch_load(path: Path, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError) as exc:
-        if _REFUSED in str(exc):  # a well-formed file whose pickle asks to run code: unsafe
-            named = _GLOBAL.search(str(exc))
-            what = f"it references {named['name']}" if named else "it holds more than tensors"
-            raise CheckpointError(f"{path}: unsafe content, not loaded: {what}, which is neither "
-                                  "a tensor nor a plain container (only state_dicts load)") from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # garbage makes the unpickler raise anything (IndexError, TypeError, ...)
+        text = str(exc)
+        named = _GLOBAL.search(text) if _REFUSED in text else None
+        if named:  # a well-formed pickle that asks for a callable: unsafe
+            raise CheckpointError(f"{path}: unsafe content, not loaded: it references {named['name']}, "
+                                  "which is neither a tensor nor a plain container (only state_dicts "
+                                  "load)") from exc
+        why = _WHY.search(text) if _REFUSED in text else None
+        first = why["why"].strip() if why else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from exc

@@ -1,29 +1,40 @@
-"""Staging: reused CPU buffers that a snapshot is copied into, and the gate that lets part of that
-copy run behind the next step.
+"""Staging: reused CPU buffers that a snapshot is copied into, and the gate that lets the copy of
+optimizer state run behind the next step.
 
 A save copies every tensor of the state into a buffer allocated on the first save and reused
 after, so a save costs a memcpy, not fresh allocations and page faults (on CUDA the buffers are
-pinned and the copy runs on a side stream). Parameters and optimizer state change only when an
-optimizer steps, so their copy may run while the next step's forward and backward read them:
-:data:`GATE` holds every such copy in flight, and a global optimizer step pre-hook makes any
-``optimizer.step()`` wait until they are done. Everything else (buffers such as BatchNorm's
-running statistics, which forward updates in place, and plain objects' state) is copied at the
-event itself.
+pinned and the copy runs on a side stream).
+
+What may be copied after the event, and why that is exact. Parameters, buffers, an EMA model's
+weights and the tensors of plain objects are written by code of every kind: the step, handlers,
+``AveragedModel``, in-place writes under ``no_grad``, writes through ``.data`` or a numpy view
+(which torch's version counters do not see), BatchNorm's running statistics (updated by forward
+without a version bump). None of that can be excluded, so all of it is copied at the event. The
+one part whose writers are known is the *state of an optimizer in to_save* (Adam's moments, step
+counts): it changes when that optimizer steps. Its copy is deferred: it runs in the I/O executor
+while the next step's forward and backward run, and :class:`OptimizerGate` makes that
+optimizer's ``step()`` wait until the copy is done (fused optimizers included: they write without
+a version bump, but only inside ``step()``). Any other in-place write to that state before the
+copy ends is caught by torch's version counter (checked after the copy); the save is then refused
+(:class:`TornCopy`) rather than written torn. A deferred tensor that shares storage with anything
+copied at the event, or with a parameter, is copied at the event too. Outside this proof: a write
+into optimizer state that bypasses the version counter (``.data``, a numpy view) between a save
+and that optimizer's next step; such code passes ``Checkpoint(..., overlap=False)``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
-import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-__all__ = ["GATE", "CopyGate", "DTensor", "Pairs", "Staging", "freeze", "map_tree"]
+__all__ = ["DTensor", "Deferred", "OptimizerGate", "Pairs", "Staging", "TornCopy", "freeze", "map_tree"]
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 Where = tuple[Any, ...]
@@ -40,6 +51,27 @@ def _dtensor_type() -> type | None:
 DTensor: Any = _dtensor_type()  # None in a torch without torch.distributed
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """One copy left to run behind the step: the live tensor, its buffer, its place in the state
+    tree, and the tensor whose version counter proves it unchanged (a DTensor's own: in-place ops
+    on a DTensor do not bump its local shard's) with that counter's value at the save event."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    where: Where
+    owner: torch.Tensor
+    version: int
+
+
+class TornCopy(Exception):
+    """A deferred tensor changed between the save event and the end of its copy."""
+
+    def __init__(self, changed: Deferred) -> None:
+        super().__init__(".".join(map(str, changed.where)))
+        self.changed = changed
+
+
 class Staging:
     """Reusable CPU buffers (pinned for CUDA sources) keyed by their place in the state tree."""
 
@@ -49,26 +81,27 @@ class Staging:
         self._streams: dict[torch.device, Any] = {}
 
     def assign(self, tree: Any, deferred: Callable[[Where], bool] = lambda where: False,
-               ) -> tuple[Any, Pairs, Pairs]:
-        """``tree`` with each tensor replaced by its staging buffer, and the (source, buffer) pairs
-        still to copy: those to copy now, and those ``deferred(path)`` lets wait for the gate.
-        Tensors sharing memory share one buffer (ties stay tied); a DTensor keeps its sharding
-        and stages its local shard."""
-        now: Pairs = []
-        later: Pairs = []
-        seen: dict[tuple[Any, ...], torch.Tensor] = {}
+               pinned: Iterable[torch.Tensor] = ()) -> tuple[Any, Pairs, list[Deferred]]:
+        """``tree`` with each tensor replaced by its staging buffer, and the copies still to make:
+        those to make now, and those that may wait behind the step: tensors all of whose places
+        ``deferred(where)`` accepts and whose storage is shared neither with a tensor copied now
+        nor with one of ``pinned`` (parameters). Tensors sharing memory share one buffer (ties
+        stay tied); a DTensor keeps its sharding and stages its local shard."""
+        seen: dict[tuple[Any, ...], list[Any]] = {}  # alias -> [source, buffer, deferrable, where, owner]
         used: dict[Where, torch.Tensor] = {}
         shells: dict[Where, Any] = {}
 
-        def buffer(t: torch.Tensor, where: Where) -> torch.Tensor:
+        def buffer(t: torch.Tensor, where: Where, owner: torch.Tensor) -> torch.Tensor:
             alias = _alias_key(t)
-            if alias in seen:
-                return seen[alias]
+            entry = seen.get(alias)
+            if entry is not None:
+                entry[2] = entry[2] and deferred(where)  # any place copied now copies it now
+                return cast(torch.Tensor, entry[1])
             buf = self._buffers.get(where)
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.is_pinned() != t.is_cuda:
                 buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
-            used[where] = seen[alias] = buf
-            (later if deferred(where) else now).append((t, buf))
+            used[where] = buf
+            seen[alias] = [t, buf, deferred(where), where, owner]
             return buf
 
         def stage(t: torch.Tensor, where: Where) -> Any:
@@ -76,15 +109,24 @@ class Staging:
                 local = cast(Any, t)._local_tensor
                 if not _stageable(local):
                     return t.detach().to("cpu")
-                shell = self._shell(t, buffer(local, where), where)
+                shell = self._shell(t, buffer(local, where, t), where)
                 shells[where] = shell
                 return shell
             if not _stageable(t):
                 return t.detach().to("cpu", copy=True)
-            return buffer(t, where)
+            return buffer(t, where, t)
 
         out = map_tree(tree, stage, lambda leaf: leaf)
         self._buffers, self._shells = used, shells  # buffers of tensors that are gone are freed
+        shared = {_storage_key(src) for src, _, ok, _, _ in seen.values() if not ok}
+        shared.update(_storage_key(_local(p)) for p in pinned)
+        now: Pairs = []
+        later: list[Deferred] = []
+        for src, buf, ok, where, owner in seen.values():
+            if ok and _storage_key(src) not in shared:
+                later.append(Deferred(src, buf, where, owner, owner._version))
+            else:
+                now.append((src, buf))
         return out, now, later
 
     def _shell(self, t: Any, buf: torch.Tensor, where: Where) -> Any:
@@ -106,7 +148,8 @@ class Staging:
         return self._buffers
 
     def copy(self, pairs: Pairs) -> None:
-        """memcpy every source into its buffer; CUDA sources on a side stream, then synchronized."""
+        """memcpy every source into its buffer; CUDA sources on a side stream, then synchronized.
+        Each ``copy_`` releases the GIL, so the step's Python and the event loop run meanwhile."""
         on_cuda = []
         with torch.no_grad():
             for src, dst in pairs:
@@ -116,6 +159,14 @@ class Staging:
                     dst.copy_(src)
         if on_cuda:
             self._copy_cuda(on_cuda)
+
+    def copy_deferred(self, later: list[Deferred]) -> None:
+        """Copy what waited behind the step, then prove nothing wrote it since the event: a
+        version counter that moved raises :class:`TornCopy` (the buffer may hold a mix)."""
+        self.copy([(d.src, d.dst) for d in later])
+        for d in later:
+            if d.owner._version != d.version:
+                raise TornCopy(d)
 
     def _copy_cuda(self, pairs: Pairs) -> None:
         devices = {src.device for src, _ in pairs}
@@ -132,48 +183,41 @@ class Staging:
             self._streams[dev].synchronize()
 
 
-class CopyGate:
-    """The copies of parameters and optimizer state still running behind the training step.
+class OptimizerGate:
+    """Makes ``step()`` of the given optimizers wait while a copy of their state is in flight.
 
-    ``hold(fut)`` registers one (a future done when its copy ends); every ``optimizer.step()`` in
-    the process then waits until all held copies are done, through one global optimizer step
-    pre-hook installed on first use (global, because a Checkpoint of a model alone does not know
-    the optimizer that will update it).
-    """
+    ``hold(fut)`` registers the copy (a future done when it ends). One step pre-hook per
+    optimizer waits for it; the hooks hold the gate weakly and are removed when it is collected,
+    so a discarded Checkpoint leaves nothing behind. Other optimizers in the process never wait."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: set[cf.Future[None]] = set()
-        self._hook: Any = None
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
+        self._held: cf.Future[None] | None = None
+        ref = weakref.ref(self)
+
+        def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+            gate = ref()
+            if gate is not None:
+                gate.wait_copied()
+
+        handles = [opt.register_step_pre_hook(before_step) for opt in optimizers]
+        weakref.finalize(self, _remove_hooks, handles)
 
     def hold(self, fut: cf.Future[None]) -> None:
-        with self._lock:
-            if self._hook is None:
-                self._hook = register_optimizer_step_pre_hook(self._before_step)
-            self._held.add(fut)
-        fut.add_done_callback(self._release)
-
-    def _release(self, fut: cf.Future[None]) -> None:
-        with self._lock:
-            self._held.discard(fut)
-
-    def wait_copied(self) -> None:
-        """Block until no copy is held (a failed copy is the writer's error, not the step's)."""
-        with self._lock:
-            held = list(self._held)
-        if held:
-            cf.wait(held)
+        self._held = fut
 
     def busy(self) -> bool:
-        with self._lock:
-            return bool(self._held)
+        return self._held is not None and not self._held.done()
 
-    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._held:  # a set's truth value is safe to read without the lock
-            self.wait_copied()
+    def wait_copied(self) -> None:
+        """Block until the held copy is done (a failed copy is the writer's error, not the step's)."""
+        held = self._held
+        if held is not None and not held.done():
+            cf.wait([held])
 
 
-GATE = CopyGate()
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
 
 
 def _stageable(t: torch.Tensor) -> bool:
@@ -182,9 +226,17 @@ def _stageable(t: torch.Tensor) -> bool:
             and not t.is_quantized and t.device.type in ("cpu", "cuda"))
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return cast(Any, t)._local_tensor if DTensor is not None and isinstance(t, DTensor) else t
+
+
 def _alias_key(t: torch.Tensor) -> tuple[Any, ...]:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
             t.stride(), t.dtype)
+
+
+def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.device, t.untyped_storage().data_ptr())
 
 
 def map_tree(tree: Any, on_tensor: Callable[[torch.Tensor, Where], Any],

@@ -9,12 +9,16 @@ Usage (one process per rank, with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT 
       write the full state (rank 0) to OUT.
   sharded_run.py die SAVE_DIR                        save once, then die (exit 17) on rank 0 just
       before the second save's folder would be renamed into place.
+  sharded_run.py torn SAVE_DIR                       rank 1 alone writes its optimizer state in
+      place right after the first save; every rank must then fail with the CheckpointError that
+      refuses that save (exit 3, the message on stderr), none may hang.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from aiotrain import distributed as dist
 from aiotrain.data.loader import AsyncLoader
 from aiotrain.engine import Engine
 from aiotrain.events import Events
-from aiotrain.handlers.checkpoint import Checkpoint
+from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, staging
 from aiotrain.parallel import parallelize
 
 EPOCHS = 3
@@ -118,6 +122,36 @@ async def die(save_dir: str) -> None:
     await trainer.run(loader, max_epochs=1)
 
 
+async def torn(save_dir: str) -> None:
+    model, optimizer, trainer, loader, ckpt = build(save_dir)
+    reset = threading.Event()
+    copy_deferred = staging.Staging.copy_deferred
+
+    def late(self: staging.Staging, later: list) -> None:  # rank 1's copy starts after the write
+        reset.wait(60)
+        copy_deferred(self, later)
+
+    if dist.rank() == 1:
+        staging.Staging.copy_deferred = late  # type: ignore[method-assign]
+    else:
+        reset.set()
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=EVERY), priority=-200)  # after the Checkpoint
+    def reset_moments(engine: Engine) -> None:
+        if dist.rank() == 1:
+            with torch.no_grad():
+                for state in optimizer.state.values():
+                    state["exp_avg"].zero_()
+            reset.set()
+
+    try:
+        await trainer.run(loader, max_epochs=1)
+    except CheckpointError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        dist.destroy()
+        os._exit(3)
+
+
 if __name__ == "__main__":
     from aiotrain.runtime import run
 
@@ -127,6 +161,8 @@ if __name__ == "__main__":
         run(train(args[0], args[1], float(args[2]) if len(args) > 2 else 0.0))
     elif mode == "load":
         run(load(args[0], args[1]))
+    elif mode == "torn":
+        run(torn(args[0]))
     else:
         run(die(args[0]))
     dist.destroy()
