@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench torture lint clean compat
+.PHONY: setup test demo demo-remote bench bench-remote torture lint clean compat
 
 setup: $(STAMP)
 
@@ -21,6 +21,31 @@ test: setup
 
 demo: setup
 	$(BIN)/aiotrain train examples/digits.sdn --mode=check_and_train
+
+# the digits example streamed from a local S3 server (moto, from the dev extra): start it, pack
+# the data into a bucket, train from there, stop the server
+demo-remote: setup
+	@set -e; env_file=$$(mktemp); \
+	$(BIN)/python -m examples.local_s3 serve --bucket aiotrain-demo > $$env_file & pid=$$!; \
+	trap "kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; rm -f $$env_file" EXIT; \
+	while ! [ -s $$env_file ]; do kill -0 $$pid || exit 1; sleep 0.2; done; \
+	export $$(cat $$env_file); \
+	$(BIN)/python -m examples.remote_digits pack s3://aiotrain-demo/digits; \
+	$(BIN)/aiotrain train examples/remote_digits.sdn data.url=s3://aiotrain-demo/digits --no-progress
+
+# benchmarks/bench_remote.py with its peers (the bench extra) in a venv of their own: they pin
+# versions the project's venv does not want (and torch stays the tested CPU build)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -d $(BENCH_VENV) || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q torch==2.13.0
+	echo "torch==2.13.0" > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install -q -c $(BENCH_VENV)/constraints.txt -e ".[remote,media,bench,dev]"
+	touch $(BENCH_VENV)/.installed
+
+bench-remote: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/bench_remote.py
 
 # pytorch-ignite's own engine/event/state-dict/handler tests against aiotrain (downloads its sdist)
 compat: setup
@@ -39,4 +64,4 @@ lint: setup
 	$(BIN)/python tests/security/html_sinks.py aiotrain/dashboard/static
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build *.egg-info

@@ -46,6 +46,12 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> bool:
 
     Without ``WORLD_SIZE`` > 1 in the environment this does nothing (a plain single process).
     The backend is NCCL when every local rank has a GPU of its own, Gloo otherwise.
+
+    Under torchrun's elastic agent the workers share the agent's store, which outlives a restart
+    of the group; the group's keys are written under this attempt's name
+    (``TORCHELASTIC_RESTART_COUNT``), so a restarted rank never reads an address its dead
+    predecessor left there (which, when one rank reaches this call before another, made the
+    restarted group's Gloo set-up connect to a closed port).
     """
     if is_initialized():
         return True
@@ -61,7 +67,16 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> bool:
         backend = "nccl" if own_gpu else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=False, timeout=timeout)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"aiotrain/attempt_{attempt}", agent)
+        dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
     return True
 
 

@@ -7,7 +7,7 @@
    large diverges, narrow models cap the accuracy. For several seeds, each method runs until a
    trial reaches ``--target`` validation accuracy (or ``--max-trials``); we count the trials and
    the epochs spent (pruned trials stop early, so epochs are the real cost). The methods use
-   aiotrain's search backends (``aiotrain.tracking.search``) exactly as ``aiotrain sweep`` does:
+   aiotrain's search backends (``aiotrain.sweeps.search``) exactly as ``aiotrain sweep`` does:
    random search, bayes (Optuna TPE) alone, and bayes with median pruning.
 2. Wall time of ``aiotrain sweep``'s runner: ``--trials`` digits trials (TrainJobs in job worker
    processes) one at a time vs ``--parallel`` at a time, same trials.
@@ -36,8 +36,8 @@ from _common import emit  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiotrain.tracking.search import make_search  # noqa: E402
-from aiotrain.tracking.space import Choice, LogUniform  # noqa: E402
+from aiotrain.sweeps.search import make_search  # noqa: E402
+from aiotrain.sweeps.space import Choice, LogUniform  # noqa: E402
 
 SPACE = {"lr": LogUniform(1e-4, 1.0), "width": Choice([4, 8, 16, 32, 64])}
 
@@ -118,8 +118,7 @@ def part_search(args) -> None:
 
 def part_parallel(args) -> None:
     from aiotrain.runtime import run
-    from aiotrain.sweeper import SweepRunner
-    from aiotrain.tracking.sweeps import Sweep
+    from aiotrain.sweeps import Sweep, SweepRunner
 
     os.chdir(ROOT)
     overrides = ["train.patience=null", "model.channels=8", f"train.max_epochs={args.job_epochs}"]
@@ -131,7 +130,7 @@ def part_parallel(args) -> None:
         rec = await SweepRunner(s, "examples/digits.sdn", [*overrides, f"tracking.dir={root}",
                                                            f"data.root={root}/data"],
                                 parallel=parallel).run()
-        assert all(t["status"] == "finished" for t in rec["trials"]), rec["trials"]
+        assert all(t.status == "finished" for t in rec.trials), rec.trials
         return time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ A thin command line over :mod:`aiotrain.service` (the job API, its policy and it
 documented there): POST /jobs, GET /jobs/{id}, GET /jobs/{id}/events (SSE), DELETE /jobs/{id},
 GET /health, and the runs dashboard under /dashboard/ over $AIOTRAIN_DIR (jobs show up live).
 
-Each job runs in a job worker process of its own (``aiotrain.isolation.ProcessJob``), so jobs
+Each job runs in a job worker process of its own (``aiotrain.job.ProcessJob``), so jobs
 running at once never share torch's RNG or settings and each reproduces its solo result;
 ``--in-process`` runs them as TrainJobs on this loop instead (cheaper to start, but concurrent
 jobs then share torch's per-process state: see docs/sweeps.md, "What in-process jobs share").

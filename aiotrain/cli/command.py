@@ -72,10 +72,19 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
 
 def _report(prog: str, exc: UserError) -> int:
     text = str(exc)
-    print(text if exc.file or text.startswith(prog) else f"{prog}: {text}", file=sys.stderr)
+    line = text if exc.file or text.startswith(prog) else f"{prog}: {text}"
+    print(_rank_label() + line, file=sys.stderr)
     if exc.detail:
         print(exc.detail.rstrip("\n"), file=sys.stderr)
     return exc.code
+
+
+def _rank_label() -> str:
+    """Under torchrun, the rank that speaks, as torch names it in tracebacks (``[rank1]: ``):
+    every rank's error reaches the launcher's output, and says whose it is."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1:
+        return ""
+    return f"[rank{os.environ.get('RANK', '?')}]: "
 
 
 def _drop_stdout() -> None:

@@ -1,4 +1,5 @@
-"""The ``aiotrain`` command: dispatches ``train``, ``sdn``, ``runs`` and ``sweep`` to their modules.
+"""The ``aiotrain`` command: dispatches ``train``, ``sdn``, ``runs``, ``sweep`` and ``data`` to their
+modules.
 
 Every subcommand follows one exit-code table (:mod:`aiotrain.errors`): 0 ok, 1 failed checks or
 a failed run, 2 usage or config errors, 130 interrupted.
@@ -18,9 +19,10 @@ _COMMANDS = {
     "sdn": ("aiotrain.cli.sdn", "check, convert, query and edit SDN files"),
     "runs": ("aiotrain.cli.runs", "list, compare, plot, export, delete and serve (dashboard) tracked runs"),
     "sweep": ("aiotrain.cli.sweep", "search hyperparameters: trials of a config, in parallel"),
+    "data": ("aiotrain.cli.data", "pack, index and check sharded datasets for streaming"),
 }
 
-USAGE = "usage: aiotrain {train,sdn,runs,sweep} ...\n" + "\n".join(
+USAGE = "usage: aiotrain {train,sdn,runs,sweep,data} ...\n" + "\n".join(
     f"  {name:<6} {help_}" for name, (_, help_) in _COMMANDS.items()
 )
 

@@ -6,6 +6,11 @@ Each ``key=SPEC`` is a distribution (``loguniform(1e-4,1e-1)``, ``uniform(a,b)``
 is redrawn as they start, report and end (one line per change when stdout is not a terminal),
 then the best config is printed. ``--resume ID`` continues a sweep after a crash or kill -9.
 
+``--storage URL --study NAME`` shares the sweep through an Optuna storage (``sqlite:///x.db``,
+``postgresql+psycopg://...``, ``journal:///shared/x.log``): run the same command on any number
+of machines (later ones may leave out the key=SPEC parameters: the study has them) and they run
+one sweep together; ``--trials`` counts for the whole study (see ``aiotrain/sweeps/study.py``).
+
 Exit codes: 0 the sweep ran and has a best trial, 1 every trial failed, 2 usage or config
 errors, 130 interrupted (Ctrl-C: trials in flight flush their checkpoints; resume with --resume).
 """
@@ -19,8 +24,9 @@ from typing import Any, TextIO
 
 from ..config import ConfigError
 from ..errors import ExitCode, UserError
-from ..tracking.space import Distribution, parse_parameter, unflatten
-from ..tracking.sweeps import GOALS, METHODS
+from ..sweeps.record import SweepRecord, TrialRecord
+from ..sweeps.space import Distribution, parse_parameter, unflatten
+from ..sweeps.sweep import GOALS, METHODS
 from .command import Parser, run_command
 from .signals import cancel_on_signals
 
@@ -39,6 +45,12 @@ def _parser() -> Parser:
     p.add_argument("--in-process", action="store_true", help="run trials in this process (one at a time)")
     p.add_argument("--resume", metavar="ID", help="continue the sweep ID after a crash")
     p.add_argument("--dir", help="the tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
+    p.add_argument("--storage", metavar="URL", help="share the sweep through this Optuna storage")
+    p.add_argument("--study", metavar="NAME", help="the shared sweep's name in --storage")
+    p.add_argument("--retries", type=int, default=1,
+                   help="shared: runs of a trial whose worker died (0: move on to a new trial)")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0, metavar="S",
+                   help="shared: a worker silent this long has died (same host: known at once)")
     return p
 
 
@@ -51,24 +63,36 @@ def _sweep(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.resume is None and args.config is None:
         raise UserError("give a CONFIG.sdn (or --resume ID)")
+    if (args.storage is None) != (args.study is None):
+        raise UserError("a shared sweep needs both --storage URL and --study NAME")
+    if args.storage is not None and args.resume is not None:
+        raise UserError("a shared sweep needs no --resume: run the same command again to join it")
     from ..runtime import run
-    from ..sweeper import SweepRunner
-    from ..tracking.sweeps import Sweep
+    from ..sweeps.runner import SweepRunner
+    from ..sweeps.sweep import Sweep
 
     table = LiveTable(sys.stdout)
     runner: SweepRunner | None = None
     try:
         if not args.resume:
             space, fixed = split_params(args.params)
-            if not space:
-                raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
-                                 "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
             if args.dir:
                 fixed.append(f"tracking.dir={args.dir}")
-            sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
-                                 seed=args.seed, early_terminate={"type": args.prune} if args.prune else None)
+            if not space and args.storage is not None:
+                from ..sweeps.study import stored_sweep
+
+                sweep = stored_sweep(args.storage, args.study)
+            elif not space:
+                raise ValueError("nothing to search: give at least one key=SPEC with a distribution "
+                                 "or a list (e.g. optim.lr=loguniform(1e-4,1e-1) model.channels=8,16)")
+            else:
+                sweep = Sweep.define(args.method, {"name": args.metric, "goal": args.goal}, space,
+                                     seed=args.seed, id=args.study,
+                                     early_terminate={"type": args.prune} if args.prune else None)
             runner = SweepRunner(sweep, args.config, fixed, trials=args.trials, parallel=args.parallel,
-                                 isolate=not args.in_process, on_update=table.update)
+                                 isolate=not args.in_process, on_update=table.update,
+                                 storage=args.storage, study=args.study, retries=args.retries,
+                                 heartbeat_timeout=args.heartbeat_timeout)
     except (ValueError, ImportError) as exc:
         raise UserError(str(exc), file=args.config) from None
 
@@ -91,7 +115,7 @@ def _sweep(argv: list[str]) -> int:
         except (ValueError, LookupError, RuntimeError, ImportError, OSError) as exc:
             raise UserError(str(exc), file=args.config) from None
         table.finish(record)
-        return ExitCode.OK if record.get("best") else ExitCode.FAILED
+        return ExitCode.OK if record.best else ExitCode.FAILED
 
     return run(go())
 
@@ -124,59 +148,62 @@ class LiveTable:
         self._drawn = 0
         self._seen: dict[int, tuple[str, int]] = {}
 
-    def update(self, record: dict[str, Any]) -> None:
+    def update(self, record: SweepRecord) -> None:
         if self.tty:
             lines = render(record)
             up = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
             self.out.write(up + "\n".join(lines) + "\n")
             self._drawn = len(lines)
         else:
-            for t in record["trials"]:
-                key = (t["status"], len(t["intermediate"]))
-                if self._seen.get(t["number"]) != key:
-                    self._seen[t["number"]] = key
-                    self.out.write(_row(t, record, _keys(record)) + "\n")
+            for t in record.trials:
+                key = (t.status, len(t.intermediate))
+                if self._seen.get(t.number) != key:
+                    self._seen[t.number] = key
+                    self.out.write(_row(t, _keys(record)) + "\n")
         self.out.flush()
 
-    def finish(self, record: dict[str, Any]) -> None:
+    def finish(self, record: SweepRecord) -> None:
         if not self.tty:
             self.out.write("\n".join(render(record)) + "\n")
-        best = record.get("best")
+        best = record.best
         if best:
-            params = "  ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-            self.out.write(f"best: trial {best.get('number')}  {record['metric']['name']}="
-                           f"{_fmt(best['value'])}  {params}\n")
+            params = "  ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+            self.out.write(f"best: trial {best.number}  {record.metric['name']}="
+                           f"{_fmt(best.value)}  {params}\n")
         else:
             self.out.write("best: none (every trial failed; see the error column)\n")
         self.out.flush()
 
 
-def render(record: dict[str, Any]) -> list[str]:
+def render(record: SweepRecord) -> list[str]:
     """The sweep's table as lines: a header, one row per trial."""
-    trials = record["trials"]
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("running", "finished", "pruned", "crashed")}
-    wanted = record.get("trials_wanted") or "grid"
-    head = (f"sweep {record['id']}  {record['method']}  {record['metric']['name']} "
-            f"({record['metric']['goal']})  {len(trials)}/{wanted} trials  "
+    trials = record.trials
+    counts = {s: sum(t.status == s for t in trials) for s in ("running", "finished", "pruned", "crashed")}
+    wanted = record.trials_wanted or "grid"
+    head = (f"sweep {record.id}  {record.method}  {record.metric['name']} "
+            f"({record.metric['goal']})  {len(trials)}/{wanted} trials  "
             + "  ".join(f"{n} {s}" for s, n in counts.items() if n))
     keys = _keys(record)
-    cols = ["#", "status", record["metric"]["name"], "epochs", *keys]
+    cols = ["#", "status", record.metric["name"], "epochs", *keys]
     lines = [head, "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cols))]
-    lines += [_row(t, record, keys) for t in trials]
+    lines += [_row(t, keys) for t in trials]
     return lines
 
 
-def _row(t: dict[str, Any], record: dict[str, Any], keys: list[str]) -> str:
-    value = t["value"] if t["value"] is not None else (t["intermediate"][-1][1] if t["intermediate"] else None)
-    cells = [str(t["number"]), t["status"], _fmt(value), str(len(t["intermediate"])),
-             *(_fmt(t["params"].get(k)) for k in keys)]
+def _row(t: TrialRecord, keys: list[str]) -> str:
+    """One trial: its cells, then its error (a crash) or its note (a restart), if any."""
+    value = t.value if t.value is not None else (t.intermediate[-1][1] if t.intermediate else None)
+    cells = [str(t.number), t.status, _fmt(value), str(len(t.intermediate)),
+             *(_fmt(t.params.get(k)) for k in keys)]
     row = "  ".join(f"{c:>10}" if i > 1 else f"{c:<9}" for i, c in enumerate(cells))
-    return row + (f"  {t['error']}" if t.get("error") else "")
+    if t.error:
+        return f"{row}  error: {t.error}"
+    return f"{row}  ({t.note})" if t.note else row
 
 
-def _keys(record: dict[str, Any]) -> list[str]:
+def _keys(record: SweepRecord) -> list[str]:
     """The searched parameters (the record holds their text form; fixed ones have no call)."""
-    return [k for k, v in record["parameters"].items() if isinstance(parse_parameter(v), Distribution)]
+    return [k for k, v in record.parameters.items() if isinstance(parse_parameter(v), Distribution)]
 
 
 def _fmt(value: Any) -> str:

@@ -37,6 +37,7 @@ from ..protocols import EpochAware
 from ..runtime import DataWorkerPool, WorkerDied, WorkerInitError, submit_abandonable, to_io
 from ..values import check_int
 from .batch import move_batch, pin_batch
+from .remote.order import ResumableOrder
 from .stage import BatchJob, CpuStage, Rng
 from .transport import Recycler, rebuild
 
@@ -417,6 +418,19 @@ class AsyncLoader(_StreamingLoader):
         mixed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, epoch]).generate_state(1)[0]
         gen = torch.Generator().manual_seed(int(mixed))
         return torch.randperm(n, generator=gen).tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The consumer's position; with a ``ResumableOrder`` sampler (``RemoteDataset.sampler``)
+        also where the whole job is in the epoch, so a resume may change the world size."""
+        sd: dict[str, Any] = dict(super().state_dict())
+        if isinstance(self.sampler, ResumableOrder):
+            sd["order"] = self.sampler.state_at(self._epoch, self._position * self.batch_size)
+        return sd
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        super().load_state_dict(sd)
+        if isinstance(self.sampler, ResumableOrder) and "order" in sd:
+            self._position = self.sampler.resume(sd["order"], self._position, self.batch_size)
 
     # lifecycle ----------------------------------------------------------------------------------
     def _worker_pool(self) -> DataWorkerPool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections.abc
 import numbers
-from typing import Any, ClassVar
+from collections.abc import Generator
+from typing import Any, ClassVar, NoReturn
 
 from ..events import EventKey, Events, resolve_key
 
@@ -60,9 +62,35 @@ class State:
         value: int = getattr(self, attr)
         return value
 
+    # A State is also a finished awaitable that gives itself. Outside a running loop ``engine.run``
+    # runs to completion, as Ignite's does, and returns the State; so the asyncio idiom
+    # ``asyncio.run(engine.run(...))`` (the call made before the loop starts) gets a finished
+    # run, trains once, and returns its State instead of refusing it after training.
+    def __await__(self) -> Generator[Any, None, State]:
+        return _finished(self)
+
+    def send(self, value: object) -> NoReturn:
+        """Coroutine protocol: already finished, its result is this State."""
+        raise StopIteration(self)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> NoReturn:
+        """Coroutine protocol: a finished run has nothing to interrupt; the error is raised."""
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        """Coroutine protocol: nothing to close."""
+
     def __repr__(self) -> str:
         # Ignite's layout; a State's repr (asyncio prints a main task's result at Ctrl-C) must
         # not format the whole data source or a batch of tensors: non-scalars show as their type
         lines = [f"\t{k}: {v if isinstance(v, numbers.Number | str) else type(v)}"
                  for k, v in self.__dict__.items()]
         return "State:\n" + "\n".join(lines) + "\n"
+
+
+def _finished(state: State) -> Generator[Any, None, State]:
+    return state
+    yield  # a generator that returns at once
+
+
+collections.abc.Coroutine.register(State)

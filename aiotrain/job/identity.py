@@ -8,7 +8,10 @@ config it trained with. The id is the tracked run's id when tracking is on, so `
 continues the same tracked run (history appended, status back to running).
 
 ``--resume`` picks the newest run of the project (of ``tracking.name`` when it is set),
-``--resume RUN`` the run with that id or name. Resuming is refused, in one line, when the run
+``--resume RUN`` the run with that id or name. ``train.resume = auto`` picks this run's earlier
+attempt, if any (``find_attempt``): under torchrun the run this launch started (the same
+``TORCHELASTIC_RUN_ID``: a group that torchrun restarts after a worker died), elsewhere the
+newest unfinished run of ``tracking.name`` (a job that a scheduler starts again). Resuming is refused, in one line, when the run
 finished, when it is still running, and when its config differs from this one in a key that
 changes what is trained (the keys in ``RESUMABLE`` may differ: how long and how verbosely to
 train, where, how strictly to check); ``--force`` overrides the config check only.
@@ -24,15 +27,17 @@ from typing import Any
 
 from ..config import ConfigError, sdn
 from ..files import atomic_write
-from ..tracking.reader import process_alive
+from ..owner import current_owner, process_alive
 from ..tracking.system import system_info
 
-__all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "find_run"]
+__all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "find_attempt",
+           "find_run", "launch_id"]
 
 RECORD = "run.sdn"
 # keys a resume may change; everything else must match the run's config (or --force)
 RESUMABLE = ("train.max_epochs", "train.log_every", "train.device", "train.patience",
-             "tracking.tags", "tracking.notes", "tracking.mode", "validation.", "checkpoint.every")
+             "train.resume", "tracking.tags", "tracking.notes", "tracking.mode", "validation.",
+             "checkpoint.every")
 # ...but only between values: turning one on or off changes what the checkpoints hold (early
 # stopping's state), so the run's checkpoint would not load
 SWITCHES = ("train.patience",)
@@ -55,16 +60,21 @@ class RunIdentity:
     def write(self, status: str, **fields: Any) -> None:
         """Rewrite ``run.sdn`` atomically with ``status`` and ``fields`` (blocking: I/O thread)."""
         self.record.update(fields, id=self.id, project=self.project, name=self.name,
-                           status=status, pid=os.getpid(),
+                           status=status, pid=os.getpid(), owner=current_owner(),
                            system={"hostname": system_info()["hostname"]}, updated_at=time.time())
         self.record.setdefault("created_at", self.record["updated_at"])
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / RECORD, sdn.dumps(_plain(self.record)))
 
 
-def find_run(root: Path, ref: str | None, name: str | None) -> RunIdentity:
-    """The run to resume under ``root``: ``ref`` (an id or name), else the newest (of ``name``).
-    Raises ResumeError naming what was looked for and where."""
+def launch_id() -> str | None:
+    """The launch this process belongs to under torchrun (``TORCHELASTIC_RUN_ID``: the same for
+    every node of one job and across its restarts), None elsewhere."""
+    return os.environ.get("TORCHELASTIC_RUN_ID") or None
+
+
+def _records(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every run folder under ``root`` with its ``run.sdn``, oldest first."""
     found = []
     if root.is_dir():
         for folder in sorted(root.iterdir()):
@@ -75,6 +85,32 @@ def find_run(root: Path, ref: str | None, name: str | None) -> RunIdentity:
                 except ConfigError as exc:
                     raise ResumeError(f"resume: {path} is unreadable ({exc.msg})") from None
     found.sort(key=lambda item: float(item[1].get("created_at") or 0.0))
+    return found
+
+
+def find_attempt(root: Path, name: str | None) -> RunIdentity | None:
+    """This run's earlier attempt under ``root`` for ``train.resume = auto`` (module docstring),
+    or None: this is its first."""
+    launch = launch_id()
+    for folder, record in reversed(_records(root)):
+        if record.get("status") == "finished":
+            continue  # nothing to continue: a new run
+        if launch is not None and record.get("launch") == launch:
+            return _identity(folder, record)
+        if launch is None and (name is None or record.get("name") == name):
+            return _identity(folder, record)
+    return None
+
+
+def _identity(folder: Path, record: dict[str, Any]) -> RunIdentity:
+    return RunIdentity(str(record["id"]), str(record.get("project")), record.get("name"), folder,
+                       record)
+
+
+def find_run(root: Path, ref: str | None, name: str | None) -> RunIdentity:
+    """The run to resume under ``root``: ``ref`` (an id or name), else the newest (of ``name``).
+    Raises ResumeError naming what was looked for and where."""
+    found = _records(root)
     if ref is not None:
         matches = [f for f in found if f[1].get("id") == ref or f[1].get("name") == ref]
         if not matches:
@@ -86,8 +122,7 @@ def find_run(root: Path, ref: str | None, name: str | None) -> RunIdentity:
             raise ResumeError(f"resume: no run {which}to resume under {root}; "
                               "start one without --resume")
     folder, record = matches[-1]
-    return RunIdentity(str(record["id"]), str(record.get("project")), record.get("name"),
-                       folder, record)
+    return _identity(folder, record)
 
 
 def check_resumable(identity: RunIdentity, config: dict[str, Any], force: bool) -> None:

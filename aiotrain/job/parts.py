@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..events import Events
 from ..handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
-from .step import NonFiniteError
+from ..values import as_number
+from .protocol import EvaluationHook, ScoreListener
+from .step import NonFiniteError, TrainStep
 
 if TYPE_CHECKING:
     from ..engine import Engine
+    from ..tracking.run import Run
     from .identity import RunIdentity
     from .settings import TrainSettings
     from .task import Task
 
-__all__ = ["BestCheckpoint", "EarlyStop", "Evaluate", "JobContext", "LastCheckpoint", "On",
-           "Part", "Progress", "Schedule", "ScoreListeners", "TrackTrain", "default_parts"]
+__all__ = ["HISTORY", "BestCheckpoint", "EarlyStop", "Evaluate", "HistoryPosition", "JobContext",
+           "LastCheckpoint", "On", "Part", "Progress", "Schedule", "ScoreListeners", "SkippedSteps",
+           "TrackTrain", "default_parts"]
 
-ScoreListener = Callable[[int, float, dict[str, float]], "Awaitable[None] | None"]
-
+HISTORY = "history"  # the ``last`` checkpoint's entry for the tracked run's history position
 
 @dataclass
 class JobContext:
@@ -42,13 +45,15 @@ class JobContext:
     task: Task
     trainer: Engine
     evaluator: Engine
-    run: Any
+    run: Run | None
     identity: RunIdentity
     echo: Callable[[str], None]
     main: bool
     stop: Callable[[str], None]  # stop training after this step, with a reason that is echoed
     to_save: dict[str, Any] = field(default_factory=dict)  # what the ``last`` checkpoint holds
     score_listeners: list[ScoreListener] = field(default_factory=list)
+    on_evaluation: EvaluationHook | None = None
+    train_step: TrainStep | None = None  # the built-in step (None when the task has its own)
     best: Checkpoint | None = None
     last: Checkpoint | None = None
 
@@ -117,8 +122,9 @@ class Evaluate:
 
 
 class ScoreListeners:
-    """After each evaluation, ``listener(epoch, score, metrics)`` for every listener (sync or
-    async; e.g. a sweep's pruning, which may call ``ctx.stop``)."""
+    """After each evaluation, ``listener(epoch, score, metrics)`` for every listener, then the
+    job's ``on_evaluation(epoch, metrics)`` hook (each sync or async); a true answer from the
+    hook stops the run after this epoch's handlers (e.g. a sweep's pruner)."""
 
     def attach(self, ctx: JobContext) -> None:
         if not ctx.evaluates:
@@ -126,10 +132,17 @@ class ScoreListeners:
 
         async def notify(engine: Any) -> None:
             metrics = {k: _number(v) for k, v in ctx.evaluator.state.metrics.items()}
+            epoch = engine.state.epoch
             for listener in ctx.score_listeners:
-                result = listener(engine.state.epoch, ctx.score(), metrics)
+                result = listener(epoch, ctx.score(), metrics)
                 if inspect.isawaitable(result):
                     await result
+            if ctx.on_evaluation is not None:
+                verdict = ctx.on_evaluation(epoch, metrics)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if verdict:
+                    ctx.stop(f"on_evaluation asked to stop after epoch {epoch}")
 
         ctx.trainer.add_event_handler(ctx.eval_event, notify)
 
@@ -210,7 +223,9 @@ class Schedule:
 
 
 class TrackTrain:
-    """Log the step's scalars (loss, lr, grad_norm) every ``train.log_every`` iterations."""
+    """Log the step's scalars (loss, lr, grad_norm) as ``train/*`` every ``train.log_every``
+    iterations: the step's output only, never ``trainer.state.metrics`` (which carries the last
+    evaluation's ``val/*``: logged once, by ``Evaluate``, at the step they were computed)."""
 
     def attach(self, ctx: JobContext) -> None:
         if not ctx.main or ctx.settings.tracking.mode == "disabled":
@@ -221,10 +236,27 @@ class TrackTrain:
             if ctx.run is None:
                 return
             if not handlers:
-                handlers.append(TrackingHandler(ctx.run, tag="train"))
+                handlers.append(TrackingHandler(ctx.run, tag="train", output_transform=_scalars))
             handlers[0](engine)
 
         ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED(every=ctx.settings.train.log_every), log)
+
+
+class SkippedSteps:
+    """Under ``train.on_nan = skip_step``: at the end of each epoch that skipped optimizer
+    steps, say how many (the running count is logged as ``train/skipped`` with the loss)."""
+
+    def attach(self, ctx: JobContext) -> None:
+        step = ctx.train_step
+        if step is None or ctx.settings.train.on_nan != "skip_step" or not ctx.main:
+            return
+
+        async def report(engine: Any) -> None:  # async: echo is the loop's
+            if step.epoch_skipped:
+                ctx.echo(f"epoch {engine.state.epoch}: skipped {step.epoch_skipped} optimizer "
+                         f"steps (non-finite loss or gradient norm); {step.skipped} in all")
+
+        ctx.trainer.add_event_handler(Events.EPOCH_COMPLETED, report)
 
 
 class Progress:
@@ -235,11 +267,30 @@ class Progress:
             ProgressBar(persist=True).attach(ctx.trainer, output_transform=dict)
 
 
+class HistoryPosition:
+    """What a ``last`` checkpoint says of the tracked run: how many of its history's records it
+    covers (``Run.position`` at the save), so a resume cuts exactly what was logged after it
+    (``Run(rewind=...)``) and the run's history holds each step once."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.loaded: int | None = None  # what the loaded checkpoint said
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.ctx.run.position if self.ctx.run is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        records = state.get("records")
+        self.loaded = records if isinstance(records, int) and not isinstance(records, bool) else None
+
+
 class LastCheckpoint:
-    """The ``last`` checkpoint (what ``--resume`` loads): everything in ``ctx.to_save``, each
-    epoch or every ``checkpoint.every`` iterations; also written at a stop (``TrainJob``)."""
+    """The ``last`` checkpoint (what ``--resume`` loads): everything in ``ctx.to_save`` and the
+    tracked run's history position, each epoch or every ``checkpoint.every`` iterations; also
+    written at a stop (``TrainJob``)."""
 
     def attach(self, ctx: JobContext) -> None:
+        ctx.to_save[HISTORY] = HistoryPosition(ctx)
         every = ctx.settings.checkpoint.every
         last = Checkpoint(ctx.to_save, str(ctx.identity.dir), filename_prefix="last", n_saved=1)
         ctx.last = last
@@ -250,7 +301,7 @@ class LastCheckpoint:
 def default_parts(*, progress: bool, in_step_schedule: bool, extra: list[Any]) -> list[Any]:
     """The built-in wiring, in the order it runs; ``extra`` goes before the last checkpoint."""
     parts: list[Any] = [Evaluate(), ScoreListeners(), EarlyStop(), BestCheckpoint(),
-                        Schedule(in_step_schedule), TrackTrain()]
+                        Schedule(in_step_schedule), TrackTrain(), SkippedSteps()]
     if progress:
         parts.append(Progress())
     return [*parts, *extra, LastCheckpoint()]
@@ -269,6 +320,12 @@ class _Quiet:
 
     def terminate(self) -> None:
         pass
+
+
+def _scalars(output: Any) -> dict[str, Any]:
+    """The scalar entries of a step's output (a number alone is ``output``)."""
+    items = output.items() if isinstance(output, Mapping) else [("output", output)]
+    return {k: v for k, v in items if as_number(v) is not None}
 
 
 def _number(value: Any) -> Any:

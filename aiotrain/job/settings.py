@@ -47,6 +47,11 @@ class TrainSection(msgspec.Struct, frozen=True):
     precision: Literal[32, 16, "bf16"] = 32  # 16: float16 autocast + GradScaler (CUDA only)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun; see aiotrain.parallel
     on_nan: Literal["stop", "skip_step", "ignore"] = "stop"  # a non-finite loss or gradient
+    # skip_step: the most optimizer steps an epoch may skip, as a fraction (one always may)
+    skip_limit: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    # true: as --resume; auto: continue this run from its checkpoint if it has one (elastic
+    # restarts under torchrun), else start it fresh
+    resume: bool | Literal["auto"] = False
 
 
 class SchedulerSection(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import distributed as dist
 from ..config import ConfigError
 from ..data.loader import AsyncLoader
+from ..data.remote.order import ResumableOrder
 
 __all__ = ["shard_train_loader"]
 
@@ -36,7 +37,7 @@ def shard_train_loader(loader: Any) -> str | None:
         raise ConfigError(f"distributed: {world} ranks but the train loader "
                           f"({type(loader).__name__}) cannot be sharded from outside; use an "
                           "AsyncLoader over a map-style dataset, or shard the data per rank")
-    if isinstance(sampler, DistributedSampler):
+    if isinstance(sampler, DistributedSampler | ResumableOrder):  # a ShardSampler deals per rank
         return None
     if sampler is not None:
         raise ConfigError(f"distributed: {world} ranks but the train loader's sampler "

@@ -6,6 +6,13 @@ an epoch boundary and a resumed run regroups exactly as an uninterrupted one; th
 an epoch may be short, and its loss is averaged over its real size. The gradients of a group in
 progress are part of the ``last`` checkpoint (``GradientState``), so a stop mid-group resumes
 bit-identically too.
+
+Under ``train.on_nan = skip_step`` a skipped optimizer step is never silent: the step's output
+carries the running count (``skipped``, logged as ``train/skipped``), the job echoes each
+epoch's count and the total at the end and puts it in the run's summary, and an epoch that
+skips more than ``train.skip_limit`` of its optimizer steps (5% by default; one is always
+allowed) fails the run (``SkipLimitError``: a training that skips most of its steps is not
+training).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["EvalStep", "GradientState", "NonFiniteError", "TrainStep"]
+__all__ = ["EvalStep", "GradientState", "NonFiniteError", "SkipLimitError", "TrainStep"]
 
 
 class NonFiniteError(RuntimeError):
@@ -26,6 +33,18 @@ class NonFiniteError(RuntimeError):
         self.what, self.value, self.epoch, self.iteration = what, value, epoch, iteration
         super().__init__(f"{what} is {value} at epoch {epoch}, iteration {iteration} "
                          "(train.on_nan = stop)")
+
+
+class SkipLimitError(NonFiniteError):
+    """Under ``train.on_nan = skip_step``, an epoch skipped more optimizer steps than
+    ``train.skip_limit`` allows."""
+
+    def __init__(self, skipped: int, steps: int, limit: float, epoch: int, iteration: int) -> None:
+        self.what, self.value, self.epoch, self.iteration = "skipped steps", float(skipped), epoch, iteration
+        RuntimeError.__init__(
+            self, f"epoch {epoch} skipped {skipped} of its {steps} optimizer steps (non-finite loss "
+                  f"or gradient norm; iteration {iteration}), more than train.skip_limit = {limit:g} "
+                  "allows: lower the learning rate or check the data (or raise train.skip_limit)")
 
 
 def autocast(device: torch.device, precision: int | str) -> contextlib.AbstractContextManager[Any]:
@@ -40,19 +59,24 @@ class TrainStep:
     """``step(engine, batch) -> {"loss", "lr"[, "grad_norm"]}``: forward under the precision's
     autocast, backward (scaled for float16), and at the end of each accumulation group: unscale,
     clip, the numerics policy, ``optimizer.step()`` and, with ``scheduler.per = iteration``,
-    ``scheduler.step()``. ``skipped`` counts optimizer steps dropped by ``on_nan = skip_step``."""
+    ``scheduler.step()``. ``skipped`` counts optimizer steps dropped by ``on_nan = skip_step``
+    (``epoch_skipped`` those of the current epoch); past ``skip_limit`` of an epoch's optimizer
+    steps the step raises ``SkipLimitError``."""
 
     def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[..., torch.Tensor], prepare: Callable[[Any, torch.device], Any],
                  device: torch.device, *, grad_clip: float | None = None, accumulate: int = 1,
                  precision: int | str = 32, on_nan: str = "stop",
-                 iteration_scheduler: Any = None) -> None:
+                 iteration_scheduler: Any = None, skip_limit: float = 0.05) -> None:
         self.net, self.optimizer, self.loss_fn, self.prepare = net, optimizer, loss_fn, prepare
         self.device, self.grad_clip, self.accumulate = device, grad_clip, accumulate
         self.precision, self.on_nan, self.scheduler = precision, on_nan, iteration_scheduler
         self.scaler = torch.amp.GradScaler(device.type) if precision == 16 else None
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.skip_limit = skip_limit
         self.skipped = 0
+        self.epoch_skipped = 0
+        self._epoch = 0  # the epoch ``epoch_skipped`` counts
         self._poisoned = False  # a non-finite loss in the current group (skip_step)
 
     def __call__(self, engine: Any, batch: Any) -> dict[str, Any]:
@@ -64,6 +88,8 @@ class TrainStep:
             group = min(group, st.epoch_length - (pos - pos % self.accumulate))
         last = (pos % self.accumulate) + 1 == group
         self.net.train()
+        if st.epoch != self._epoch:
+            self._epoch, self.epoch_skipped = st.epoch, 0
         if first:
             self.optimizer.zero_grad(set_to_none=True)
             self._poisoned = False
@@ -83,11 +109,13 @@ class TrainStep:
             norm = self._finish_group(st)
             if norm is not None:
                 out["grad_norm"] = norm
+        if self.on_nan == "skip_step":
+            out["skipped"] = self.skipped
         return out
 
     def _finish_group(self, st: Any) -> torch.Tensor | None:
         if self._poisoned:
-            self._skip()
+            self._skip(st)
             return None
         norm = None
         if self.scaler is not None:
@@ -98,7 +126,7 @@ class TrainStep:
             if self.scaler is None and self.on_nan != "ignore" and not bool(torch.isfinite(norm)):
                 if self.on_nan == "stop":
                     raise NonFiniteError("the gradient norm", float(norm), st.epoch, st.iteration)
-                self._skip()
+                self._skip(st)
                 return norm
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -109,19 +137,32 @@ class TrainStep:
             self.scheduler.step()
         return norm
 
-    def _skip(self) -> None:
+    def _skip(self, st: Any) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
+        self.epoch_skipped += 1
+        steps = self._epoch_steps(st)
+        if self.epoch_skipped > max(1, int(self.skip_limit * steps)):
+            raise SkipLimitError(self.epoch_skipped, steps, self.skip_limit, st.epoch, st.iteration)
+
+    def _epoch_steps(self, st: Any) -> int:
+        """The optimizer steps of this epoch: all of them when its length is known, else those
+        taken so far."""
+        done = st.epoch_iteration if st.epoch_length is None else st.epoch_length
+        return -(-done // self.accumulate)
 
     def state_dict(self) -> dict[str, Any]:
-        """The GradScaler's state and the skipped-step count (for the ``last`` checkpoint)."""
+        """The GradScaler's state and the skipped-step counts (for the ``last`` checkpoint)."""
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "skipped": self.skipped, "poisoned": self._poisoned}
+                "skipped": self.skipped, "epoch_skipped": self.epoch_skipped,
+                "epoch": self._epoch, "poisoned": self._poisoned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.skipped = int(state.get("skipped", 0))
+        self.epoch_skipped = int(state.get("epoch_skipped", 0))
+        self._epoch = int(state.get("epoch", 0))
         self._poisoned = bool(state.get("poisoned", False))
 
 

@@ -29,10 +29,19 @@ from ..handlers import Checkpoint, CheckpointError
 from ..parallel import parallelize
 from ..runtime import to_io
 from ..tracking import Track
-from ..tracking.run import Run
+from ..tracking.run import LiveRunError, Run
 from ..validation import RuntimeValidator, ValidationMode, ValidationReport
-from .identity import ResumeError, RunIdentity, check_resumable, find_run
-from .parts import JobContext, On, Part, ScoreListener, default_parts
+from .identity import (
+    ResumeError,
+    RunIdentity,
+    check_resumable,
+    config_diff,
+    find_attempt,
+    find_run,
+    launch_id,
+)
+from .parts import HISTORY, HistoryPosition, JobContext, On, Part, default_parts
+from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
 from .sharding import shard_train_loader
 from .step import EvalStep, GradientState, NonFiniteError, TrainStep
@@ -63,29 +72,36 @@ class JobResult:
 class TrainJob:
     """One training job from a config. ``await job.run()`` returns a JobResult.
 
-    ``resume``: False (a new run), True (the newest run of the project, or of
-    ``tracking.name``), or a run id / name. ``force`` resumes despite a config that differs.
+    ``resume``: False (a new run, or what ``train.resume`` says), True (the newest run of the
+    project, or of ``tracking.name``), a run id / name, or "auto" (this run's earlier attempt if
+    it has one: see ``identity.find_attempt``; a restart under torchrun). ``force`` resumes
+    despite a config that differs.
     ``parts``: extra parts (``aiotrain.job.parts.Part`` or ``(event, handler)`` pairs), attached
     after the built-in ones and before the ``last`` checkpoint. ``on_score(epoch, score,
-    metrics)`` (sync or async) is called after every evaluation; ``job.stop(reason)`` ends the
+    metrics)`` (sync or async) is called after every evaluation, then ``on_evaluation(epoch,
+    metrics)``, whose true answer stops the run after that epoch; ``job.stop(reason)`` ends the
     run after the step in flight. ``trainer`` and ``evaluator`` exist once ``run`` has built the
-    task; ``ready`` is set at that moment. The config is checked when the job is created
-    (SchemaError, one line); ``job.cfg`` is the config with every default filled in.
+    task; ``ready`` is set once the run's identity and tracked run exist too. The config is
+    checked when the job is created (SchemaError, one line); ``job.cfg`` is the config with every
+    default filled in. A TrainJob is a ``Job`` (``protocol.py``), as ``ProcessJob`` is.
     """
 
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
                  resume: bool | str = False, progress: bool = True,
                  echo: Callable[[str], None] = print, force: bool = False,
-                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None) -> None:
+                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None,
+                 on_evaluation: EvaluationHook | None = None) -> None:
         self.settings: TrainSettings
         self.settings, self.cfg = load_settings(cfg)
         self.mode = ValidationMode(mode)
         self.resume, self.force, self.progress, self.echo = resume, force, progress, echo
         self.parts = list(parts)
         self.score_listeners: list[ScoreListener] = [on_score] if on_score is not None else []
+        self.on_evaluation = on_evaluation
         self.trainer: Engine | None = None
         self.evaluator: Engine | None = None
         self.identity: RunIdentity | None = None
+        self.run_dir: str | None = None  # the tracked run's folder, once ``ready``
         self.ready = asyncio.Event()
         self.stop_reason: str | None = None
         self.stop_checkpoint: Path | None = None
@@ -167,7 +183,7 @@ class TrainJob:
         run_id = await to_io(dist.broadcast_object, run_id)
         return RunIdentity(run_id, tr.project, tr.name, self.runs_root / run_id, {})
 
-    async def _open_run(self, resume_id: str | None) -> Run | None:
+    async def _open_run(self, resume_id: str | None, rewind: int | None = None) -> Run | None:
         s = self.settings
         if not dist.is_main() or s.tracking.mode == "disabled":
             return None
@@ -178,7 +194,9 @@ class TrainJob:
             run = await to_io(make)
         else:
             try:
-                run = await to_io(functools.partial(make, resume=resume_id))
+                run = await to_io(functools.partial(make, resume=resume_id, rewind=rewind))
+            except LiveRunError as exc:
+                raise ResumeError(str(exc)) from None
             except ValueError:  # the earlier run was not tracked (tracking was disabled)
                 self.echo(f"resume: run {resume_id} has no tracked run under {self.root}; "
                           "tracking it as a new run")
@@ -191,11 +209,7 @@ class TrainJob:
     async def _train(self, task: Task, device: torch.device) -> JobResult:
         s = self.settings
         main = dist.is_main()
-        resumed: RunIdentity | None = None
-        if self.resume:
-            ref = self.resume if isinstance(self.resume, str) else None
-            resumed = await to_io(find_run, self.runs_root, ref, s.tracking.name)
-            check_resumable(resumed, Conf.to_dict(self.cfg), self.force)
+        resumed, load = await self._resumed()
         net = self._wrap(task.model, device, task.optimizer)
         prepare = task.prepare_batch or default_prepare_batch
         step = None
@@ -204,7 +218,7 @@ class TrainJob:
             step = TrainStep(net, task.optimizer, task.loss_fn, prepare, device,
                              grad_clip=s.train.grad_clip, accumulate=s.train.accumulate,
                              precision=s.train.precision, on_nan=s.train.on_nan,
-                             iteration_scheduler=per_iteration)
+                             iteration_scheduler=per_iteration, skip_limit=s.train.skip_limit)
         process = step if step is not None else task.train_step
         assert process is not None  # the built-in step, or the task's own
         trainer = Engine(process)
@@ -217,7 +231,8 @@ class TrainJob:
         identity = resumed or await self._identity(run)
         self.identity = identity
         ctx = JobContext(s, task, trainer, evaluator, run, identity, self.echo, main, self.stop,
-                         score_listeners=self.score_listeners)
+                         score_listeners=self.score_listeners, on_evaluation=self.on_evaluation,
+                         train_step=step)
         ctx.to_save.update(model=task.model, optimizer=task.optimizer, trainer=trainer,
                            train_loader=task.train_loader)
         if step is not None:
@@ -228,12 +243,24 @@ class TrainJob:
         for part in default_parts(progress=self.progress, in_step_schedule=step is not None,
                                   extra=extra):
             part.attach(ctx)
-        if resumed is not None:  # finds, CRC-checks and loads files: off the loop
-            await to_io(self._load_last, ctx)
-            run = ctx.run = await self._open_run(resumed.id)
+        if resumed is not None:
+            cut: int | None = 0  # an attempt that left no checkpoint: its history goes too
+            if load:  # finds, CRC-checks and loads files: off the loop
+                await to_io(self._load_last, ctx)
+                history = ctx.to_save[HISTORY]
+                assert isinstance(history, HistoryPosition)
+                cut = history.loaded
+            elif main:
+                self.echo(f"resume: run {resumed.id} left no checkpoint; it starts over")
+            run = ctx.run = await self._open_run(resumed.id, cut)
+            if run is not None and run.rewound and main:
+                self.echo(f"resume: {run.rewound} records logged after that checkpoint moved to "
+                          f"{run.dir / 'metrics.rewound.jsonl'}; those steps are logged again")
+            self._check_world(resumed)
+        self.run_dir = str(run.dir) if run is not None else None
         if main:
             await to_io(identity.write, "running", config=Conf.to_dict(self.cfg),
-                        run_dir=str(run.dir) if run is not None else None)
+                        run_dir=self.run_dir, launch=launch_id(), world_size=dist.world_size())
         self.ready.set()
         if main:
             self.echo(f"run: {identity.id}  checkpoints: {identity.dir}")
@@ -259,6 +286,52 @@ class TrainJob:
         await self._end(ctx, "finished", None)
         return self._result(ctx, EXIT_OK, "finished", state)
 
+    async def _resumed(self) -> tuple[RunIdentity | None, bool]:
+        """The run this job continues (``resume``, else ``train.resume``) and whether it loads
+        that run's checkpoint; refused in one line when it cannot be continued."""
+        s = self.settings
+        how = self.resume or s.train.resume
+        if not how:
+            return None, False
+        if how == "auto":  # rank 0 decides, so that every rank continues the same run (or none)
+            choice, note = await to_io(self._attempt)
+            if note:
+                self.echo(note)
+            if choice is None:
+                return None, False
+            run_id, load = choice
+            resumed = await to_io(find_run, self.runs_root, run_id, None)
+        else:
+            ref = how if isinstance(how, str) else None
+            resumed, load = await to_io(find_run, self.runs_root, ref, s.tracking.name), True
+        check_resumable(resumed, Conf.to_dict(self.cfg), self.force)
+        return resumed, load
+
+    def _attempt(self) -> tuple[tuple[str, bool] | None, str | None]:
+        """On rank 0: this run's earlier attempt (its id, and whether it left a checkpoint),
+        then the same answer on every rank (a collective: I/O thread); and a line to say, when
+        an attempt is passed over."""
+        choice, note = None, None
+        if dist.is_main():
+            found = find_attempt(self.runs_root, self.settings.tracking.name)
+            differ = config_diff(found.record.get("config") or {}, Conf.to_dict(self.cfg)) \
+                if found is not None else []
+            if found is not None and differ and not self.force:
+                note = (f"resume: auto: run {found.id} had another config ({differ[0]}); "
+                        "starting a new run")
+            elif found is not None:
+                choice = (found.id, any(found.dir.glob("last_*")))
+        return dist.broadcast_object(choice), note
+
+    def _check_world(self, resumed: RunIdentity) -> None:
+        """A resume on another number of ranks: resharded, and said to be so."""
+        before, now = resumed.record.get("world_size"), dist.world_size()
+        if dist.is_main() and isinstance(before, int) and before != now:
+            self.echo(f"resume: warning: the world size changed from {before} to {now}: "
+                      "modules and optimizers are resharded (sharded checkpoints; a single-file "
+                      "one is whole), but each rank's data share and RNG state differ, so this is "
+                      "not the run an unchanged world would have trained")
+
     def _wrap(self, model: torch.nn.Module, device: torch.device,
               optimizer: torch.optim.Optimizer) -> torch.nn.Module:
         """The module the steps call under torchrun, for ``train.strategy``: ``model`` itself
@@ -279,15 +352,19 @@ class TrainJob:
                                   "(it stopped before its first save); start a new run")
             path = files[-1]
         try:
-            Checkpoint.load_objects(ctx.to_save, path)
+            try:
+                Checkpoint.load_objects(ctx.to_save, path)
+            except CheckpointError:  # from before checkpoints held the history position?
+                Checkpoint.load_objects({k: v for k, v in ctx.to_save.items() if k != HISTORY}, path)
         except CheckpointError as exc:
             raise ResumeError(f"resume: cannot load {exc}") from None
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ResumeError(f"resume: {path} does not fit this job ({first})") from None
         st = ctx.trainer.state
-        self.echo(f"resume: run {ctx.identity.id} from {path} (epoch {st.epoch}, "
-                  f"iteration {st.iteration})")
+        if dist.is_main():
+            self.echo(f"resume: run {ctx.identity.id} from {path} (epoch {st.epoch}, "
+                      f"iteration {st.iteration})")
 
     async def _save_stop_point(self, ctx: JobContext) -> None:
         """After a cancel: the ``last`` checkpoint at the stop point, durable before returning."""
@@ -305,8 +382,12 @@ class TrainJob:
                   f"{self.stop_checkpoint}; continue with --resume {ctx.identity.id}")
 
     async def _end(self, ctx: JobContext, status: str, error: str | None) -> None:
-        """Mark the run (tracked and ``run.sdn``) and, when it finished, log the best model."""
+        """Mark the run (tracked and ``run.sdn``) and, when it finished, log the best model;
+        say how many optimizer steps ``on_nan = skip_step`` skipped (also in the summary)."""
         run, st = ctx.run, ctx.trainer.state
+        skipped = ctx.train_step.skipped if ctx.train_step is not None else 0
+        if skipped and ctx.main:
+            self.echo(f"skipped: {skipped} optimizer steps in all (train.on_nan = skip_step)")
         if ctx.main:
             await to_io(functools.partial(ctx.identity.write, status, epoch=st.epoch,
                                           iteration=st.iteration, error=error,
@@ -322,6 +403,8 @@ class TrainJob:
             (art.add_dir if best.is_dir() else art.add_file)(str(best))  # a folder when sharded
             await run.alog_artifact(art, aliases=["best"])
         run.summary.update({f"val/{k}": v for k, v in ctx.evaluator.state.metrics.items()})
+        if self.settings.train.on_nan == "skip_step":
+            run.summary["train/skipped"] = skipped
         await run.afinish(status, error=error)
 
     def _result(self, ctx: JobContext, code: int, status: str, state: State) -> JobResult:

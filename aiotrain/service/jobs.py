@@ -162,8 +162,8 @@ class JobService:
         return record
 
     async def _build(self, body: Any) -> Any:
-        from ..isolation import ProcessJob
         from ..job import TrainJob
+        from ..job.isolation import ProcessJob
 
         try:
             if not isinstance(body, dict):

@@ -191,6 +191,7 @@ class MlflowSink:
         self.uri = uri
         self.finish_timeout = finish_timeout
         self.cursor = MlflowCursor.load(facts.run_dir, uri)
+        self._clamp_offsets()
         self.error: BaseException | None = None  # the last failure, while retrying
         self.skipped = False  # found complete on the server already (a repeated export)
         self._wake = threading.Event()
@@ -198,6 +199,19 @@ class MlflowSink:
         self._given_up = False  # finish timed out: the thread stops after its current attempt
         self._done: Any = None
         self._client: Any = None
+
+    def _clamp_offsets(self) -> None:
+        """A resumed run may have cut its history back to its checkpoint (``Run(rewind=N)``,
+        done before the mirror starts): reading goes on from the cut. What it re-logs from there
+        has the steps already sent, and is not sent again."""
+        c = self.cursor
+        for field, name in (("metrics_offset", "metrics.jsonl"), ("system_offset", "system.jsonl")):
+            try:
+                size = (self.facts.run_dir / name).stat().st_size
+            except FileNotFoundError:
+                size = 0
+            if getattr(c, field) > size:
+                setattr(c, field, size)
 
     # the owner's side -------------------------------------------------------------------------
     def start(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from ..owner import process_alive
 from .store import decode_nonfinite, get_dir, read_sdn
 
 __all__ = ["RunRecord", "decode_tree", "find_run", "fold_summary", "iter_history", "list_runs", "load_run",
@@ -205,23 +206,6 @@ class RunRecord:
         wanted = set(keys)
         return [{k: v for k, v in r.items() if k in wanted or k in ("step", "timestamp")}
                 for r in records if wanted.intersection(r)]
-
-
-def process_alive(metadata: dict[str, Any]) -> bool:
-    """Whether the process that wrote a "running" run still exists (unknown hosts: assume yes)."""
-    from .system import system_info
-
-    pid = metadata.get("pid")
-    host = (metadata.get("system") or {}).get("hostname")
-    if not isinstance(pid, int) or host != system_info()["hostname"]:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunRecord:

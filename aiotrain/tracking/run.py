@@ -11,9 +11,20 @@ The folder and metadata.sdn are created lazily, by the first drain (or by enteri
 ``with`` block), so creating a run costs no disk work on the caller either; ``async with``
 does its file work in the I/O executor. Leaving the block finishes the run: metrics are made
 durable, summary.sdn is written (last value of every key plus ``run.summary`` updates) and
-metadata.sdn gets ``finished_at`` and status ``finished``, or ``crashed`` (with the error) when
-the block raised. Runs still open when the interpreter exits are finished by an ``atexit`` hook
-(``crashed`` when an uncaught exception ended the program).
+metadata.sdn gets ``finished_at`` and status ``finished``, ``interrupted`` when the block was
+left by a cancellation or Ctrl-C (``CancelledError``, ``KeyboardInterrupt``: normal control
+flow, as TrainJob marks them), or ``crashed`` (with the error) when it raised anything else.
+Runs still open when the interpreter exits are finished by an ``atexit`` hook (``crashed`` when
+an uncaught exception ended the program).
+
+Resuming (``resume=True`` or ``resume=ID``) continues the stored run: same folder, config
+merged, steps going on. A run that a live process is still writing is refused (two writers
+would interleave their steps and the second's summary would hide the first's). ``rewind=N``
+first cuts the history back to its first ``N`` records, what ``run.position`` said when the
+checkpoint you resume from was saved: what W&B calls rewinding a run, here by record position,
+so it is exact even where several records share a step. The records cut (logged after that
+checkpoint by the process that died) go to ``metrics.rewound.jsonl``, not away, and the resumed
+run logs those steps again: its history holds each step once. TrainJob does this for you.
 
 A failed image or table write never costs the metrics: ``flush`` and ``finish`` write every
 logged record, the summary and the metadata first, then raise an OSError naming the media
@@ -41,11 +52,12 @@ from typing import Any
 
 from ..config import SdnError, sdn
 from ..distributed import is_main
+from ..owner import current_owner, owner_of, process_alive
 from ..runtime import submit_io, to_io
 from ..values import ScalarLike, as_number
 from .index import write_row
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
-from .reader import iter_history, list_runs, load_run
+from .reader import RunRecord, iter_history, list_runs, load_run
 from .store import (
     atomic_write,
     check_interval,
@@ -59,9 +71,9 @@ from .store import (
     write_sdn,
 )
 from .system import system_info
-from .writer import MetricsWriter
+from .writer import MetricsWriter, rewind_history
 
-__all__ = ["Run", "drain_open_run"]
+__all__ = ["LiveRunError", "Run", "drain_open_run"]
 
 _PLAIN = frozenset((float, int, str, bool, type(None)))
 _RESERVED = ("step", "timestamp")
@@ -69,6 +81,10 @@ _ID_ALPHABET = string.ascii_lowercase + string.digits
 _open_runs: set[Run] = set()
 _open_lock = threading.Lock()
 _time = time.time
+
+
+class LiveRunError(ValueError):
+    """A resume refused because a live process is still writing that run (one line)."""
 
 
 class Run:
@@ -80,11 +96,13 @@ class Run:
     rank, or with ``Track.set_mode("disabled")``, the run is disabled: every method works and
     nothing is written. ``flush_interval`` (seconds; default ``Track.set_flush_interval``'s, else
     1) bounds what a killed process loses: records logged in its last ``flush_interval``.
+    ``resume`` and ``rewind``: see the module docstring; ``rewound`` is how many records a
+    rewind moved out of the history.
     """
 
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
-                 resume: bool | str = False, *, mode: str | None = None,
+                 resume: bool | str = False, *, rewind: int | None = None, mode: str | None = None,
                  system_interval: float | None = 2.0, flush_interval: float | None = None,
                  mlflow_uri: str | None = None) -> None:
         self.project = check_name("project", project)
@@ -109,6 +127,8 @@ class Run:
         self.status = "running"
         self.error: str | None = None
         self._step = 0
+        self._logged = 0  # records in the history: what ``position`` reports
+        self.rewound = 0
         self._media_seq = itertools.count()
         self._media: set[cf.Future[Any]] = set()
         self._media_errors: list[BaseException] = []
@@ -122,7 +142,10 @@ class Run:
         self.system_interval = system_interval
         self._finished = False
         self._finish_lock = threading.Lock()
-        self.id = self._resume(resume, name) if resume else _new_id()
+        if rewind is not None and (not resume or isinstance(rewind, bool) or not isinstance(rewind, int)
+                                   or rewind < 0):
+            raise ValueError(f"rewind must be a record count >= 0 with resume=, got {rewind!r}")
+        self.id = self._resume(resume, name, rewind) if resume else _new_id()
         self.name = name or getattr(self, "name", None) or self.id
         self.dir = self.root / "runs" / self.project / self.id
         self.disabled = self.mode == "disabled"
@@ -170,6 +193,7 @@ class Run:
         if self._finished:
             raise RuntimeError(f"run {self.id} is finished; log() after finish() is lost")
         self._step = step + 1
+        self._logged += 1
         self._queue.append(record)
         self.summary.update(metrics)
         self._queued()
@@ -189,6 +213,12 @@ class Run:
     def step(self) -> int:
         """The step the next ``log`` call without ``step`` will get."""
         return self._step
+
+    @property
+    def position(self) -> int:
+        """How many records the run's history holds, those queued included: save it with a
+        checkpoint, and resume with ``rewind=position`` to cut what came after it."""
+        return self._logged
 
     def log_histogram(self, name: str, values: Any, bins: int = 64, step: int | None = None) -> None:
         """Log a histogram of ``values`` (tensor, array or sequence; non-finite values dropped)."""
@@ -240,6 +270,7 @@ class Run:
         if self._queue is None or self._finished:
             return
         metrics = _convert(metrics)
+        self._logged += 1
         self._queue.append({"step": self._step, "timestamp": _time(), **metrics})
         self.summary.update(metrics)
         self._queued()
@@ -370,13 +401,15 @@ class Run:
             "id": self.id, "name": self.name, "project": self.project, "tags": self.tags,
             "notes": self.notes, "status": self.status, "created_at": self.start_time,
             "finished_at": self.end_time, "error": self.error, "pid": os.getpid(),
+            "owner": current_owner(),
             "config": self.config, "system": system_info(),
         }
         write_sdn(self.dir / "metadata.sdn", metadata)
         write_row(self.dir, metadata, summary)
 
-    def _resume(self, resume: bool | str, name: str | None) -> str:
-        """Pick up an earlier run: its id, created_at, config, summary and next step."""
+    def _resume(self, resume: bool | str, name: str | None, rewind: int | None) -> str:
+        """Pick up an earlier run: its id, created_at, config, summary, history position and
+        next step; with ``rewind``, its history cut back first."""
         runs = list_runs(self.project, self.root)
         if isinstance(resume, str):
             found = [r for r in runs if r.id == resume]
@@ -387,14 +420,23 @@ class Run:
             if not found:
                 return _new_id()
         record = load_run(found[-1].dir)
+        _refuse_live(record)
+        history = record.dir / "metrics.jsonl"
+        cut: set[str] = set()
+        if rewind is not None:
+            self.rewound, cut = rewind_history(history, rewind)
         self.name = record.name
         self.start_time = record.created_at or self.start_time
         self.config = {**record.config, **self.config}
         self.tags = self.tags or record.tags
-        self.summary.update(record.summary)
-        last = -1
-        for entry in iter_history(record.dir / "metrics.jsonl"):
+        last, kept = -1, {}
+        for entry in iter_history(history):
+            self._logged += 1
             last = max(last, int(entry.get("step", last)))
+            kept.update(entry)
+        # a value cut with the history is not the run's any more; summary.sdn's overrides stay
+        self.summary.update({k: v for k, v in kept.items() if k in cut})
+        self.summary.update({k: v for k, v in record.summary.items() if k not in cut})
         self._step = last + 1
         return record.id
 
@@ -475,9 +517,29 @@ def _new_id() -> str:
 
 
 def outcome(exc: BaseException | None) -> tuple[str, str | None]:
+    """How a run that ended with ``exc`` is marked: finished, interrupted (a cancellation or
+    Ctrl-C: normal control flow) or crashed, and the error to keep."""
     if exc is None:
         return "finished", None
-    return "crashed", f"{type(exc).__name__}: {exc}"
+    text = str(exc).strip()
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return "interrupted", error
+    return "crashed", error
+
+
+def _refuse_live(record: RunRecord) -> None:
+    """LiveRunError (one line) when a live process is still writing the stored run ``record``."""
+    meta = record.metadata
+    if meta.get("status") != "running":
+        return
+    with _open_lock:
+        here = any(r.dir.resolve() == record.dir.resolve() for r in _open_runs)
+    pid = owner_of(meta).get("pid")
+    if here or (pid != os.getpid() and process_alive(meta)):
+        where = "this process" if here or pid == os.getpid() else f"pid {pid}"
+        raise LiveRunError(f"resume: run {record.id} is still being written by {where}; finish or "
+                           "stop it before resuming it (or start a new run)")
 
 
 def _check_storable(config: dict[str, Any]) -> None:

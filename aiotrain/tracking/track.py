@@ -2,15 +2,17 @@
 
 ``with Track.run("mnist", config=cfg) as run: run.log({"train/loss": 0.3})``; also
 ``Track.set_mode``, ``Track.set_dir``, ``Track.Artifact``, ``Track.Table``, ``Track.lineage``,
-``Track.runs``, ``Track.load_run`` and ``Track.Sweep`` with its distributions.
+``Track.runs``, ``Track.load_run`` and ``Track.Sweep`` with its distributions (they live in
+``aiotrain.sweeps``, which imports tracking, so they are looked up on first use).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import store
 from .artifacts import Artifact, lineage
@@ -18,9 +20,21 @@ from .media import Table
 from .reader import RunRecord as _RunRecord
 from .reader import list_runs, load_run
 from .run import Run as _Run
-from .sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
+
+if TYPE_CHECKING:
+    from ..sweeps import Choice, IntUniform, LogUniform, Normal, Sweep, SweepResult, Uniform
 
 __all__ = ["Track"]
+
+
+class _FromSweeps:
+    """A class attribute that is ``aiotrain.sweeps.<name>``, imported when first read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        return getattr(importlib.import_module("aiotrain.sweeps"), self.name)
 
 
 class Track:
@@ -29,14 +43,23 @@ class Track:
     Run = _Run
     Artifact = Artifact
     Table = Table
-    Sweep = Sweep
-    SweepResult = SweepResult
     RunRecord = _RunRecord
-    Uniform = Uniform
-    LogUniform = LogUniform
-    IntUniform = IntUniform
-    Normal = Normal
-    Choice = Choice
+    if TYPE_CHECKING:
+        Sweep = Sweep
+        SweepResult = SweepResult
+        Uniform = Uniform
+        LogUniform = LogUniform
+        IntUniform = IntUniform
+        Normal = Normal
+        Choice = Choice
+    else:
+        Sweep = _FromSweeps()
+        SweepResult = _FromSweeps()
+        Uniform = _FromSweeps()
+        LogUniform = _FromSweeps()
+        IntUniform = _FromSweeps()
+        Normal = _FromSweeps()
+        Choice = _FromSweeps()
 
     def __init__(self) -> None:
         raise TypeError("Track is a namespace: call Track.run(...), not Track()")
@@ -45,12 +68,17 @@ class Track:
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
             resume: bool | str = False, system_interval: float | None = 2.0,
-            flush_interval: float | None = None, mlflow_uri: str | None = None) -> _Run:
+            flush_interval: float | None = None, rewind: int | None = None,
+            mlflow_uri: str | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
         run of this project with this ``name`` (a new one if there is none), ``resume="<id>"``
-        continues that run (ValueError if missing): same folder, config merged, steps going on.
+        continues that run (ValueError if missing): same folder, config merged, steps going on;
+        a run that a live process is still writing is refused (ValueError, one line).
+        ``rewind=N`` (with ``resume``) first cuts the history back to its first N records
+        (``run.position`` when your checkpoint was saved); the records cut are kept in
+        metrics.rewound.jsonl, so the resumed run logs each step once.
         ``system_interval``: seconds between system metrics samples (system.jsonl) while the run
         is open inside an event loop; None turns the sampler off.
         ``flush_interval`` is the run's loss window on a crash, in seconds (see
@@ -60,7 +88,7 @@ class Track:
         live to that MLflow tracking server (``tracking/mlflow_sink.py``); "" turns it off.
         """
         return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
-                    system_interval=system_interval, flush_interval=flush_interval,
+                    rewind=rewind, system_interval=system_interval, flush_interval=flush_interval,
                     mlflow_uri=mlflow_uri)
 
     @staticmethod

@@ -17,6 +17,11 @@ it with msgspec as JSON lines and appends it to the file, then appends the scala
 file's binary column cache (``columns.py``, what the dashboard charts from); drains are serialized by a lock, so
 a ``flush()`` that drains after a ``log`` call has returned sees that record. Only ``flush``
 and ``close`` fsync: the window is about the process dying, not the machine losing power.
+
+``rewind_history(path, records)`` cuts a history back to its first ``records`` records before a resumed
+run appends to it (what its checkpoint covered); the records cut go to ``NAME.rewound.jsonl``
+beside it first, so nothing logged is lost. The column cache needs no care: a cache past the
+cut fails its check and is rebuilt when the writer opens the file.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..runtime import spawn_daemon, submit_io
 from .columns import ColumnAppender, drop_torn_tail, hold_for_writing, let_go
 from .store import encode_nonfinite
 
-__all__ = ["MetricsWriter"]
+__all__ = ["MetricsWriter", "rewind_history"]
 
 _NONFINITE_STR = {math.inf: "inf", -math.inf: "-inf"}
 
@@ -197,6 +202,42 @@ class MetricsWriter:
             self._columns = ColumnAppender.open(self.path)
         except (OSError, ValueError):  # the chart decodes the jsonl instead; the history is whole
             self._columns = None
+
+
+def rewind_history(path: Path, records: int) -> tuple[int, set[str]]:
+    """Keep the first ``records`` records of the history at ``path`` (which no writer has open)
+    and move the rest to ``NAME.rewound.jsonl`` (appended and fsync'd before the cut, so a crash
+    in between loses nothing). Returns how many records were moved and the keys they held."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, set()
+    cut, seen = 0, 0
+    while seen < records and cut < len(data):
+        end = data.find(b"\n", cut)
+        if end < 0:  # a torn last line: not a record
+            break
+        if data[cut:end].strip():
+            seen += 1
+        cut = end + 1
+    tail = data[cut:]
+    lines = [line for line in tail.split(b"\n") if line.strip()]
+    if not lines:
+        return 0, set()
+    keys: set[str] = set()
+    for line in lines:
+        try:
+            keys.update(msgspec.json.decode(line))
+        except msgspec.DecodeError:  # torn: moved as it is
+            pass
+    with open(path.with_suffix(".rewound.jsonl"), "ab") as f:
+        f.write(tail if tail.endswith(b"\n") else tail + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+        os.fsync(f.fileno())
+    return len(lines), keys - {"step", "timestamp"}
 
 
 def _encode(record: dict[str, Any]) -> dict[str, Any]:

@@ -50,8 +50,9 @@ def test_resume_after_kill_9_repeats_no_finished_trial(tmp_path):
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:  # kill it while trial 1 trains, after trial 0 ended
-            rec = record(tmp_path)
-            if rec and len(rec["trials"]) == 2 and rec["trials"][1]["intermediate"]:
+            rec = record(tmp_path)  # and once trial 1 has a checkpoint to continue from
+            if rec and len(rec["trials"]) == 2 and rec["trials"][1]["intermediate"] and \
+                    list(Path(rec["trials"][1]["checkpoint_dir"]).glob("last*.pt")):
                 break
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
@@ -62,13 +63,15 @@ def test_resume_after_kill_9_repeats_no_finished_trial(tmp_path):
         proc.stderr.close()
     before = record(tmp_path)
     assert before["trials"][0]["status"] == "finished" and before["trials"][1]["status"] == "running"
+    assert before["trials"][1]["run_id"] and before["trials"][1]["run_dir"]  # recorded as it began
     r = subprocess.run(sweep_cmd(tmp_path, "--resume", before["id"]), cwd=ROOT, env=env(tmp_path),
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr
     after = record(tmp_path)
     assert after["status"] == "finished" and len(after["trials"]) == 3
     assert after["trials"][0] == before["trials"][0]  # kept as it was, not run again
-    assert all(t["status"] == "finished" for t in after["trials"])
+    assert all(t["status"] == "finished" and t["error"] is None for t in after["trials"])
+    assert after["trials"][1]["run_id"] == before["trials"][1]["run_id"]  # the same run, continued
     # trial 1 went on from its checkpoint: its epoch-1 score kept, epoch 2 added
     assert after["trials"][1]["intermediate"][0] == before["trials"][1]["intermediate"][0]
     assert [s for s, _ in after["trials"][1]["intermediate"]] == [1, 2]
@@ -81,3 +84,27 @@ def test_resume_after_kill_9_repeats_no_finished_trial(tmp_path):
     # the table lists the three trials
     assert sum(line.split()[:2] in (["0", "finished"], ["1", "finished"], ["2", "finished"])
                for line in r.stdout.splitlines()) >= 3
+    _resume_takes_a_finished_job_as_finished(tmp_path, after)
+
+
+def _resume_takes_a_finished_job_as_finished(tmp_path: Path, done: dict) -> None:
+    """A kill -9 between a trial's job finishing and the sweep recording it leaves the trial
+    "running" with its run id (recorded when it began) and a finished job: resuming takes it
+    as finished, with its score, and trains nothing (no second run of that trial)."""
+    killed = msgspec.json.decode(msgspec.json.encode(done))
+    last = killed["trials"][2]
+    last.update(status="running", value=None, finished_at=None)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    killed.update(status="running", owner={"pid": int(dead.stdout), "started": 1.0, "host": None})
+    path = next((tmp_path / "sweeps").glob("*/*.json"))
+    path.write_bytes(msgspec.json.encode(killed))
+    runs_before = len(list_runs("digits", tmp_path))
+    r = subprocess.run(sweep_cmd(tmp_path, "--resume", done["id"]), cwd=ROOT, env=env(tmp_path),
+                       capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stderr
+    again = record(tmp_path)
+    assert again["trials"][2]["status"] == "finished" and again["trials"][2]["error"] is None
+    assert again["trials"][2]["value"] == done["trials"][2]["value"]
+    assert again["trials"][:2] == done["trials"][:2] and again["status"] == "finished"
+    assert len(list_runs("digits", tmp_path)) == runs_before  # nothing was trained again

@@ -126,3 +126,16 @@ def test_a_typical_ignite_script_runs_with_only_its_imports_changed(tmp_path):
     assert original.returncode == 0, original.stderr[-3000:]
     # same data order, same dropout draws, same arithmetic: the same numbers, line for line
     assert lines == _metric_lines(original.stdout)
+
+
+def test_asyncio_run_of_a_run_made_outside_the_loop_trains_once_and_returns_the_state():
+    import asyncio
+
+    from aiotrain import Engine
+    from aiotrain.runtime import run
+
+    for runner in (asyncio.run, run):
+        steps: list[int] = []
+        engine = Engine(lambda e, batch, steps=steps: steps.append(batch))
+        state = runner(engine.run([1, 2, 3], max_epochs=2))
+        assert state is engine.state and state.epoch == 2 and steps == [1, 2, 3] * 2

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from aiotrain import Engine, Events
-from aiotrain.job.step import NonFiniteError, TrainStep
+from aiotrain.job.step import NonFiniteError, SkipLimitError, TrainStep
 from aiotrain.job.task import default_prepare_batch
 
 CPU = torch.device("cpu")
@@ -71,6 +71,26 @@ def test_skip_step_drops_that_step_and_keeps_training():
     net, step, outs = train(data(nan_at=2), on_nan="skip_step")
     assert step.skipped == 1 and len(outs) == 4
     assert torch.isfinite(net.weight).all()
+
+
+def test_skip_step_counts_in_the_output_and_fails_past_the_limit():
+    _, step, outs = train(data(n=80, nan_at=2), on_nan="skip_step")  # 1 of 20 steps: allowed
+    assert [o["skipped"] for o in outs][1:4] == [0, 1, 1] and step.skipped == 1
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 3, generator=g), torch.randn(80, 1, generator=g)
+    x[8:] = float("nan")  # steps 3..20 are non-finite: 5% of 20 steps is one
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 80, 4)]
+    with pytest.raises(SkipLimitError, match=r"epoch 1 skipped 2 of its 20 optimizer steps .*iteration 4\).*"
+                                             r"train.skip_limit = 0.05"):
+        train(batches, on_nan="skip_step")
+    _, step, _ = train(batches, on_nan="skip_step", skip_limit=1.0)
+    assert step.skipped == 18  # with the limit raised, counted all the same
+
+
+def test_the_skip_limit_counts_per_epoch_and_per_optimizer_step():
+    # one bad micro-batch per epoch, 2 micro-batches per step: 1 of 2 steps, every epoch
+    _, step, outs = train(data(n=16, nan_at=1), epochs=3, on_nan="skip_step", accumulate=2)
+    assert step.skipped == 3 and step.epoch_skipped == 1 and outs[-1]["skipped"] == 3
 
 
 def test_ignore_lets_a_nan_through():

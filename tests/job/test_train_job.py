@@ -196,3 +196,58 @@ def test_a_task_may_supply_its_own_train_step_but_not_with_builtin_step_settings
     assert run(j.run()).exit_code == 0 and outputs and outputs[0]["custom"] == 1.0
     with pytest.raises(ConfigError, match="train.grad_clip: applied by the built-in train step"):
         run(job(tmp_path, over={"data.custom_step": True, "train.grad_clip": 1.0}).run())
+
+
+def test_skip_step_is_counted_said_and_fails_past_the_limit(tmp_path):
+    # 8 steps an epoch; from iteration 12 on every loss is nan
+    lines: list[str] = []
+    j = job(tmp_path, lines, over={"data.nan_from_iteration": 12, "train.on_nan": "skip_step"})
+    result = run(j.run())
+    assert (result.exit_code, result.status) == (1, "failed")
+    failed = [ln for ln in lines if ln.startswith("failed: ")]
+    assert len(failed) == 1 and "epoch 2 skipped 2 of its 8 optimizer steps" in failed[0], lines
+    assert "train.skip_limit = 0.05" in failed[0]
+    assert "skipped: 2 optimizer steps in all (train.on_nan = skip_step)" in lines
+    assert load_run(result.run_dir).summary["train/skipped"] == 2
+
+    lines.clear()
+    j = job(tmp_path, lines, over={"data.nan_from_iteration": 12, "train.on_nan": "skip_step",
+                                   "train.skip_limit": 1.0, "train.log_every": 1})
+    result = run(j.run())
+    assert result.exit_code == 0 and result.status == "finished"  # told to, it goes on: counted
+    assert "epoch 2: skipped 5 optimizer steps (non-finite loss or gradient norm); 5 in all" in lines
+    assert "epoch 3: skipped 8 optimizer steps (non-finite loss or gradient norm); 13 in all" in lines
+    assert "skipped: 13 optimizer steps in all (train.on_nan = skip_step)" in lines
+    record = load_run(result.run_dir)
+    assert record.summary["train/skipped"] == 13
+    assert [r["train/skipped"] for r in record.history(["train/skipped"])][10:13] == [0, 1, 2]
+
+
+def test_train_lines_carry_the_steps_scalars_and_val_metrics_once(tmp_path):
+    """One metric, one name, logged at the step it was computed: no train/val/* copies."""
+    result = run(job(tmp_path, over={"train.log_every": 1}).run())
+    history = load_run(result.run_dir).history()
+    keys = {k for r in history for k in r} - {"step", "timestamp"}
+    assert keys == {"train/loss", "train/lr", "val/loss"}
+    assert [r["step"] for r in history if "val/loss" in r] == [8, 16, 24]
+    pairs = [(r["step"], k) for r in history for k in r if k not in ("step", "timestamp")]
+    assert len(pairs) == len(set(pairs))
+
+
+def test_train_resume_auto_continues_this_runs_attempt_or_starts_fresh(tmp_path):
+    auto = {"train.resume": "auto"}
+    first = job(tmp_path, over=auto)
+    run(interrupted_after_first_epoch(first))
+    record = sdn.load(first.identity.dir / "run.sdn")
+    assert record["world_size"] == 1 and record["launch"] is None
+    record["world_size"] = 2  # as if two ranks had trained it
+    (first.identity.dir / "run.sdn").write_text(sdn.dumps(record))
+    lines: list[str] = []
+    second = job(tmp_path, lines, over=auto)
+    result = run(second.run())
+    assert result.exit_code == 0 and second.identity.id == first.identity.id
+    assert any(ln.startswith(f"resume: run {first.identity.id} from ") for ln in lines), lines
+    assert any("the world size changed from 2 to 1" in ln for ln in lines), lines
+    third = job(tmp_path, over=auto)  # that run finished: auto starts a new one
+    run(third.run())
+    assert third.identity.id != first.identity.id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -10,6 +11,18 @@ from torch import nn
 from aiotrain import AsyncLoader
 from aiotrain.job import Task
 from aiotrain.metrics import Loss
+
+SDN = """task: tests.job.tiny_task:build
+seed: 0
+data:
+  n = 64
+  batch_size = 8
+optim:
+  lr = 0.05
+tracking:
+  project: tiny
+"""
+"""The task as a config file (for commands: tests of real processes, benchmarks)."""
 
 
 class Pairs:
@@ -46,6 +59,14 @@ def build(cfg: Any) -> Task:
             _calls[0] += 1 if torch.is_grad_enabled() else 0
             loss = nn.functional.mse_loss(out, target)
             return loss * float("nan") if _calls[0] >= nan_from else loss
+    slow = cfg.data.get("slow")
+    if slow:  # seconds per training step: a trial that lasts long enough to be killed
+        plain = loss_fn
+
+        def loss_fn(out, target):
+            if torch.is_grad_enabled():
+                time.sleep(slow)
+            return plain(out, target)
     train_step = None
     if cfg.data.get("custom_step"):
         def train_step(engine: Any, batch: Any) -> dict[str, Any]:
@@ -55,12 +76,36 @@ def build(cfg: Any) -> Task:
             opt.step()
             return {"loss": loss.detach(), "custom": 1.0}
     handlers = list(cfg.data.get("handlers_log") and [_order_part(cfg.data.handlers_log)] or [])
+    if cfg.data.get("die_at"):
+        handlers.append(_die_once(int(cfg.data.die_at), int(cfg.data.get("die_rank", 1)),
+                                  str(cfg.data.die_marker)))
     return Task(model=model, optimizer=opt, loss_fn=loss_fn,
                 train_loader=AsyncLoader(train, cfg.data.batch_size, shuffle=True, seed=cfg.seed),
                 val_loader=AsyncLoader(Pairs(x[:16], y[:16]), 16),
                 metrics={"loss": Loss(nn.MSELoss())}, score_name="loss", score_mode="min",
                 resources=[AsyncResource()], handlers=handlers,
                 train_step=train_step)
+
+
+def _die_once(iteration: int, rank: int, marker: str) -> Any:
+    """A part that SIGKILLs this process at ``iteration`` on global ``rank``, the first time only
+    (``marker`` records that it did): a worker that dies under torchrun."""
+    import os
+    import signal
+
+    from aiotrain import Events
+    from aiotrain import distributed as dist
+
+    class Die:
+        def attach(self, ctx: Any) -> None:
+            def die(engine: Any) -> None:
+                if dist.rank() == rank and not os.path.exists(marker):
+                    with open(marker, "w") as f:
+                        f.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+            ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iteration), die)
+
+    return Die()
 
 
 _ORDER: dict[str, list[str]] = {}

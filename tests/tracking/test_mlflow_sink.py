@@ -142,8 +142,9 @@ def test_a_killed_and_resumed_run_continues_the_same_mlflow_run(server, tmp_path
                           timeout=120)
     assert proc.returncode == -9, proc.stderr
     run_id_local = proc.stdout.split()[0]
-    # resumed from a checkpoint at step 29: steps 30..39 come again, with the same values
-    with Track.run("resumed", dir=tmp_path, resume=run_id_local, mlflow_uri=server.url,
+    # resumed from a checkpoint at step 29: the history is cut back to its first 30 records,
+    # steps 30..39 come again with the same values, then new ones
+    with Track.run("resumed", dir=tmp_path, resume=run_id_local, rewind=30, mlflow_uri=server.url,
                    system_interval=None) as run:
         for step in range(30, 60):
             run.log({"loss": float(step)}, step=step)

@@ -6,12 +6,15 @@ import asyncio
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from aiotrain.config import sdn
 from aiotrain.tracking import Track
+from aiotrain.tracking.run import LiveRunError
 from aiotrain.tracking.writer import MetricsWriter
 
 
@@ -339,3 +342,72 @@ async def test_finish_leaves_no_file_of_the_run_open(track_root):
         return [p for p in paths if p.startswith(str(run.dir))]
 
     assert open_in_run() == []
+
+
+# ---------------------------------------------------------------- resume: honest history and one writer
+
+async def test_a_cancelled_block_marks_the_run_interrupted():
+    entered = asyncio.Event()
+
+    async def work():
+        async with Track.run("p", name="cancelled") as run:
+            run.log({"x": 1})
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (record,) = Track.runs("p")
+    assert record.status == "interrupted" and record.metadata["error"] == "CancelledError"
+    with pytest.raises(ZeroDivisionError), Track.run("p", name="broken"):
+        raise ZeroDivisionError("broken")
+    assert Track.runs("p")[-1].status == "crashed"
+
+
+def test_rewind_cuts_the_history_back_to_a_position_and_keeps_the_cut(track_root):
+    with Track.run("p", name="r") as first:
+        first.log({"loss": 1.0})
+        first.log({"loss": 0.5, "acc": 0.1})
+        position = first.position
+        first.log({"loss": 0.25, "val": 7})  # after "the checkpoint": these are cut
+        first.log({"loss": 0.125})
+        first.summary["note"] = "kept"
+    assert position == 2 and first.position == 4
+    again = Track.run("p", resume=first.id, rewind=position)
+    assert again.rewound == 2 and again.position == 2 and again.step == 2
+    assert again.summary == {"loss": 0.5, "acc": 0.1, "note": "kept"}  # "val" went with the cut
+    again.log({"loss": 0.3})
+    again.finish()
+    assert [(r["step"], r["loss"]) for r in lines(again)] == [(0, 1.0), (1, 0.5), (2, 0.3)]
+    aside = [json.loads(x) for x in (again.dir / "metrics.rewound.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in aside] == [(2, 0.25), (3, 0.125)]
+    assert Track.load_run(again.dir).history(["loss"])[-1]["loss"] == 0.3  # the column cache agrees
+    with pytest.raises(ValueError, match="rewind"):
+        Track.run("p", rewind=1)
+
+
+def test_resuming_a_run_a_live_process_writes_is_refused(track_root):
+    code = ("import sys, time\nfrom aiotrain.tracking import Track\n"
+            "run = Track.run('p', dir=sys.argv[1], system_interval=None)\n"
+            "run.log({'x': 1}); run.flush(); print(run.id, flush=True); time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(track_root)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        run_id = child.stdout.readline().strip()
+        with pytest.raises(LiveRunError) as refused:
+            Track.run("p", resume=run_id)
+        assert str(refused.value) == (f"resume: run {run_id} is still being written by pid "
+                                      f"{child.pid}; finish or stop it before resuming it (or start "
+                                      "a new run)")
+        with Track.run("p", name="open here") as here, pytest.raises(LiveRunError, match="this process"):
+            Track.run("p", resume=here.id)
+    finally:
+        child.kill()  # SIGKILL: its run stays "running", written by nobody
+        child.wait()
+        child.stdout.close()
+    with Track.run("p", resume=run_id) as resumed:
+        resumed.log({"x": 2})
+    assert [r["step"] for r in lines(resumed)] == [0, 1]

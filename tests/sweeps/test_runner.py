@@ -6,17 +6,17 @@ import asyncio
 import time
 from pathlib import Path
 
-import msgspec
 import psutil
 import pytest
 import torch
 
 from aiotrain.handlers import Checkpoint
-from aiotrain.sweeper import SweepRunner
+from aiotrain.sweeps import SweepRunner
+from aiotrain.sweeps.record import read_record
 from aiotrain.tracking import Choice, Track
 from aiotrain.tracking.reader import list_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ["train.patience=null", "model.channels=4", "data.batch_size=128"]
 
 
@@ -30,7 +30,7 @@ def _overrides(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def _weights(trial) -> dict[str, torch.Tensor]:
-    return torch.load(Checkpoint.latest(trial["checkpoint_dir"], filename_prefix="last"), weights_only=True)["model"]
+    return torch.load(Checkpoint.latest(trial.checkpoint_dir, filename_prefix="last"), weights_only=True)["model"]
 
 
 async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
@@ -40,19 +40,19 @@ async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
                                early_terminate={"type": "median", "n_startup_trials": 1})
     updates = []
     runner = SweepRunner(sweep, "examples/digits.sdn", _overrides(tmp_path, "train.max_epochs=3"),
-                         isolate=False, on_update=lambda rec: updates.append(len(rec["trials"])))
+                         isolate=False, on_update=lambda rec: updates.append(len(rec.trials)))
     record = await runner.run()
-    good, bad = record["trials"]
-    assert good["status"] == "finished" and len(good["intermediate"]) == 3
-    assert bad["status"] == "pruned" and [s for s, _ in bad["intermediate"]] == [1]
-    assert record["best"]["number"] == 0 and record["status"] == "finished" and updates
+    good, bad = record.trials
+    assert good.status == "finished" and len(good.intermediate) == 3
+    assert bad.status == "pruned" and [s for s, _ in bad.intermediate] == [1]
+    assert record.best.number == 0 and record.status == "finished" and updates
     runs = {r.name: r for r in list_runs("digits", tmp_path)}
-    assert runs[bad["name"]].status == "pruned" and runs[good["name"]].status == "finished"
-    assert f"sweep:{sweep.id}" in runs[bad["name"]].tags and "trial:1" in runs[bad["name"]].tags
-    last = Checkpoint.latest(bad["checkpoint_dir"], filename_prefix="last")
+    assert runs[bad.name].status == "pruned" and runs[good.name].status == "finished"
+    assert f"sweep:{sweep.id}" in runs[bad.name].tags and "trial:1" in runs[bad.name].tags
+    last = Checkpoint.latest(bad.checkpoint_dir, filename_prefix="last")
     assert torch.load(last, weights_only=True)["trainer"]["resume"]["epoch"] == 1  # its last checkpoint is kept
-    saved = msgspec.json.decode((tmp_path / "sweeps" / "digits" / f"{sweep.id}.json").read_bytes())
-    assert saved["trials"] == record["trials"] and saved["parameters"] == {"optim.lr": "choice(0.003,1e-06)"}
+    saved = read_record(tmp_path / "sweeps" / "digits" / f"{sweep.id}.json")
+    assert saved.trials == record.trials and saved.parameters == {"optim.lr": "choice(0.003,1e-06)"}
 
 
 async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
@@ -66,10 +66,10 @@ async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
     overrides = _overrides(tmp_path, "train.max_epochs=1")
     both = await SweepRunner(pair, "examples/digits.sdn", overrides, parallel=2).run()
     solo = await SweepRunner(alone, "examples/digits.sdn", overrides).run()
-    w_par, w_other, w_solo = _weights(both["trials"][0]), _weights(both["trials"][1]), _weights(solo["trials"][0])
+    w_par, w_other, w_solo = _weights(both.trials[0]), _weights(both.trials[1]), _weights(solo.trials[0])
     assert all(torch.equal(w_par[k], w_solo[k]) for k in w_solo)
     assert not all(torch.equal(w_other[k], w_solo[k]) for k in w_solo)
-    assert both["trials"][0]["value"] == solo["trials"][0]["value"]
+    assert both.trials[0].value == solo.trials[0].value
     deadline = time.monotonic() + 10  # a worker may still be exiting after its result arrived
     while True:  # noqa: ASYNC110 - polling another process, no event to wait on
         left = [p for p in psutil.Process().children(recursive=True)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+from .record import TrialRecord
 from .space import Choice, Distribution, IntUniform, LogUniform, Normal, Uniform, flatten, grid_axes
 
-__all__ = ["GridSearch", "OptunaSearch", "RandomSearch", "Search", "make_search"]
+__all__ = ["GridSearch", "OptunaSearch", "RandomSearch", "Search", "make_pruner", "make_search",
+           "optuna_distribution", "optuna_module", "suggest"]
 
 PRUNERS = ("median", "hyperband")
 _STATES = ("finished", "pruned", "crashed")
@@ -41,9 +43,14 @@ class Search(Protocol):
     def tell(self, number: int, value: float | None, state: str) -> None:
         """Trial ``number`` ended: ``state`` is finished, pruned or crashed."""
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
-        """Replay the trials of an earlier, interrupted run of this sweep (``number``, ``params``,
-        ``status``, ``value``, ``intermediate``), so the next ``ask`` continues after them."""
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
+        """Replay the trials of an earlier, interrupted run of this sweep, so the next ``ask``
+        continues after them (ended trials are told as they ended)."""
+
+    def resume_trial(self, number: int, params: Mapping[str, Any],
+                     intermediate: Sequence[tuple[int, float]]) -> None:
+        """Re-open trial ``number``, left running by a crash, with its parameters and reports,
+        so its next ``report`` and ``tell`` are judged as if it had never stopped."""
 
 
 class GridSearch:
@@ -65,9 +72,13 @@ class GridSearch:
     def tell(self, number: int, value: float | None, state: str) -> None:
         pass
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
         for _ in trials:  # proposals are a fixed sequence: skip the ones already made
             self.ask()
+
+    def resume_trial(self, number: int, params: Mapping[str, Any],
+                     intermediate: Sequence[tuple[int, float]]) -> None:
+        pass  # nothing judges reports here: the trial needs no state
 
 
 class RandomSearch(GridSearch):
@@ -87,13 +98,12 @@ class OptunaSearch:
 
     def __init__(self, parameters: Mapping[str, Any], method: str, goal: str, seed: int = 0,
                  early_terminate: Mapping[str, Any] | None = None) -> None:
-        optuna = _optuna()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna = optuna_module()
         self._optuna = optuna
         flat = flatten(parameters)
         self._keys = list(flat)
         self._fixed = {k: v for k, v in flat.items() if not isinstance(v, Distribution)}
-        self._dists = {k: _distribution(optuna, k, v) for k, v in flat.items() if isinstance(v, Distribution)}
+        self._dists = {k: optuna_distribution(optuna, k, v) for k, v in flat.items() if isinstance(v, Distribution)}
         self._inner: GridSearch | None = None
         if method == "grid":
             self._inner = GridSearch(parameters)
@@ -132,26 +142,26 @@ class OptunaSearch:
         else:
             self._study.tell(trial, state=TrialState.FAIL)
 
-    def restore(self, trials: list[dict[str, Any]]) -> None:
+    def restore(self, trials: Sequence[TrialRecord]) -> None:
         TrialState = self._optuna.trial.TrialState
         states = {"finished": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "crashed": TrialState.FAIL}
         for t in trials:
             if self._inner is not None:
                 self._inner.ask()
-            self._count = max(self._count, t["number"] + 1)
-            status = t["status"]
+            self._count = max(self._count, t.number + 1)
+            status = t.status
             if status not in states:
                 continue  # a trial a crash left running is re-opened with resume_trial
-            if status == "finished" and not _finite(t.get("value")):
+            if status == "finished" and not _finite(t.value):
                 status = "crashed"
             self._study.add_trial(self._optuna.trial.create_trial(
-                state=states[status], value=float(t["value"]) if status == "finished" else None,
-                params={k: v for k, v in t["params"].items() if k in self._dists},
+                state=states[status], value=t.value if status == "finished" else None,
+                params={k: v for k, v in t.params.items() if k in self._dists},
                 distributions=self._dists,
-                intermediate_values={int(s): float(v) for s, v in t.get("intermediate", [])}))
+                intermediate_values={int(s): float(v) for s, v in t.intermediate}))
 
     def resume_trial(self, number: int, params: Mapping[str, Any],
-                     intermediate: list[tuple[int, float]]) -> None:
+                     intermediate: Sequence[tuple[int, float]]) -> None:
         """Re-open trial ``number`` (left running by a crash) with its parameters and reports."""
         self._study.enqueue_trial({k: v for k, v in params.items() if k in self._dists})
         trial = self._study.ask(self._dists)
@@ -176,7 +186,7 @@ def make_pruner(early_terminate: Mapping[str, Any] | None) -> Any:
     median: ``n_startup_trials`` (default 2), ``n_warmup_steps`` (0), ``interval_steps`` (1);
     hyperband: ``min_resource`` (1), ``max_resource`` ("auto"), ``reduction_factor`` (3). A step
     is an epoch (one evaluation)."""
-    optuna = _optuna()
+    optuna = optuna_module()
     if not early_terminate:
         return optuna.pruners.NopPruner()
     options = dict(early_terminate)
@@ -198,7 +208,19 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _distribution(optuna: Any, key: str, dist: Distribution) -> Any:
+def suggest(trial: Any, key: str, dist: Any) -> Any:
+    """Ask an Optuna trial for ``key`` from the Optuna distribution ``dist`` (public API only;
+    a trial that already holds ``key``, a retry, gives its own value back)."""
+    d = optuna_module().distributions
+    if isinstance(dist, d.FloatDistribution):
+        return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+    if isinstance(dist, d.IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high)
+    return trial.suggest_categorical(key, dist.choices)
+
+
+def optuna_distribution(optuna: Any, key: str, dist: Distribution) -> Any:
+    """The Optuna distribution of one of ours (ValueError for those Optuna cannot hold)."""
     d = optuna.distributions
     if isinstance(dist, LogUniform):
         return d.FloatDistribution(dist.low, dist.high, log=True)
@@ -218,10 +240,12 @@ def _distribution(optuna: Any, key: str, dist: Distribution) -> Any:
     raise ValueError(f"parameter {key!r}: unsupported distribution {dist!r}")
 
 
-def _optuna() -> Any:
+def optuna_module() -> Any:
+    """Optuna, imported on first use (the ``sweeps`` extra; one line naming it when missing)."""
     try:
         import optuna
     except ImportError:
-        raise ImportError("bayes search and pruning need Optuna: pip install 'aiotrain[sweeps]' "
-                          "(grid and random search work without it)") from None
+        raise ImportError("bayes search, pruning and shared sweeps (--storage) need Optuna: pip "
+                          "install 'aiotrain[sweeps]' (grid and random search work without it)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep's table says what happens
     return optuna

@@ -24,14 +24,14 @@ def test_grid_covers_the_grid(track_root):
     assert len(seen) == 6
     assert {(c["lr"], c["opt"]["layers"]) for c in seen} == {(lr, n) for lr in (0.1, 0.01) for n in (1, 2, 3)}
     assert all(c["fixed"] == 7 for c in seen)
-    assert result.best["config"] == {"lr": 0.01, "opt": {"layers": 1}, "fixed": 7}
-    assert result.best["value"] == pytest.approx(0.01)
+    assert result.best.config == {"lr": 0.01, "opt": {"layers": 1}, "fixed": 7}
+    assert result.best.value == pytest.approx(0.01)
     runs = Track.runs("sw")
     assert len(runs) == 6 and all(r.tags == [f"sweep:{sweep.id}"] for r in runs)
-    assert {r.id for r in runs} == {t["run_id"] for t in result.trials}
+    assert {r.id for r in runs} == {t.run_id for t in result.trials}
     assert all(r.summary["loss"] == r.config["lr"] * r.config["opt"]["layers"] for r in runs)
     saved = json.loads((track_root / "sweeps" / "sw" / f"{sweep.id}.json").read_text())
-    assert saved["best"]["run_id"] == result.best["run_id"] and len(saved["trials"]) == 6
+    assert saved["best"]["run_id"] == result.best.run_id and len(saved["trials"]) == 6
     assert len(list(sweep.configs(count=4))) == 4
 
 
@@ -84,9 +84,9 @@ def test_trials_log_through_their_run_and_failures_are_kept():
             run.log({"acc": config["x"] * step})
 
     result = Track.Sweep.agent(sweep, trial)
-    assert [t["status"] for t in result.trials] == ["finished", "crashed", "finished"]
-    assert result.best["config"] == {"x": 3} and result.best["value"] == 6
-    assert "bad trial" in result.trials[1]["error"]
+    assert [t.status for t in result.trials] == ["finished", "crashed", "finished"]
+    assert result.best.config == {"x": 3} and result.best.value == 6
+    assert "bad trial" in result.trials[1].error
     with pytest.raises(RuntimeError, match="every trial"):
         Track.Sweep.agent(sweep, lambda config: 1 / 0)
 
@@ -99,7 +99,7 @@ async def test_async_trials():
 
     result = await Track.Sweep.aagent(sweep, trial, count=3)
     assert len(result.trials) == 3
-    assert result.best["value"] == min(t["config"]["lr"] for t in result.trials)
+    assert result.best.value == min(t.config["lr"] for t in result.trials)
 
 
 def test_async_trial_from_sync_agent():
@@ -108,7 +108,7 @@ def test_async_trial_from_sync_agent():
     async def trial(config):
         return config["a"]
 
-    assert Track.Sweep.agent(sweep, trial).best["config"] == {"a": 1}
+    assert Track.Sweep.agent(sweep, trial).best.config == {"a": 1}
 
 
 def _quadratic(config):
@@ -120,12 +120,12 @@ def test_bayes_is_seeded_and_beats_its_own_random_start(track_root):
     params = {"lr": LogUniform(1e-4, 1e-1), "width": Choice([16, 32, 64, 128])}
     runs = [Track.Sweep.agent(Track.Sweep.define("bayes", {"name": "loss"}, params, seed=s), _quadratic,
                               count=24) for s in (5, 5, 6)]
-    configs = [[t["config"] for t in r.trials] for r in runs]
+    configs = [[t.config for t in r.trials] for r in runs]
     assert configs[0] == configs[1] and configs[0] != configs[2]
-    values = [t["value"] for t in runs[0].trials]
+    values = [t.value for t in runs[0].trials]
     # TPE starts with 10 random trials; what it proposes after them is better on average
     assert sum(values[12:]) / 12 < sum(values[:10]) / 10
-    assert runs[0].best["value"] < 0.3
+    assert runs[0].best.value < 0.3
 
 
 def test_grid_and_random_work_without_optuna(monkeypatch, track_root):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aiotrain.tracking.search import GridSearch, OptunaSearch, RandomSearch, make_search
-from aiotrain.tracking.space import Choice, IntUniform, LogUniform, Uniform
+from aiotrain.sweeps.record import TrialRecord
+from aiotrain.sweeps.search import GridSearch, OptunaSearch, RandomSearch, make_search
+from aiotrain.sweeps.space import Choice, IntUniform, LogUniform, Uniform
 
 
 def test_grid_is_exhausted_and_restore_skips_what_was_asked():
@@ -15,7 +16,7 @@ def test_grid_is_exhausted_and_restore_skips_what_was_asked():
     assert grid.ask() is None and grid.size == 6
     assert {(p["a"], p["b.c"]) for p in asked} == {(a, c) for a in (1, 2) for c in (0, 1, 2)}
     again = GridSearch(params)
-    again.restore([{"number": i} for i in range(4)])
+    again.restore([TrialRecord(number=i, params={}) for i in range(4)])
     assert [again.ask(), again.ask(), again.ask()] == [asked[4], asked[5], None]
 
 
@@ -24,7 +25,7 @@ def test_random_restore_continues_the_seeded_sequence():
     seq = RandomSearch(params, seed=3)
     full = [seq.ask() for _ in range(5)]
     resumed = RandomSearch(params, seed=3)
-    resumed.restore([{"number": i} for i in range(3)])
+    resumed.restore([TrialRecord(number=i, params={}) for i in range(3)])
     assert [resumed.ask(), resumed.ask()] == full[3:]
 
 
@@ -67,10 +68,10 @@ def test_optuna_restore_replays_results_and_reopens_running_trials():
         first.report(n, 1, p["lr"])
         status = "crashed" if n == 2 else "finished"
         first.tell(n, p["lr"] if status == "finished" else None, status)
-        records.append({"number": n, "params": p, "status": status, "value": p["lr"] if n != 2 else None,
-                        "intermediate": [[1, p["lr"]]]})
+        records.append(TrialRecord(number=n, params=p, status=status, value=p["lr"] if n != 2 else None,
+                                   intermediate=[(1, p["lr"])]))
     p4 = first.ask()
-    records.append({"number": 4, "params": p4, "status": "running", "value": None, "intermediate": [[1, 0.5]]})
+    records.append(TrialRecord(number=4, params=p4, intermediate=[(1, 0.5)]))
     again = make_search(params, "bayes", "minimize", seed=1, early_terminate={"type": "median"})
     again.restore(records)
     again.resume_trial(4, p4, [(1, 0.5)])
@@ -78,6 +79,6 @@ def test_optuna_restore_replays_results_and_reopens_running_trials():
     again.tell(4, 0.01, "finished")
     trials = again._study.trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert [t.params for t in trials] == [r["params"] for r in records]
+    assert [t.params for t in trials] == [r.params for r in records]
     assert trials[4].value == pytest.approx(0.01) and trials[4].intermediate_values == {1: 0.5}
     assert again.ask() is not None and 5 in again._trials

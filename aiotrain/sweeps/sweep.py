@@ -15,8 +15,9 @@ cartesian product of ``Choice`` values, ``IntUniform`` ranges and fixed values i
 (``count`` limits it), random draws from ``random.Random(seed)`` and bayes asks Optuna's TPE
 (the ``sweeps`` extra); the same seed gives the same trials. ``early_terminate`` (pruning)
 needs trials that report scores while they train, which training jobs do: it is honoured by
-``aiotrain sweep`` / ``SweepRunner`` (see ``aiotrain/sweeper.py``), not by ``agent``.
-Progress is saved after every trial to ``{root}/sweeps/{project}/{sweep_id}.json``.
+``aiotrain sweep`` / ``SweepRunner`` (see ``aiotrain/sweeps/runner.py``), not by ``agent``.
+Progress is saved after every trial to ``{root}/sweeps/{project}/{sweep_id}.json`` as a
+``SweepRecord`` (``record.py``), the shape ``SweepRunner`` writes too; ``agent`` returns it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ import inspect
 import math
 import secrets
 import string
+import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..runtime import to_io
-from .run import Run, outcome
+from ..tracking.run import Run, outcome
+from ..tracking.store import check_name, get_dir, get_mode
+from .record import SweepRecord, TrialRecord, record_path, write_record
+from .search import Search
 from .space import (
     Choice,
     Distribution,
@@ -40,51 +45,18 @@ from .space import (
     Uniform,
     flatten,
     grid_axes,
+    parse_parameter,
     spec,
     unflatten,
 )
-from .store import check_name, get_dir, get_mode, write_json
 
 __all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Sweep", "SweepResult", "Uniform"]
 
 METHODS = ("grid", "random", "bayes")
 GOALS = ("minimize", "maximize")
 
-
-@dataclass
-class SweepResult:
-    """What ``Sweep.agent`` ran: every trial (run id, config, value, status) and the best one."""
-
-    sweep_id: str
-    metric: dict[str, str]
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    last_error: BaseException | None = field(default=None, repr=False, compare=False)
-
-    def add(self, run: Run, config: dict[str, Any], error: BaseException | None) -> None:
-        """Record one trial's outcome (its objective is ``run.summary[metric name]``)."""
-        status, message = outcome(error)
-        self.trials.append({"run_id": run.id, "config": config, "status": status, "error": message,
-                            "value": run.summary.get(self.metric["name"])})
-        self.last_error = error or self.last_error
-
-    def checked(self) -> SweepResult:
-        """Self, or RuntimeError when every trial failed (a bug in the trial function, usually)."""
-        if self.trials and all(t["status"] == "crashed" for t in self.trials):
-            raise RuntimeError(f"every trial of sweep {self.sweep_id} failed; last: "
-                               f"{self.trials[-1]['error']}") from self.last_error
-        return self
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        """The finished trial with the best finite metric value (None when there is none)."""
-        scored = [t for t in self.trials if isinstance(t["value"], int | float) and math.isfinite(t["value"])]
-        if not scored:
-            return None
-        pick = min if self.metric["goal"] == "minimize" else max
-        return pick(scored, key=lambda t: t["value"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"sweep_id": self.sweep_id, "metric": self.metric, "trials": self.trials, "best": self.best}
+SweepResult = SweepRecord
+"""What ``Sweep.agent`` returns: the sweep's record (the name of earlier releases)."""
 
 
 @dataclass
@@ -123,7 +95,14 @@ class Sweep:
             sweep.search()  # fail now without Optuna, or on a space or pruner it cannot take
         return sweep
 
-    def search(self) -> Any:
+    @classmethod
+    def from_record(cls, record: SweepRecord) -> Sweep:
+        """The definition a record holds (its parameters read back from their text form)."""
+        params = {k: parse_parameter(v) for k, v in record.parameters.items()}
+        return cls.define(record.method, record.metric, unflatten(params), project=record.project,
+                          seed=record.seed, early_terminate=record.early_terminate, id=record.id)
+
+    def search(self) -> Search:
         """A fresh search backend for this sweep (``search.make_search``)."""
         from .search import make_search
 
@@ -135,8 +114,9 @@ class Sweep:
         ``count`` random draws (bayes proposals depend on results: use ``search()``)."""
         from .search import GridSearch, RandomSearch
 
+        search: Search
         if self.method == "grid":
-            search: Any = GridSearch(self.parameters)
+            search = GridSearch(self.parameters)
         elif self.method == "random":
             if count is None:
                 raise ValueError("random search needs count=")
@@ -149,86 +129,123 @@ class Sweep:
                 return
             yield unflatten(params)
 
-    def describe(self) -> dict[str, Any]:
-        """The definition as plain data (parameters in their text form): what a record stores."""
-        return {"id": self.id, "method": self.method, "metric": self.metric, "seed": self.seed,
-                "project": self.project, "early_terminate": self.early_terminate,
-                "parameters": {k: spec(v) for k, v in flatten(self.parameters).items()}}
+    def new_record(self, **fields: Any) -> SweepRecord:
+        """A record of this definition (parameters in their text form) and no trials yet;
+        ``fields`` are the other ``SweepRecord`` fields (how a runner runs the trials)."""
+        return SweepRecord(id=self.id, method=self.method, metric=dict(self.metric), seed=self.seed,
+                           project=self.project, early_terminate=self.early_terminate,
+                           parameters={k: spec(v) for k, v in flatten(self.parameters).items()},
+                           **fields)
 
     @staticmethod
-    def agent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepResult:
+    def agent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepRecord:
         """Run the trials one after another; async trial functions get an event loop of their own
         (inside a running loop, ``await Sweep.aagent(...)`` instead)."""
         if inspect.iscoroutinefunction(function):
             from ..runtime import run as run_loop
 
             return run_loop(Sweep.aagent(sweep, function, count))
-        result, search = _start(sweep, count)
-        for i, config in _proposals(search, count):
-            run = _trial_run(sweep, i, config)
+        record, search = _start(sweep, count)
+        errors: list[BaseException] = []
+        for trial in _proposals(record, search, count):
+            run = _trial_run(sweep, trial)
             error = None
             try:
-                _returned(run, sweep, function(*_args(function, config, run)))
+                _returned(run, sweep, function(*_args(function, trial.config, run)))
             except Exception as exc:  # a failed trial is recorded; the sweep goes on
                 error = exc
-            except BaseException as exc:  # Ctrl-C stops the sweep, the run is kept as crashed
+            except BaseException as exc:  # Ctrl-C stops the sweep, the run is kept, interrupted
                 run.finish(*outcome(exc))
                 raise
             run.finish(*outcome(error))
-            _told(search, result, i, run, config, error)
-            _save(sweep, result)
-        return result.checked()
+            _told(search, record, trial, run, error, errors)
+            _save(record)
+        _end(record)
+        _save(record)
+        return _checked(record, errors)
 
     @staticmethod
-    async def aagent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepResult:
+    async def aagent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepRecord:
         """``agent`` from a coroutine: sync trials run inline, async ones are awaited."""
-        result, search = _start(sweep, count)
-        for i, config in _proposals(search, count):
-            run = _trial_run(sweep, i, config)
+        record, search = _start(sweep, count)
+        errors: list[BaseException] = []
+        for trial in _proposals(record, search, count):
+            run = _trial_run(sweep, trial)
             error = None
             try:
-                value = function(*_args(function, config, run))
+                value = function(*_args(function, trial.config, run))
                 _returned(run, sweep, await value if inspect.isawaitable(value) else value)
             except Exception as exc:
                 error = exc
-            except BaseException as exc:  # cancellation stops the sweep, the run is kept as crashed
+            except BaseException as exc:  # cancellation stops the sweep, the run is kept, interrupted
                 await run.afinish(*outcome(exc))
                 raise
             await run.afinish(*outcome(error))
-            _told(search, result, i, run, config, error)
-            await to_io(_save, sweep, result)
-        return result.checked()
+            _told(search, record, trial, run, error, errors)
+            await to_io(_save, record)
+        _end(record)
+        await to_io(_save, record)
+        return _checked(record, errors)
 
 
-def _start(sweep: Sweep, count: int | None) -> tuple[SweepResult, Any]:
+def _start(sweep: Sweep, count: int | None) -> tuple[SweepRecord, Search]:
     if sweep.early_terminate:
         raise ValueError("early_terminate needs trials that report while they train: run the sweep "
-                         "with `aiotrain sweep` or aiotrain.sweeper.SweepRunner")
+                         "with `aiotrain sweep` or aiotrain.sweeps.SweepRunner")
     if count is None and sweep.method != "grid":
         raise ValueError(f"{sweep.method} search needs count=")
-    return SweepResult(sweep.id, sweep.metric), sweep.search()
+    return sweep.new_record(trials_wanted=count), sweep.search()
 
 
-def _proposals(search: Any, count: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    i = 0
-    while count is None or i < count:
+def _proposals(record: SweepRecord, search: Search, count: int | None) -> Iterator[TrialRecord]:
+    """The trials in order, each added to the record as it starts."""
+    while count is None or len(record.trials) < count:
         params = search.ask()
         if params is None:
             return
-        yield i, unflatten(params)
-        i += 1
+        n = len(record.trials)
+        trial = TrialRecord(number=n, params=params, config=unflatten(params),
+                            name=f"{record.id}-{n}", started_at=time.time())
+        record.trials.append(trial)
+        yield trial
 
 
-def _told(search: Any, result: SweepResult, i: int, run: Run, config: dict[str, Any],
-          error: BaseException | None) -> None:
-    result.add(run, config, error)
-    value = result.trials[-1]["value"]
-    finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    search.tell(i, value if finite else None, "finished" if error is None and finite else "crashed")
+def _told(search: Search, record: SweepRecord, trial: TrialRecord, run: Run,
+          error: BaseException | None, errors: list[BaseException]) -> None:
+    """One trial ended: its objective is ``run.summary[metric name]``."""
+    _, message = outcome(error)
+    value = run.summary.get(record.metric["name"])
+    number = (float(value) if isinstance(value, int | float) and not isinstance(value, bool)
+              and math.isfinite(value) else None)
+    ended = "finished" if error is None and number is not None else "crashed"
+    if error is None and number is None:
+        message = f"no finite {record.metric['name']!r} (got {value!r})"
+    trial.status, trial.error, trial.run_id, trial.run_dir = ended, message, run.id, str(run.dir)
+    trial.value = number
+    trial.finished_at = time.time()
+    if error is not None:
+        errors.append(error)
+    record.touch()
+    search.tell(trial.number, trial.value, ended)
 
 
-def _trial_run(sweep: Sweep, i: int, config: dict[str, Any]) -> Run:
-    return Run(sweep.project, name=f"{sweep.id}-{i}", config=config, tags=(f"sweep:{sweep.id}",))
+def _end(record: SweepRecord) -> None:
+    """Every trial ran: the sweep finished, or crashed when every trial did."""
+    failed = bool(record.trials) and all(t.status == "crashed" for t in record.trials)
+    record.status = "crashed" if failed else "finished"
+    record.touch()
+
+
+def _checked(record: SweepRecord, errors: list[BaseException]) -> SweepRecord:
+    """The record, or RuntimeError when every trial failed (a bug in the trial function, usually)."""
+    if record.status == "crashed":
+        raise RuntimeError(f"every trial of sweep {record.id} failed; last: "
+                           f"{record.trials[-1].error}") from (errors[-1] if errors else None)
+    return record
+
+
+def _trial_run(sweep: Sweep, trial: TrialRecord) -> Run:
+    return Run(sweep.project, name=trial.name, config=trial.config, tags=(f"sweep:{sweep.id}",))
 
 
 def _returned(run: Run, sweep: Sweep, value: Any) -> None:
@@ -248,11 +265,10 @@ def _args(function: Callable[..., Any], config: dict[str, Any], run: Run) -> tup
     return (config, run) if len(positional) >= 2 else (config,)
 
 
-def _save(sweep: Sweep, result: SweepResult) -> None:
+def _save(record: SweepRecord) -> None:
     if get_mode() == "disabled":
         return
-    write_json(get_dir() / "sweeps" / sweep.project / f"{sweep.id}.json",
-               {**sweep.describe(), **result.to_dict()})
+    write_record(record_path(get_dir(), record.project, record.id), record)
 
 
 def _sweep_id() -> str:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .store import flatten
+from ..tracking.store import flatten
 
 __all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Uniform", "flatten",
            "grid_axes", "parse_parameter", "spec", "unflatten"]

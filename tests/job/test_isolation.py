@@ -13,11 +13,10 @@ import torch
 from aiotrain.cli.train import load_config
 from aiotrain.events import Events
 from aiotrain.handlers import Checkpoint
-from aiotrain.isolation import ProcessJob, run_evaluated
-from aiotrain.job import TrainJob
+from aiotrain.job import ProcessJob, TrainJob, run_evaluated
 from aiotrain.tracking import Track
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
