@@ -191,6 +191,29 @@ def test_the_mirror_thread_ends_with_the_run(server, tmp_path):
     _wait(lambda: not [t for t in set(threading.enumerate()) - before if "mlflow" in t.name])
 
 
+def test_a_train_job_mirrors_its_run_with_tracking_mlflow_uri(server, tmp_path):
+    from aiotrain.job import TrainJob
+    from aiotrain.runtime import run as run_loop
+    from tests.job.test_train_job import config
+
+    job = TrainJob(config(tmp_path, **{"tracking.mlflow_uri": server.url, "train.max_epochs": 2}),
+                   progress=False, echo=lambda _: None)
+    result = run_loop(job.run())
+    assert result.exit_code == 0
+    client = MlflowClient(tracking_uri=server.url)
+    cursor = MlflowCursor.load(Path(result.run_dir), server.url)
+    remote = client.get_run(cursor.run_id)
+    assert remote.info.status == "FINISHED" and remote.data.params["optim.lr"] == "0.05"
+    assert [m.value for m in client.get_metric_history(cursor.run_id, "val/loss")] == \
+        pytest.approx([v for v in _local_history(result.run_dir, "val/loss")])
+
+
+def _local_history(run_dir, key):
+    from aiotrain.tracking.read import scan_history
+
+    return [r[key] for r in scan_history(run_dir) if key in r]
+
+
 def test_metric_names_and_steps_mlflow_rejects_are_made_acceptable():
     last: dict[str, int] = {}
     records = [{"step": 3, "timestamp": 1.5, "a?b#c": 1, "flag": True, "hist": {"bins": []}},
