@@ -66,6 +66,10 @@ def _parser() -> Parser:
     target = export.add_mutually_exclusive_group(required=True)
     target.add_argument("--tensorboard", metavar="DIR", help="one folder per run under DIR, with hparams")
     target.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI (e.g. sqlite:///mlflow.db)")
+    sync = sub.add_parser("sync", help="send what runs have not yet sent to their MLflow server")
+    sync.add_argument("runs", nargs="+", metavar="RUN")
+    sync.add_argument("--mlflow", metavar="URI", help="that server (default: each one a run mirrors to "
+                      "and has not finished sending to)")
     rm = sub.add_parser("rm", help="delete runs (their folders)")
     rm.add_argument("runs", nargs="+", metavar="RUN")
     rm.add_argument("-y", "--yes", action="store_true", help="really delete (without it: only list)")
@@ -74,7 +78,7 @@ def _parser() -> Parser:
     serve.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="another Host name the dashboard answers to (repeat; e.g. behind a proxy)")
-    for p in (ls, show, compare, plot, export, rm, serve):
+    for p in (ls, show, compare, plot, export, sync, rm, serve):
         p.add_argument("--dir", help="tracking root (default: $AIOTRAIN_DIR or ./.aiotrain)")
     return parser
 
@@ -334,6 +338,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from ..tracking.mlflow_sink import RunFacts, pending_uris, sync_run
+
+    for record in _find_all(args):
+        name = f"{record.project}/{record.id}"
+        uris = [args.mlflow] if args.mlflow else pending_uris(record.dir)
+        if not uris:
+            print(f"{name}: nothing left to send")
+        for uri in uris:
+            try:
+                result = sync_run(RunFacts.of_record(record), uri, record.status)
+            except Exception as exc:  # the server's or the client's error: one line, the run stays
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UserError(f"{name}: MLflow at {uri} failed: {first}; nothing was lost, "
+                                "run 'aiotrain runs sync' again", code=ExitCode.FAILED) from None
+            print(f"{name}: {'complete already' if result.skipped else 'sent'} -> MLflow run "
+                  f"{result.run_id} at {uri}")
+    return 0
+
+
 def _cmd_rm(args: argparse.Namespace) -> int:
     import secrets
     import shutil
@@ -374,4 +398,4 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "compare": _cmd_compare, "plot": _cmd_plot, "export": _cmd_export,
-             "rm": _cmd_rm, "serve": _cmd_serve}
+             "sync": _cmd_sync, "rm": _cmd_rm, "serve": _cmd_serve}

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
 import torch
 
@@ -51,6 +51,7 @@ __all__ = ["Attachable", "Engine"]
 H = TypeVar("H", bound=Callable[..., object])
 
 
+@runtime_checkable
 class Attachable(Protocol):
     """What ``add_metric`` attaches: a Metric (aiotrain's or Ignite's)."""
 
@@ -175,9 +176,13 @@ class Engine:
         # Ignite's handlers (its tqdm ProgressBar) check membership here before attaching
         return self._events.bus.allowed
 
-    def add_metric(self, metric: Attachable, name: str) -> None:
-        """Attach ``metric`` under ``name``: its value lands in ``state.metrics[name]``."""
-        metric.attach(self, name)
+    def add_metric(self, metric: Attachable | object, name: str) -> None:
+        """Attach ``metric`` under ``name``: its value lands in ``state.metrics[name]``.
+        aiotrain's and Ignite's metrics attach themselves; a torchmetrics ``Metric`` or
+        ``MetricCollection`` is wrapped in :class:`aiotrain.metrics.TorchMetric`."""
+        from ..metrics.adapter import as_metric
+
+        as_metric(metric).attach(self, name)
 
     def add_metrics(self, metrics: Mapping[str, Attachable]) -> None:
         """Attach several metrics: ``{"acc": Accuracy(), ...}``."""

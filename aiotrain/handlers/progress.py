@@ -4,8 +4,10 @@ A redraw is a loop handler, and reaching a loop handler costs the compute thread
 (~70 us). So the per-iteration handler is attached with an ``event_filter`` that the engine
 evaluates on the compute thread: it passes only when ``refresh_s`` has elapsed since the last
 redraw or on the epoch's last iteration. Between redraws, training pays one clock read per
-iteration. Outside a terminal (CI logs, files) there is no bar: one line per epoch instead.
-rich (extra ``progress``) is imported when a ProgressBar is made, not with this module.
+iteration. Outside a terminal (CI logs, files) there is no bar: one line per epoch instead. In a
+Jupyter kernel (with the default console) the bar is an HTML output of the cell, replaced in
+place at each redraw (``aiotrain.notebook``). rich (extra ``progress``) is imported when a
+ProgressBar is made, not with this module.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from ..errors import require
 from ..events import Events
+from ..notebook import LiveOutput, in_kernel, progress_html
 from ..values import as_number
 
 if TYPE_CHECKING:
@@ -54,6 +57,8 @@ class ProgressBar:
         self.persist = bool(persist)
         self.refresh_s = float(refresh_s)
         self.console = console or _stderr_console()  # MissingExtra without rich
+        self._notebook = console is None and in_kernel()
+        self._html: LiveOutput | None = None
         self._progress: Progress | None = None
         self._task: Any = None
         self._last_draw = 0.0
@@ -71,7 +76,7 @@ class ProgressBar:
         self._metric_names = metric_names
         self._output_transform = output_transform
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
-        if self.console.is_terminal:
+        if self.console.is_terminal or self._notebook:
             engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._redraw_due),
                                      self._redraw)
         # first among EPOCH_COMPLETED handlers: the epoch's line closes before evaluation prints
@@ -94,6 +99,10 @@ class ProgressBar:
         st = engine.state
         self._epoch_start = self._last_draw = time.perf_counter()
         self._start_iteration = st.epoch_iteration
+        if self._notebook:
+            self._html = LiveOutput()
+            self._redraw(engine)
+            return
         if not self.console.is_terminal:
             return
         from rich.progress import (
@@ -115,15 +124,19 @@ class ProgressBar:
         self._progress.refresh()
 
     def _redraw(self, engine: Any) -> None:
+        st = engine.state
+        if self._html is not None:
+            detail = f"{self._rate(st)} {_format(self._values(engine))}".strip()
+            self._html.show(progress_html(_epoch_label(st), st.epoch_iteration, st.epoch_length, detail))
+            return
         if self._progress is None:
             return
-        st = engine.state
         self._progress.update(self._task, completed=st.epoch_iteration, rate=self._rate(st),
                               values=_format(self._values(engine)))
         self._progress.refresh()
 
     def _epoch_completed(self, engine: Any) -> None:
-        if self._progress is not None:
+        if self._progress is not None or self._html is not None:
             self._redraw(engine)
             self.close()
             return
@@ -140,6 +153,7 @@ class ProgressBar:
     def close(self) -> None:
         """Stop the live display (idempotent)."""
         progress, self._progress = self._progress, None
+        self._html = None  # the finished bar stays in the cell's output
         if progress is not None:
             progress.stop()
 

@@ -36,7 +36,8 @@ __all__ = ["RECORD", "RESUMABLE", "ResumeError", "RunIdentity", "config_diff", "
 RECORD = "run.sdn"
 # keys a resume may change; everything else must match the run's config (or --force)
 RESUMABLE = ("train.max_epochs", "train.log_every", "train.device", "train.patience",
-             "train.resume", "tracking.tags", "tracking.notes", "tracking.mode", "validation.",
+             "train.resume", "tracking.tags", "tracking.notes", "tracking.mode", "tracking.mlflow_uri",
+             "validation.",
              "checkpoint.every")
 # ...but only between values: turning one on or off changes what the checkpoints hold (early
 # stopping's state), so the run's checkpoint would not load

@@ -78,6 +78,7 @@ class TrackingSection(msgspec.Struct, frozen=True):
     tags: list[str] = []
     notes: str = ""
     mode: Literal["offline", "disabled"] = "offline"
+    mlflow_uri: str | None = None  # mirror live to this MLflow server; default $MLFLOW_TRACKING_URI
 
 
 class ValidationSection(msgspec.Struct, frozen=True):

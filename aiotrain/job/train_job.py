@@ -189,7 +189,8 @@ class TrainJob:
             return None
         make = functools.partial(Run, s.tracking.project, name=s.tracking.name,
                                  config=Conf.to_dict(self.cfg), tags=tuple(s.tracking.tags),
-                                 notes=s.tracking.notes, dir=str(self.root), mode="offline")
+                                 notes=s.tracking.notes, dir=str(self.root), mode="offline",
+                                 mlflow_uri=s.tracking.mlflow_uri)
         if resume_id is None:
             run = await to_io(make)
         else:

@@ -1,6 +1,7 @@
 """Metrics: reset / update / compute, attached to an engine as compute-thread hooks."""
 
 from .accuracy import Accuracy
+from .adapter import TorchMetric, as_metric
 from .loss import Loss
 from .metric import Metric, NotComputableError
 from .precision_recall import F1Score, Precision, Recall
@@ -19,4 +20,6 @@ __all__ = [
     "R2Score",
     "Recall",
     "RunningAverage",
+    "TorchMetric",
+    "as_metric",
 ]

@@ -586,3 +586,19 @@ def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] |
         outputs += _run_refs(store.root, consumer, "logged.jsonl")
     return {"inputs": list(dict.fromkeys(inputs)), "runs": runs, "outputs": list(dict.fromkeys(outputs))}
 
+
+
+def logged_artifacts(root: Path, project: str, run_id: str) -> list[Artifact]:
+    """The versions a run logged, in order, each once (what an MLflow mirror uploads)."""
+    store = _Store(root)
+    out: list[Artifact] = []
+    for ref in dict.fromkeys(_run_refs(root, {"project": project, "id": run_id}, "logged.jsonl")):
+        name, spec = _parse_ref(ref)
+        index = store.read(project, name)
+        if index is None:
+            raise LookupError(f"run {run_id} logged artifact {ref!r}, which is not in the store at {root}")
+        entry = _resolve(index, spec, ref)
+        artifact = Artifact(name, index["type"], entry["description"], entry["metadata"])
+        _fill(artifact, root, project, index, entry)
+        out.append(artifact)
+    return out

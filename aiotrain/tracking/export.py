@@ -27,14 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from .read import RunRecord, flatten, scan_history
 
 __all__ = ["export_mlflow", "export_tensorboard", "tensorboard_folder"]
 
-_MLFLOW_STATUS = {"finished": "FINISHED", "crashed": "FAILED", "interrupted": "KILLED"}
-_PARAM_BATCH, _METRIC_BATCH = 100, 1000  # MLflow's log_batch limits
 
 
 def _histories(record: RunRecord) -> Iterator[dict[str, Any]]:
@@ -124,55 +123,15 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def export_mlflow(record: RunRecord, uri: str) -> dict[str, Any]:
-    """Write ``record`` into the MLflow tracking store at ``uri``; returns the MLflow run id and
-    counts (``skipped`` is True when this run was exported there before)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    """Write ``record`` into the MLflow tracking store at ``uri`` (through the same code as the
+    live mirror, ``mlflow_sink.py``); returns the MLflow run id and counts (``skipped`` is True
+    when this run was exported there before)."""
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=uri)
+    from .mlflow_sink import RunFacts, sync_run
+
     try:
-        experiment = client.get_experiment_by_name(record.project)
-        exp_id = experiment.experiment_id if experiment else client.create_experiment(record.project)
-        found = client.search_runs([exp_id], filter_string=f"tags.`aiotrain.run_id` = '{record.id}'",
-                                   max_results=1)
-        if found:
-            return {"run_id": found[0].info.run_id, "skipped": True, "params": 0, "metrics": 0, "artifacts": 0}
-        tags = {"aiotrain.run_id": record.id, "aiotrain.project": record.project,
-                "aiotrain.tags": ",".join(record.tags), "mlflow.note.content": record.metadata.get("notes") or ""}
-        tags.update({f"tag.{t}": "true" for t in record.tags})
-        run = client.create_run(exp_id, start_time=int(record.created_at * 1000), tags=tags, run_name=record.name)
-        run_id = run.info.run_id
-        params = [Param(k, str(_hparam(v))[:6000]) for k, v in flatten(record.config).items()]
-        for i in range(0, len(params), _PARAM_BATCH):
-            client.log_batch(run_id, params=params[i:i + _PARAM_BATCH])
-        metrics: list[Any] = []
-        count = 0
-        for entry in _histories(record):
-            step, ms = int(entry["step"]), int(float(entry.get("timestamp") or 0.0) * 1000)
-            for key, value in entry.items():
-                if key in ("step", "timestamp") or isinstance(value, bool) or not isinstance(value, int | float):
-                    continue
-                metrics.append(Metric(key, float(value), ms, step))
-                if len(metrics) == _METRIC_BATCH:
-                    client.log_batch(run_id, metrics=metrics)
-                    count += len(metrics)
-                    metrics = []
-        if metrics:
-            client.log_batch(run_id, metrics=metrics)
-            count += len(metrics)
-        artifacts = 0
-        for sub in ("media", "tables"):
-            folder = record.dir / sub
-            files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-            if files:
-                client.log_artifacts(run_id, str(folder), artifact_path=sub)
-                artifacts += len(files)
-        status = _MLFLOW_STATUS.get(record.status)
-        if status is not None:
-            end = record.metadata.get("finished_at")
-            client.set_terminated(run_id, status, end_time=int(end * 1000) if end else None)
-        client.log_batch(run_id, tags=[RunTag("aiotrain.status", record.status)])
+        result = sync_run(RunFacts.of_record(record), uri, record.status)
     except MlflowException as exc:
         raise ValueError(f"mlflow store {uri}: {exc.message.splitlines()[0]}") from None
-    return {"run_id": run_id, "skipped": False, "params": len(params), "metrics": count, "artifacts": artifacts}
+    return msgspec.structs.asdict(result)

@@ -41,6 +41,7 @@ import itertools
 import math
 import os
 import secrets
+import socket
 import string
 import sys
 import threading
@@ -102,7 +103,8 @@ class Run:
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
                  tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
                  resume: bool | str = False, *, rewind: int | None = None, mode: str | None = None,
-                 system_interval: float | None = 2.0, flush_interval: float | None = None) -> None:
+                 system_interval: float | None = 2.0, flush_interval: float | None = None,
+                 mlflow_uri: str | None = None) -> None:
         self.project = check_name("project", project)
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
@@ -134,6 +136,7 @@ class Run:
         self._sampler: asyncio.Task[None] | None = None
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._system: MetricsWriter | None = None
+        self._chart: Any = None  # a LiveChart in a notebook cell (tracking/live_chart.py)
         if system_interval is not None and not system_interval > 0:
             raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
         self.system_interval = system_interval
@@ -153,6 +156,21 @@ class Run:
             warm_up(sampler=system_interval is not None)  # first-use work now, not in the first drain
             with _open_lock:
                 _open_runs.add(self)
+        self._mirror = None if self.disabled else self._open_mirror(mlflow_uri)
+
+    def _open_mirror(self, uri: str | None) -> Any:
+        """The MLflow mirror (started) when a tracking server is named, else None."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
+        if not uri:
+            return None
+        from .mlflow_sink import MlflowSink, RunFacts
+
+        facts = RunFacts(run_dir=self.dir, project=self.project, name=self.name, run_id=self.id,
+                         config=self.config, tags=self.tags, notes=self.notes,
+                         start_time=self.start_time, host=socket.gethostname())
+        mirror = MlflowSink(facts, uri)
+        mirror.start()
+        return mirror
 
     # logging (the hot path) --------------------------------------------------------------------
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
@@ -344,6 +362,10 @@ class Run:
         self._writer.close()  # creates the folder and metadata if nothing was logged yet
         write_sdn(self.dir / "summary.sdn", self.summary)
         self._write_metadata(self.summary)
+        if self._chart is not None:
+            self._chart.close()
+        if self._mirror is not None and not self._mirror.finish(status):
+            print(f"aiotrain: {self._mirror.pending()}", file=sys.stderr)
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
@@ -437,6 +459,9 @@ class Run:
         without a ``with`` block."""
         if self._writer is not None:
             await to_io(self._writer.open)
+            from .live_chart import open_live_chart
+
+            self._chart = open_live_chart(self.dir / "metrics.jsonl", f"{self.project}/{self.name}")
         self._start_sampler()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:

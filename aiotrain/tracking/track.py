@@ -68,7 +68,8 @@ class Track:
     def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
             tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
             resume: bool | str = False, system_interval: float | None = 2.0,
-            flush_interval: float | None = None, rewind: int | None = None) -> _Run:
+            flush_interval: float | None = None, rewind: int | None = None,
+            mlflow_uri: str | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
         ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
@@ -83,9 +84,12 @@ class Track:
         ``flush_interval`` is the run's loss window on a crash, in seconds (see
         ``set_flush_interval``). Names, tags, notes and config that could not be stored are a
         ValueError here, not at ``finish``.
+        ``mlflow_uri`` (default: the ``MLFLOW_TRACKING_URI`` environment variable) mirrors the run
+        live to that MLflow tracking server (``tracking/mlflow_sink.py``); "" turns it off.
         """
         return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
-                    rewind=rewind, system_interval=system_interval, flush_interval=flush_interval)
+                    rewind=rewind, system_interval=system_interval, flush_interval=flush_interval,
+                    mlflow_uri=mlflow_uri)
 
     @staticmethod
     def set_mode(mode: str) -> None:
