@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-remote bench bench-remote torture lint clean compat
+.PHONY: setup test demo demo-remote bench bench-remote torture lint clean compat gpu-check
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ compat: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "# $$b"; $(BIN)/python $$b || exit 1; done
+
+# every CUDA path's tests and the GPU benchmarks, one JSON line (on a machine with a GPU: see README)
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 # the long fault runs (not part of `make test`): about an hour on 2 cores; prints one line of counts
 torture: setup

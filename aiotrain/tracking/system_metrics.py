@@ -6,7 +6,7 @@ one task that, every ``system_interval`` seconds, takes a sample in the I/O exec
 ``system/*`` keys, at the run's current step. They live in their own file so that the metric
 history a user logged (``metrics.jsonl``) holds exactly what they logged. Rates (disk and network
 MB/s) are over the time since the previous sample; CPU percentages too (psutil's non-blocking
-form). GPU keys appear only where NVML (``pynvml``) or CUDA reports devices.
+form). GPU keys appear only where NVML (the ``pynvml`` module of ``nvidia-ml-py``, extra ``gpu``) or CUDA reports devices.
 
 psutil is imported by the first ``SystemSampler`` (or earlier, by ``system.warm_up`` when the run
 is created), never when this module is: the run imports this module on the event loop when it

@@ -253,7 +253,7 @@ def test_device_moves_batches():
     assert loader.pin_memory is False
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_device_pins_and_copies_non_blocking():
     devices = []
     loader = AsyncLoader(LatencyDataset(n=8, max_latency=0), 4, device="cuda")

@@ -454,7 +454,7 @@ def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_p
 
 
 # CUDA (only where a GPU exists) -----------------------------------------------------------------
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 async def test_cuda_state_is_staged_in_pinned_buffers(tmp_path):
     model = torch.nn.Linear(512, 512).cuda()
     ckpt = Checkpoint({"model": model}, tmp_path)

@@ -109,7 +109,7 @@ def test_bf16_autocast_on_cpu():
     assert seen and all(d == torch.bfloat16 for d in seen)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 with a GradScaler needs CUDA")
+@pytest.mark.cuda
 def test_float16_with_grad_scaler_on_cuda():
     dev = torch.device("cuda")
     net = model().to(dev)

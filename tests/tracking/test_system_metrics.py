@@ -6,7 +6,6 @@ import asyncio
 
 import psutil
 import pytest
-import torch
 
 from aiotrain.tracking import Track
 from aiotrain.tracking.reader import read_history
@@ -28,7 +27,7 @@ def test_a_sample_holds_cpu_memory_and_io():
     assert all(isinstance(v, float) for v in sample.values())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.cuda
 def test_gpu_keys_when_a_gpu_is_present():
     sample = SystemSampler().sample()
     assert any(k.startswith("system/gpu0/") for k in sample)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from validation_helpers import Net, check, loader
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 
 def _on_cuda(batches):
