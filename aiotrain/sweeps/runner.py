@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Conf, Config, ConfigError
+from ..config.overrides import apply_overrides
 from ..job import ProcessJob, TrainJob, run_evaluated
 from ..job.identity import ResumeError
 from ..job.protocol import Job
-from ..job.settings import load_settings
+from ..job.settings import RUNTIME_KEYS, load_settings
 from ..job.train_job import JobResult
 from ..owner import current_owner, owner_alive, owner_of
 from ..runtime import to_io
@@ -139,7 +140,7 @@ class SweepRunner:
         """Read and check the base config, then make the ledger (blocking file work: runs in the
         I/O executor)."""
         settings, _ = load_settings(self._config({}))
-        raw = Conf.merge(Conf.load_sdn(self.config), Conf.from_cli_dotlist(self.overrides))
+        raw = self._base()
         for key in flatten(self.sweep.parameters):
             if not Conf.has_path(raw, key):
                 raise ConfigError(f"sweep parameter {key!r} is not a key of {self.config} "
@@ -165,9 +166,15 @@ class SweepRunner:
         return LocalLedger(self.sweep, record, self.root, tr.project, self.trials,
                            resuming=self._stored is not None, on_update=self.on_update)
 
+    def _base(self) -> Config:
+        """The config file with the fixed overrides, held to the rule ``aiotrain train`` keeps:
+        an override changes a key the file sets, to a value of its kind (a misspelled key is an
+        error, never a sweep that silently ignores it)."""
+        return apply_overrides(Conf.load_sdn(self.config), self.overrides, source=self.config,
+                               free=RUNTIME_KEYS)
+
     def _config(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> Config:
-        cfg = Conf.merge(Conf.load_sdn(self.config), Conf.from_cli_dotlist(self.overrides),
-                         unflatten(params), extra or {})
+        cfg = Conf.merge(self._base(), unflatten(params), extra or {})
         return Conf.resolve(cfg)
 
     def _trial_config(self, trial: TrialRecord) -> Config:

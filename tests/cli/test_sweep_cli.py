@@ -35,6 +35,8 @@ def test_bad_specs_exit_2_with_one_line(tmp_path):
                            [("examples/digits.sdn", "optim.lr=loguniform(0,1)"), "optim.lr"],
                            [("examples/digits.sdn", "optm.lr=1e-3,1e-2", "--trials", "1"), "optm.lr"],
                            [("examples/digits.sdn", "train.max_epochs=3"), "nothing to search"],
+                           [("examples/digits.sdn", "model.dropuot=0.1", "optim.lr=1e-3,1e-2", "--trials", "1"),
+                            "model.dropuot"],
                            [("--resume", "nosuchid"), "nosuchid"]):
         r = subprocess.run(sweep_cmd(tmp_path, *args), cwd=ROOT, env=env(tmp_path), capture_output=True,
                            text=True, timeout=120)
