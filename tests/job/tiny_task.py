@@ -17,6 +17,10 @@ seed: 0
 data:
   n = 64
   batch_size = 8
+  slow = null         # seconds per training step (a trial long enough to be killed)
+  die_at = null       # iteration at which rank die_rank kills itself once (marker: die_marker)
+  die_rank = 1
+  die_marker = null
 optim:
   lr = 0.05
 tracking:
