@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aiotrain"
 #: ``Track.run(...)`` opens a Run (a context manager); neither is the coroutine verb ``run``.
 #: ``Engine.run`` is a plain function that returns its coroutine (it captures the caller's torch
 #: modes at the call, and a dropped one is detected), so it is awaited like a coroutine function.
-SYNC_RUNS = {"runtime.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
+SYNC_RUNS = {"runtime/loop.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
 
 
 def _public_functions() -> dict[str, dict[str, str]]:

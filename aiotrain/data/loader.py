@@ -34,7 +34,14 @@ import torch
 from torch.utils.data import default_collate
 
 from ..protocols import EpochAware
-from ..runtime import DataWorkerPool, WorkerDied, WorkerInitError, submit_abandonable, to_io
+from ..runtime import (
+    DataWorkerPool,
+    LoopPortal,
+    WorkerDied,
+    WorkerInitError,
+    submit_abandonable,
+    to_io,
+)
 from ..values import check_int
 from .batch import move_batch, pin_batch
 from .stage import BatchJob, CpuStage, Rng
@@ -87,9 +94,9 @@ class _Stream:
     loop (``await anext()``) or from another thread (``next_blocking()``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, budget: _Budget,
+    def __init__(self, portal: LoopPortal, budget: _Budget,
                  on_consume: Callable[[], None], finalize: Callable[[Any], Any]) -> None:
-        self._loop = loop
+        self._portal = portal
         self.budget = budget
         self.on_consume = on_consume
         self._finalize = finalize
@@ -164,7 +171,7 @@ class _Stream:
         with self._cond:
             while (item := self._take()) is None:
                 self._cond.wait()
-        self._loop.call_soon_threadsafe(self._consumed)
+        self._portal.notify(self._consumed)
         return self._unwrap(item)
 
     async def anext(self) -> Any:
@@ -250,7 +257,7 @@ class _StreamingLoader(abc.ABC):
         return _Budget(self.prefetch)
 
     def _start_stream(self, epoch: int, start: int, budget: _Budget) -> _Stream:
-        stream = _Stream(asyncio.get_running_loop(), budget, self._advance, self._finalize)
+        stream = _Stream(LoopPortal(), budget, self._advance, self._finalize)
         stream.on_close = self._stream_closed
         stream.task = asyncio.create_task(self._run_producer(stream, epoch, start))
         return stream
@@ -421,7 +428,7 @@ class AsyncLoader(_StreamingLoader):
     # lifecycle ----------------------------------------------------------------------------------
     def _worker_pool(self) -> DataWorkerPool:
         pool = self._pool
-        if pool is not None and pool._loop is not None and pool._loop is not asyncio.get_running_loop():
+        if pool is not None and pool.loop is not None and pool.loop is not asyncio.get_running_loop():
             pool.close()  # a previous event loop's pool (run_sync runs a loop per call)
             pool = None
         if pool is None:

@@ -281,10 +281,10 @@ class Engine:
                         scalars(self.state.output), plain(self.state.metrics), time.time())
         bridge = self._bridge
         for obs in wanted:
-            if bridge is None or bridge.on_loop():
+            if bridge is None:
                 obs.push(snap)
             else:
-                bridge.loop.call_soon_threadsafe(obs.push, snap)
+                bridge.notify(obs.push, snap)
 
     # state ----------------------------------------------------------------------------------
     @property
