@@ -51,7 +51,7 @@ from aiotrain.config import Conf, ConfigError
 from aiotrain.dashboard import dashboard_app
 from aiotrain.isolation import ProcessJob
 from aiotrain.job import TrainJob
-from aiotrain.runtime import to_io
+from aiotrain.runtime import start_job_server, to_io
 
 LOG_LINES = 20
 
@@ -267,6 +267,9 @@ async def serve(host: str, port: int, service: Service) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]
+    if service.isolate:  # job processes fork from a warm server: it imports the tasks now
+        await start_job_server(["aiotrain.isolation",
+                                *sorted(t.partition(":")[0] for t in service.policy.tasks if t)])
     print(f"listening on http://{host}:{bound}", flush=True)
     try:
         await asyncio.Event().wait()

@@ -51,7 +51,10 @@ def _sweep(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.resume is None and args.config is None:
         raise UserError("give a CONFIG.sdn (or --resume ID)")
-    from ..runtime import run
+    from ..runtime import prestart_job_server, run
+
+    if not args.in_process:  # trials fork from a warm job server: it imports while we do
+        prestart_job_server(["aiotrain.isolation"])
     from ..sweeper import SweepRunner
     from ..tracking.sweeps import Sweep
 

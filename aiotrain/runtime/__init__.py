@@ -11,6 +11,7 @@ One small module per direction, as anyio lays it out:
 - ``waiting``: how the loop awaits work elsewhere (``await_future``);
 - ``data_workers``: ``DataWorkerPool`` and its worker processes;
 - ``jobs``: ``JobProcess``, one job in a process of its own;
+- ``job_server``: the warm job server job processes are forked from (``start_job_server``);
 - ``processes`` (starting a process, one way), ``messages`` + ``wire`` (the one typed wire
   between processes) and ``portable`` (``portable_error``) under them.
 
@@ -35,6 +36,9 @@ _EXPORTS = {
     "DataWorkerPool": "data_workers", "WorkerContext": "data_workers",
     "WorkerDied": "data_workers", "WorkerInitError": "data_workers",
     "JobChannel": "jobs", "JobProcess": "jobs", "JobProcessError": "jobs",
+    "start_job_server": "job_server", "prestart_job_server": "job_server",
+    "close_job_server": "job_server",
+    "job_server_pids": "job_server",
     "portable_error": "portable",
 }
 
@@ -55,6 +59,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io_threads import shutdown_io as shutdown_io
     from .io_threads import submit_io as submit_io
     from .io_threads import to_io as to_io
+    from .job_server import close_job_server as close_job_server
+    from .job_server import job_server_pids as job_server_pids
+    from .job_server import prestart_job_server as prestart_job_server
+    from .job_server import start_job_server as start_job_server
     from .jobs import JobChannel as JobChannel
     from .jobs import JobProcess as JobProcess
     from .jobs import JobProcessError as JobProcessError

@@ -1,12 +1,14 @@
 """To job processes: ``JobProcess`` runs one ``async def`` target in a process of its own.
 
 A job that must not share torch's per-process state (global RNG, thread settings, modes) with its
-neighbours runs here. The child is a fresh interpreter (``processes.spawn``: never forked from
-this multi-threaded process), so no multiprocessing helper process is left behind and the
-caller's ``__main__`` is not re-imported. Parent and child talk over one wire (``wire.py``): a
-``Start`` message, then ``Post`` messages of the job's own protocol both ways, ``Cancel`` from the
-parent, and one outcome (``Result``, ``Error`` or ``Cancelled``) from the child. The parent reads
-the wire with ``loop.add_reader``, so a job holds no thread of the parent while it runs.
+neighbours runs here. The child is forked from the loop's warm job server (``job_server.py``:
+single-threaded, torch and the task already imported), or with ``AIOTRAIN_JOB_START=spawn`` (or
+where the server cannot serve) it is a fresh interpreter (``processes.spawn``); never forked from
+this multi-threaded process, and the caller's ``__main__`` is not re-imported. Parent and child
+talk over one wire (``wire.py``): a ``Start`` message, then ``Post`` messages of the job's own
+protocol both ways, ``Cancel`` from the parent, and one outcome (``Result``, ``Error`` or
+``Cancelled``) from the child. The parent reads the wire with ``loop.add_reader``, so a job holds
+no thread of the parent while it runs.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import itertools
+import logging
 import os
 import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .io_threads import submit_io
 from .loop import run
@@ -29,6 +33,7 @@ from .messages import (
     Cancelled,
     Error,
     FromJob,
+    Imported,
     Message,
     Post,
     Result,
@@ -38,11 +43,16 @@ from .messages import (
     unpickled,
 )
 from .portable import portable_error
-from .processes import ChildProcess, child_prologue, parent_end, spawn
+from .processes import Child, child_prologue, parent_end, spawn
 from .waiting import await_future
 from .wire import Wire, WireError
 
+if TYPE_CHECKING:
+    from .job_server import JobServer
+
 __all__ = ["JobChannel", "JobProcess", "JobProcessError"]
+
+log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 _live_jobs: set[JobProcess] = set()
@@ -120,8 +130,9 @@ class JobProcess:
         self.on_message = on_message
         self.grace = grace
         self.name = name or f"aiotrain-job-{next(_ids)}"
-        self._proc: ChildProcess | None = None
-        self._wire: Wire[Post | Result | Error | Cancelled] | None = None
+        self._proc: Child | None = None
+        self._server: JobServer | None = None  # the job server it was forked from, if any
+        self._wire: Wire[Post | Imported | Result | Error | Cancelled] | None = None
         self._outcome: asyncio.Future[Outcome] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -144,13 +155,9 @@ class JobProcess:
         self._outcome = self._loop.create_future()
         mine, theirs = Wire.socketpair()
         self._wire = Wire(parent_end(mine), FromJob)
-        fut = submit_io(spawn, "aiotrain.runtime.jobs:job_main", [theirs.fileno()], (theirs.fileno(),))
         try:
-            self._proc = await await_future(fut)
-        except asyncio.CancelledError:  # the process may exist by now: it must not be left behind
-            if not fut.cancelled() and fut.exception() is None:
-                fut.result().kill()
-                fut.result().join()
+            self._proc = await self._start_process(theirs)
+        except BaseException:
             self._wire.close()
             raise
         finally:
@@ -164,6 +171,31 @@ class JobProcess:
             self._release()
             raise
         return self
+
+    async def _start_process(self, job_end: socket.socket) -> Child:
+        """Fork the job from the loop's job server, or spawn a fresh interpreter when the server
+        is off or cannot serve (it died, or an import made forking unsafe)."""
+        from . import job_server
+
+        for _ in range(2 if job_server.enabled() else 0):  # a server that became unfit: one more
+            try:
+                server = await job_server.job_server()
+                server.preload([self.target.__module__])
+                child = await server.afork(job_end)
+            except job_server.JobServerUnavailable as exc:
+                log.info("job %s could not fork from the job server: %s", self.name, exc)
+            else:
+                self._server = server
+                return child
+        fut = submit_io(spawn, "aiotrain.runtime.jobs:job_main", [job_end.fileno()],
+                        (job_end.fileno(),))
+        try:
+            return await await_future(fut)
+        except asyncio.CancelledError:  # the process may exist by now: it must not be left behind
+            if not fut.cancelled() and fut.exception() is None:
+                fut.result().kill()
+                fut.result().join()
+            raise
 
     def send(self, kind: str, payload: Any = None) -> None:
         """Send one message to the child's ``channel.on_message``."""
@@ -228,7 +260,10 @@ class JobProcess:
                 msg, fds = got
                 for fd in fds:
                     os.close(fd)
-                if not isinstance(msg, Post):
+                if isinstance(msg, Imported):
+                    if self._server is not None:
+                        self._server.preload(msg.modules, msg.path)
+                elif not isinstance(msg, Post):
                     self._settle(msg)
                 elif self.on_message is not None:
                     self.on_message(msg.kind, unpickled(msg.body))
@@ -247,12 +282,13 @@ class JobProcess:
         try:
             await asyncio.wait_for(self._proc.exited(), self.grace)
         except TimeoutError:
-            pass
+            self._kill()
+            await self._proc.exited()  # a killed job's exit status comes within milliseconds
         except asyncio.CancelledError:  # cancelled again while waiting: no more patience
             self._kill()
             raise
         finally:
-            if self._proc.poll() is None:
+            if not self._proc.has_ended():
                 self._kill()
             self._release()
 
@@ -279,7 +315,7 @@ class JobProcess:
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(wire.fileno())
             wire.close()
-        if self._proc is not None and self._proc.returncode is not None:
+        if self._proc is not None and self._proc.has_ended():
             _live_jobs.discard(self)
         self._settle(None)
 
@@ -300,13 +336,20 @@ def _kill_live_jobs() -> None:
 
 # the worker's side -------------------------------------------------------------------------------
 def job_main(fd: int) -> None:
-    """The worker process's main: receive the target, run it on a fresh loop, report the outcome."""
+    """A spawned job process's main (a fresh interpreter)."""
     child_prologue()
+    sys.exit(run_job_process(fd))
+
+
+def run_job_process(fd: int, served: bool = False) -> int:
+    """Receive the target on wire ``fd``, run it on a fresh loop, report the outcome; the exit
+    status. ``served``: forked from a job server, which hears what this job imported."""
+    before = set(sys.modules)
     wire: Wire[Start | Post | Cancel] = Wire(socket.socket(fileno=fd), ToJob)
     try:
         got = wire.recv()
     except EOFError:
-        sys.exit(0)
+        return 0
     assert got is not None  # a blocking recv
     channel = JobChannel(wire)
     start = got[0]
@@ -318,22 +361,22 @@ def job_main(fd: int) -> None:
     except BaseException as exc:  # the parent hears why instead of "ended without a result"
         channel._send(Error(pickled(portable_error(exc, "a starting job process",
                                                    fallback=JobProcessError))))
-        sys.exit(1)
+        return 1
+    imported = (lambda: [m for m in list(sys.modules) if m not in before]) if served else None
     try:
-        run(_serve_job(channel, wire, where, target, args))
+        run(_serve_job(channel, wire, where, target, args, imported))
     except asyncio.CancelledError:
         pass  # a cancel that came after the outcome was sent
     wire.close()
     # the parent reaps this process before it goes on: keep the interpreter's final garbage
     # collections from walking torch's objects (about a second of CPU per job)
-    import gc
-
     gc.freeze()
-    sys.exit(0)
+    return 0
 
 
 async def _serve_job(channel: JobChannel, wire: Wire[Start | Post | Cancel], where: str,
-                     target: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+                     target: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                     imported: Callable[[], list[str]] | None) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None  # runs as the main task of run()
@@ -364,4 +407,6 @@ async def _serve_job(channel: JobChannel, wire: Wire[Start | Post | Cancel], whe
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(wire.fileno())
     with contextlib.suppress(OSError):  # the parent may be gone: nobody to tell
+        if imported is not None:
+            channel._send(Imported(imported(), list(sys.path)))
         channel._send(outcome)

@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "Call", "Cancel", "Cancelled", "Error", "Failed", "FromJob", "FromWorker", "InitFailed",
-    "Message", "Post", "Reply", "Result", "Setup", "Start", "ToJob", "ToWorker", "pickled",
+    "Call", "Cancel", "Cancelled", "Error", "Exited", "Failed", "Fork", "Forked", "FromJob",
+    "FromServer", "FromWorker", "Imported", "InitFailed", "Message", "Post", "Preload",
+    "Preloaded", "Reply", "Result", "Setup", "Start", "ToJob", "ToServer", "ToWorker", "pickled",
     "unpickled",
 ]
 
@@ -105,7 +106,61 @@ class Cancelled(Message):
     """The target was cancelled and has cleaned up."""
 
 
+class Imported(Message):
+    """Sent before the outcome by a job forked from a job server: the modules it imported (and
+    its ``sys.path``, which may have grown), which the server may preload for the next job."""
+
+    modules: list[str]
+    path: list[str]
+
+
+# parent <-> job server -----------------------------------------------------------------------------
+class Preload(Message):
+    """Import ``modules`` in the server, so that every later job starts with them loaded;
+    ``path`` entries the server's ``sys.path`` lacks are appended first."""
+
+    modules: list[str]
+    path: list[str] = []
+
+
+class Fork(Message):
+    """Fork one job process. It gets the file descriptors sent with this message: its end of the
+    job wire, then the parent's stdout and stderr (stdin is /dev/null); and the parent's working
+    directory, ``sys.path`` and environment, as a fresh interpreter would."""
+
+    id: int
+    cwd: str
+    path: list[str]
+    env: dict[str, str]
+
+
+class Preloaded(Message):
+    """The server imported what it could of a ``Preload``; ``refused`` names modules it will not
+    hold (their import failed, started a thread or initialised CUDA: forking after that is
+    unsafe); ``ready`` is false when the server can no longer fork safely and is going away."""
+
+    refused: list[str]
+    ready: bool
+
+
+class Forked(Message):
+    """Fork ``id`` became process ``pid`` (its pidfd rides along), or failed with ``error``."""
+
+    id: int
+    pid: int
+    error: str = ""
+
+
+class Exited(Message):
+    """Process ``pid`` ended; ``code`` as ``Popen.returncode`` (negative: killed by that signal)."""
+
+    pid: int
+    code: int
+
+
 ToWorker = Setup | Call
 FromWorker = Reply | Failed | InitFailed
 ToJob = Start | Post | Cancel
-FromJob = Post | Result | Error | Cancelled
+FromJob = Post | Imported | Result | Error | Cancelled
+ToServer = Preload | Fork
+FromServer = Preloaded | Forked | Exited

@@ -11,6 +11,7 @@ waits on a pidfd so the loop never blocks on a child.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -23,10 +24,27 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from .waiting import wait_readable
 
-__all__ = ["ChildProcess", "child_prologue", "fork", "parent_end", "spawn"]
+__all__ = ["Child", "ChildProcess", "child_prologue", "fork", "parent_end", "spawn"]
+
+
+class Child(Protocol):
+    """What a parent holds of a child process, however it was started (``ChildProcess`` here,
+    ``job_server.ServedChild`` for a job forked by the job server)."""
+
+    pid: int
+    returncode: int | None  # None while it runs (or when its exit status could not be learnt)
+
+    def has_ended(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> object: ...
+
+    async def exited(self) -> object: ...
 
 
 class ChildProcess:
@@ -49,8 +67,8 @@ class ChildProcess:
                 self._ended(os.waitstatus_to_exitcode(status))
         return self.returncode
 
-    def is_alive(self) -> bool:
-        return self.poll() is None
+    def has_ended(self) -> bool:
+        return self.poll() is not None
 
     def kill(self) -> None:
         """SIGKILL, unless it has already ended."""
@@ -130,23 +148,27 @@ def child_prologue() -> None:
     asyncio.events._set_running_loop(None)
 
 
-def fork(main: Callable[[], object]) -> ChildProcess:
-    """Fork this process; the child runs ``child_prologue`` and ``main()``, then exits (status
-    0, or 1 with the traceback on stderr if ``main`` raised) without running the parent's
-    exit handlers."""
+def fork(main: Callable[[], int | None], *, exit_handlers: bool = False) -> ChildProcess:
+    """Fork this process; the child runs ``child_prologue`` and ``main()``, then exits with the
+    status ``main`` returns (0 for None; 1 with the traceback on stderr if it raised). The
+    parent's exit handlers run in the child only with ``exit_handlers`` (a job forked from the
+    job server, whose handlers are those a fresh interpreter with its imports would run); a data
+    worker must not run its parent's (they would finish the parent's tracked runs)."""
     pid = os.fork()
     if pid:
         return ChildProcess(pid)
     code = 1
     try:
         child_prologue()
-        main()
-        code = 0
+        code = main() or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
         traceback.print_exc()
     finally:
+        if exit_handlers:
+            with contextlib.suppress(BaseException):
+                atexit._run_exitfuncs()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
