@@ -450,7 +450,7 @@ class AsyncLoader(_StreamingLoader):
         once: their ``worker_init`` runs while this process goes on. ``async with`` calls it.
         No-op with ``workers=0``."""
         if self.workers:
-            self._worker_pool().start()
+            await self._worker_pool().astart()
         return self
 
     async def aclose(self) -> None:
@@ -576,7 +576,7 @@ class AsyncLoader(_StreamingLoader):
             except Exception as exc:
                 raise DatasetError(what, exc) from exc
         pool = self._worker_pool()
-        pool.start()  # a worker that cannot be started is not an item's error: raised as it is
+        await pool.astart()  # a worker that cannot be started is not an item's error: raised as it is
         try:
             (header, failures), fds = await pool.call(job, self._recycler.take())
         except WorkerDied as exc:

@@ -2,6 +2,7 @@
 
 A ComputeWorker lives for one ``Engine.run``: started when it begins, joined when it ends, so
 no compute thread outlives its run. On CUDA it owns a side stream and runs every call inside it.
+Its start and stop tell ``heap`` that a run began or ended (the heap is frozen while runs go).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import heap
 from .waiting import await_future, join_thread
 
 __all__ = ["ComputeWorker", "to_compute"]
@@ -44,6 +46,8 @@ class ComputeWorker:
         """Start the thread (idempotent)."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
+                if self._thread is None:  # not a restart of a thread that died: a new run
+                    heap.run_started()
                 self.stream = _cuda_stream(self.device)
                 self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
                 self._thread.start()
@@ -55,6 +59,7 @@ class ComputeWorker:
             thread, self._thread = self._thread, None
         if thread is None:
             return
+        heap.run_ended()
         self._queue.put(None)
         if wait and thread is not threading.current_thread():
             thread.join()

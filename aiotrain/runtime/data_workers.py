@@ -266,6 +266,17 @@ class DataWorkerPool:
             if w is None or w.dead:
                 self._spawn(i)
 
+    async def astart(self) -> None:
+        """``start``, one worker per turn of the loop: a fork holds the GIL while the kernel
+        copies this process's page tables (tens of ms for a large one), so forking them all in
+        one go would stall the loop that long times the workers."""
+        self._loop = asyncio.get_running_loop()
+        for i in range(self.workers):
+            w = self._slots[i]
+            if w is None or w.dead:
+                self._spawn(i)
+                await asyncio.sleep(0)
+
     async def call(self, message: Any, fds: list[int] | None = None) -> tuple[Any, list[int]]:
         """Run ``message`` on the least busy worker; ``(result, fds)`` or the handler's error.
         ``fds`` travel with the message (the handler takes them with ``ctx.take_received()``);
@@ -280,7 +291,7 @@ class DataWorkerPool:
     async def _call(self, message: Any, fds: list[int]) -> tuple[Any, list[int]]:
         if self._init_error is not None:
             raise self._init_error
-        self.start()
+        await self.astart()
         worker = min((w for w in self._slots if w is not None), key=lambda w: len(w.calls))
         call_id = next(self._ids)
         fut: asyncio.Future[tuple[Any, list[int]]] = asyncio.get_running_loop().create_future()
