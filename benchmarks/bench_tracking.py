@@ -13,7 +13,14 @@ CPU). The peers, where installed, run side by side in the same process after aio
 
 After ``finish()`` (timed separately), the benchmark reads metrics.jsonl back and checks that
 every logged step is on disk (``all_steps_on_disk``). Target (issue 7): aiotrain <= 4 us per
-call and >= 20x faster than the fastest peer. Prints one JSON line.
+call and >= 20x faster than the fastest peer.
+
+Then each call on its own (``latency``): a fresh run, every call timed, as a training loop
+that logs each step sees it: the mean over the first 5,000 calls (where one slow first drain
+shows), and the p99 and max over ``--latency-calls`` calls, aiotrain (system sampler on, as a
+run inside a loop has it) beside wandb and TensorBoard. A background thread that holds the GIL
+shows as a slow call. Target (issue 26): no call over 5 ms in steady state, none over 20 ms
+at start. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -52,6 +59,73 @@ def bench_aiotrain(root: Path, n: int, rounds: int) -> dict:
     return {"us_per_call": statistics.median(per_call) * 1e6,
             "us_per_call_rounds": [round(p * 1e6, 3) for p in per_call],
             "finish_s": round(statistics.median(finish_s), 4), "calls": n, "all_steps_on_disk": ok}
+
+
+def _latency(call, n: int) -> dict:
+    """Time each of ``n`` calls of ``call(i)``: mean of the first 5,000, p99 and max (us)."""
+    import numpy as np
+
+    times = np.empty(n)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        call(i)
+        times[i] = clock() - t0
+    us = times / 1e3
+    return {"calls": n, "first5000_mean_us": round(float(us[:5000].mean()), 2),
+            "p50_us": round(float(np.percentile(us, 50)), 2),
+            "p99_us": round(float(np.percentile(us, 99)), 2), "max_us": round(float(us.max()), 1),
+            "max_first5000_us": round(float(us[:5000].max()), 1),
+            "calls_over_1ms": int((us > 1000).sum()), "calls_over_5ms": int((us > 5000).sum())}
+
+
+def latency_aiotrain(root: Path, n: int) -> dict:
+    """A run as a training job has it: opened inside a loop (system sampler on), then logged
+    from a thread that is not the loop's (the compute thread)."""
+    import asyncio
+
+    from aiotrain.runtime import to_compute
+    from aiotrain.tracking import Track
+
+    async def main() -> dict:
+        async with Track.run("bench", name="latency", dir=root) as run:
+            log = run.log
+            return await to_compute(_latency, lambda i: log({"train/loss": 1.0 / (i + 1), "lr": 0.001}), n)
+
+    return asyncio.run(main())
+
+
+def latency_wandb(root: Path, n: int) -> dict | None:
+    try:
+        import wandb
+    except ImportError:
+        return None
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(root),
+                      WANDB_CACHE_DIR=str(root / "cache"), WANDB_CONFIG_DIR=str(root / "config"),
+                      WANDB_DATA_DIR=str(root / "data"), WANDB_DISABLE_GIT="true",
+                      WANDB_DISABLE_CODE="true", WANDB_CONSOLE="off")
+    run = wandb.init(project="bench", dir=str(root), mode="offline")
+    try:
+        return _latency(lambda i: run.log({"train/loss": 1.0 / (i + 1), "lr": 0.001}, step=i), n)
+    finally:
+        run.finish()
+
+
+def latency_tensorboard(root: Path, n: int) -> dict | None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    writer = SummaryWriter(log_dir=str(root / "tb"))
+
+    def log(i: int) -> None:
+        writer.add_scalar("train/loss", 1.0 / (i + 1), i)
+        writer.add_scalar("lr", 0.001, i)
+
+    try:
+        return _latency(log, n)
+    finally:
+        writer.close()
 
 
 def bench_aiotrain_tensor(root: Path, n: int) -> float:
@@ -130,8 +204,38 @@ def main() -> None:
     parser.add_argument("--peer-calls", type=int, default=2000, help="wandb / TensorBoard calls")
     parser.add_argument("--mlflow-calls", type=int, default=200, help="MLflow calls (a DB write each)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["wandb", "tensorboard", "mlflow"])
+    parser.add_argument("--latency-calls", type=int, default=200_000, help="calls timed one by one")
+    parser.add_argument("--peer-latency-calls", type=int, default=20_000)
+    parser.add_argument("--part", choices=("throughput", "latency", "all"), default="all")
     args = parser.parse_args()
+    if args.part in ("throughput", "all"):
+        throughput(args)
+    if args.part in ("latency", "all"):
+        latency(args)
 
+
+def latency(args) -> None:
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        root = Path(tmp)
+        res = {"aiotrain": latency_aiotrain(root / "aiotrain", args.latency_calls)}
+        for name, fn in (("wandb_offline", latency_wandb), ("tensorboard", latency_tensorboard)):
+            if name.split("_")[0] in args.skip:
+                continue
+            folder = root / name
+            folder.mkdir()
+            with contextlib.redirect_stdout(sys.stderr):
+                out = fn(folder, args.peer_latency_calls)
+            if out is not None:
+                res[name] = out
+    ours = res["aiotrain"]
+    emit("tracking_log_latency", **res, target={"max_first5000_us": 20_000, "max_us_steady": 5_000},
+         meets_target=bool(ours["max_first5000_us"] <= 20_000 and ours["max_us"] <= 20_000
+                           and ours["calls_over_5ms"] == 0),
+         load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
+
+
+def throughput(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         root = Path(tmp)
         ours = bench_aiotrain(root / "aiotrain", args.calls, args.rounds)
