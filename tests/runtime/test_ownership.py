@@ -112,3 +112,32 @@ def test_every_way_of_starting_one_is_caught():
     for source, what in snippets.items():
         assert any(what in v for v in violations(source)), (source, violations(source))
     assert violations("import threading\nlock = threading.Lock()\nthreading.get_ident()") == []
+
+
+def test_importing_the_runtime_starts_and_registers_nothing():
+    """No thread, exit handler, at-fork hook or frozen heap until first use."""
+    import subprocess
+    import sys
+
+    modules = sorted(p.stem for p in OWNER.glob("*.py") if p.stem != "__init__")
+    code = f"""
+import atexit, gc, os, threading
+import asyncio, concurrent.futures, ctypes, logging, mmap, msgspec, selectors, socket, subprocess
+n = atexit._ncallbacks()  # the standard library's own (logging's) are not the runtime's
+hooks = []
+real = os.register_at_fork
+os.register_at_fork = lambda **kw: hooks.append(kw)
+import importlib
+for name in {modules!r}:
+    importlib.import_module("aiotrain.runtime." + name)
+from aiotrain.runtime import *
+os.register_at_fork = real
+assert atexit._ncallbacks() == n, "an exit handler was registered at import"
+assert not hooks, "an at-fork hook was registered at import"
+assert threading.active_count() == 1, threading.enumerate()
+assert gc.get_freeze_count() == 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "ok", out.stderr
