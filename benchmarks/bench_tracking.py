@@ -96,15 +96,9 @@ def latency_aiotrain(root: Path, n: int) -> dict:
 
 
 def latency_wandb(root: Path, n: int) -> dict | None:
-    try:
-        import wandb
-    except ImportError:
+    run = _wandb_run(root)
+    if run is None:
         return None
-    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(root),
-                      WANDB_CACHE_DIR=str(root / "cache"), WANDB_CONFIG_DIR=str(root / "config"),
-                      WANDB_DATA_DIR=str(root / "data"), WANDB_DISABLE_GIT="true",
-                      WANDB_DISABLE_CODE="true", WANDB_CONSOLE="off")
-    run = wandb.init(project="bench", dir=str(root), mode="offline")
     try:
         return _latency(lambda i: run.log({"train/loss": 1.0 / (i + 1), "lr": 0.001}, step=i), n)
     finally:
@@ -142,7 +136,8 @@ def bench_aiotrain_tensor(root: Path, n: int) -> float:
         return (time.perf_counter() - t0) / n * 1e6
 
 
-def bench_wandb(root: Path, n: int) -> float | None:
+def _wandb_run(root: Path):
+    """An offline wandb run under ``root`` (it never reaches the network), or None."""
     try:
         import wandb
     except ImportError:
@@ -151,7 +146,13 @@ def bench_wandb(root: Path, n: int) -> float | None:
                       WANDB_CACHE_DIR=str(root / "cache"), WANDB_CONFIG_DIR=str(root / "config"),
                       WANDB_DATA_DIR=str(root / "data"), WANDB_DISABLE_GIT="true",
                       WANDB_DISABLE_CODE="true", WANDB_CONSOLE="off")
-    run = wandb.init(project="bench", dir=str(root), mode="offline")
+    return wandb.init(project="bench", dir=str(root), mode="offline")
+
+
+def bench_wandb(root: Path, n: int) -> float | None:
+    run = _wandb_run(root)
+    if run is None:
+        return None
     try:
         for i in range(50):  # warm up
             run.log({"train/loss": 1.0, "lr": 0.001}, step=i)
