@@ -44,7 +44,12 @@ def _parser() -> Parser:
 
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
-    return run_command("aiotrain sweep", lambda: _sweep(argv))
+    from ..runtime import discard_prestarted_job_server
+
+    try:
+        return run_command("aiotrain sweep", lambda: _sweep(argv))
+    finally:  # a sweep refused before its first trial leaves no job server behind
+        discard_prestarted_job_server()
 
 
 def _sweep(argv: list[str]) -> int:

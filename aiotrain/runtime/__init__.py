@@ -37,7 +37,7 @@ _EXPORTS = {
     "WorkerDied": "data_workers", "WorkerInitError": "data_workers",
     "JobChannel": "jobs", "JobProcess": "jobs", "JobProcessError": "jobs",
     "start_job_server": "job_server", "prestart_job_server": "job_server",
-    "close_job_server": "job_server",
+    "close_job_server": "job_server", "discard_prestarted_job_server": "job_server",
     "job_server_pids": "job_server",
     "portable_error": "portable",
 }
@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .io_threads import submit_io as submit_io
     from .io_threads import to_io as to_io
     from .job_server import close_job_server as close_job_server
+    from .job_server import discard_prestarted_job_server as discard_prestarted_job_server
     from .job_server import job_server_pids as job_server_pids
     from .job_server import prestart_job_server as prestart_job_server
     from .job_server import start_job_server as start_job_server

@@ -49,8 +49,9 @@ from .messages import Exited, Fork, Forked, FromServer, Preload, Preloaded, ToSe
 from .processes import ChildProcess, fork, parent_end, spawn
 from .wire import Wire, WireError
 
-__all__ = ["JobServer", "JobServerUnavailable", "ServedChild", "close_job_server", "job_server",
-           "job_server_pids", "prestart_job_server", "start_job_server"]
+__all__ = ["JobServer", "JobServerUnavailable", "ServedChild", "close_job_server",
+           "discard_prestarted_job_server", "job_server", "job_server_pids", "prestart_job_server",
+           "start_job_server"]
 
 BASE_PRELOAD = ["numpy", "torch", "aiotrain.runtime.jobs"]
 PARENT_GONE_GRACE_S = 120.0  # how long an orphaned server waits for its jobs before killing them
@@ -337,7 +338,8 @@ def prestart_job_server(preload: Sequence[str] = ()) -> None:
     """Spawn the job server now, before any event loop runs, and have it import ``preload``:
     a command-line tool calls it first thing, so that the server's imports overlap its own; the
     first loop that starts a job process adopts it (with the same working directory,
-    ``sys.path`` and environment; else it is replaced). No-op with ``AIOTRAIN_JOB_START=spawn``."""
+    ``sys.path`` and environment; else it is replaced); ``discard_prestarted_job_server`` stops
+    it if none does. No-op with ``AIOTRAIN_JOB_START=spawn``."""
     global _prestarted
     if not enabled():
         return
@@ -345,6 +347,15 @@ def prestart_job_server(preload: Sequence[str] = ()) -> None:
         _prestarted = JobServer(_key())
         _prestarted.spawn()
     _prestarted.preload(list(preload))
+
+
+def discard_prestarted_job_server() -> None:
+    """Stop a server ``prestart_job_server`` spawned that no loop adopted (the tool failed
+    before its first job); no-op otherwise. Interpreter exit stops it too (it reads EOF)."""
+    global _prestarted
+    early, _prestarted = _prestarted, None
+    if early is not None:
+        early.kill()
 
 
 async def start_job_server(preload: Sequence[str] = ()) -> None:

@@ -26,8 +26,19 @@ def _echo(msg, ctx):
     return (os.getpid(), ctx.index, len(msg) if isinstance(msg, bytes) else msg), []
 
 
+_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """What a test checks is the processes it leaves, not those of earlier tests."""
+    _before.clear()
+    _before.update(p.pid for p in psutil.Process().children())
+
+
 def _children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in psutil.Process().children()
+            if p.status() != psutil.STATUS_ZOMBIE and p.pid not in _before]
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
@@ -51,12 +62,11 @@ def test_data_worker_pool_calls_large_messages_errors_death_and_close(start):
         await pool.aclose()
         return pids
 
-    before = {p.pid for p in _children()}
     pids = asyncio.run(main())
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert {p.pid for p in _children()} <= before
+    assert not _children()
 
 
 def _failing_init(ctx):
