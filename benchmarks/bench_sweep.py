@@ -14,7 +14,8 @@
 3. Warm starts: a ``--trials``-trial one-epoch digits sweep at ``--parallel 1`` (``aiotrain
    sweep``, trials forked from the warm job server) against one ``aiotrain train`` of the same
    trial, and the same sweep with every trial a fresh interpreter (``AIOTRAIN_JOB_START=spawn``,
-   how trials started before the job server), all in one run. Target: sweep <= 2.0x one train.
+   how trials started before the job server), all in one run, ``--rounds`` times interleaved
+   (medians). Target: sweep <= 2.0x one train.
 
 One JSON line per part; figures depend on the machine's load (reported with them).
 """
@@ -162,19 +163,23 @@ def _wall(argv: list[str], env: dict[str, str]) -> float:
 def part_warm(args) -> None:
     trial = ["train.max_epochs=1", "train.patience=null"]
     grid = "model.dropout=" + ",".join(f"0.{i + 1}" for i in range(args.trials))
+    sweep = ["sweep", "examples/digits.sdn", "--method", "grid", "--trials", str(args.trials),
+             "--parallel", "1", grid, *trial]
+    times: dict[str, list[float]] = {"one": [], "warm": [], "cold": []}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOTRAIN_DIR": tmp}
         spawn_env = {**env, "AIOTRAIN_JOB_START": "spawn"}
         load = os.getloadavg()[0]
         _wall(["train", "examples/digits.sdn", *trial], env)  # warms the page cache and the data
-        one = _wall(["train", "examples/digits.sdn", *trial], env)
-        sweep = ["sweep", "examples/digits.sdn", "--method", "grid", "--trials", str(args.trials),
-                 "--parallel", "1", grid, *trial]
-        warm = _wall(sweep, env)
-        cold = _wall(sweep, spawn_env)
-    emit("sweep_warm_start", trials=args.trials, one_train_s=round(one, 2),
+        for _ in range(args.rounds):  # interleaved, so a burst of load hits all three alike
+            times["one"].append(_wall(["train", "examples/digits.sdn", *trial], env))
+            times["warm"].append(_wall(sweep, env))
+            times["cold"].append(_wall(sweep, spawn_env))
+    one, warm, cold = (statistics.median(times[k]) for k in ("one", "warm", "cold"))
+    emit("sweep_warm_start", trials=args.trials, rounds=args.rounds, one_train_s=round(one, 2),
          sweep_job_server_s=round(warm, 2), sweep_spawned_s=round(cold, 2),
          ratio_job_server=round(warm / one, 2), ratio_spawned=round(cold / one, 2),
+         all_s={k: [round(t, 2) for t in v] for k, v in times.items()},
          target_ratio_max=2.0, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
 
 
@@ -187,6 +192,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=4, help="trials of the parallel part")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--job-epochs", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the warm part (medians)")
     p.add_argument("--part", choices=("search", "parallel", "warm", "both", "all"), default="all",
                    help="both: search and parallel; all: the three parts")
     args = p.parse_args()
