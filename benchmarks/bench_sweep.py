@@ -11,6 +11,11 @@
    random search, bayes (Optuna TPE) alone, and bayes with median pruning.
 2. Wall time of ``aiotrain sweep``'s runner: ``--trials`` digits trials (TrainJobs in job worker
    processes) one at a time vs ``--parallel`` at a time, same trials.
+3. Warm starts: a ``--trials``-trial one-epoch digits sweep at ``--parallel 1`` (``aiotrain
+   sweep``, trials forked from the warm job server) against one ``aiotrain train`` of the same
+   trial, and the same sweep with every trial a fresh interpreter (``AIOTRAIN_JOB_START=spawn``,
+   how trials started before the job server), all in one run, ``--rounds`` times interleaved
+   (medians). Target: sweep <= 2.0x one train.
 
 One JSON line per part; figures depend on the machine's load (reported with them).
 """
@@ -142,6 +147,41 @@ def part_parallel(args) -> None:
          cores=psutil.cpu_count(), load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
 
 
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "aiotrain", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"aiotrain {' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return wall
+
+
+def part_warm(args) -> None:
+    trial = ["train.max_epochs=1", "train.patience=null"]
+    grid = "model.dropout=" + ",".join(f"0.{i + 1}" for i in range(args.trials))
+    sweep = ["sweep", "examples/digits.sdn", "--method", "grid", "--trials", str(args.trials),
+             "--parallel", "1", grid, *trial]
+    times: dict[str, list[float]] = {"one": [], "warm": [], "cold": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AIOTRAIN_DIR": tmp}
+        spawn_env = {**env, "AIOTRAIN_JOB_START": "spawn"}
+        load = os.getloadavg()[0]
+        _wall(["train", "examples/digits.sdn", *trial], env)  # warms the page cache and the data
+        for _ in range(args.rounds):  # interleaved, so a burst of load hits all three alike
+            times["one"].append(_wall(["train", "examples/digits.sdn", *trial], env))
+            times["warm"].append(_wall(sweep, env))
+            times["cold"].append(_wall(sweep, spawn_env))
+    one, warm, cold = (statistics.median(times[k]) for k in ("one", "warm", "cold"))
+    emit("sweep_warm_start", trials=args.trials, rounds=args.rounds, one_train_s=round(one, 2),
+         sweep_job_server_s=round(warm, 2), sweep_spawned_s=round(cold, 2),
+         ratio_job_server=round(warm / one, 2), ratio_spawned=round(cold / one, 2),
+         all_s={k: [round(t, 2) for t in v] for k, v in times.items()},
+         target_ratio_max=2.0, load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
@@ -151,12 +191,16 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=4, help="trials of the parallel part")
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--job-epochs", type=int, default=2)
-    p.add_argument("--part", choices=("search", "parallel", "both"), default="both")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the warm part (medians)")
+    p.add_argument("--part", choices=("search", "parallel", "warm", "both", "all"), default="all",
+                   help="both: search and parallel; all: the three parts")
     args = p.parse_args()
-    if args.part in ("search", "both"):
+    if args.part in ("search", "both", "all"):
         part_search(args)
-    if args.part in ("parallel", "both"):
+    if args.part in ("parallel", "both", "all"):
         part_parallel(args)
+    if args.part in ("warm", "all"):
+        part_warm(args)
 
 
 if __name__ == "__main__":

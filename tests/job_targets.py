@@ -34,3 +34,7 @@ async def stubborn(channel):
     while True:  # swallows cancellation: only a kill stops it
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
+
+
+async def unpicklable(channel):
+    return lambda: None  # a result that cannot cross back to the parent

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aiotrain"
 #: ``Engine.run`` is the one exception to the rule (docs/architecture.md, rule 5): on an event loop
 #: it returns its coroutine (captured with the caller's torch modes), from sync code it blocks and
 #: returns the State, as Ignite's ``run``; so it is a plain function, neither async nor ``_sync``.
-SYNC_RUNS = {"runtime.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
+SYNC_RUNS = {"runtime/loop.py:run", "tracking/track.py:Track.run", "engine/engine.py:Engine.run"}
 
 
 def _public_functions() -> dict[str, dict[str, str]]:

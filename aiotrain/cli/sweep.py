@@ -56,7 +56,12 @@ def _parser() -> Parser:
 
 def main(argv: list[str]) -> int:
     """Run the command; returns the exit code (:mod:`aiotrain.errors`)."""
-    return run_command("aiotrain sweep", lambda: _sweep(argv))
+    from ..runtime import discard_prestarted_job_server
+
+    try:
+        return run_command("aiotrain sweep", lambda: _sweep(argv))
+    finally:  # a sweep refused before its first trial leaves no job server behind
+        discard_prestarted_job_server()
 
 
 def _sweep(argv: list[str]) -> int:
@@ -67,7 +72,10 @@ def _sweep(argv: list[str]) -> int:
         raise UserError("a shared sweep needs both --storage URL and --study NAME")
     if args.storage is not None and args.resume is not None:
         raise UserError("a shared sweep needs no --resume: run the same command again to join it")
-    from ..runtime import run
+    from ..runtime import prestart_job_server, run
+
+    if not args.in_process:  # trials fork from a warm job server: it imports while we do
+        prestart_job_server(["aiotrain.job.isolation"])
     from ..sweeps.runner import SweepRunner
     from ..sweeps.sweep import Sweep
 

@@ -34,7 +34,14 @@ import torch
 from torch.utils.data import default_collate
 
 from ..protocols import EpochAware
-from ..runtime import DataWorkerPool, WorkerDied, WorkerInitError, submit_abandonable, to_io
+from ..runtime import (
+    DataWorkerPool,
+    LoopPortal,
+    WorkerDied,
+    WorkerInitError,
+    submit_abandonable,
+    to_io,
+)
 from ..values import check_int
 from .batch import move_batch, pin_batch
 from .remote.order import ResumableOrder
@@ -88,9 +95,9 @@ class _Stream:
     loop (``await anext()``) or from another thread (``next_blocking()``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, budget: _Budget,
+    def __init__(self, portal: LoopPortal, budget: _Budget,
                  on_consume: Callable[[], None], finalize: Callable[[Any], Any]) -> None:
-        self._loop = loop
+        self._portal = portal
         self.budget = budget
         self.on_consume = on_consume
         self._finalize = finalize
@@ -165,7 +172,7 @@ class _Stream:
         with self._cond:
             while (item := self._take()) is None:
                 self._cond.wait()
-        self._loop.call_soon_threadsafe(self._consumed)
+        self._portal.notify(self._consumed)
         return self._unwrap(item)
 
     async def anext(self) -> Any:
@@ -251,7 +258,7 @@ class _StreamingLoader(abc.ABC):
         return _Budget(self.prefetch)
 
     def _start_stream(self, epoch: int, start: int, budget: _Budget) -> _Stream:
-        stream = _Stream(asyncio.get_running_loop(), budget, self._advance, self._finalize)
+        stream = _Stream(LoopPortal(), budget, self._advance, self._finalize)
         stream.on_close = self._stream_closed
         stream.task = asyncio.create_task(self._run_producer(stream, epoch, start))
         return stream
@@ -435,7 +442,7 @@ class AsyncLoader(_StreamingLoader):
     # lifecycle ----------------------------------------------------------------------------------
     def _worker_pool(self) -> DataWorkerPool:
         pool = self._pool
-        if pool is not None and pool._loop is not None and pool._loop is not asyncio.get_running_loop():
+        if pool is not None and pool.loop is not None and pool.loop is not asyncio.get_running_loop():
             pool.close()  # a previous event loop's pool (run_sync runs a loop per call)
             pool = None
         if pool is None:
@@ -457,7 +464,7 @@ class AsyncLoader(_StreamingLoader):
         once: their ``worker_init`` runs while this process goes on. ``async with`` calls it.
         No-op with ``workers=0``."""
         if self.workers:
-            self._worker_pool().start()
+            await self._worker_pool().astart()
         return self
 
     async def aclose(self) -> None:
@@ -583,7 +590,7 @@ class AsyncLoader(_StreamingLoader):
             except Exception as exc:
                 raise DatasetError(what, exc) from exc
         pool = self._worker_pool()
-        pool.start()  # a worker that cannot be started is not an item's error: raised as it is
+        await pool.astart()  # a worker that cannot be started is not an item's error: raised as it is
         try:
             (header, failures), fds = await pool.call(job, self._recycler.take())
         except WorkerDied as exc:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..events import HandlerEntry
+from ..runtime.portal import LoopPortal
 from .modes import TorchModes
 
 __all__ = ["Cancelled", "LoopBridge", "call_handlers", "current_bridge", "note_run_created"]
@@ -50,19 +51,13 @@ def note_run_created(coro: Coroutine[object, object, object]) -> None:
         created.append(coro)
 
 
-async def _await(awaitable: Awaitable[T]) -> T:
-    return await awaitable
-
-
-class LoopBridge:
-    """Runs coroutines on the engine's loop from its compute thread, with the run's torch modes,
-    and turns the run's cancellation into ``Cancelled`` on the compute thread."""
+class LoopBridge(LoopPortal):
+    """The engine's portal to its loop (``runtime.LoopPortal``): a crossing from the compute
+    thread carries the run's torch modes, and a cancelled run is ``Cancelled`` there."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, modes: TorchModes) -> None:
-        self.loop, self.modes = loop, modes
-        self.loop_thread = threading.get_ident()
-        self.cancelled = False
-        self._crossing: cf.Future[Any] | None = None
+        super().__init__(loop)
+        self.modes = modes
 
     def enter(self) -> None:
         """Mark the calling (compute) thread as this bridge's driver thread."""
@@ -71,28 +66,12 @@ class LoopBridge:
     def leave(self) -> None:
         _local.bridge = None
 
-    def on_loop(self) -> bool:
-        return threading.get_ident() == self.loop_thread
-
     def cross(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` on the loop and block this thread for its result."""
-        fut = asyncio.run_coroutine_threadsafe(_await(self.modes.wrap(awaitable)), self.loop)
-        self._crossing = fut
-        if self.cancelled:
-            fut.cancel()
         try:
-            return fut.result()
+            return self.block_on(self.modes.wrap(awaitable))
         except cf.CancelledError:
             raise Cancelled from None
-        finally:
-            self._crossing = None
-
-    def cancel(self) -> None:
-        """On the loop: the run was cancelled; interrupt a crossing in flight."""
-        self.cancelled = True
-        crossing = self._crossing
-        if crossing is not None:
-            crossing.cancel()
 
 
 def call_handlers(due: Sequence[HandlerEntry], engine: object, args: tuple[object, ...],

@@ -101,6 +101,16 @@ class JobService:
         self._loading = 0
         self._slots = asyncio.Semaphore(max_running)
 
+    async def warm_up(self) -> None:
+        """Start the loop's job server now, importing the allowed tasks, so that the first job
+        starts as fast as later ones (job processes fork from it; ``serve`` calls this once
+        bound; an ASGI app may call it in its lifespan). Nothing to do in-process."""
+        if self.isolate:
+            from ..runtime import start_job_server
+
+            tasks = sorted(t.partition(":")[0] for t in self.policy.tasks if t)
+            await start_job_server(["aiotrain.job.isolation", *tasks])
+
     # the job API ------------------------------------------------------------------------------------
     def routes(self) -> Routes:
         """The job API's routes, with the runs dashboard (over ``dashboard``, default the tracking

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
 
 def no_children_left() -> bool:
     """True once every child process has exited (waiting up to 5 s for the reaping)."""
-    deadline = time.monotonic() + 5
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return multiprocessing.active_children() == []
+    return child_processes() == []
 
 
 def shm_names() -> set[str]:
@@ -21,8 +17,8 @@ def shm_names() -> set[str]:
 
 
 def child_processes() -> list:
-    """This process's live children of any kind (spawned workers are not multiprocessing's),
-    waiting up to 5 s for them to be reaped."""
+    """This process's live children of any kind (the runtime forks and spawns its workers
+    itself, so they are not multiprocessing's), waiting up to 5 s for them to be reaped."""
     import psutil
 
     deadline = time.monotonic() + 5

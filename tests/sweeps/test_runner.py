@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aiotrain.handlers import Checkpoint
+from aiotrain.runtime.job_server import job_server_pids
 from aiotrain.sweeps import SweepRunner
 from aiotrain.sweeps.record import read_record
 from aiotrain.tracking import Choice, Track
@@ -72,8 +73,8 @@ async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
     assert both.trials[0].value == solo.trials[0].value
     deadline = time.monotonic() + 10  # a worker may still be exiting after its result arrived
     while True:  # noqa: ASYNC110 - polling another process, no event to wait on
-        left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in psutil.Process().children(recursive=True)  # the warm job server stays
+                if p.pid not in before | set(job_server_pids()) and p.status() != psutil.STATUS_ZOMBIE]
         if not left or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)
