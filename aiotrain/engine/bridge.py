@@ -15,7 +15,7 @@ import concurrent.futures as cf
 import inspect
 import threading
 from collections.abc import Awaitable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..events import HandlerEntry
 from ..runtime.portal import LoopPortal
