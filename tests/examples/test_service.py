@@ -1,6 +1,6 @@
 """examples/service.py on a loopback port: run a job, read its SSE stream, cancel one, /health.
 
-The service itself (policy, bounds, retention) is tested in tests/service/test_jobs.py."""
+The service itself (policy, bounds, retention) is tested in tests/service/test_job_service.py."""
 
 from __future__ import annotations
 
