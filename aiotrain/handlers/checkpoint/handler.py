@@ -34,20 +34,23 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ... import distributed as dist
 from ...deprecation import renamed_method
 from ...events import Events
-from ...protocols import Stateful
+from ...protocols import StateDict, Stateful
 from ...runtime import await_future, submit_io, to_io
 from ...values import check_int
 from . import sharded, single_file
 from .errors import CheckpointError
 from .retention import NAME_RE, Retention
-from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, freeze
+from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, Where, freeze
+
+if TYPE_CHECKING:
+    from ...engine import Engine
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
@@ -58,10 +61,6 @@ _INLINE_COPY_BYTES = 4 << 20
 _BACKENDS = ("auto", "file", "sharded")
 _WHEN_BUSY = ("wait", "skip")
 _FINAL_EVENTS = {Events.COMPLETED, Events.TERMINATE, Events.EXCEPTION_RAISED}
-
-
-class _EngineLike(Protocol):
-    state: Any
 
 
 class Checkpoint:
@@ -81,9 +80,9 @@ class Checkpoint:
 
     def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
                  filename_prefix: str = "", n_saved: int | None = 1,
-                 score_function: Callable[[Any], float] | None = None,
+                 score_function: Callable[[Engine], float] | None = None,
                  score_name: str | None = None,
-                 global_step_transform: Callable[[Any, Any], int] | None = None,
+                 global_step_transform: Callable[[Engine, object], int] | None = None,
                  *, backend: str = "auto", when_busy: str = "wait", overlap: bool = True,
                  score_sign: float = 1.0) -> None:
         _check_to_save(to_save)
@@ -139,18 +138,18 @@ class Checkpoint:
         return self._retention.last
 
     @staticmethod
-    def get_default_score_fn(metric_name: str, score_sign: float = 1.0) -> Callable[[Any], float]:
+    def get_default_score_fn(metric_name: str, score_sign: float = 1.0) -> Callable[[Engine], float]:
         """A score function reading ``engine.state.metrics[metric_name]`` (times ``score_sign``,
         -1.0 for metrics where lower is better), as Ignite's."""
         if score_sign not in (1.0, -1.0):
             raise ValueError(f"score_sign must be 1.0 or -1.0, got {score_sign!r}")
 
-        def score(engine: Any) -> float:
+        def score(engine: Engine) -> float:
             return score_sign * float(engine.state.metrics[metric_name])
 
         return score
 
-    async def __call__(self, engine: _EngineLike) -> None:
+    async def __call__(self, engine: Engine) -> None:
         """Take the snapshot now and hand the copy and the write to the I/O executor."""
         collective = self.backend == "sharded"
         if not collective and not dist.is_main():
@@ -226,7 +225,7 @@ class Checkpoint:
         return None
 
     @staticmethod
-    def load_objects(to_load: Mapping[str, Any], checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    def load_objects(to_load: Mapping[str, Stateful], checkpoint: str | os.PathLike[str] | Mapping[str, Any],
                      strict: bool = True) -> None:
         """Load each object of ``to_load`` from a checkpoint (a ``.pt`` file, read with
         ``weights_only=True``, a sharded directory, or an already loaded dict). As Ignite: with one
@@ -260,7 +259,7 @@ class Checkpoint:
         busy = self._pending is not None and not self._pending.done()
         return dist.any_rank(busy) if collective else busy
 
-    def _defers(self, where: tuple[Any, ...]) -> bool:
+    def _defers(self, where: Where) -> bool:
         """The per-parameter state of an optimizer in to_save (``state`` of its state_dict, or
         ``state.*`` keys of the flat one the sharded backend saves): only its step writes it."""
         if self._gate is None or len(where) < 2 or where[0] not in self._optimizers:
@@ -270,14 +269,14 @@ class Checkpoint:
     def _parameters(self) -> list[torch.Tensor]:
         return [p for opt in self._optimizers.values() for g in opt.param_groups for p in g["params"]]
 
-    def _global_step(self, engine: Any) -> int:
+    def _global_step(self, engine: Engine) -> int:
         if self.global_step_transform is not None:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
         return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
-    async def _stage(self, frozen: dict[str, Any], through_dcp: frozenset[str], path: Path,
+    async def _stage(self, frozen: StateDict, through_dcp: frozenset[str], path: Path,
                      priority: tuple[float, ...]) -> _Save:
         """Copy into the staging buffers what must be copied at the event; hold the gate of the
         optimizers whose state is left to copy behind the step."""
@@ -337,7 +336,7 @@ class _Save:
     write hands to DCP), the copies still to make behind the step and the future that opens the
     optimizers' gate when they are done, where it goes and its retention priority."""
 
-    state: dict[str, Any]
+    state: StateDict
     through_dcp: frozenset[str]
     later: list[Deferred]
     copied: cf.Future[None] | None
@@ -346,7 +345,7 @@ class _Save:
     seq: int
 
 
-def _pick_backend(backend: str, to_save: Mapping[str, Any]) -> str:
+def _pick_backend(backend: str, to_save: Mapping[str, Stateful]) -> str:
     if backend != "auto":
         return backend
     for obj in to_save.values():
@@ -359,7 +358,7 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return DTensor is not None and isinstance(t, DTensor)
 
 
-def _is_final(engine: Any) -> bool:
+def _is_final(engine: Engine) -> bool:
     """The engine is at its last step, or stopping: a save now is the one resume needs."""
     st = engine.state
     if getattr(engine, "should_terminate", False) or getattr(engine, "last_event_name", None) in _FINAL_EVENTS:
@@ -370,7 +369,7 @@ def _is_final(engine: Any) -> bool:
     return st.epoch >= max_epochs and getattr(st, "epoch_iteration", 0) in (0, length)
 
 
-def _check_to_save(objs: Any) -> None:
+def _check_to_save(objs: object) -> None:
     if not isinstance(objs, Mapping) or not objs:
         raise TypeError(f"expected a non-empty dict of objects with state_dict/load_state_dict, got {objs!r}")
     for key, obj in objs.items():
@@ -380,7 +379,7 @@ def _check_to_save(objs: Any) -> None:
             raise TypeError(f"{key!r}: {type(obj).__name__} has no state_dict/load_state_dict")
 
 
-def _load_one(obj: Any, state: Any, strict: bool) -> None:
+def _load_one(obj: Stateful, state: Any, strict: bool) -> None:
     if isinstance(obj, torch.nn.Module):
         obj.load_state_dict(state, strict=strict)
     else:
