@@ -169,12 +169,13 @@ def _source_of(filename: str, log: ReadLog) -> ValueRead | None:
     """The config value a file name came from: the path itself, a folder holding it, or a path
     inside it (a folder that could not be made); the longest when several match."""
     best: ValueRead | None = None
+    longest = -1
     for read in log.values:
-        value = read.value.rstrip("/") if isinstance(read.value, str) else ""
+        raw = read.value if isinstance(read.value, str) else ""
+        value = raw.rstrip("/")
         if value and (filename == value or filename.startswith(value + "/")
-                      or value.startswith(filename.rstrip("/") + "/")):
-            if best is None or len(read.value) > len(best.value):
-                best = read
+                      or value.startswith(filename.rstrip("/") + "/")) and len(raw) > longest:
+            best, longest = read, len(raw)
     return best
 
 
