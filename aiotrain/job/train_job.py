@@ -40,7 +40,7 @@ from .identity import (
     find_run,
     launch_id,
 )
-from .parts import HISTORY, HistoryPosition, JobContext, On, Part, default_parts
+from .parts import HISTORY, HistoryPosition, JobContext, On, Part, PartSpec, default_parts
 from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
 from .sharding import shard_train_loader
@@ -89,7 +89,7 @@ class TrainJob:
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
                  resume: bool | str = False, progress: bool = True,
                  echo: Callable[[str], None] = print, force: bool = False,
-                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None,
+                 parts: Sequence[PartSpec] = (), on_score: ScoreListener | None = None,
                  on_evaluation: EvaluationHook | None = None) -> None:
         self.settings: TrainSettings
         self.settings, self.cfg = load_settings(cfg)
