@@ -18,11 +18,10 @@ import functools
 import os
 import socket
 from collections.abc import Mapping
-from typing import TypedDict
 
 import psutil
 
-__all__ = ["Owner", "current_owner", "owner_alive", "owner_of", "process_alive"]
+__all__ = ["current_owner", "owner_alive", "owner_of", "process_alive"]
 
 
 # a create time read twice can differ by the boot time's rounding; a pid reused by another
@@ -30,21 +29,12 @@ __all__ = ["Owner", "current_owner", "owner_alive", "owner_of", "process_alive"]
 _SAME_START_S = 1.0
 
 
-class Owner(TypedDict):
-    """A record's owner as this process writes it (read back, a record's owner is checked value
-    by value: it is a file others may have written)."""
-
-    pid: int
-    started: float
-    host: str
-
-
 @functools.cache
 def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def current_owner() -> Owner:
+def current_owner() -> dict[str, int | float | str]:
     """This process as an owner: ``{"pid", "started", "host"}`` (plain data, for any record)."""
     pid = os.getpid()  # per call: a forked child is an owner of its own
     return {"pid": pid, "started": _started(pid), "host": socket.gethostname()}

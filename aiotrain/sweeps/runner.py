@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,7 @@ class SweepRunner:
         return LocalLedger(self.sweep, record, self.root, tr.project, self.trials,
                            resuming=self._stored is not None, on_update=self.on_update)
 
-    def _config(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> Config:
+    def _config(self, params: Mapping[str, object], extra: Mapping[str, object] | None = None) -> Config:
         cfg = Conf.merge(Conf.load_sdn(self.config), Conf.from_cli_dotlist(self.overrides),
                          unflatten(params), extra or {})
         return Conf.resolve(cfg)
