@@ -39,9 +39,9 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import msgspec
 from filelock import FileLock
@@ -49,8 +49,11 @@ from filelock import FileLock
 from ..files import make_temp_dir
 from .store import atomic_file, check_name, get_dir, jsonable, read_json, write_json
 
+if TYPE_CHECKING:
+    from .run import Run
+
 __all__ = ["Artifact", "ArtifactCatalog", "ArtifactInfo", "ArtifactIntegrityError", "ArtifactRefs", "LineageGraph",
-           "RunRef", "VersionInfo", "catalog", "lineage", "log_artifact", "run_artifacts", "use_artifact"]
+           "Lineage", "RunRef", "VersionInfo", "catalog", "lineage", "log_artifact", "run_artifacts", "use_artifact"]
 
 _VERSION = re.compile(r"^v(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -71,7 +74,7 @@ class Artifact:
     ``manifest`` (path -> sha256 and size) and ``download()``."""
 
     def __init__(self, name: str, type: str, description: str = "",
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: Mapping[str, object] | None = None) -> None:
         check_name("artifact", name)
         if ":" in name:
             raise ValueError(f"artifact name {name!r} must not contain ':' (it separates the version)")
@@ -85,7 +88,7 @@ class Artifact:
         self.project: str | None = None
         self.aliases: list[str] = []
         self.digest: str | None = None
-        self.manifest: dict[str, dict[str, Any]] = {}
+        self.manifest: dict[str, dict[str, object]] = {}  # member -> sha256, size
         self._sources: dict[str, Path] = {}
         self._root: Path | None = None
 
@@ -215,7 +218,7 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _digest(type_: str, manifest: dict[str, dict[str, Any]]) -> str:
+def _digest(type_: str, manifest: dict[str, dict[str, object]]) -> str:
     h = hashlib.sha256(type_.encode())
     for member in sorted(manifest):
         h.update(f"\0{member}\0{manifest[member]['sha256']}".encode())
@@ -253,7 +256,7 @@ def _remember(path: Path, key: tuple[int, int, int, int, int], digest: str) -> N
             _hashed[key] = digest
 
 
-def _checked(ref: str, member: str, entry: Any) -> str:
+def _checked(ref: str, member: str, entry: object) -> str:
     """The recorded sha256 of ``member``, once the index entry is known to name a file inside
     the store and the version's folder (index.json is a file others may write)."""
     digest = entry.get("sha256") if isinstance(entry, dict) else None
@@ -267,7 +270,7 @@ def _checked(ref: str, member: str, entry: Any) -> str:
     return digest
 
 
-def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, Any]]) -> None:
+def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, object]]) -> None:
     """Check every stored object of a version against its recorded sha256 (see the module doc)."""
     for member, entry in manifest.items():
         digest = _checked(ref, member, entry)
@@ -282,7 +285,7 @@ def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, Any]]) -> Non
                 f"(recorded {digest[:12]}..., found {actual[:12]}...): it was changed after it was logged")
 
 
-def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+def _complete(folder: Path, manifest: dict[str, dict[str, object]]) -> bool:
     """Whether ``folder`` holds exactly the version's content (every file's sha256 checked)."""
     try:
         return folder.is_dir() and all(_hash(folder / m) == e["sha256"] for m, e in manifest.items())
@@ -290,7 +293,7 @@ def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
         return False
 
 
-def _materialize(store: _Store, ref: str, manifest: dict[str, dict[str, Any]], target: Path) -> None:
+def _materialize(store: _Store, ref: str, manifest: dict[str, dict[str, object]], target: Path) -> None:
     """Copy the version's objects into ``target``, hashing each as it is copied: a file whose
     content does not match is not left in ``target`` and raises ``ArtifactIntegrityError``."""
     for member, entry in manifest.items():
@@ -323,7 +326,7 @@ def _check_aliases(aliases: list[str]) -> list[str]:
     return list(dict.fromkeys(aliases))
 
 
-def log_artifact(run: Any, artifact: Artifact, aliases: list[str]) -> Artifact:
+def log_artifact(run: Run, artifact: Artifact, aliases: list[str]) -> Artifact:
     """Store ``artifact``'s files as a version of ``run.project/artifact.name``, produced by ``run``."""
     if not isinstance(artifact, Artifact):
         raise TypeError(f"log_artifact expects a Track.Artifact, got {type(artifact).__name__}")
@@ -357,7 +360,7 @@ def log_artifact(run: Any, artifact: Artifact, aliases: list[str]) -> Artifact:
     return artifact
 
 
-def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
+def use_artifact(run: Run, ref: str, project: str | None = None) -> Artifact:
     """The version ``ref`` names (``name``, ``name:vN``, ``name:latest``, ``name:alias``), with
     ``run`` recorded as a consumer (unless the run is disabled)."""
     name, spec = _parse_ref(ref)
@@ -400,7 +403,8 @@ def _resolve(index: dict[str, Any], spec: str, ref: str) -> dict[str, Any]:
     if number is None or not 0 <= number < len(index["versions"]):
         known = [f"v{v['version']}" for v in index["versions"]] + sorted(index["aliases"])
         raise LookupError(f"artifact {ref!r} not found; known: {', '.join(known)}")
-    return index["versions"][number]
+    version: dict[str, Any] = index["versions"][number]
+    return version
 
 
 def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -412,8 +416,9 @@ def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], e
     artifact._root = root
 
 
-def _record(run: Any, filename: str, artifact: Artifact) -> None:
+def _record(run: Run, filename: str, artifact: Artifact) -> None:
     """Append a durable line to the run's artifacts/ log (the run folder is created if needed)."""
+    assert run._writer is not None  # only enabled runs record artifacts
     run._writer.open()
     line = msgspec.json.encode({"ref": artifact.ref, "project": artifact.project}) + b"\n"
     path = run.dir / "artifacts" / filename
@@ -497,6 +502,22 @@ class LineageNode(TypedDict, total=False):
     type: str | None
 
 
+class RunRole(TypedDict):
+    """A run in an artifact version's lineage: its id, and whether it produced or consumed it."""
+
+    id: str
+    role: str
+
+
+class Lineage(TypedDict):
+    """What :func:`lineage` gives for one version: what its producer consumed (``inputs``), the
+    runs that made or used it, and what those consuming runs produced (``outputs``)."""
+
+    inputs: list[str]
+    runs: list[RunRole]
+    outputs: list[str]
+
+
 class LineageGraph(TypedDict):
     """Runs and versions as nodes; producer -> version and version -> consumer as edges."""
 
@@ -561,7 +582,7 @@ def _versions(index: dict[str, Any], project: str, name: str, nodes: dict[str, L
     return versions
 
 
-def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] | None = None) -> Lineage:
     """``{"inputs": [...], "runs": [{"id", "role"}], "outputs": [...]}`` for one version: what its
     producer consumed, the runs that made or used it, and what those consuming runs produced."""
     store = _Store(Path(root) if root is not None else get_dir())
@@ -578,7 +599,7 @@ def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] |
         raise LookupError(f"no artifact {name!r} in project {project!r}")
     entry = _resolve(index, spec, ref)
     producer = entry.get("producer")
-    runs = [{"id": producer["id"], "role": "producer"}] if producer else []
+    runs: list[RunRole] = [{"id": producer["id"], "role": "producer"}] if producer else []
     runs += [{"id": c["id"], "role": "consumer"} for c in entry["consumers"]]
     inputs = _run_refs(store.root, producer, "used.jsonl") if producer else []
     outputs: list[str] = []

@@ -25,11 +25,15 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .read import RunRecord, flatten, scan_history
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["export_mlflow", "export_tensorboard", "tensorboard_folder"]
 
@@ -43,7 +47,7 @@ def _histories(record: RunRecord) -> Iterator[dict[str, Any]]:
     yield from scan_history(record.dir, "system")
 
 
-def _hparam(value: Any) -> Any:
+def _hparam(value: object) -> bool | int | float | str:
     if isinstance(value, bool | int | float | str):
         return value
     return json.dumps(value, default=str)
@@ -92,7 +96,8 @@ def export_tensorboard(record: RunRecord, out_dir: Path) -> dict[str, int]:
     return counts
 
 
-def _write(writer: Any, run_dir: Path, key: str, value: Any, step: int, wall: float | None) -> str | None:
+def _write(writer: SummaryWriter, run_dir: Path, key: str, value: object, step: int,
+           wall: float | None) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
@@ -146,7 +151,7 @@ def export_mlflow(record: RunRecord, uri: str) -> dict[str, Any]:
         params = [Param(k, str(_hparam(v))[:6000]) for k, v in flatten(record.config).items()]
         for i in range(0, len(params), _PARAM_BATCH):
             client.log_batch(run_id, params=params[i:i + _PARAM_BATCH])
-        metrics: list[Any] = []
+        metrics: list[Metric] = []
         count = 0
         for entry in _histories(record):
             step, ms = int(entry["step"]), int(float(entry.get("timestamp") or 0.0) * 1000)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import store
-from .artifacts import Artifact, lineage
+from .artifacts import Artifact, Lineage, lineage
 from .media import Table
 from .reader import RunRecord as _RunRecord
 from .reader import list_runs, load_run
@@ -65,8 +65,8 @@ class Track:
         raise TypeError("Track is a namespace: call Track.run(...), not Track()")
 
     @staticmethod
-    def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
-            tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+    def run(project: str, name: str | None = None, config: Mapping[str, object] | None = None,
+            tags: Iterable[str] = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
             resume: bool | str = False, system_interval: float | None = 2.0,
             flush_interval: float | None = None, rewind: int | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
@@ -126,6 +126,6 @@ class Track:
         return load_run(run_dir)
 
     @staticmethod
-    def lineage(ref: str, project: str | None = None) -> dict[str, Any]:
+    def lineage(ref: str, project: str | None = None) -> Lineage:
         """``{"inputs", "runs", "outputs"}`` of the artifact version ``ref`` (``"name:v1"``)."""
         return lineage(ref, project)
