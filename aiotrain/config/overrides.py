@@ -20,8 +20,7 @@ from typing import Any
 from .conf import Conf
 from .errors import ConfigError
 from .node import Config
-from .sdn import SdnDocument, SdnError, value_text
-from .sdn import KeyPath
+from .sdn import KeyPath, SdnDocument, SdnError, value_text
 from .tree import _ABSENT, _child, _dotted
 
 __all__ = ["OverrideError", "apply_overrides", "override_of"]

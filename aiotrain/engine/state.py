@@ -37,7 +37,7 @@ class State:
         self.output: Any = None
         self.batch: Any = None
         self.metrics: dict[str, Any] = {}
-        self.dataloader: Any = None
+        self.dataloader: object = None
         self.seed: int | None = None
         self.times: dict[str, float | None] = {"EPOCH_COMPLETED": None, "COMPLETED": None}
         for key, value in kwargs.items():

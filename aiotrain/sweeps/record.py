@@ -17,7 +17,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 

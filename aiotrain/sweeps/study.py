@@ -61,8 +61,7 @@ from .search import (
     optuna_module,
     suggest,
 )
-from .space import Distribution, flatten, unflatten
-from .space import Params
+from .space import Distribution, Params, flatten, unflatten
 from .sweep import Sweep
 
 if TYPE_CHECKING:
