@@ -354,6 +354,22 @@ class AsyncLoader(_StreamingLoader):
     their batch, counted in ``skipped`` and logged with index and error; the next failure is a
     ``DatasetError``. A batch whose every item failed is an error. The default, 0, fails on the
     first bad item.
+
+    Example::
+
+        >>> import asyncio
+        >>> from aiotrain import AsyncLoader, Engine
+        >>> data = [(float(i), i % 2) for i in range(10)]   # any map-style dataset
+        >>> loader = AsyncLoader(data, batch_size=4)
+        >>> len(loader)
+        3
+        >>> async def one_epoch():
+        ...     return [y.tolist() async for x, y in loader]
+        >>> asyncio.run(one_epoch())
+        [[0, 1, 0, 1], [0, 1, 0, 1], [0, 1]]
+        >>> trainer = Engine(lambda engine, batch: batch[0].sum().item())
+        >>> trainer.run(loader, max_epochs=2).output   # the last batch: 8.0 + 9.0
+        17.0
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, *, shuffle: bool = False, seed: int = 0,

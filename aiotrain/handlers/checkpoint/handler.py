@@ -67,15 +67,54 @@ class Checkpoint:
     """Save ``to_save`` (objects with ``state_dict`` / ``load_state_dict``) into ``save_dir``.
 
     Attach it as a handler: ``trainer.add_event_handler(Events.ITERATION_COMPLETED(every=500),
-    checkpoint)``. The step in a name is ``global_step_transform(engine, event)`` or
-    ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
-    reads ``engine.state.metrics[score_name]``) the ``n_saved`` best are kept, else the ``n_saved``
-    newest. The write is registered with ``engine.add_pending`` so ``run`` returns only once it is
-    durable; outside an engine, ``await checkpoint.aflush()``. The state of the optimizers in
-    ``to_save`` is copied behind the next step (their ``step()`` waits for it); ``overlap=False``
-    copies it at the event too (for code that writes optimizer state outside ``step()``).
-    ``score_sign=-1`` says the score function negated a minimised metric (higher is still better):
-    names then show the metric's own value (``loss=0.4120``, not ``loss=-0.4120``).
+    checkpoint)``. The state is snapshotted at the event (into reused staging buffers) and
+    written on the I/O executor, atomically; the write is registered with ``engine.add_pending``
+    so ``run`` returns only once it is durable (outside an engine, ``await
+    checkpoint.aflush()``). With a score the ``n_saved`` best are kept, else the ``n_saved``
+    newest. A file holds ``{key: state_dict}`` (a bare state_dict with one key), as Ignite's
+    does, so either side's ``load_objects`` reads the other's files.
+
+    Args:
+        to_save: name -> object to save: models, optimizers, schedulers, an Engine (with its
+            RNG states), an AsyncLoader (with its position), or any object of yours with
+            ``state_dict`` / ``load_state_dict``. Models with DTensor parameters are saved
+            sharded (a directory every rank writes into).
+        save_dir: the folder of the checkpoints (made when missing).
+        filename_prefix: names are ``{prefix}_{key}_{step}.pt`` (``key``: the one key of
+            ``to_save``, else ``checkpoint``; without a prefix ``{key}_{step}.pt``).
+        n_saved: how many to keep (None: all).
+        score_function: ``score(engine) -> float``, higher is better; the best are kept.
+        score_name: the metric the score is (in the names: ``..._loss=0.4120.pt``); alone, the
+            score is ``engine.state.metrics[score_name]``.
+        global_step_transform: ``(engine, event) -> int``: the step in a name (default
+            ``engine.state.iteration``).
+        backend: ``"auto"`` (sharded for DTensor models), ``"file"`` or ``"sharded"``.
+        when_busy: ``"wait"`` for the previous write, or ``"skip"`` this save (counted in
+            ``skipped``; a scored save or the final one is never skipped).
+        overlap: copy the state of the optimizers in ``to_save`` behind the next step (their
+            ``step()`` waits for it); False copies it at the event too (for code that writes
+            optimizer state outside ``step()``).
+        score_sign: -1 says ``score_function`` negated a minimised metric (higher is still
+            better): names then show the metric's own value (``loss=0.4120``).
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from aiotrain import Checkpoint, Engine, Events
+        >>> model = torch.nn.Linear(2, 1)
+        >>> trainer = Engine(lambda engine, batch: None)
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> checkpoint = Checkpoint({"model": model, "trainer": trainer}, folder.name, n_saved=2)
+        >>> _ = trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+        >>> state = trainer.run([0, 1, 2], max_epochs=3)   # returns once every write is durable
+        >>> sorted(p.name for p in Path(folder.name).iterdir())
+        ['checkpoint_6.pt', 'checkpoint_9.pt']
+        >>> fresh, resumed = torch.nn.Linear(2, 1), Engine(lambda engine, batch: None)
+        >>> Checkpoint.load_objects({"model": fresh, "trainer": resumed}, checkpoint.last_checkpoint)
+        >>> torch.equal(fresh.weight, model.weight), resumed.state.epoch
+        (True, 3)
+        >>> folder.cleanup()
     """
 
     def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
