@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypedDict, TypeVar
 
 from . import query
-from .artifacts import ArtifactCatalog, ArtifactRefs, catalog, run_artifacts
 from .columns import build_cache
 from .index import RunIndex, RunRow
+from .lineage import ArtifactCatalog, ArtifactRefs, catalog, run_artifacts
 from .media import Table
 from .reader import RunRecord, find_run, iter_history, list_runs, load_run
 from .run import drain_open_run

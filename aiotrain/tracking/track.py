@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import store
-from .artifacts import Artifact, Lineage, lineage
+from .artifacts import Artifact
+from .lineage import Lineage, lineage
 from .media import Table
 from .reader import RunRecord as _RunRecord
 from .reader import list_runs, load_run
