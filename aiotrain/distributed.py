@@ -11,12 +11,14 @@ import functools
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import torch
 import torch.distributed as dist
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = [
     "all_gather_object",
@@ -108,14 +110,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def rank_zero_only(fn: F) -> F:
+def rank_zero_only(fn: Callable[P, R]) -> Callable[P, R | None]:
     """Decorator: call ``fn`` on rank 0 only; other ranks get None."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R | None:
         return fn(*args, **kwargs) if is_main() else None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "product": "PRODUCT"}
@@ -139,16 +141,16 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
-def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+def all_gather_object(obj: T, group: dist.ProcessGroup | None = None) -> list[T]:
     """Every rank's ``obj``, in rank order (``[obj]`` when alone); on ``group`` when given."""
     if not is_initialized() or world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size(group)
+    out: list[T | None] = [None] * dist.get_world_size(group)
     dist.all_gather_object(out, obj, group=group)
-    return out
+    return out  # type: ignore[return-value]  # every slot filled by a rank's obj
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
+def broadcast_object(obj: T, src: int = 0) -> T:
     """Rank ``src``'s ``obj`` on every rank (``obj`` itself when alone)."""
     if not is_initialized() or world_size() == 1:
         return obj
@@ -164,13 +166,14 @@ def any_rank(flag: bool) -> bool:
     return bool(all_reduce(torch.tensor([int(flag)]), op="max").item())
 
 
-def new_group(backend: str = "gloo") -> Any:
+def new_group(backend: str = "gloo") -> dist.ProcessGroup | None:
     """A new group of all ranks on ``backend`` (None when alone). Every rank must call it, in the
     same order. Work that runs beside the training step (checkpoint writes in the I/O executor)
     uses a group of its own so its collectives never interleave with the step's."""
     if not is_initialized() or world_size() == 1:
         return None
-    return dist.new_group(backend=backend)
+    group: dist.ProcessGroup = dist.new_group(backend=backend)  # torch leaves it unannotated
+    return group
 
 
 def barrier() -> None:

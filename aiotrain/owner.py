@@ -18,7 +18,6 @@ import functools
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
 
 import psutil
 
@@ -35,13 +34,13 @@ def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def current_owner() -> dict[str, Any]:
+def current_owner() -> dict[str, int | float | str]:
     """This process as an owner: ``{"pid", "started", "host"}`` (plain data, for any record)."""
     pid = os.getpid()  # per call: a forked child is an owner of its own
     return {"pid": pid, "started": _started(pid), "host": socket.gethostname()}
 
 
-def owner_of(record: Mapping[str, Any]) -> dict[str, Any]:
+def owner_of(record: Mapping[str, object]) -> dict[str, object]:
     """The owner a record names: its ``owner`` entry, or the flat ``pid`` and
     ``system.hostname`` of older records (no create time)."""
     owner = record.get("owner")
@@ -52,7 +51,7 @@ def owner_of(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"pid": record.get("pid"), "started": None, "host": host}
 
 
-def owner_alive(owner: Mapping[str, Any]) -> bool | None:
+def owner_alive(owner: Mapping[str, object]) -> bool | None:
     """True while the owning process runs, False once it is gone (or its pid was reused),
     None when it cannot be known here (another host, or no pid recorded)."""
     pid = owner.get("pid")
@@ -73,7 +72,7 @@ def owner_alive(owner: Mapping[str, Any]) -> bool | None:
     return True
 
 
-def process_alive(record: Mapping[str, Any]) -> bool:
+def process_alive(record: Mapping[str, object]) -> bool:
     """Whether the process that wrote a "running" record may still run: alive, or unknown
     (another host). A dead owner, or a pid now used by another process, is False."""
     return owner_alive(owner_of(record)) is not False

@@ -8,10 +8,18 @@ with the engine.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["EpochAware", "MetricLogger", "Stateful"]
+__all__ = ["EpochAware", "MetricLogger", "OutputTransform", "StateDict", "Stateful"]
+
+StateDict = dict[str, Any]
+"""What a ``state_dict()`` gives: names to the user's state (tensors, numbers, nested containers
+of them): arbitrary by nature, so its values stay ``Any``."""
+
+OutputTransform = Callable[[Any], object]
+"""Maps an engine's ``state.output`` (whatever the step returned) to what a metric or a logger
+takes (metrics, TrackingHandler, ProgressBar)."""
 
 
 @runtime_checkable
@@ -21,7 +29,7 @@ class Stateful(Protocol):
 
     def state_dict(self) -> Mapping[str, Any]: ...
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], /) -> Any: ...
+    def load_state_dict(self, state_dict: Mapping[str, Any], /) -> object: ...
 
 
 @runtime_checkable
@@ -36,4 +44,4 @@ class EpochAware(Protocol):
 class MetricLogger(Protocol):
     """Where TrackingHandler sends values: a tracking Run, or anything that logs the same way."""
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+    def log(self, metrics: Mapping[str, object], step: int | None = None) -> None: ...

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, SupportsIndex, TypeVar, runtime_checkable
 
 __all__ = ["ScalarLike", "as_number", "check_int", "number_or_value"]
 
+T = TypeVar("T")
 
-def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> int:
     """``value`` as an int when it is an integer >= ``minimum``; a ValueError naming ``name`` if not.
 
     Any integer type is accepted (int, numpy integers, 0-d integer tensors), bools are not:
     ``True`` is far more often a mistake than a count.
     """
     try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
+        number = operator.index(value) if isinstance(value, SupportsIndex) and \
+            not isinstance(value, bool) else None
+    except TypeError:  # an __index__ that does not give an int
         number = None
     if number is None or number < minimum:
         wanted = {1: "a positive integer", 0: "a non-negative integer"}.get(
@@ -37,15 +40,15 @@ class ScalarLike(Protocol):
     """What torch tensors and numpy arrays / scalars share: a shape and ``item()``."""
 
     @property
-    def shape(self) -> Any: ...
+    def shape(self) -> tuple[int, ...]: ...
 
-    def item(self) -> Any: ...
+    def item(self) -> object: ...
 
 
-def as_number(value: Any) -> int | float | None:
+def as_number(value: object) -> int | float | None:
     """A plain int or float for a number or a one-element tensor / array; None for anything
     else (bools, strings, tensors of several values), so callers can skip what is not a number."""
-    if value.__class__ in (int, float):
+    if type(value) is int or type(value) is float:
         return value
     if isinstance(value, bool):
         return None
@@ -53,13 +56,13 @@ def as_number(value: Any) -> int | float | None:
         if math.prod(value.shape) != 1:
             return None
         value = value.item()
-        return value if value.__class__ in (int, float) else None
+        return value if type(value) is int or type(value) is float else None
     if isinstance(value, int | float):  # int / float subclasses (numpy.float64, IntEnum)
         return float(value) if isinstance(value, float) else int(value)
     return None
 
 
-def number_or_value(value: Any) -> Any:
+def number_or_value(value: T) -> T | int | float:
     """``as_number(value)`` where that is a number, else ``value`` unchanged (metrics that
     are lists, tensors of several values or strings stay what they are)."""
     number = as_number(value)

@@ -13,9 +13,9 @@ Exit codes: 0 ok, 1 the check found a problem or an object could not be read, 2 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
-from typing import Any
 
 from ..errors import ExitCode, UserError
 from .command import Parser, run_command
@@ -67,12 +67,12 @@ def _data(argv: list[str]) -> int:
     return _check(args)
 
 
-def _load_source(spec: str) -> Any:
+def _load_source(spec: str) -> object:
     if ":" not in spec or "/" in spec.split(":", 1)[0]:
         return spec  # a folder
     module_name, _, attr = spec.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
@@ -80,7 +80,7 @@ def _load_source(spec: str) -> Any:
     return obj() if callable(obj) and not hasattr(obj, "__iter__") and not hasattr(obj, "__getitem__") else obj
 
 
-def _pack(args: Any) -> int:
+def _pack(args: argparse.Namespace) -> int:
     from ..data.remote.pack import pack
 
     source = _load_source(args.src)
@@ -98,7 +98,7 @@ def _pack(args: Any) -> int:
     return ExitCode.OK
 
 
-def _index(args: Any) -> int:
+def _index(args: argparse.Namespace) -> int:
     from ..data.remote.manifest import manifest_json
     from ..data.remote.pack import index_tars
     from ..data.remote.source import ObjectError, ObjectSource
@@ -128,7 +128,7 @@ def _index(args: Any) -> int:
     return ExitCode.OK
 
 
-def _check(args: Any) -> int:
+def _check(args: argparse.Namespace) -> int:
     from ..data.remote.dataset import RemoteDataset, RemoteDatasetError
     from ..runtime import run
 

@@ -39,7 +39,7 @@ def _load(name: str) -> dict[str, Any]:
     return _loads_named(name, _read_bytes(name))
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     """How ``get`` prints a value: strings raw, dicts as SDN blocks, the rest inline."""
     if isinstance(value, str):
         return value
@@ -48,7 +48,7 @@ def _show(value: Any) -> str:
     return sdn.value_text(value)
 
 
-def _lookup(data: Any, path: str, name: str) -> Any:
+def _lookup(data: object, path: str, name: str) -> object:
     try:
         keys = sdn.split_path(path)
     except sdn.SdnError as exc:

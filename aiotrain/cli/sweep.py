@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..config import ConfigError
 from ..errors import ExitCode, UserError
@@ -128,9 +128,9 @@ def _sweep(argv: list[str]) -> int:
     return run(go())
 
 
-def split_params(items: list[str]) -> tuple[dict[str, Any], list[str]]:
+def split_params(items: list[str]) -> tuple[dict[str, object], list[str]]:
     """``key=SPEC`` arguments -> (the search space, nested; the fixed ``key=value`` overrides)."""
-    space: dict[str, Any] = {}
+    space: dict[str, object] = {}
     fixed: list[str] = []
     for item in items:
         key, eq, text = item.partition("=")
@@ -214,7 +214,7 @@ def _keys(record: SweepRecord) -> list[str]:
     return [k for k, v in record.parameters.items() if isinstance(parse_parameter(v), Distribution)]
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

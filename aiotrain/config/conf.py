@@ -35,7 +35,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import sdn
 from .errors import ConfigError, FrozenConfigError, MissingValueError, SdnError
@@ -46,10 +46,12 @@ from .validate import _Validator
 
 __all__ = ["MAX_RESOLVED_SIZE", "MISSING", "Conf", "Config"]
 
+T = TypeVar("T")
+
 _MAX_YAML_VALUES = 1 << 20  # a YAML file's aliases may not expand it past this many values
 
 
-def _plain(cfg: Any) -> Any:
+def _plain(cfg: object) -> Any:
     if isinstance(cfg, Config):
         cfg._used_whole()
         return cfg._data
@@ -64,7 +66,7 @@ class Conf:
 
     # loading
     @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> Config:
+    def from_dict(data: Mapping[str, object]) -> Config:
         """A Config holding a deep copy of ``data`` (keys must be strings)."""
         if not isinstance(data, Mapping | Config):
             raise ConfigError(f"a config must be a dict, not {type(data).__name__}")
@@ -144,7 +146,7 @@ class Conf:
 
     # combining and resolving
     @staticmethod
-    def merge(*cfgs: Config | Mapping[str, Any], append_arrays: bool = False) -> Config:
+    def merge(*cfgs: Config | Mapping[str, object], append_arrays: bool = False) -> Config:
         """A new Config: later configs override earlier ones key by key (deeply). Lists are
         replaced, or extended with ``append_arrays=True``."""
         out: dict[str, Any] = {}
@@ -165,7 +167,7 @@ class Conf:
         return Config(resolved)
 
     @staticmethod
-    def register_resolver(name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
+    def register_resolver(name: str, fn: Callable[..., object], *, replace: bool = False) -> None:
         """Make ``${name:args}`` call ``fn(*args)`` (arguments are strings)."""
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name or ""):
             raise ConfigError(f"bad resolver name {name!r}")
@@ -179,7 +181,7 @@ class Conf:
 
     # paths
     @staticmethod
-    def get(cfg: Config, path: str, default: Any = _NOTHING) -> Any:
+    def get(cfg: Config, path: str, default: object = _NOTHING) -> Any:
         """The value at a dotted path (``"train.lr"``, ``"layers.0"``), resolved; ``default``
         (None if not given) when absent; a ``???`` raises unless a default is given."""
         node: Any = cfg if isinstance(cfg, Config) else Config(cfg)
@@ -203,7 +205,7 @@ class Conf:
         return True
 
     @staticmethod
-    def set(cfg: Config, path: str, value: Any) -> None:
+    def set(cfg: Config, path: str, value: object) -> None:
         """Set the value at ``path``, creating intermediate dicts."""
         keys = _keys(path)
         if not keys:
@@ -216,7 +218,7 @@ class Conf:
         node._write(keys[-1], value)
 
     @staticmethod
-    def update(cfg: Config, path: str, value: Any, *, merge: bool = True) -> None:
+    def update(cfg: Config, path: str, value: object, *, merge: bool = True) -> None:
         """Set ``path``; with ``merge`` a dict value is merged into an existing dict there."""
         current: Any = _plain(cfg)
         for k in _keys(path):
@@ -268,8 +270,8 @@ class Conf:
 
     # checking and exporting
     @staticmethod
-    def validate(schema: type, cfg: Config | Mapping[str, Any], convert: bool = True, strict: bool = False,
-                 allow_missing: bool = False) -> Any:
+    def validate(schema: type[T], cfg: Config | Mapping[str, object], convert: bool = True,
+                 strict: bool = False, allow_missing: bool = False) -> T:
         """Check ``cfg`` (resolved first) against a msgspec Struct or dataclass and return the
         instance with defaults filled in. ``convert`` accepts "100" for 100; ``strict``
         rejects keys the schema does not declare; ``allow_missing`` leaves absent required
@@ -278,7 +280,7 @@ class Conf:
         return _Validator(convert, strict, allow_missing).build(schema, data, ())
 
     @staticmethod
-    def to_dict(cfg: Config | Mapping[str, Any], resolve: bool = False) -> dict[str, Any]:
+    def to_dict(cfg: Config | Mapping[str, object], resolve: bool = False) -> dict[str, Any]:
         """Plain nested dicts and lists (a deep copy); ``resolve=True`` interpolates first."""
         if resolve:
             return typing.cast(dict[str, Any],
@@ -286,12 +288,12 @@ class Conf:
         return typing.cast(dict[str, Any], _rebuild(_plain(cfg)))
 
     @staticmethod
-    def to_sdn(cfg: Config | Mapping[str, Any], resolve: bool = False) -> str:
+    def to_sdn(cfg: Config | Mapping[str, object], resolve: bool = False) -> str:
         """The config as SDN text."""
         return sdn.dumps(Conf.to_dict(cfg, resolve=resolve))
 
     @staticmethod
-    def save(cfg: Config | Mapping[str, Any], path: str | os.PathLike[str], resolve: bool = False) -> None:
+    def save(cfg: Config | Mapping[str, object], path: str | os.PathLike[str], resolve: bool = False) -> None:
         """Write the config to ``path`` atomically: SDN, or YAML for ``.yaml`` / ``.yml``."""
         data = Conf.to_dict(cfg, resolve=resolve)
         if Path(path).suffix in (".yaml", ".yml"):

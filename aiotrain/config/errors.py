@@ -8,7 +8,7 @@ dotted config path, OmegaConf's name for it, or None), ``path`` (the file, when 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 __all__ = [
     "ConfigError",
@@ -33,11 +33,13 @@ class ConfigError(Exception):
             return self.msg
         return f"line {self.line}, column {self.col}: {self.msg}"
 
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across processes despite keyword-only fields
+    def __reduce__(self) -> tuple[Callable[[type[ConfigError], dict[str, object]], ConfigError],
+                                  tuple[type[ConfigError], dict[str, object]]]:
+        # picklable across processes despite keyword-only fields
         return (_rebuild, (type(self), self.__dict__))
 
 
-def _rebuild(cls: type[ConfigError], state: dict[str, Any]) -> ConfigError:
+def _rebuild(cls: type[ConfigError], state: dict[str, object]) -> ConfigError:
     err = cls.__new__(cls)
     err.__dict__.update(state)
     err.args = (state.get("msg"),)

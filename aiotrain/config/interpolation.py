@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError, InterpolationError, MissingValueError
+from .sdn import KeyPath
 from .tree import _ABSENT, _NOTHING, MISSING, _child, _dotted, _keys, _rebuild
 
 _MAX_INTERPOLATION_DEPTH = 64
@@ -26,11 +27,11 @@ it builds plus 64 per value it copies (about their memory in bytes). Past it, an
 InterpolationError names the key."""
 
 
-_RESOLVERS: dict[str, Callable[..., Any]] = {}
+_RESOLVERS: dict[str, Callable[..., object]] = {}
 _RESOLVER_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*:")
 
 
-def _env(name: str, default: Any = _NOTHING) -> Any:
+def _env(name: str, default: object = _NOTHING) -> object:
     value = os.environ.get(name)
     if value is None:
         if default is _NOTHING:
@@ -59,7 +60,7 @@ _RESOLVERS["oc.env"] = _env  # OmegaConf's spelling, for configs moved over from
 _VALUE_SIZE = 64  # what a copied value weighs against the budget, in characters (its memory)
 
 
-def _size(value: Any) -> int:
+def _size(value: object) -> int:
     """How much a resolved value weighs: characters of its strings plus 64 per value."""
     if isinstance(value, str):
         return len(value)
@@ -162,11 +163,11 @@ class _Resolver:
     interpolation produces is charged against :data:`MAX_RESOLVED_SIZE` before it is built.
     """
 
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: object) -> None:
         self.root = root
         self.active: list[str] = []
-        self.cache: dict[tuple[Any, ...], Any] = {}
-        self.done: dict[tuple[Any, ...], Any] = {}
+        self.cache: dict[tuple[str, tuple[object, ...]], object] = {}  # (resolver, args): result
+        self.done: dict[KeyPath, Any] = {}  # the final value at a key
         self.budget = MAX_RESOLVED_SIZE
 
     def charge(self, size: int, where: str) -> None:
@@ -177,7 +178,7 @@ class _Resolver:
                 f"{where}: interpolation produces more than {MAX_RESOLVED_SIZE} characters "
                 "(values that repeat each other grow exponentially)", full_key=where)
 
-    def value(self, key: tuple[Any, ...], raw: Any) -> Any:
+    def value(self, key: KeyPath, raw: object) -> Any:
         """The final value of ``raw`` found at ``key``: strings interpolated, nodes resolved."""
         if isinstance(raw, dict | list):
             done = self.done.get(key, _ABSENT)
@@ -204,7 +205,7 @@ class _Resolver:
             self.active.pop()
         return done if not isinstance(done, dict | list) else _rebuild(done)
 
-    def text(self, s: str, key: tuple[Any, ...], where: str) -> Any:
+    def text(self, s: str, key: KeyPath, where: str) -> object:
         parts = _segments(s, where)
         if len(parts) == 1 and parts[0][0]:
             return self.inner(parts[0][1], key, where)
@@ -215,14 +216,14 @@ class _Resolver:
         self.charge(sum(map(len, pieces)), where)  # before the join allocates it
         return "".join(pieces)
 
-    def inner(self, body: str, key: tuple[Any, ...], where: str) -> Any:
+    def inner(self, body: str, key: KeyPath, where: str) -> object:
         m = _RESOLVER_NAME.match(body)
         if m is not None:
             return self.call(m.group(1), body[m.end():], key, where)
         path = self.text(body.strip(), key, where) if "${" in body else body.strip()
         return self.lookup(str(path), key, where)
 
-    def call(self, name: str, arg_text: str, key: tuple[Any, ...], where: str) -> Any:
+    def call(self, name: str, arg_text: str, key: KeyPath, where: str) -> object:
         fn = _RESOLVERS.get(name)
         if fn is None:
             raise InterpolationError(f"{where}: unknown resolver {name!r} (known: "
@@ -244,12 +245,12 @@ class _Resolver:
             self.cache[cache_key] = result
         return result
 
-    def arg(self, text: str, key: tuple[Any, ...], where: str) -> Any:
+    def arg(self, text: str, key: KeyPath, where: str) -> object:
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             return text[1:-1]
         return self.text(text, key, where) if "${" in text else text
 
-    def lookup(self, path: str, key: tuple[Any, ...], where: str) -> Any:
+    def lookup(self, path: str, key: KeyPath, where: str) -> Any:
         if path.startswith("."):
             up = len(path) - len(path.lstrip("."))
             base = key[:max(len(key) - up, 0)]

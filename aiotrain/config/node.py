@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from .errors import FrozenConfigError, MissingValueError
 from .interpolation import _Resolver
+from .sdn import Key, KeyPath
 from .tree import _ABSENT, _NOTHING, MISSING, View, _child, _dotted, _rebuild
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # aiotrain/config/
@@ -21,7 +22,7 @@ class ValueRead(NamedTuple):
     """One value read through a Config, and where: the reading code and its instruction."""
 
     key: str        # the dotted key
-    value: Any
+    value: object
     code: CodeType  # the code object that read it (the caller of the Config, not Config itself)
     lasti: int      # the instruction of that code that read it (``frame.f_lasti``)
 
@@ -39,7 +40,7 @@ class ReadLog:
         self.top: set[str] = set()
         self.values: list[ValueRead] = []
 
-    def note(self, at: tuple[Any, ...], key: Any, value: Any) -> None:
+    def note(self, at: KeyPath, key: Key, value: object) -> None:
         """``at + (key,)`` was read and gave ``value``."""
         if not at:
             self.top.add(str(key))
@@ -91,7 +92,7 @@ class _State:
 
     __slots__ = ("frozen", "log", "root", "throw_on_missing")
 
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: object) -> None:
         self.root, self.frozen, self.throw_on_missing = root, False, True
         self.log: ReadLog | None = None
 
@@ -106,8 +107,8 @@ class Config(View):
 
     __slots__ = ("_data", "_key", "_state")
 
-    def __init__(self, data: Mapping[str, Any] | list[Any] | None = None, *, _state: _State | None = None,
-                 _key: tuple[Any, ...] = ()) -> None:
+    def __init__(self, data: Mapping[str, object] | list[Any] | None = None, *,
+                 _state: _State | None = None, _key: KeyPath = ()) -> None:
         if _state is None:
             data = _rebuild({} if data is None else data)
             _state = _State(data)
@@ -116,7 +117,7 @@ class Config(View):
         object.__setattr__(self, "_key", _key)
 
     # reading
-    def _read(self, key: Any, default: Any = _NOTHING) -> Any:
+    def _read(self, key: Key, default: object = _NOTHING) -> Any:
         value = self._value(key, default)
         if self._state.log is not None:
             self._state.log.note(self._key, key, value)
@@ -127,7 +128,7 @@ class Config(View):
         if self._state.log is not None and not self._key and isinstance(self._data, dict):
             self._state.log.top.update(self._data)
 
-    def _value(self, key: Any, default: Any) -> Any:
+    def _value(self, key: Key, default: object) -> Any:
         raw = _child(self._data, key)
         if raw is _ABSENT or (type(raw) is str and raw == MISSING):
             if default is not _NOTHING:
@@ -151,17 +152,17 @@ class Config(View):
             raise AttributeError(name)
         return self._read(name)
 
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: Key | slice) -> Any:
         if isinstance(key, slice) and isinstance(self._data, list):
             return [self._read(i) for i in range(len(self._data))[key]]
-        return self._read(key)
+        return self._read(str(key) if isinstance(key, slice) else key)  # a dict has no slices
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: object = None) -> Any:
         """``cfg.get("x", default)``: the value, or ``default`` when absent or ``???``."""
         return self._read(key, default)
 
     # writing
-    def _write(self, key: Any, value: Any) -> None:
+    def _write(self, key: Key, value: object) -> None:
         if self._state.frozen:
             raise FrozenConfigError(f"{_dotted((*self._key, key))}: the config is frozen",
                                     full_key=_dotted((*self._key, key)))
@@ -170,7 +171,7 @@ class Config(View):
         else:
             self._data[str(key)] = _rebuild(value, key=(*self._key, key))
 
-    def _remove(self, key: Any) -> None:
+    def _remove(self, key: Key) -> None:
         full = _dotted((*self._key, key))
         if self._state.frozen:
             raise FrozenConfigError(f"{full}: the config is frozen", full_key=full)
@@ -178,20 +179,20 @@ class Config(View):
             raise MissingValueError(f"{full}: not found", full_key=full)
         del self._data[key if isinstance(self._data, dict) else int(key)]
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         self._write(name, value)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: Key, value: object) -> None:
         self._write(key, value)
 
     def __delattr__(self, name: str) -> None:
         self._remove(name)
 
-    def __delitem__(self, key: Any) -> None:
+    def __delitem__(self, key: Key) -> None:
         self._remove(key)
 
     # the container protocols
-    def __contains__(self, key: Any) -> bool:
+    def __contains__(self, key: object) -> bool:
         if isinstance(self._data, dict):
             if self._state.log is not None and not self._key:
                 self._state.log.top.add(str(key))
@@ -214,7 +215,7 @@ class Config(View):
     def values(self) -> list[Any]:
         return [self._read(k) for k in self.keys()]
 
-    def items(self) -> list[tuple[Any, Any]]:
+    def items(self) -> list[tuple[Key, Any]]:
         return [(k, self._read(k)) for k in self.keys()]
 
     def __eq__(self, other: object) -> bool:
@@ -237,10 +238,10 @@ class Config(View):
         self._used_whole()
         return Config(self._data)
 
-    def __deepcopy__(self, memo: dict[str, Any]) -> Config:
+    def __deepcopy__(self, memo: dict[int, object]) -> Config:
         self._used_whole()
         return Config(self._data)
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[type[Config], tuple[object]]:
         self._used_whole()
         return (Config, (_rebuild(self._data),))

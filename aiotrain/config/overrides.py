@@ -20,7 +20,7 @@ from typing import Any
 from .conf import Conf
 from .errors import ConfigError
 from .node import Config
-from .sdn import SdnDocument, SdnError, value_text
+from .sdn import KeyPath, SdnDocument, SdnError, value_text
 from .tree import _ABSENT, _child, _dotted
 
 __all__ = ["OverrideError", "apply_overrides", "override_of"]
@@ -73,7 +73,7 @@ def _check(cfg: Config, merged: Config, value: dict[str, Any], item: str, source
            free: Collection[str]) -> None:
     """Each value that ``value`` sets (as it reads in ``merged``, the file with the overrides so
     far) must replace one of its kind in ``cfg`` (the file)."""
-    stack: list[tuple[Any, ...]] = [(k,) for k in value]
+    stack: list[KeyPath] = [(k,) for k in value]
     while stack:
         key = stack.pop()
         if key[0] in free:
@@ -97,7 +97,7 @@ def _check(cfg: Config, merged: Config, value: dict[str, Any], item: str, source
 _UNRESOLVED = object()
 
 
-def _at(cfg: Config, key: tuple[Any, ...], unresolved: Any = None) -> Any:
+def _at(cfg: Config, key: KeyPath, unresolved: object = None) -> Any:
     """The value at ``key``, resolved when it can be (else ``unresolved``, or as written when
     that is None), or _ABSENT."""
     node: Any = cfg._data
@@ -112,7 +112,7 @@ def _at(cfg: Config, key: tuple[Any, ...], unresolved: Any = None) -> Any:
     return value._data if isinstance(value, Config) else value
 
 
-def _at_raw(value: dict[str, Any], key: tuple[Any, ...]) -> dict[str, Any]:
+def _at_raw(value: dict[str, Any], key: KeyPath) -> dict[str, Any]:
     """The section at ``key`` of an override's parsed value."""
     node: Any = value
     for k in key:
@@ -120,7 +120,7 @@ def _at_raw(value: dict[str, Any], key: tuple[Any, ...]) -> dict[str, Any]:
     return dict(node)
 
 
-def _fits(old: Any, new: Any) -> bool:
+def _fits(old: object, new: object) -> bool:
     """Whether ``new`` may replace ``old``: the same kind, null either way, an int for a float."""
     if old is None or new is None:
         return True
@@ -131,7 +131,7 @@ def _fits(old: Any, new: Any) -> bool:
     return type(old) is type(new) or (isinstance(old, str) and isinstance(new, str))
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     if isinstance(value, bool):
         return "true or false"
     kinds = {int: "an integer", float: "a number", str: "a string", list: "a list",
@@ -139,7 +139,7 @@ def _kind(value: Any) -> str:
     return next((v for t, v in kinds.items() if isinstance(value, t)), type(value).__name__)
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if isinstance(value, str):
         return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
     try:
@@ -149,7 +149,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _hint(cfg: Config, key: tuple[Any, ...]) -> str:
+def _hint(cfg: Config, key: KeyPath) -> str:
     parent: Any = cfg._data
     for k in key[:-1]:
         parent = _child(parent, k)
@@ -159,7 +159,7 @@ def _hint(cfg: Config, key: tuple[Any, ...]) -> str:
     return f"; did you mean {_dotted((*key[:-1], close[0]))}?" if close else ""
 
 
-def _position(source: str, key: tuple[Any, ...]) -> str:
+def _position(source: str, key: KeyPath) -> str:
     """``FILE:LINE:COL`` of ``key`` in the file, or the file's name when it cannot be placed."""
     try:
         at = SdnDocument(Path(source).read_bytes()).position(list(key))

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import sdn
 from .errors import ConfigError, SdnError
+from .sdn import Key, KeyPath, PathSpec
 
 MISSING = "???"
 """The mandatory-value marker: a key whose value must be given before it is read."""
@@ -24,15 +25,15 @@ class View:
     _data: Any
 
 
-def _dotted(key: Iterable[Any]) -> str:
+def _dotted(key: Iterable[object]) -> str:
     return ".".join(str(k) for k in key)
 
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
-def _rebuild(data: Any, leaf: Callable[[tuple[Any, ...], Any], Any] | None = None,
-             key: tuple[Any, ...] = (), max_values: int | None = None) -> Any:
+def _rebuild(data: object, leaf: Callable[[KeyPath, Any], object] | None = None,
+             key: KeyPath = (), max_values: int | None = None) -> Any:
     """A deep copy of ``data`` (dicts and lists; tuples become lists; Configs are unwrapped),
     with ``leaf(key, value)`` applied to every other value. Iterative, so no depth can recurse;
     a tree nested deeper than ``sdn.MAX_DEPTH`` below the root (``key`` counts: it is where
@@ -75,8 +76,8 @@ def _rebuild(data: Any, leaf: Callable[[tuple[Any, ...], Any], Any] | None = Non
     return root
 
 
-def _merge_into(dst: dict[str, Any], src: dict[str, Any], append_arrays: bool,
-                at: tuple[Any, ...] = ()) -> None:
+def _merge_into(dst: dict[str, Any], src: Mapping[str, object], append_arrays: bool,
+                at: KeyPath = ()) -> None:
     """Deep-merge ``src`` into ``dst`` (found at key ``at``) in place: dicts merge, lists are
     replaced or appended."""
     stack = [(dst, src, at)]
@@ -94,7 +95,7 @@ def _merge_into(dst: dict[str, Any], src: dict[str, Any], append_arrays: bool,
                 d[k] = _rebuild(v, key=(*at, k))
 
 
-def _child(node: Any, k: Any) -> Any:
+def _child(node: object, k: Key) -> Any:
     """``node[k]`` for a dict (``k`` as a string) or a list (``k`` as an index), or _ABSENT."""
     if isinstance(node, dict):
         return node.get(k if isinstance(k, str) else str(k), _ABSENT)
@@ -106,7 +107,7 @@ def _child(node: Any, k: Any) -> Any:
     return _ABSENT
 
 
-def _keys(path: str | Iterable[Any]) -> list[Any]:
+def _keys(path: PathSpec) -> list[Key]:
     try:
         return sdn.split_path(path if isinstance(path, str) else list(path))
     except SdnError as exc:

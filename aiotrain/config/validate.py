@@ -7,19 +7,22 @@ import dataclasses
 import re
 import types
 import typing
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from .errors import SchemaError
+from .sdn import KeyPath
 from .tree import _ABSENT, MISSING, _dotted
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class _Field:
     name: str      # the constructor argument
     data_key: str  # the key in the config
-    type: Any
+    type: object  # the field's annotation (Any when it has none)
     required: bool
 
 
@@ -35,11 +38,11 @@ def _schema_fields(schema: type) -> list[_Field]:
     raise SchemaError(f"a schema must be a msgspec Struct or a dataclass, not {schema!r}")
 
 
-def _is_schema(tp: Any) -> bool:
+def _is_schema(tp: object) -> bool:
     return isinstance(tp, type) and (issubclass(tp, msgspec.Struct) or dataclasses.is_dataclass(tp))
 
 
-def _schema_in(tp: Any) -> type | None:
+def _schema_in(tp: object) -> type | None:
     """The Struct / dataclass that a field of type ``tp`` holds (``X`` or ``X | None``)."""
     if _is_schema(tp):
         return typing.cast(type, tp)
@@ -59,7 +62,7 @@ class _Validator:
     def __init__(self, convert: bool, strict: bool, allow_missing: bool) -> None:
         self.convert, self.strict, self.allow_missing = convert, strict, allow_missing
 
-    def build(self, schema: type, data: Any, key: tuple[Any, ...]) -> Any:
+    def build(self, schema: type[T], data: object, key: KeyPath) -> T:
         where = _dotted(key) or "the config"
         if not isinstance(data, dict):
             raise SchemaError(f"{where}: expected a dict for {schema.__name__}, got "
@@ -72,7 +75,7 @@ class _Validator:
                     full = _dotted((*key, k))
                     raise SchemaError(f"{full}: unknown key (not a field of {schema.__name__})",
                                       full_key=full)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, object] = {}
         for f in fields:
             value = data.get(f.data_key, _ABSENT)
             if value is _ABSENT or (type(value) is str and value == MISSING):
@@ -89,7 +92,7 @@ class _Validator:
         except (TypeError, ValueError) as exc:
             raise SchemaError(f"{where}: {schema.__name__}: {exc}", full_key=_dotted(key)) from exc
 
-    def value(self, tp: Any, value: Any, key: tuple[Any, ...]) -> Any:
+    def value(self, tp: object, value: object, key: KeyPath) -> object:
         nested = _schema_in(tp)
         if nested is not None and isinstance(value, dict):
             return self.build(nested, value, key)

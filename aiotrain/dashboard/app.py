@@ -241,6 +241,8 @@ class Dashboard:
         what = "cursor (the JSON object /api/series returned)"
         cursor = decode_json(request.arg("cursor", "{}") or "{}", what)
         try:
+            if not isinstance(cursor, dict):
+                raise TypeError(cursor)
             offsets = {(ref, which): int(cursor.get(ref, {}).get(which, 0))
                        for ref, _ in refs for which in HISTORIES}
         except (ValueError, TypeError, AttributeError, OverflowError):
@@ -330,8 +332,8 @@ def _points(column: Column) -> dict[str, list[Any]]:
     return {"step": column.step.tolist(), "time": column.time.tolist(), "value": column.value.tolist()}
 
 
-def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+def _messages(ref: str, keys: list[str], records: list[dict[str, Any]]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
     for key in keys:
         steps, times, values = [], [], []
         for r in records:
@@ -361,7 +363,7 @@ def _keys(rows: list[RunRow]) -> tuple[list[str], list[str], list[str]]:
     return [k for k, _ in config.most_common()], [k for k, _ in metrics.most_common()], varying
 
 
-def _row(row: RunRow, columns: list[str]) -> dict[str, Any]:
+def _row(row: RunRow, columns: list[str]) -> dict[str, object]:
     data = row.to_dict()
     if columns:  # only what the table shows: keeps a 1,000-run answer small
         data["config"] = {c[7:]: row.config.get(c[7:]) for c in columns if c.startswith("config.")}

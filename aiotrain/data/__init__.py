@@ -23,7 +23,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
-    from .cache import CachedData, CacheManager, CacheMode, CacheValidator
-    from .loader import AsyncLoader, DatasetError
-    from .mmap_dataset import MmapDataset
-    from .tokenizer import TokenizerCache, TokenizerError
+    from .cache import CachedData as CachedData
+    from .cache import CacheManager as CacheManager
+    from .cache import CacheMode as CacheMode
+    from .cache import CacheValidator as CacheValidator
+    from .loader import AsyncLoader as AsyncLoader
+    from .loader import DatasetError as DatasetError
+    from .mmap_dataset import MmapDataset as MmapDataset
+    from .tokenizer import TokenizerCache as TokenizerCache
+    from .tokenizer import TokenizerError as TokenizerError

@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TypedDict
 
 import psutil
 import torch
@@ -156,7 +156,7 @@ class CacheManager:
 
     # planning -----------------------------------------------------------------------------
     def scan_files(self, paths: Iterable[PathLike] | PathLike,
-                   priorities: Mapping[PathLike, int] | None = None) -> dict[str, Any]:
+                   priorities: Mapping[PathLike, int] | None = None) -> ScanResult:
         """Stat ``paths`` and decide each file's mode under what is left of the memory limit.
 
         Missing paths are skipped and listed in the result and in ``stats()["missing"]``; a
@@ -332,7 +332,7 @@ class CacheManager:
         return sum(e.size for e in self._entries.values() if e.mode is CacheMode.MMAP)
 
     # reporting ----------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> CacheStats:
         """The cache's statistics: ``total_size`` is the bytes planned for MMAP.
 
         Extras: ``normal_count``, ``missing`` (paths scans skipped), ``mapped_bytes`` (bytes of the
@@ -352,6 +352,33 @@ class CacheManager:
                 "mapped_bytes": sum(len(r.mm) for r in self._regions.values()),
                 "retired_mmaps": len(self._retired),
             }
+
+
+class ScanResult(TypedDict):
+    """What ``CacheManager.scan_files`` planned for the files of one scan."""
+
+    total_files: int
+    total_size: int
+    cached_size: int
+    cached_files: int
+    memory_limit: int
+    missing: list[str]
+    remaining: int
+
+
+class CacheStats(TypedDict):
+    """``CacheManager.stats()``."""
+
+    total_entries: int
+    mmap_count: int
+    total_size: int
+    memory_limit: int
+    memory_usage_pct: int
+    active_mmaps: int
+    normal_count: int
+    missing: list[str]
+    mapped_bytes: int
+    retired_mmaps: int
 
 
 class CacheValidator:

@@ -361,6 +361,22 @@ class AsyncLoader(_StreamingLoader):
     their batch, counted in ``skipped`` and logged with index and error; the next failure is a
     ``DatasetError``. A batch whose every item failed is an error. The default, 0, fails on the
     first bad item.
+
+    Example::
+
+        >>> import asyncio
+        >>> from aiotrain import AsyncLoader, Engine
+        >>> data = [(float(i), i % 2) for i in range(10)]   # any map-style dataset
+        >>> loader = AsyncLoader(data, batch_size=4)
+        >>> len(loader)
+        3
+        >>> async def one_epoch():
+        ...     return [y.tolist() async for x, y in loader]
+        >>> asyncio.run(one_epoch())
+        [[0, 1, 0, 1], [0, 1, 0, 1], [0, 1]]
+        >>> trainer = Engine(lambda engine, batch: batch[0].sum().item())
+        >>> trainer.run(loader, max_epochs=2).output   # the last batch: 8.0 + 9.0
+        17.0
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, *, shuffle: bool = False, seed: int = 0,
@@ -407,7 +423,7 @@ class AsyncLoader(_StreamingLoader):
         self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
         self._recycler = Recycler(prefetch)  # idle batch buffers, lent back to the workers
         self._pool: DataWorkerPool | None = None
-        self._pool_finalizer: weakref.finalize | None = None
+        self._pool_finalizer: weakref.finalize[..., Any] | None = None
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)  # type: ignore[arg-type]
@@ -586,7 +602,9 @@ class AsyncLoader(_StreamingLoader):
         """The CPU stage of one batch, in a worker process or on an abandonable thread."""
         if self.workers == 0:
             try:
-                return await _abandonable(self._stage.process, job, what=what)
+                processed: tuple[Any, list[tuple[int, BaseException]]]
+                processed = await _abandonable(self._stage.process, job, what=what)
+                return processed
             except Exception as exc:
                 raise DatasetError(what, exc) from exc
         pool = self._worker_pool()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 from ..values import check_int
 from .cache import CacheManager, CacheMode, PathLike, Signature, file_signature
@@ -28,7 +29,7 @@ from .loader import DatasetError
 __all__ = ["MmapDataset"]
 
 
-class MmapDataset(torch.utils.data.Dataset):
+class MmapDataset(torch.utils.data.Dataset[torch.Tensor]):
     """Records of ``record_shape`` and ``dtype`` laid end to end in ``path_or_paths`` (in order).
 
     ``dataset[i]`` is a zero-copy tensor of ``record_shape`` (for mapped files);
@@ -40,7 +41,7 @@ class MmapDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, path_or_paths: PathLike | Sequence[PathLike],
-                 record_shape: int | Sequence[int], dtype: Any,
+                 record_shape: int | Sequence[int], dtype: torch.dtype | DTypeLike,
                  cache: CacheManager | None = None) -> None:
         if isinstance(path_or_paths, str | os.PathLike):
             path_or_paths = [path_or_paths]
@@ -50,7 +51,7 @@ class MmapDataset(torch.utils.data.Dataset):
         self.record_shape = _record_shape(record_shape)
         self.dtype = _torch_dtype(dtype)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
-        self.record_bytes = math.prod(self.record_shape) * itemsize
+        self.record_bytes: int = math.prod(self.record_shape) * itemsize
         self._own_cache = cache is None
         self.cache = CacheManager() if cache is None else cache
         self._open()
@@ -64,7 +65,7 @@ class MmapDataset(torch.utils.data.Dataset):
         stats = [os.stat(p) for p in self.paths]
         self._counts = [self._record_count(p, st.st_size) for p, st in zip(self.paths, stats, strict=True)]
         self._opened = [file_signature(st) for st in stats]  # what a change is measured against
-        self._starts = [0, *np.cumsum(self._counts).tolist()]
+        self._starts: list[int] = [0, *np.cumsum(self._counts).tolist()]
         self._len = self._starts[-1]
         self._views: dict[int, tuple[Signature | None, torch.Tensor]] = {}
 
@@ -187,7 +188,7 @@ class MmapDataset(torch.utils.data.Dataset):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         return {"paths": self.paths, "record_shape": self.record_shape, "dtype": self.dtype}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -210,12 +211,13 @@ def _record_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
                  for d in dims)
 
 
-def _torch_dtype(dtype: Any) -> torch.dtype:
+def _torch_dtype(dtype: torch.dtype | DTypeLike) -> torch.dtype:
     """Accept a torch dtype, a numpy dtype or a name such as "float32"."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
-        return getattr(torch, dtype)
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if isinstance(named, torch.dtype):
+        return named
     try:
         return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype
     except TypeError as exc:

@@ -37,7 +37,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -48,6 +48,9 @@ try:
     import tokenizers
 except ImportError:  # the `text` extra is optional: fall back to the plain vocabulary loader
     tokenizers = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 __all__ = ["TokenizerCache", "TokenizerError"]
 
@@ -65,7 +68,7 @@ class _Loaded:
 
     vocab: dict[str, int]
     kind: str  # "wordpiece" | "bpe" | "tokenizer.json"
-    tokenizer: Any  # tokenizers.Tokenizer, or None for the plain loader
+    tokenizer: Tokenizer | None  # None: the plain loader (no ``tokenizers`` package)
 
 
 class TokenizerCache:
@@ -140,7 +143,7 @@ class TokenizerCache:
 
     # using --------------------------------------------------------------------------------
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer | None:
         """The ``tokenizers.Tokenizer`` (None when that package is not installed)."""
         return self._ready().tokenizer
 
@@ -308,7 +311,7 @@ def _plain_tokenizer_json(path: str, raw: bytes) -> _Loaded:
 _DECODER_KIND = {"ByteLevel": "bpe", "WordPiece": "wordpiece", "Metaspace": "metaspace"}
 
 
-def _wordpiece_tokenizer(vocab: dict[str, int]) -> Any:
+def _wordpiece_tokenizer(vocab: dict[str, int]) -> Tokenizer | None:
     if tokenizers is None:
         return None
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
@@ -333,7 +336,7 @@ def _is_special(token: str) -> bool:
                                or (token.startswith("<|") and token.endswith("|>")))
 
 
-def _bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
+def _bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer | None:
     if tokenizers is None:
         return None
     from tokenizers import decoders, models, pre_tokenizers, processors

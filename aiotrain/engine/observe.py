@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from ..events import EventFilter, EventKey
 from ..values import as_number, number_or_value
@@ -22,10 +22,10 @@ class Snapshot:
     epoch: int
     iteration: int
     output: dict[str, float]
-    metrics: dict[str, Any]
+    metrics: dict[str, object]
     time: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"event": self.event, "epoch": self.epoch, "iteration": self.iteration,
                 "output": self.output, "metrics": self.metrics, "time": self.time}
 
@@ -75,12 +75,12 @@ class Observer:
         return self.queue.popleft()
 
 
-def scalars(output: Any) -> dict[str, float]:
+def scalars(output: object) -> dict[str, float]:
     """Numbers in a step output, for observers: a number, a 0-d tensor, or a dict of them."""
     items = output.items() if isinstance(output, dict) else [("output", output)]
     return {str(key): number for key, value in items if (number := as_number(value)) is not None}
 
 
-def plain(metrics: dict[str, Any]) -> dict[str, Any]:
+def plain(metrics: Mapping[str, object]) -> dict[str, object]:
     """Metrics with one-element tensors as Python numbers."""
     return {k: number_or_value(v) for k, v in metrics.items()}

@@ -5,12 +5,32 @@ holding them loads with ``torch.load(weights_only=True)``."""
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Sequence
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
 
-__all__ = ["rng_state", "seed_everything", "set_rng_state"]
+__all__ = ["RngState", "rng_state", "seed_everything", "set_rng_state"]
+
+
+class NumpyRngState(TypedDict):
+    """numpy's legacy global generator state, with its key array as a tensor."""
+
+    kind: str
+    keys: torch.Tensor
+    pos: int
+    has_gauss: int
+    gauss: float
+
+
+class RngState(TypedDict):
+    """Every RNG state of a process (``cuda`` only once CUDA is initialised)."""
+
+    torch: torch.Tensor
+    python: tuple[int, Sequence[int], float | None]  # random.getstate(): version, internal, gauss
+    numpy: NumpyRngState
+    cuda: NotRequired[list[torch.Tensor]]
 
 
 def seed_everything(seed: int) -> None:
@@ -20,14 +40,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state() -> RngState:
     """Every RNG state of this process, at this moment."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     assert isinstance(keys, np.ndarray)  # the legacy tuple form: (kind, keys, pos, has_gauss, gauss)
-    state = {
+    state: RngState = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -35,7 +55,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: RngState) -> None:
     """Put back what ``rng_state`` returned."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]

@@ -29,7 +29,7 @@ class State:
         Events.COMPLETED: "epoch",
     }
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         self.iteration = 0
         self.epoch = 0
         self.epoch_iteration = 0
@@ -39,7 +39,7 @@ class State:
         self.output: Any = None
         self.batch: Any = None
         self.metrics: dict[str, Any] = {}
-        self.dataloader: Any = None
+        self.dataloader: object = None
         self.seed: int | None = None
         self.times: dict[str, float | None] = {"EPOCH_COMPLETED": None, "COMPLETED": None}
         for key, value in kwargs.items():
@@ -54,7 +54,7 @@ class State:
 
     _update_attrs = update_attrs  # Ignite's name, called by Ignite-shaped code
 
-    def get_event_attrib_value(self, event: Any) -> int:
+    def get_event_attrib_value(self, event: object) -> int:
         """The counter ``event``'s filters see (``state.iteration`` for ITERATION_COMPLETED)."""
         attr = self.event_to_attr.get(resolve_key(event))
         if attr is None:

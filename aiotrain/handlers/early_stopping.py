@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..values import check_int
 
+if TYPE_CHECKING:
+    from ..engine import Engine
+
 __all__ = ["EarlyStopping"]
+
+
+class Terminable(Protocol):
+    """What EarlyStopping stops: an Engine, or anything that ends its run on ``terminate()``."""
+
+    def terminate(self) -> None: ...
 
 
 class EarlyStopping:
@@ -23,7 +32,7 @@ class EarlyStopping:
     ``load_state_dict`` carry the counter and best score through checkpoints.
     """
 
-    def __init__(self, patience: int, score_function: Callable[[Any], float], trainer: Any,
+    def __init__(self, patience: int, score_function: Callable[[Engine], float], trainer: Terminable,
                  min_delta: float = 0.0, cumulative_delta: bool = False) -> None:
         if not callable(score_function):
             raise TypeError(f"EarlyStopping: score_function must be callable, got {score_function!r}")
@@ -41,7 +50,7 @@ class EarlyStopping:
         self.best_score: float | None = None
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
-    def __call__(self, engine: Any) -> None:
+    def __call__(self, engine: Engine) -> None:
         score = float(self.score_function(engine))
         if self.best_score is None or score > self.best_score + self.min_delta:
             self.best_score, self.counter = score, 0
@@ -56,11 +65,11 @@ class EarlyStopping:
                              self.min_delta, self.patience)
             self.trainer.terminate()
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, float | None]:
         """Counter and best score, for checkpoints."""
         return {"counter": self.counter, "best_score": self.best_score}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         self.counter = int(state_dict["counter"])
         best = state_dict["best_score"]

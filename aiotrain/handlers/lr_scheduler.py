@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch.optim.lr_scheduler import LRScheduler as _TorchScheduler
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ..events import Events
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = ["LRScheduler"]
 
@@ -27,8 +31,8 @@ class LRScheduler:
     ``state_dict`` / ``load_state_dict`` delegate to the scheduler (for Checkpoint).
     """
 
-    def __init__(self, scheduler: Any, metric_name: str | None = None,
-                 metric_engine: Any = None) -> None:
+    def __init__(self, scheduler: _TorchScheduler | ReduceLROnPlateau, metric_name: str | None = None,
+                 metric_engine: Engine | None = None) -> None:
         if not isinstance(scheduler, (_TorchScheduler, ReduceLROnPlateau)):
             raise TypeError(f"LRScheduler: scheduler must be a torch.optim.lr_scheduler scheduler, "
                             f"got {type(scheduler).__name__}")
@@ -38,11 +42,11 @@ class LRScheduler:
         if not self.plateau and (metric_name is not None or metric_engine is not None):
             raise ValueError(f"LRScheduler: metric_name/metric_engine only apply to ReduceLROnPlateau, "
                              f"not {type(scheduler).__name__}")
-        self.scheduler: Any = scheduler  # a torch LRScheduler or a ReduceLROnPlateau
+        self.scheduler = scheduler
         self.metric_name = metric_name
         self.metric_engine = metric_engine
 
-    def attach(self, engine: Any, event: Any = Events.EPOCH_COMPLETED) -> LRScheduler:
+    def attach(self, engine: Engine, event: object = Events.EPOCH_COMPLETED) -> LRScheduler:
         """Step the scheduler whenever ``event`` fires on ``engine``."""
         if not self.plateau and getattr(event, "event", event) in _ITERATION_EVENTS:
             engine.add_compute_hook(event, self)
@@ -50,8 +54,8 @@ class LRScheduler:
             engine.add_event_handler(event, self)
         return self
 
-    def __call__(self, engine: Any) -> None:
-        if not self.plateau:
+    def __call__(self, engine: Engine) -> None:
+        if not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
             return
         source = self.metric_engine if self.metric_engine is not None else engine
@@ -67,7 +71,8 @@ class LRScheduler:
         return [float(g["lr"]) for g in self.scheduler.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
+        state: dict[str, Any] = self.scheduler.state_dict()  # torch leaves it unannotated
+        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state_dict)
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(dict(state_dict))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..events import Events
+
+if TYPE_CHECKING:
+    from ..engine import Engine
 
 __all__ = ["Timer"]
 
@@ -25,8 +28,8 @@ class Timer:
         self._average = bool(average)
         self.reset()
 
-    def attach(self, engine: Any, start: Any = Events.STARTED, pause: Any = Events.COMPLETED,
-               resume: Any = None, step: Any = None) -> Timer:
+    def attach(self, engine: Engine, start: object = Events.STARTED, pause: object = Events.COMPLETED,
+               resume: object = None, step: object = None) -> Timer:
         """Reset at ``start``; pause, resume and count a step at the given events (None: never)."""
         engine.add_compute_hook(start, self.reset)
         for event, fn in ((pause, self.pause), (resume, self.resume), (step, self.step)):
@@ -34,7 +37,7 @@ class Timer:
                 engine.add_compute_hook(event, fn)
         return self
 
-    def reset(self, *args: Any) -> Timer:
+    def reset(self, *args: object) -> Timer:
         """Restart from zero, running."""
         self._t0 = time.perf_counter()
         self.total = 0.0
@@ -42,19 +45,19 @@ class Timer:
         self.running = True
         return self
 
-    def pause(self, *args: Any) -> None:
+    def pause(self, *args: object) -> None:
         """Stop the clock (no-op when paused)."""
         if self.running:
             self.total += time.perf_counter() - self._t0
             self.running = False
 
-    def resume(self, *args: Any) -> None:
+    def resume(self, *args: object) -> None:
         """Restart the clock without clearing the total (no-op when running)."""
         if not self.running:
             self.running = True
             self._t0 = time.perf_counter()
 
-    def step(self, *args: Any) -> None:
+    def step(self, *args: object) -> None:
         """Count one step (the denominator of ``value()`` with ``average=True``)."""
         self.step_count += 1
 

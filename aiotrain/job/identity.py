@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,9 @@ class RunIdentity:
     project: str
     name: str | None
     dir: Path
-    record: dict[str, Any]
+    record: dict[str, Any]  # a stored document: read back as written
 
-    def write(self, status: str, **fields: Any) -> None:
+    def write(self, status: str, **fields: object) -> None:
         """Rewrite ``run.sdn`` atomically with ``status`` and ``fields`` (blocking: I/O thread)."""
         self.record.update(fields, id=self.id, project=self.project, name=self.name,
                            status=status, pid=os.getpid(), owner=current_owner(),
@@ -126,7 +127,7 @@ def find_run(root: Path, ref: str | None, name: str | None) -> RunIdentity:
     return _identity(folder, record)
 
 
-def check_resumable(identity: RunIdentity, config: dict[str, Any], force: bool) -> None:
+def check_resumable(identity: RunIdentity, config: Mapping[str, object], force: bool) -> None:
     """Refuse a finished or live run, and (unless ``force``) a config that differs."""
     rec = identity.record
     status = rec.get("status")
@@ -142,7 +143,7 @@ def check_resumable(identity: RunIdentity, config: dict[str, Any], force: bool) 
                           "(resume with the same config, or pass --force)")
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def config_diff(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
     """``key: old -> new`` for every dotted key that differs, except the RESUMABLE ones."""
     a, b = _flatten(old), _flatten(new)
     out = []
@@ -160,20 +161,20 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 _ABSENT = object()
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     return "(absent)" if value is _ABSENT else repr(value)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
     if isinstance(tree, dict):
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for k, v in tree.items():
             out.update(_flatten(v, f"{prefix}{k}."))
         return out or {prefix.rstrip("."): {}}
     return {prefix.rstrip("."): tree}
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -181,7 +182,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _alive(record: dict[str, Any]) -> bool:
+def _alive(record: Mapping[str, object]) -> bool:
     """Whether the process that wrote a "running" record still runs (another host: assume so)."""
     if record.get("pid") == os.getpid():  # this process: whatever ran here has ended
         return False

@@ -15,9 +15,9 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
-from ..events import Events
+from ..events import Events, FilteredEvent
 from ..handlers import Checkpoint, EarlyStopping, LRScheduler, ProgressBar, TrackingHandler
 from ..values import as_number
 from .protocol import EvaluationHook, ScoreListener
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HISTORY", "BestCheckpoint", "EarlyStop", "Evaluate", "HistoryPosition", "JobContext",
            "LastCheckpoint", "On", "Part", "Progress", "Schedule", "ScoreListeners", "SkippedSteps",
-           "TrackTrain", "default_parts"]
+           "PartSpec", "TrackTrain", "default_parts"]
 
 HISTORY = "history"  # the ``last`` checkpoint's entry for the tracked run's history position
 
@@ -62,7 +62,7 @@ class JobContext:
         return self.task.val_loader is not None and bool(self.task.metrics)
 
     @property
-    def eval_event(self) -> Any:
+    def eval_event(self) -> FilteredEvent:
         return Events.EPOCH_COMPLETED(every=self.settings.train.eval_every)
 
     @property
@@ -87,11 +87,16 @@ class Part(Protocol):
 class On:
     """A plain handler as a part: ``On(Events.EPOCH_COMPLETED, fn)``."""
 
-    event: Any
-    handler: Callable[..., Any]
+    event: object
+    handler: Callable[..., object]
 
     def attach(self, ctx: JobContext) -> None:
         ctx.trainer.add_event_handler(self.event, self.handler)
+
+
+PartSpec: TypeAlias = "Part | tuple[object, Callable[..., object]]"
+"""What ``TrainJob(parts=...)`` and ``Task.handlers`` take: a Part, or an ``(event, handler)``
+pair (attached as :class:`On`)."""
 
 
 class Evaluate:
@@ -103,7 +108,7 @@ class Evaluate:
         if not ctx.evaluates:
             return
 
-        async def evaluate(engine: Any) -> None:
+        async def evaluate(engine: Engine) -> None:
             await ctx.evaluator.run(ctx.task.val_loader, max_epochs=1)
             metrics = {f"val/{k}": _number(v) for k, v in ctx.evaluator.state.metrics.items()}
             engine.state.metrics.update(metrics)
@@ -130,7 +135,7 @@ class ScoreListeners:
         if not ctx.evaluates:
             return
 
-        async def notify(engine: Any) -> None:
+        async def notify(engine: Engine) -> None:
             metrics = {k: _number(v) for k, v in ctx.evaluator.state.metrics.items()}
             epoch = engine.state.epoch
             for listener in ctx.score_listeners:
@@ -160,7 +165,7 @@ class EarlyStop:
                                 min_delta=s.min_delta)
         ctx.to_save["early_stopping"] = stopper
 
-        async def check(engine: Any) -> None:
+        async def check(engine: Engine) -> None:
             stopper(ctx.evaluator)
             if stopper.counter >= stopper.patience:
                 best = ctx.sign * stopper.best_score if stopper.best_score is not None else math.nan
@@ -177,14 +182,15 @@ class BestCheckpoint:
     def attach(self, ctx: JobContext) -> None:
         if not (ctx.task.score_name and ctx.evaluates):
             return
-        best = ScoredCheckpoint({"model": ctx.task.model}, str(ctx.identity.dir),
-                                filename_prefix="best", n_saved=ctx.settings.checkpoint.n_saved,
-                                score_function=lambda _: ctx.sign * ctx.score(),
-                                score_name=ctx.task.score_name, sign=ctx.sign,
-                                global_step_transform=lambda *_: ctx.trainer.state.epoch)
+        # ranked by ``sign * score``; the file names show the score itself (loss=0.4120)
+        best = Checkpoint({"model": ctx.task.model}, str(ctx.identity.dir),
+                          filename_prefix="best", n_saved=ctx.settings.checkpoint.n_saved,
+                          score_function=lambda _: ctx.sign * ctx.score(),
+                          score_name=ctx.task.score_name, score_sign=ctx.sign,
+                          global_step_transform=lambda *_: ctx.trainer.state.epoch)
         ctx.best = best
 
-        async def save(engine: Any) -> None:
+        async def save(engine: Engine) -> None:
             score = ctx.score()
             if not math.isfinite(score):
                 if ctx.main:
@@ -232,7 +238,7 @@ class TrackTrain:
             return
         handlers: list[TrackingHandler] = []
 
-        def log(engine: Any) -> None:  # ctx.run is set once a resumed run's checkpoint loaded
+        def log(engine: Engine) -> None:  # ctx.run is set once a resumed run's checkpoint loaded
             if ctx.run is None:
                 return
             if not handlers:
@@ -251,7 +257,7 @@ class SkippedSteps:
         if step is None or ctx.settings.train.on_nan != "skip_step" or not ctx.main:
             return
 
-        async def report(engine: Any) -> None:  # async: echo is the loop's
+        async def report(engine: Engine) -> None:  # async: echo is the loop's
             if step.epoch_skipped:
                 ctx.echo(f"epoch {engine.state.epoch}: skipped {step.epoch_skipped} optimizer "
                          f"steps (non-finite loss or gradient norm); {step.skipped} in all")
@@ -276,10 +282,10 @@ class HistoryPosition:
         self.ctx = ctx
         self.loaded: int | None = None  # what the loaded checkpoint said
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, int | None]:
         return {"records": self.ctx.run.position if self.ctx.run is not None else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
         records = state.get("records")
         self.loaded = records if isinstance(records, int) and not isinstance(records, bool) else None
 
@@ -298,21 +304,13 @@ class LastCheckpoint:
         ctx.trainer.add_event_handler(event, last)
 
 
-def default_parts(*, progress: bool, in_step_schedule: bool, extra: list[Any]) -> list[Any]:
+def default_parts(*, progress: bool, in_step_schedule: bool, extra: list[Part]) -> list[Part]:
     """The built-in wiring, in the order it runs; ``extra`` goes before the last checkpoint."""
-    parts: list[Any] = [Evaluate(), ScoreListeners(), EarlyStop(), BestCheckpoint(),
+    parts: list[Part] = [Evaluate(), ScoreListeners(), EarlyStop(), BestCheckpoint(),
                         Schedule(in_step_schedule), TrackTrain(), SkippedSteps()]
     if progress:
         parts.append(Progress())
     return [*parts, *extra, LastCheckpoint()]
-
-
-class ScoredCheckpoint(Checkpoint):
-    """A Checkpoint ranking by ``sign * score`` whose file names show the score itself
-    (``best_model_3_loss=0.4120.pt``, not ``loss=-0.4120``) and that reads such names back."""
-
-    def __init__(self, *args: Any, sign: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, score_sign=sign, **kwargs)
 
 
 class _Quiet:
@@ -322,7 +320,7 @@ class _Quiet:
         pass
 
 
-def _scalars(output: Any) -> dict[str, Any]:
+def _scalars(output: object) -> dict[str, object]:
     """The scalar entries of a step's output (a number alone is ``output``)."""
     items = output.items() if isinstance(output, Mapping) else [("output", output)]
     return {k: v for k, v in items if as_number(v) is not None}

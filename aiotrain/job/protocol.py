@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EngineView", "EvaluationHook", "Job", "ScoreListener"]
 
-EvaluationHook = Callable[[int, dict[str, Any]], "bool | Awaitable[bool]"]
+EvaluationHook = Callable[[int, dict[str, Any]], "bool | Awaitable[bool]"]  # metrics: the user's
 """``on_evaluation(epoch, metrics) -> stop?`` (sync or async), called after each evaluation."""
 
 ScoreListener = Callable[[int, float, dict[str, float]], "Awaitable[None] | None"]
@@ -42,7 +42,7 @@ class EngineView(Protocol):
     def state(self) -> State: ...
 
     @contextlib.asynccontextmanager
-    async def observe(self, *events: Any, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
+    async def observe(self, *events: object, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
         """``async with view.observe(Events.X) as stream: async for snapshot in stream``."""
         raise NotImplementedError
         yield  # an async generator, as the engines' own: what asynccontextmanager wraps

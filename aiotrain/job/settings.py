@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeGuard, TypeVar
 
 import msgspec
 
 from ..config import Conf, Config, SchemaError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["RUNTIME_KEYS", "CheckpointSection", "SchedulerSection", "TrackingSection",
            "TrainSection", "TrainSettings", "ValidationSection", "check_top_level", "load_settings"]
@@ -31,6 +34,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # torch.manual_seed takes 64 bits
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class TrainSection(msgspec.Struct, frozen=True):
@@ -108,7 +112,7 @@ def load_settings(cfg: Config) -> tuple[TrainSettings, Config]:
     if not isinstance(data.get("task"), str):
         got = "missing" if "task" not in data else f"{_show(data['task'])} is not a string"
         raise SchemaError(f"task: {got}; expected 'package.module:function'", full_key="task")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}  # each checked against its field's type
     for f in msgspec.structs.fields(TrainSettings):
         if f.name not in data:
             continue
@@ -142,14 +146,14 @@ def check_top_level(keys: list[str], read: set[str], task: str) -> None:
                       f"reads it; {hint}", full_key=key)
 
 
-def resolved_device(settings: TrainSettings) -> Any:
+def resolved_device(settings: TrainSettings) -> torch.device:
     """The torch.device the run uses: ``train.device``, else cuda when available, else cpu."""
     import torch
 
     return torch.device(settings.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _section(schema: type, value: Any, name: str) -> Any:
+def _section(schema: type[S], value: object, name: str) -> S:
     if value is None:
         return schema()
     if not isinstance(value, dict):
@@ -165,7 +169,7 @@ def _section(schema: type, value: Any, name: str) -> Any:
     return schema(**{k: _convert(fields[k].type, v, f"{name}.{k}") for k, v in value.items()})
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: object, value: object, key: str) -> object:
     try:
         return msgspec.convert(value, type=tp, strict=True)
     except msgspec.ValidationError:
@@ -176,7 +180,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
                           full_key=key) from None
 
 
-def _converts(value: str, tp: Any) -> bool:
+def _converts(value: str, tp: object) -> bool:
     try:
         msgspec.convert(value, type=tp, strict=False)
     except msgspec.ValidationError:
@@ -184,12 +188,12 @@ def _converts(value: str, tp: Any) -> bool:
     return True
 
 
-def describe(tp: Any) -> str:
+def describe(tp: object) -> str:
     """What a schema type allows, in words: ``an integer >= 1 or null``."""
     return _words(msgspec.inspect.type_info(tp))
 
 
-def _words(info: Any) -> str:
+def _words(info: msgspec.inspect.Type) -> str:
     mi = msgspec.inspect
     if isinstance(info, mi.UnionType):
         parts = [_words(t) for t in info.types if not isinstance(t, mi.NoneType)]
@@ -209,11 +213,11 @@ def _words(info: Any) -> str:
     return names.get(type(info), type(info).__name__)
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     return repr(value) if isinstance(value, str) else ("null" if value is None else str(value))
 
 
-def _is_struct(tp: Any) -> bool:
+def _is_struct(tp: object) -> TypeGuard[type[msgspec.Struct]]:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 

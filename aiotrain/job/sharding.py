@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import distributed as dist
@@ -14,7 +12,7 @@ from ..data.remote.order import ResumableOrder
 __all__ = ["shard_train_loader"]
 
 
-def shard_train_loader(loader: Any) -> str | None:
+def shard_train_loader(loader: object) -> str | None:
     """Make ``loader`` serve this rank's shard when the world has several ranks.
 
     An AsyncLoader without a sampler gets a DistributedSampler (its ``shuffle``, ``seed`` and

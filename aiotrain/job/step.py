@@ -18,10 +18,17 @@ training).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from ..protocols import StateDict
+from ..validation.context import Batch, PrepareBatch
+
+if TYPE_CHECKING:
+    from ..engine import Engine, State
 
 __all__ = ["EvalStep", "GradientState", "NonFiniteError", "SkipLimitError", "TrainStep"]
 
@@ -47,7 +54,7 @@ class SkipLimitError(NonFiniteError):
                   "allows: lower the learning rate or check the data (or raise train.skip_limit)")
 
 
-def autocast(device: torch.device, precision: int | str) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, precision: int | str) -> contextlib.AbstractContextManager[object]:
     """The forward pass's autocast context for ``train.precision`` (32: none)."""
     if precision == 32:
         return contextlib.nullcontext()
@@ -64,10 +71,10 @@ class TrainStep:
     steps the step raises ``SkipLimitError``."""
 
     def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable[..., torch.Tensor], prepare: Callable[[Any, torch.device], Any],
+                 loss_fn: Callable[..., torch.Tensor], prepare: PrepareBatch,
                  device: torch.device, *, grad_clip: float | None = None, accumulate: int = 1,
                  precision: int | str = 32, on_nan: str = "stop",
-                 iteration_scheduler: Any = None, skip_limit: float = 0.05) -> None:
+                 iteration_scheduler: LRScheduler | None = None, skip_limit: float = 0.05) -> None:
         self.net, self.optimizer, self.loss_fn, self.prepare = net, optimizer, loss_fn, prepare
         self.device, self.grad_clip, self.accumulate = device, grad_clip, accumulate
         self.precision, self.on_nan, self.scheduler = precision, on_nan, iteration_scheduler
@@ -79,7 +86,7 @@ class TrainStep:
         self._epoch = 0  # the epoch ``epoch_skipped`` counts
         self._poisoned = False  # a non-finite loss in the current group (skip_step)
 
-    def __call__(self, engine: Any, batch: Any) -> dict[str, Any]:
+    def __call__(self, engine: Engine, batch: object) -> dict[str, object]:
         st = engine.state
         pos = st.epoch_iteration - 1  # 0-based position in the epoch
         first = pos % self.accumulate == 0
@@ -104,7 +111,7 @@ class TrainStep:
             scaled = loss / group if group > 1 else loss
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         # the rate this step's update uses (before a per-iteration schedule moves it)
-        out: dict[str, Any] = {"loss": loss.detach(), "lr": float(self.optimizer.param_groups[0]["lr"])}
+        out: dict[str, object] = {"loss": loss.detach(), "lr": float(self.optimizer.param_groups[0]["lr"])}
         if last:
             norm = self._finish_group(st)
             if norm is not None:
@@ -113,7 +120,7 @@ class TrainStep:
             out["skipped"] = self.skipped
         return out
 
-    def _finish_group(self, st: Any) -> torch.Tensor | None:
+    def _finish_group(self, st: State) -> torch.Tensor | None:
         if self._poisoned:
             self._skip(st)
             return None
@@ -137,7 +144,7 @@ class TrainStep:
             self.scheduler.step()
         return norm
 
-    def _skip(self, st: Any) -> None:
+    def _skip(self, st: State) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
         self.epoch_skipped += 1
@@ -145,19 +152,19 @@ class TrainStep:
         if self.epoch_skipped > max(1, int(self.skip_limit * steps)):
             raise SkipLimitError(self.epoch_skipped, steps, self.skip_limit, st.epoch, st.iteration)
 
-    def _epoch_steps(self, st: Any) -> int:
+    def _epoch_steps(self, st: State) -> int:
         """The optimizer steps of this epoch: all of them when its length is known, else those
         taken so far."""
         done = st.epoch_iteration if st.epoch_length is None else st.epoch_length
         return -(-done // self.accumulate)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> StateDict:
         """The GradScaler's state and the skipped-step counts (for the ``last`` checkpoint)."""
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "skipped": self.skipped, "epoch_skipped": self.epoch_skipped,
                 "epoch": self._epoch, "poisoned": self._poisoned}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.skipped = int(state.get("skipped", 0))
@@ -172,10 +179,10 @@ class GradientState:
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.grad for name, p in self.model.named_parameters() if p.grad is not None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, torch.Tensor | None]) -> None:
         params = dict(self.model.named_parameters())
         for name, p in params.items():
             grad = state.get(name)
@@ -186,11 +193,11 @@ class EvalStep:
     """``step(engine, batch) -> (output, target)`` in eval mode, without grad, under the same
     autocast as training (outputs are cast back to float32 for the metrics)."""
 
-    def __init__(self, net: torch.nn.Module, prepare: Callable[[Any, torch.device], Any],
+    def __init__(self, net: torch.nn.Module, prepare: PrepareBatch,
                  device: torch.device, precision: int | str = 32) -> None:
         self.net, self.prepare, self.device, self.precision = net, prepare, device, precision
 
-    def __call__(self, engine: Any, batch: Any) -> tuple[Any, Any]:
+    def __call__(self, engine: Engine, batch: object) -> Batch:
         self.net.eval()
         with torch.no_grad():
             x, y = self.prepare(batch, self.device)

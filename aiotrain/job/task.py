@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -29,7 +29,15 @@ from ..config import Config, ConfigError
 from ..config.node import ReadLog, ValueRead, recording_reads
 from ..errors import ExitCode, missing_extra, own_frames
 from ..runtime import to_compute, to_io
+from ..validation.context import Batch, PrepareBatch
 from .settings import check_top_level
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from ..engine import Engine
+    from ..engine.engine import Attachable
+    from .parts import PartSpec
 
 __all__ = ["Task", "TaskError", "build_task", "close_resources", "default_prepare_batch"]
 
@@ -66,19 +74,19 @@ class Task:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[..., torch.Tensor]
-    train_loader: Any
-    val_loader: Any = None
-    scheduler: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    prepare_batch: Callable[[Any, torch.device], tuple[Any, Any]] | None = None
+    train_loader: object
+    val_loader: object = None
+    scheduler: LRScheduler | None = None  # ReduceLROnPlateau is one too
+    metrics: dict[str, Attachable] = field(default_factory=dict)
+    prepare_batch: PrepareBatch | None = None
     score_name: str | None = None
     score_mode: str = "max"
-    resources: list[Any] = field(default_factory=list)
-    train_step: Callable[[Any, Any], Any] | None = None
-    handlers: list[Any] = field(default_factory=list)
+    resources: list[object] = field(default_factory=list)
+    train_step: Callable[[Engine, Any], object] | None = None  # (engine, batch) -> output
+    handlers: list[PartSpec] = field(default_factory=list)
 
 
-def default_prepare_batch(batch: Any, device: torch.device) -> tuple[Any, Any]:
+def default_prepare_batch(batch: object, device: torch.device) -> Batch:
     """``(x, y)`` tuples/lists or ``{"x"/"input", "y"/"label"/"target"}`` dicts, moved to ``device``."""
     if isinstance(batch, dict):
         x = next((batch[k] for k in ("x", "input", "inputs") if k in batch), None)
@@ -169,12 +177,13 @@ def _source_of(filename: str, log: ReadLog) -> ValueRead | None:
     """The config value a file name came from: the path itself, a folder holding it, or a path
     inside it (a folder that could not be made); the longest when several match."""
     best: ValueRead | None = None
+    longest = -1
     for read in log.values:
-        value = read.value.rstrip("/") if isinstance(read.value, str) else ""
+        raw = read.value if isinstance(read.value, str) else ""
+        value = raw.rstrip("/")
         if value and (filename == value or filename.startswith(value + "/")
-                      or value.startswith(filename.rstrip("/") + "/")):
-            if best is None or len(read.value) > len(best.value):
-                best = read
+                      or value.startswith(filename.rstrip("/") + "/")) and len(raw) > longest:
+            best, longest = read, len(raw)
     return best
 
 
@@ -197,7 +206,7 @@ def _warm_up() -> None:
     torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([p], lr=0.1), lambda _: 1.0)
 
 
-def _import_factory(spec: str) -> Callable[..., Any]:
+def _import_factory(spec: str) -> Callable[[Config], Any]:
     """``package.module:function`` -> the function; ConfigError naming the ``task`` key if not."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -211,25 +220,26 @@ def _import_factory(spec: str) -> Callable[..., Any]:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"task: module {module_name!r} has no function {attr!r}")
-    return fn
+    factory: Callable[[Config], Any] = fn  # gives a Task, a dict of its fields, or a coroutine
+    return factory
 
 
 @runtime_checkable
 class _AsyncClosing(Protocol):
-    def aclose(self) -> Any: ...
+    def aclose(self) -> object: ...
 
 
 @runtime_checkable
 class _CleaningUp(Protocol):
-    def cleanup(self) -> Any: ...
+    def cleanup(self) -> object: ...
 
 
 @runtime_checkable
 class _Closing(Protocol):
-    def close(self) -> Any: ...
+    def close(self) -> object: ...
 
 
-async def close_resources(resources: list[Any]) -> None:
+async def close_resources(resources: list[object]) -> None:
     """Close each resource (``aclose``, ``cleanup`` or ``close``), awaiting coroutines; every one
     is closed even when another fails, and the first failure is raised after."""
     first: BaseException | None = None

@@ -40,7 +40,7 @@ from .identity import (
     find_run,
     launch_id,
 )
-from .parts import HISTORY, HistoryPosition, JobContext, On, Part, default_parts
+from .parts import HISTORY, HistoryPosition, JobContext, On, Part, PartSpec, default_parts
 from .protocol import EvaluationHook, ScoreListener
 from .settings import TrainSettings, load_settings, resolved_device
 from .sharding import shard_train_loader
@@ -70,26 +70,78 @@ class JobResult:
 
 
 class TrainJob:
-    """One training job from a config. ``await job.run()`` returns a JobResult.
+    """One training job from a config: ``result = await TrainJob(cfg).run()`` (a JobResult).
 
-    ``resume``: False (a new run, or what ``train.resume`` says), True (the newest run of the
-    project, or of ``tracking.name``), a run id / name, or "auto" (this run's earlier attempt if
-    it has one: see ``identity.find_attempt``; a restart under torchrun). ``force`` resumes
-    despite a config that differs.
-    ``parts``: extra parts (``aiotrain.job.parts.Part`` or ``(event, handler)`` pairs), attached
-    after the built-in ones and before the ``last`` checkpoint. ``on_score(epoch, score,
-    metrics)`` (sync or async) is called after every evaluation, then ``on_evaluation(epoch,
-    metrics)``, whose true answer stops the run after that epoch; ``job.stop(reason)`` ends the
-    run after the step in flight. ``trainer`` and ``evaluator`` exist once ``run`` has built the
-    task; ``ready`` is set once the run's identity and tracked run exist too. The config is
-    checked when the job is created (SchemaError, one line); ``job.cfg`` is the config with every
-    default filled in. A TrainJob is a ``Job`` (``protocol.py``), as ``ProcessJob`` is.
+    The config names a task factory (``task: package.module:function``) that builds the model,
+    optimizer, loss and loaders (a :class:`~aiotrain.job.Task`) from the config; the runtime's
+    own sections (``train``, ``checkpoint``, ``tracking``, ``validation``, ``scheduler``) are
+    checked when the job is created (SchemaError, one line) and ``job.cfg`` is the config with
+    every default filled in. The job validates per ``mode``, wires the engines from an ordered
+    list of parts, trains, and ends in one known state (see the module docstring). A TrainJob is
+    a ``Job`` (``protocol.py``), as ``ProcessJob`` is.
+
+    Args:
+        cfg: the job's config (``aiotrain.cli.train.load_config`` reads a file with overrides).
+        mode: ``train_only``, ``check_only`` or ``check_and_train`` (the pre-flight checks).
+        resume: False (a new run, or what ``train.resume`` says), True (the newest run of the
+            project, or of ``tracking.name``), a run id / name, or ``"auto"`` (this run's
+            earlier attempt if it has one: see ``identity.find_attempt``; a restart under
+            torchrun).
+        progress: show a progress bar on the main rank.
+        echo: receives every line the job says (the validation report included).
+        force: resume despite a config that differs.
+        parts: extra parts (``aiotrain.job.parts.Part`` or ``(event, handler)`` pairs), attached
+            after the built-in ones and before the ``last`` checkpoint.
+        on_score: ``on_score(epoch, score, metrics)`` (sync or async) after every evaluation.
+        on_evaluation: ``on_evaluation(epoch, metrics)`` after the score listeners; a true
+            answer stops the run after that epoch.
+
+    ``job.stop(reason)`` ends the run after the step in flight. ``trainer`` and ``evaluator``
+    exist once ``run`` has built the task; ``ready`` is set once the run's identity and tracked
+    run exist too.
+
+    Example::
+
+        >>> import asyncio, sys, tempfile, textwrap
+        >>> from pathlib import Path
+        >>> from aiotrain.config import Conf
+        >>> from aiotrain.job import TrainJob
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> folder = Path(tmp.name)
+        >>> _ = (folder / "line_task.py").write_text(textwrap.dedent('''
+        ...     import torch
+        ...     from aiotrain import AsyncLoader
+        ...     from aiotrain.job import Task
+        ...     from aiotrain.metrics import Loss
+        ...
+        ...     def build(cfg):                     # the task factory: the config -> a Task
+        ...         x = torch.linspace(-1, 1, 32).unsqueeze(1)
+        ...         data = list(zip(x, 3 * x))
+        ...         model = torch.nn.Linear(1, 1)
+        ...         return Task(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr),
+        ...                     loss_fn=torch.nn.MSELoss(), train_loader=AsyncLoader(data, 8),
+        ...                     val_loader=AsyncLoader(data, 8),
+        ...                     metrics={"mse": Loss(torch.nn.MSELoss())}, score_mode="min")
+        ... '''))
+        >>> sys.path.insert(0, str(folder))               # where ``task`` is imported from
+        >>> cfg = Conf.from_dict({"task": "line_task:build", "lr": 0.5, "seed": 0,
+        ...                       "train": {"max_epochs": 3},
+        ...                       "tracking": {"project": "line", "dir": str(folder / "runs")}})
+        >>> log = []
+        >>> result = asyncio.run(TrainJob(cfg, progress=False, echo=log.append).run())
+        >>> result.status, result.exit_code, result.state.epoch
+        ('finished', 0, 3)
+        >>> result.metrics["mse"] < 0.1
+        True
+        >>> [line.split(":")[0] for line in log if line.startswith("epoch")]
+        ['epoch 1', 'epoch 2', 'epoch 3']
+        >>> sys.path.remove(str(folder)); tmp.cleanup()
     """
 
     def __init__(self, cfg: Config, *, mode: ValidationMode | str = ValidationMode.TRAIN_ONLY,
                  resume: bool | str = False, progress: bool = True,
                  echo: Callable[[str], None] = print, force: bool = False,
-                 parts: Sequence[Any] = (), on_score: ScoreListener | None = None,
+                 parts: Sequence[PartSpec] = (), on_score: ScoreListener | None = None,
                  on_evaluation: EvaluationHook | None = None) -> None:
         self.settings: TrainSettings
         self.settings, self.cfg = load_settings(cfg)

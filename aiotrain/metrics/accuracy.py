@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .classification import ClassificationMetric
@@ -24,7 +22,7 @@ class Accuracy(ClassificationMetric):
         self._correct = torch.zeros((), dtype=torch.long, device=self.device)
         self._total = torch.zeros((), dtype=torch.long, device=self.device)
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         x = self._parse(output)
         hits = x.y_pred == x.y
         if x.kind == "multilabel":

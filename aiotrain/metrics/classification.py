@@ -14,11 +14,11 @@ force a device sync every step, so there the metric trusts its input, as Ignite 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
+from ..protocols import OutputTransform
 from .metric import Metric
 
 __all__ = ["ClassificationInput", "ClassificationMetric"]
@@ -40,7 +40,7 @@ class ClassificationMetric(Metric):
     another kind or class count is an error.
     """
 
-    def __init__(self, output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, output_transform: OutputTransform | None = None,
                  is_multilabel: bool = False, device: str | torch.device = "cpu") -> None:
         self._is_multilabel = bool(is_multilabel)
         super().__init__(output_transform, device)
@@ -49,7 +49,7 @@ class ClassificationMetric(Metric):
         self._kind: str | None = None
         self._num_classes: int | None = None
 
-    def _parse(self, output: Any) -> ClassificationInput:
+    def _parse(self, output: object) -> ClassificationInput:
         y_pred, y = self._pair(output)
         if y.ndim + 1 == y_pred.ndim and not self._is_multilabel:
             parsed = self._from_scores(y_pred, y)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..protocols import OutputTransform
 from .metric import Metric
 
 __all__ = ["Loss"]
@@ -20,8 +21,8 @@ class Loss(Metric):
     (the batch is not moved to the metric's device, only the result is).
     """
 
-    def __init__(self, loss_fn: Callable[..., Any],
-                 output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, loss_fn: Callable[..., object],
+                 output_transform: OutputTransform | None = None,
                  batch_size: Callable[[Any], int] = len,
                  device: str | torch.device = "cpu") -> None:
         if not callable(loss_fn):
@@ -36,7 +37,7 @@ class Loss(Metric):
         self._sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._count = torch.zeros((), dtype=torch.long, device=self.device)
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         y_pred, y, kwargs = _unpack(output)
         loss = self._loss_fn(y_pred, y, **kwargs)
         loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.as_tensor(loss)
@@ -51,7 +52,7 @@ class Loss(Metric):
         return self._global_ratio(self._sum, self._count)
 
 
-def _unpack(output: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _unpack(output: object) -> tuple[object, Any, dict[str, object]]:
     if isinstance(output, Sequence) and not isinstance(output, str):
         if len(output) == 2:
             return output[0], output[1], {}

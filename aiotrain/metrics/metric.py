@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import distributed
 from ..events import Events
+from ..protocols import OutputTransform
 from ..values import number_or_value
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..events import RemovableHandle
 
 __all__ = ["Metric", "NotComputableError", "reduced"]
 
@@ -28,7 +33,7 @@ class NotComputableError(RuntimeError):
     """``compute()`` was called before the metric saw any data (no ``update`` since ``reset``)."""
 
 
-def _identity(output: Any) -> Any:
+def _identity(output: object) -> object:
     return output
 
 
@@ -40,17 +45,18 @@ class Metric(ABC):
     engine under one name at a time; attaching it to the same engine again is an error.
     """
 
-    def __init__(self, output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, output_transform: OutputTransform | None = None,
                  device: str | torch.device = "cpu") -> None:
         if output_transform is not None and not callable(output_transform):
             raise TypeError(f"output_transform must be callable, got {output_transform!r}")
         self._output_transform = output_transform or _identity
         self._device = torch.device(device)
-        self._attached: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+        self._attached: weakref.WeakKeyDictionary[Engine, list[RemovableHandle]] = \
+            weakref.WeakKeyDictionary()
         self.reset()
 
     @property
-    def output_transform(self) -> Callable[[Any], Any]:
+    def output_transform(self) -> OutputTransform:
         """Maps ``engine.state.output`` to the input of ``update``."""
         return self._output_transform
 
@@ -65,24 +71,24 @@ class Metric(ABC):
         """Forget everything accumulated: start a new epoch."""
 
     @abstractmethod
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         """Accumulate one batch's output (already passed through ``output_transform``)."""
 
     @abstractmethod
-    def compute(self) -> Any:
+    def compute(self) -> object:
         """The metric over everything since the last ``reset``, reduced across ranks."""
 
     # engine hooks (compute thread) ----------------------------------------------------------
-    def started(self, engine: Any) -> None:
+    def started(self, engine: Engine) -> None:
         """EPOCH_STARTED hook: reset."""
         self.reset()
 
-    def iteration_completed(self, engine: Any) -> None:
+    def iteration_completed(self, engine: Engine) -> None:
         """ITERATION_COMPLETED hook: update with the transformed step output, without autograd."""
         with torch.no_grad():
             self.update(self._output_transform(engine.state.output))
 
-    def completed(self, engine: Any, name: str) -> None:
+    def completed(self, engine: Engine, name: str) -> None:
         """EPOCH_COMPLETED hook: store ``compute()`` in ``engine.state.metrics[name]``.
 
         As in Ignite, a one-element 0-d tensor is stored as a Python number and a mapping result
@@ -94,7 +100,7 @@ class Metric(ABC):
                 engine.state.metrics[key] = number_or_value(value)
         engine.state.metrics[name] = number_or_value(result)
 
-    def attach(self, engine: Any, name: str) -> None:
+    def attach(self, engine: Engine, name: str) -> None:
         """Reset at EPOCH_STARTED, update at ITERATION_COMPLETED, compute into
         ``engine.state.metrics[name]`` at EPOCH_COMPLETED; all on the compute thread."""
         if not isinstance(name, str) or not name:
@@ -104,7 +110,7 @@ class Metric(ABC):
                              "detach it first or use a second instance")
         self._attached[engine] = self._hooks(engine, name)
 
-    def _hooks(self, engine: Any, name: str) -> list[Any]:
+    def _hooks(self, engine: Engine, name: str) -> list[RemovableHandle]:
         """Attach the compute hooks; return their removable handles."""
         return [
             engine.add_compute_hook(Events.EPOCH_STARTED, self.started),
@@ -112,23 +118,23 @@ class Metric(ABC):
             engine.add_compute_hook(Events.EPOCH_COMPLETED, self.completed, name),
         ]
 
-    def detach(self, engine: Any) -> None:
+    def detach(self, engine: Engine) -> None:
         """Remove this metric's hooks from ``engine`` (its last value stays in state.metrics)."""
         for handle in self._attached.pop(engine, []):
             handle.remove()
 
-    def is_attached(self, engine: Any) -> bool:
+    def is_attached(self, engine: Engine) -> bool:
         """True when this metric's hooks are on ``engine``."""
         return engine in self._attached
 
     # helpers for subclasses -----------------------------------------------------------------
-    def _tensor(self, x: Any) -> torch.Tensor:
+    def _tensor(self, x: object) -> torch.Tensor:
         """``x`` as a detached tensor on this metric's device."""
         if isinstance(x, torch.Tensor):
             return x.detach().to(self._device)
         return torch.as_tensor(x, device=self._device)
 
-    def _pair(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair(self, output: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpack ``(y_pred, y)`` with a clear error for anything else."""
         if isinstance(output, Sequence) and not isinstance(output, str) and len(output) == 2:
             y_pred, y = output

@@ -18,11 +18,10 @@ zero is 0 (sklearn's ``zero_division=0``).
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from ..protocols import OutputTransform
 from .classification import ClassificationInput, ClassificationMetric
 from .metric import reduced
 
@@ -34,7 +33,7 @@ _AVERAGES = (False, None, "macro", "micro", "weighted")
 class _ConfusionCounts(ClassificationMetric):
     """Per-class TP / predicted / actual counts and the averaging; subclasses give the score."""
 
-    def __init__(self, output_transform: Callable[[Any], Any] | None = None,
+    def __init__(self, output_transform: OutputTransform | None = None,
                  average: bool | str | None = False, is_multilabel: bool = False,
                  device: str | torch.device = "cpu") -> None:
         if average is True:
@@ -49,7 +48,7 @@ class _ConfusionCounts(ClassificationMetric):
         super().reset()
         self._counts: torch.Tensor | None = None  # (3, K): tp, predicted, actual
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         counts = self._batch_counts(self._parse(output)).to(self.device)
         self._counts = counts if self._counts is None else self._counts + counts
 

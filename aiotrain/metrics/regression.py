@@ -11,7 +11,6 @@ element mean is what sklearn and torch users compare against, so that is what we
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
 
 import torch
 
@@ -21,7 +20,7 @@ __all__ = ["MAE", "MSE", "R2Score"]
 
 
 class _Regression(Metric):
-    def _regression_pair(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def _regression_pair(self, output: object) -> tuple[torch.Tensor, torch.Tensor]:
         y_pred, y = self._pair(output)
         if y_pred.shape != y.shape:
             if y_pred.ndim == y.ndim + 1 and y_pred.shape[-1] == 1:
@@ -45,7 +44,7 @@ class _ElementwiseMean(_Regression):
         self._sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._count = torch.zeros((), dtype=torch.long, device=self.device)
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         y_pred, y = self._regression_pair(output)
         self._sum += self._error(y_pred - y).sum()
         self._count += y.numel()
@@ -85,7 +84,7 @@ class R2Score(_Regression):
         self._n = torch.zeros((), dtype=torch.long, device=self.device)
         self._sums: torch.Tensor | None = None  # (3, D): sum y, sum y^2, sum (y_pred - y)^2
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         y_pred, y = self._regression_pair(output)
         y_pred, y = y_pred.reshape(len(y), -1), y.reshape(len(y), -1)
         sums = torch.stack([y.sum(0), y.square().sum(0), (y_pred - y).square().sum(0)])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import distributed
 from ..events import Events
+from ..protocols import OutputTransform
 from ..values import number_or_value
 from .metric import Metric
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..events import RemovableHandle
 
 __all__ = ["RunningAverage"]
 
@@ -28,7 +32,7 @@ class RunningAverage(Metric):
     """
 
     def __init__(self, src: Metric | None = None, alpha: float = 0.98,
-                 output_transform: Callable[[Any], Any] | None = None, epoch_bound: bool = False,
+                 output_transform: OutputTransform | None = None, epoch_bound: bool = False,
                  device: str | torch.device | None = None) -> None:
         if src is not None and not isinstance(src, Metric):
             raise TypeError(f"RunningAverage: src must be a Metric or None, got {src!r}")
@@ -52,7 +56,7 @@ class RunningAverage(Metric):
         if self.src is not None:
             self.src.reset()
 
-    def update(self, output: Any) -> None:
+    def update(self, output: object) -> None:
         if self.src is None:
             x = self._tensor(output).to(torch.float64)
             x = distributed.all_reduce(x.clone()) / distributed.world_size()
@@ -61,19 +65,19 @@ class RunningAverage(Metric):
             self.src.reset()
         self._value = x if self._value is None else self._value * self.alpha + (1.0 - self.alpha) * x
 
-    def compute(self) -> Any:
+    def compute(self) -> object:
         if self._value is None:
             raise self._not_computable()
         return number_or_value(self._value)
 
-    def running_update(self, engine: Any, name: str) -> None:
+    def running_update(self, engine: Engine, name: str) -> None:
         """ITERATION_COMPLETED hook: update from this batch, then publish the new value."""
         if self.src is not None:
             self.src.iteration_completed(engine)
         self.iteration_completed(engine)
         self.completed(engine, name)
 
-    def _hooks(self, engine: Any, name: str) -> list[Any]:
+    def _hooks(self, engine: Engine, name: str) -> list[RemovableHandle]:
         restart = Events.EPOCH_STARTED if self.epoch_bound else Events.STARTED
         return [engine.add_compute_hook(restart, self.started),
                 engine.add_compute_hook(Events.ITERATION_COMPLETED, self.running_update, name)]

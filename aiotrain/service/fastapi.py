@@ -8,18 +8,22 @@ dashboard is served under ``/dashboard/``. Needs FastAPI (``pip install 'aiotrai
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ..web.asgi_face import Receive, Scope, Send, answer
 from ..web.guard import Guard
 from ..web.http import Request, Response, Routes, serve
 from .jobs import JobService
 
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
 __all__ = ["job_router"]
 
 
-def job_router(service: JobService, *, allowed_hosts: Iterable[str] = (), token: str | None = None) -> Any:
+def job_router(service: JobService, *, allowed_hosts: Iterable[str] = (), token: str | None = None
+               ) -> APIRouter:
     """A ``fastapi.APIRouter`` with the job API and the dashboard of ``service``. It answers to
     the loopback names and ``allowed_hosts``; with ``token`` every request must carry it
     (required when the app serves a network address)."""
@@ -66,6 +70,6 @@ def _respond(routes: Routes, guard: Guard) -> Callable[[Request], Awaitable[Resp
     return lambda request: serve(routes, guard, request)
 
 
-def _path(pattern: str, params: dict[str, Any]) -> str:
+def _path(pattern: str, params: Mapping[str, object]) -> str:
     """The path below the router that FastAPI matched to ``pattern`` with ``params``."""
     return pattern.replace("{rest:path}", "{rest}").format(**{k: str(v) for k, v in params.items()})

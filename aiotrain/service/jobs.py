@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from ..config import ConfigError
 from ..events import Events
@@ -36,16 +36,32 @@ from ..runtime import to_io
 from ..web.http import HTTPError, Request, Response, Routes, json_response
 from .policy import Policy
 
-__all__ = ["Job", "JobService", "load_config"]
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..job.protocol import Job as TrainingJob
 
+__all__ = ["Job", "JobService", "JobView", "load_config"]
 LOG_LINES = 20
 
 
-def load_config(path: str, overrides: list[str]) -> Any:
+def load_config(path: str, overrides: list[str]) -> Config:
     """The config file merged with the overrides and resolved (the same as ``aiotrain train``)."""
     from ..cli.train import load_config as load
 
     return load(path, overrides)
+
+
+class JobView(TypedDict):
+    """What GET /jobs/{id} answers."""
+
+    id: str
+    status: str
+    error: str | None
+    exit_code: int | None
+    epoch: int
+    iteration: int
+    metrics: dict[str, float]
+    log: list[str]
 
 
 @dataclass
@@ -53,15 +69,15 @@ class Job:
     """One submitted job: its TrainJob or ProcessJob until it ends, then its last view only."""
 
     id: str
-    job: Any
-    task: asyncio.Task[Any] | None = None
+    job: TrainingJob | None  # a TrainJob or a ProcessJob, until it ends
+    task: asyncio.Task[None] | None = None
     status: str = "pending"
     error: str | None = None
     exit_code: int | None = None
     log: list[str] = field(default_factory=list)
-    final: dict[str, Any] | None = None
+    final: JobView | None = None
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> JobView:
         """What GET /jobs/{id} answers."""
         if self.final is not None:
             return self.final
@@ -149,7 +165,7 @@ class JobService:
     def count(self, status: str) -> int:
         return sum(j.status == status for j in self.jobs.values())
 
-    async def asubmit(self, body: Any) -> Job:
+    async def asubmit(self, body: object) -> Job:
         """Check ``body`` against the policy and the bounds, create the job and queue it.
         Raises HTTPError: 400 malformed, 403 refused by the policy, 422 a bad config, 429 busy."""
         # bounded admission, taken before the first await: config work never queues on I/O threads
@@ -171,7 +187,7 @@ class JobService:
         self.jobs[record.id] = record
         return record
 
-    async def _build(self, body: Any) -> Any:
+    async def _build(self, body: object) -> TrainingJob:
         from ..job import TrainJob
         from ..job.isolation import ProcessJob
 
@@ -195,10 +211,12 @@ class JobService:
             raise HTTPError(422, f"bad config: {exc}") from None
 
     async def _run(self, job: Job) -> None:
+        training = job.job
+        assert training is not None  # released only once this ends
         try:
             async with self._slots:  # queued until one of max_running slots is free
                 job.status = "running"
-                result = await job.job.run()
+                result = await training.run()
             job.exit_code = result.exit_code
             job.status = "completed" if result.exit_code == 0 else "failed"
         except asyncio.CancelledError:
@@ -223,7 +241,7 @@ class JobService:
             raise HTTPError(404, f"no job {job_id[:100]!r}")
         return job
 
-    async def acancel(self, job_id: str) -> dict[str, Any]:
+    async def acancel(self, job_id: str) -> JobView:
         """Cancel the job (queued or running) and wait until it has ended; its last view."""
         job = self.get(job_id)
         if job.task is not None and not job.task.done():

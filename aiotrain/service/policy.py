@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from ..config import Conf, Config
 
@@ -31,7 +30,7 @@ class Policy:
                          [os.environ.get("AIOTRAIN_DIR") or ".aiotrain"]]
         self.overridable = tuple(overridable)
 
-    def config_path(self, name: Any) -> Path:
+    def config_path(self, name: object) -> Path:
         """The allowed config ``name`` names (a path or a file name)."""
         if not isinstance(name, str):
             raise PermissionError("config must be a string naming an allowed config")
@@ -41,7 +40,7 @@ class Policy:
         raise PermissionError(f"config {name[:200]!r} is not allowed; allowed: "
                               f"{sorted(p.name for p in self.configs)}")
 
-    def check_overrides(self, overrides: Any) -> list[str]:
+    def check_overrides(self, overrides: object) -> list[str]:
         """``overrides`` when every parsed key is overridable and no parsed value (nor a key
         inside one) holds an interpolation; raises PermissionError, or ConfigError for an
         override that does not parse."""
@@ -70,7 +69,7 @@ class Policy:
                                       f"{[str(w) for w in self.writable]}")
 
 
-def _leaves(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+def _leaves(value: object, key: str) -> Iterator[tuple[str, object]]:
     """Every (dotted key, value) below ``value``: a dict's keys extend the key, a list's items
     keep it (an empty dict or list below the top is a leaf of its own)."""
     if isinstance(value, dict) and (value or not key):

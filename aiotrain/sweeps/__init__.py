@@ -29,7 +29,13 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .runner import SweepRunner
-    from .search import Search
-    from .space import Choice, Distribution, IntUniform, LogUniform, Normal, Uniform
-    from .sweep import Sweep, SweepResult
+    from .runner import SweepRunner as SweepRunner
+    from .search import Search as Search
+    from .space import Choice as Choice
+    from .space import Distribution as Distribution
+    from .space import IntUniform as IntUniform
+    from .space import LogUniform as LogUniform
+    from .space import Normal as Normal
+    from .space import Uniform as Uniform
+    from .sweep import Sweep as Sweep
+    from .sweep import SweepResult as SweepResult

@@ -17,7 +17,6 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -35,8 +34,8 @@ class TrialRecord(msgspec.Struct, kw_only=True):
     score)`` pairs) and where its tracked run and checkpoints are."""
 
     number: int
-    params: dict[str, Any]
-    config: dict[str, Any] = {}
+    params: dict[str, object]
+    config: dict[str, object] = {}
     status: str = "running"
     value: float | None = None
     intermediate: list[tuple[int, float]] = []
@@ -80,13 +79,13 @@ class SweepRecord(msgspec.Struct, kw_only=True):
     parameters: dict[str, str]
     project: str = "sweeps"
     seed: int = 0
-    early_terminate: dict[str, Any] | None = None
+    early_terminate: dict[str, object] | None = None
     status: str = "running"
     trials: list[TrialRecord] = []
     best: TrialRecord | None = None
     created_at: float = msgspec.field(default_factory=time.time)
     updated_at: float = msgspec.field(default_factory=time.time)
-    owner: dict[str, Any] | None = None
+    owner: dict[str, object] | None = None
     config: str | None = None
     overrides: list[str] = []
     root: str | None = None

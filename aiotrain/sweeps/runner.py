@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ class SweepRunner:
         return apply_overrides(Conf.load_sdn(self.config), self.overrides, source=self.config,
                                free=RUNTIME_KEYS)
 
-    def _config(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> Config:
+    def _config(self, params: Mapping[str, object], extra: Mapping[str, object] | None = None) -> Config:
         cfg = Conf.merge(self._base(), unflatten(params), extra or {})
         return Conf.resolve(cfg)
 

@@ -19,10 +19,26 @@ import itertools
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .record import TrialRecord
-from .space import Choice, Distribution, IntUniform, LogUniform, Normal, Uniform, flatten, grid_axes
+from .space import (
+    Choice,
+    Distribution,
+    IntUniform,
+    LogUniform,
+    Normal,
+    Params,
+    Uniform,
+    flatten,
+    grid_axes,
+)
+
+if TYPE_CHECKING:
+    from optuna import Study, Trial
+    from optuna.distributions import BaseDistribution
+    from optuna.pruners import BasePruner
 
 __all__ = ["GridSearch", "OptunaSearch", "RandomSearch", "Search", "make_pruner", "make_search",
            "optuna_distribution", "optuna_module", "suggest"]
@@ -34,7 +50,7 @@ _STATES = ("finished", "pruned", "crashed")
 class Search(Protocol):
     """What a sweep asks for its next trial and tells about the ones that ended."""
 
-    def ask(self) -> dict[str, Any] | None:
+    def ask(self) -> Params | None:
         """The next trial's parameters (dotted keys), or None when the search is exhausted."""
 
     def report(self, number: int, step: int, value: float) -> bool:
@@ -47,7 +63,7 @@ class Search(Protocol):
         """Replay the trials of an earlier, interrupted run of this sweep, so the next ``ask``
         continues after them (ended trials are told as they ended)."""
 
-    def resume_trial(self, number: int, params: Mapping[str, Any],
+    def resume_trial(self, number: int, params: Mapping[str, object],
                      intermediate: Sequence[tuple[int, float]]) -> None:
         """Re-open trial ``number``, left running by a crash, with its parameters and reports,
         so its next ``report`` and ``tell`` are judged as if it had never stopped."""
@@ -56,13 +72,13 @@ class Search(Protocol):
 class GridSearch:
     """The cartesian product of Choice values, IntUniform ranges and fixed values, in order."""
 
-    def __init__(self, parameters: Mapping[str, Any]) -> None:
+    def __init__(self, parameters: Mapping[str, object]) -> None:
         keys, axes = grid_axes(parameters)
         self._keys = keys
-        self._combos: Iterator[tuple[Any, ...]] = itertools.product(*axes)
+        self._combos: Iterator[tuple[object, ...]] = itertools.product(*axes)
         self.size = math.prod(len(a) for a in axes)
 
-    def ask(self) -> dict[str, Any] | None:
+    def ask(self) -> Params | None:
         values = next(self._combos, None)
         return None if values is None else dict(zip(self._keys, values, strict=True))
 
@@ -76,7 +92,7 @@ class GridSearch:
         for _ in trials:  # proposals are a fixed sequence: skip the ones already made
             self.ask()
 
-    def resume_trial(self, number: int, params: Mapping[str, Any],
+    def resume_trial(self, number: int, params: Mapping[str, object],
                      intermediate: Sequence[tuple[int, float]]) -> None:
         pass  # nothing judges reports here: the trial needs no state
 
@@ -84,11 +100,11 @@ class GridSearch:
 class RandomSearch(GridSearch):
     """Independent draws from ``random.Random(seed)``: the same seed gives the same trials."""
 
-    def __init__(self, parameters: Mapping[str, Any], seed: int = 0) -> None:
+    def __init__(self, parameters: Mapping[str, object], seed: int = 0) -> None:
         self._flat = flatten(parameters)
         self._rng = random.Random(seed)
 
-    def ask(self) -> dict[str, Any]:
+    def ask(self) -> Params:
         return {k: v.sample(self._rng) if isinstance(v, Distribution) else v for k, v in self._flat.items()}
 
 
@@ -96,26 +112,26 @@ class OptunaSearch:
     """An Optuna study driven by ask/tell: TPE for ``bayes``, or grid / random proposals
     enqueued into it; an optional pruner (``median`` or ``hyperband``) judges reports."""
 
-    def __init__(self, parameters: Mapping[str, Any], method: str, goal: str, seed: int = 0,
-                 early_terminate: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, parameters: Mapping[str, object], method: str, goal: str, seed: int = 0,
+                 early_terminate: Mapping[str, object] | None = None) -> None:
         optuna = optuna_module()
         self._optuna = optuna
         flat = flatten(parameters)
         self._keys = list(flat)
         self._fixed = {k: v for k, v in flat.items() if not isinstance(v, Distribution)}
-        self._dists = {k: optuna_distribution(optuna, k, v) for k, v in flat.items() if isinstance(v, Distribution)}
+        self._dists = {k: optuna_distribution(k, v) for k, v in flat.items() if isinstance(v, Distribution)}
         self._inner: GridSearch | None = None
         if method == "grid":
             self._inner = GridSearch(parameters)
         elif method == "random":
             self._inner = RandomSearch(parameters, seed)
         sampler = optuna.samplers.TPESampler(seed=seed)
-        self._study = optuna.create_study(direction=goal, sampler=sampler,
+        self._study: Study = optuna.create_study(direction=goal, sampler=sampler,
                                           pruner=make_pruner(early_terminate))
-        self._trials: dict[int, Any] = {}
+        self._trials: dict[int, Trial] = {}
         self._count = 0
 
-    def ask(self) -> dict[str, Any] | None:
+    def ask(self) -> Params | None:
         if self._inner is not None:
             proposal = self._inner.ask()
             if proposal is None:
@@ -160,7 +176,7 @@ class OptunaSearch:
                 distributions=self._dists,
                 intermediate_values={int(s): float(v) for s, v in t.intermediate}))
 
-    def resume_trial(self, number: int, params: Mapping[str, Any],
+    def resume_trial(self, number: int, params: Mapping[str, object],
                      intermediate: Sequence[tuple[int, float]]) -> None:
         """Re-open trial ``number`` (left running by a crash) with its parameters and reports."""
         self._study.enqueue_trial({k: v for k, v in params.items() if k in self._dists})
@@ -170,8 +186,8 @@ class OptunaSearch:
         self._trials[number] = trial
 
 
-def make_search(parameters: Mapping[str, Any], method: str, goal: str, seed: int = 0,
-                early_terminate: Mapping[str, Any] | None = None) -> GridSearch | OptunaSearch:
+def make_search(parameters: Mapping[str, object], method: str, goal: str, seed: int = 0,
+                early_terminate: Mapping[str, object] | None = None) -> GridSearch | OptunaSearch:
     """The backend for ``method``: plain grid / random unless bayes or a pruner needs Optuna."""
     if method == "bayes" or early_terminate:
         return OptunaSearch(parameters, method, goal, seed, early_terminate)
@@ -180,22 +196,25 @@ def make_search(parameters: Mapping[str, Any], method: str, goal: str, seed: int
     return RandomSearch(parameters, seed)
 
 
-def make_pruner(early_terminate: Mapping[str, Any] | None) -> Any:
+def make_pruner(early_terminate: Mapping[str, object] | None) -> BasePruner:
     """``{"type": "median" | "hyperband", **options}`` -> an Optuna pruner (None: never prune).
 
     median: ``n_startup_trials`` (default 2), ``n_warmup_steps`` (0), ``interval_steps`` (1);
     hyperband: ``min_resource`` (1), ``max_resource`` ("auto"), ``reduction_factor`` (3). A step
     is an epoch (one evaluation)."""
-    optuna = optuna_module()
+    optuna_module()  # (the extra's one-line error when it is missing)
+    from optuna.pruners import HyperbandPruner, MedianPruner, NopPruner
+
     if not early_terminate:
-        return optuna.pruners.NopPruner()
-    options = dict(early_terminate)
+        return NopPruner()
+    options: dict[str, Any] = dict(early_terminate)  # the pruner's arguments, checked by it
     kind = options.pop("type", None)
+    cls: type[BasePruner]
     if kind == "median":
         options.setdefault("n_startup_trials", 2)
-        cls = optuna.pruners.MedianPruner
+        cls = MedianPruner
     elif kind == "hyperband":
-        cls = optuna.pruners.HyperbandPruner
+        cls = HyperbandPruner
     else:
         raise ValueError(f"early_terminate type must be one of {PRUNERS}, got {kind!r}")
     try:
@@ -204,43 +223,50 @@ def make_pruner(early_terminate: Mapping[str, Any] | None) -> Any:
         raise ValueError(f"early_terminate {kind}: {exc}") from None
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def suggest(trial: Any, key: str, dist: Any) -> Any:
+def suggest(trial: Trial, key: str, dist: BaseDistribution) -> object:
     """Ask an Optuna trial for ``key`` from the Optuna distribution ``dist`` (public API only;
     a trial that already holds ``key``, a retry, gives its own value back)."""
-    d = optuna_module().distributions
-    if isinstance(dist, d.FloatDistribution):
+    optuna_module()  # (the extra's one-line error when it is missing)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, FloatDistribution):
         return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
-    if isinstance(dist, d.IntDistribution):
+    if isinstance(dist, IntDistribution):
         return trial.suggest_int(key, dist.low, dist.high)
-    return trial.suggest_categorical(key, dist.choices)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, dist.choices)
+    raise TypeError(f"parameter {key!r}: not a distribution of ours: {dist!r}")
 
 
-def optuna_distribution(optuna: Any, key: str, dist: Distribution) -> Any:
+def optuna_distribution(key: str, dist: Distribution) -> BaseDistribution:
     """The Optuna distribution of one of ours (ValueError for those Optuna cannot hold)."""
-    d = optuna.distributions
+    optuna_module()  # (the extra's one-line error when it is missing)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     if isinstance(dist, LogUniform):
-        return d.FloatDistribution(dist.low, dist.high, log=True)
+        return FloatDistribution(dist.low, dist.high, log=True)
     if isinstance(dist, Uniform):
-        return d.FloatDistribution(dist.low, dist.high)
+        return FloatDistribution(dist.low, dist.high)
     if isinstance(dist, IntUniform):
-        return d.IntDistribution(dist.low, dist.high)
+        return IntDistribution(dist.low, dist.high)
     if isinstance(dist, Choice):
-        bad = [v for v in dist.values if v is not None and not isinstance(v, bool | int | float | str)]
-        if bad:
+        choices = [v for v in dist.values if v is None or isinstance(v, bool | int | float | str)]
+        if len(choices) < len(dist.values):
+            bad = next(v for v in dist.values if v is not None and not isinstance(v, bool | int | float | str))
             raise ValueError(f"parameter {key!r}: Optuna choices must be numbers, strings, "
-                             f"booleans or null, not {bad[0]!r}")
-        return d.CategoricalDistribution(dist.values)
+                             f"booleans or null, not {bad!r}")
+        return CategoricalDistribution(choices)
     if isinstance(dist, Normal):
         raise ValueError(f"parameter {key!r}: Normal has no bounded Optuna equivalent; "
                          "use uniform or loguniform with bayes search or pruning")
     raise ValueError(f"parameter {key!r}: unsupported distribution {dist!r}")
 
 
-def optuna_module() -> Any:
+def optuna_module() -> ModuleType:
     """Optuna, imported on first use (the ``sweeps`` extra; one line naming it when missing)."""
     try:
         import optuna

@@ -14,13 +14,16 @@ import abc
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..tracking.store import flatten
 
-__all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Uniform", "flatten",
+Params = dict[str, Any]
+"""A trial's parameters by dotted key (``{"optim.lr": 0.01}``): the user's config values."""
+
+__all__ = ["Choice", "Distribution", "IntUniform", "LogUniform", "Normal", "Params", "Uniform", "flatten",
            "grid_axes", "parse_parameter", "spec", "unflatten"]
 
 
@@ -28,14 +31,14 @@ class Distribution(abc.ABC):
     """A parameter's search space; ``sample(rng)`` draws one value."""
 
     @abc.abstractmethod
-    def sample(self, rng: random.Random) -> Any:
+    def sample(self, rng: random.Random) -> object:
         """One value drawn with ``rng``."""
 
-    def grid(self) -> list[Any]:
+    def grid(self) -> list[object]:
         raise ValueError(f"grid search needs Choice, IntUniform or fixed values, not {self!r}")
 
 
-def _number(name: str, value: Any) -> float:
+def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
@@ -88,7 +91,7 @@ class IntUniform(Distribution):
     def sample(self, rng: random.Random) -> int:
         return rng.randint(self.low, self.high)
 
-    def grid(self) -> list[Any]:
+    def grid(self) -> list[object]:
         return list(range(self.low, self.high + 1))
 
 
@@ -112,18 +115,18 @@ class Normal(Distribution):
 class Choice(Distribution):
     """One of ``values``, uniformly."""
 
-    values: tuple[Any, ...]
+    values: tuple[object, ...]
 
-    def __init__(self, values: Any) -> None:
+    def __init__(self, values: Iterable[object]) -> None:
         values = tuple(values)
         if not values:
             raise ValueError("Choice needs at least one value")
         object.__setattr__(self, "values", values)
 
-    def sample(self, rng: random.Random) -> Any:
+    def sample(self, rng: random.Random) -> object:
         return rng.choice(self.values)
 
-    def grid(self) -> list[Any]:
+    def grid(self) -> list[object]:
         return list(self.values)
 
 
@@ -132,13 +135,13 @@ _FUNCS = {"uniform": (Uniform, 2), "loguniform": (LogUniform, 2), "intuniform": 
           "int": (IntUniform, 2), "normal": (Normal, 2)}
 
 
-def parse_parameter(text: str) -> Any:
+def parse_parameter(text: str) -> object:
     """A distribution or a fixed value from its text form (see the module docstring).
 
     Raises ValueError saying what was wrong and which forms are accepted."""
     from ..config import sdn
 
-    def value(item: str) -> Any:
+    def value(item: str) -> sdn.Value:
         try:
             return sdn.parse_value(item)
         except sdn.SdnError as exc:
@@ -162,7 +165,7 @@ def parse_parameter(text: str) -> Any:
     return value(text)
 
 
-def spec(param: Any) -> str:
+def spec(param: object) -> str:
     """The text form of a distribution or fixed value (``parse_parameter`` reads it back)."""
     from ..config import sdn
 
@@ -201,7 +204,7 @@ def _split(text: str) -> list[str]:
     return [it for it in items if it.strip()] if len(items) > 1 else items
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+def unflatten(flat: Mapping[str, object]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for dotted, value in flat.items():
         *parents, leaf = dotted.split(".")
@@ -212,7 +215,7 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def grid_axes(params: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+def grid_axes(params: Mapping[str, object]) -> tuple[list[str], list[list[object]]]:
     flat = flatten(params)
     axes = []
     for key, value in flat.items():

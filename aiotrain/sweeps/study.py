@@ -45,7 +45,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..owner import current_owner, owner_alive
 from ..runtime import to_io
@@ -60,8 +61,15 @@ from .search import (
     optuna_module,
     suggest,
 )
-from .space import Distribution, flatten, unflatten
+from .space import Distribution, Params, flatten, unflatten
 from .sweep import Sweep
+
+if TYPE_CHECKING:
+    from optuna import Study, Trial
+    from optuna.distributions import BaseDistribution
+    from optuna.samplers import BaseSampler
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 __all__ = ["StudyLedger", "open_storage", "stored_sweep"]
 
@@ -77,10 +85,12 @@ _WAIT = "wait"  # nothing to take now, but others' trials still run
 _SCHEMA_TRIES = 5
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str) -> BaseStorage:
     """The Optuna storage at ``url`` (see the module docstring); ValueError in one line when
     it cannot be opened. Blocking: call it off the event loop."""
-    optuna = optuna_module()
+    optuna_module()  # (the extra's one-line error when it is missing)
+    from optuna.storages import RDBStorage
+
     try:
         if url.startswith("journal://"):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -95,7 +105,7 @@ def open_storage(url: str) -> Any:
         tries = 0
         while True:
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                return RDBStorage(url, engine_kwargs=kwargs)
             except Exception as exc:  # processes that start together race to create the schema
                 tries += 1  # (optuna/optuna#1092): whoever loses finds it made on the next try
                 if tries == _SCHEMA_TRIES or "sqlalchemy" not in type(exc).__module__:
@@ -147,15 +157,17 @@ class StudyLedger:
         flat = flatten(sweep.parameters)
         self._fixed = {k: v for k, v in flat.items() if not isinstance(v, Distribution)}
         self._space = {k: v for k, v in flat.items() if isinstance(v, Distribution)}
-        self._proposals: list[dict[str, Any]] = []
+        self._proposals: list[Params] = []
         self._next: GridSearch | None = None  # grid or random proposals, in order
-        self._pending: dict[str, Any] = {}  # the proposal the trial being asked gets
-        self._mine: dict[int, Any] = {}  # the optuna Trials this process runs, by number
+        self._pending: Params = {}  # the proposal the trial being asked gets
+        self._mine: dict[int, Trial] = {}  # the optuna Trials this process runs, by number
         self._lock = asyncio.Lock()  # one storage conversation at a time
         self._beats: asyncio.Task[None] | None = None
-        self._storage: Any = None
-        self._study: Any = None
-        self._optuna: Any = None
+
+    # opened by ``begin`` (off the loop: Optuna's storage blocks)
+    _storage: BaseStorage
+    _study: Study
+    _optuna: ModuleType
 
     @property
     def record(self) -> SweepRecord:
@@ -216,11 +228,11 @@ class StudyLedger:
             seed = (sweep.seed * 1_000_003 + os.getpid()) % 2**32
             sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         else:
-            sampler = _proposal_sampler(optuna, self._proposed)
+            sampler = _proposal_sampler(self._proposed)
             self._next = (GridSearch(sweep.parameters) if sweep.method == "grid"
                           else RandomSearch(sweep.parameters, sweep.seed))
         for key, dist in self._space.items():
-            optuna_distribution(optuna, key, dist)  # fail now on a space Optuna cannot store
+            optuna_distribution(key, dist)  # fail now on a space Optuna cannot store
         goal = "minimize" if sweep.metric["goal"] == "minimize" else "maximize"
         self._study = optuna.create_study(study_name=self.name, storage=self._storage,
                                           load_if_exists=True, direction=goal, sampler=sampler,
@@ -228,7 +240,7 @@ class StudyLedger:
         stored = self._study.user_attrs.get(DEFINITION)
         if stored is None:
             self._study.set_user_attr(DEFINITION, definition)
-            stored = self._study.user_attrs.get(DEFINITION)  # two first processes: one wins
+            stored = self._study.user_attrs[DEFINITION]  # two first processes: one wins
         if stored != definition:
             differ = [k for k in _DEFINED if stored.get(k) != definition[k]]
             shown = "; ".join(f"{k} {stored.get(k)!r} there, {definition[k]!r} here" for k in differ)
@@ -257,7 +269,7 @@ class StudyLedger:
                 self._study.tell(trial, state=TrialState.FAIL)
                 return _WAIT
             self._pending = proposal
-        params = {**self._fixed, **{key: suggest(trial, key, optuna_distribution(self._optuna, key, dist))
+        params = {**self._fixed, **{key: suggest(trial, key, optuna_distribution(key, dist))
                                     for key, dist in self._space.items()}}
         params = {key: params[key] for key in flatten(self.sweep.parameters)}
         now = time.time()
@@ -277,17 +289,17 @@ class StudyLedger:
             return self.trials
         return GridSearch(self.sweep.parameters).size if self.sweep.method == "grid" else math.inf
 
-    def _places(self, trials: list[Any], upto: int | None) -> int:
+    def _places(self, trials: list[FrozenTrial], upto: int | None) -> int:
         """Trials (numbered up to ``upto``) that hold a place in the budget: all but the lost
         and the surplus."""
         return sum(1 for t in trials if (upto is None or t.number <= upto) and not _lost(t, self._optuna)
                    and SURPLUS not in t.system_attrs)
 
-    def _exhausted(self, trials: list[Any]) -> bool:
+    def _exhausted(self, trials: list[FrozenTrial]) -> bool:
         """Grid or random proposals have run out for the next new trial."""
         return self._proposal(_proposed_before(trials, None)) is None
 
-    def _proposal(self, k: int) -> dict[str, Any] | None:
+    def _proposal(self, k: int) -> Params | None:
         """Grid or random proposal ``k`` (bayes: an empty proposal, the sampler decides)."""
         if self._next is None:
             return {}
@@ -298,7 +310,7 @@ class StudyLedger:
             self._proposals.append(params)
         return self._proposals[k]
 
-    def _proposed(self, number: int, key: str) -> Any:
+    def _proposed(self, number: int, key: str) -> object:
         """The value the proposal sampler gives trial ``number`` for ``key``."""
         return self._pending[key]
 
@@ -325,7 +337,7 @@ class StudyLedger:
         trial = self._mine.pop(number)
         self._fail_lost_trial(self._storage.get_trial(trial._trial_id), why)
 
-    def _fail_lost_trial(self, trial: Any, why: str) -> None:
+    def _fail_lost_trial(self, trial: FrozenTrial, why: str) -> None:
         """Mark a running trial (a FrozenTrial) lost and failed; the process that fails it
         queues its retry, once."""
         optuna = self._optuna
@@ -436,30 +448,36 @@ class StudyLedger:
         return out
 
 
-def _proposed_before(trials: list[Any], number: int | None) -> int:
+def _proposed_before(trials: list[FrozenTrial], number: int | None) -> int:
     """How many proposals the trials before ``number`` (all: None) used: every trial but the
     retries (which rerun a proposal) and the surplus (never run)."""
     return sum(1 for t in trials if (number is None or t.number < number)
                and RETRY not in t.system_attrs and SURPLUS not in t.system_attrs)
 
 
-def _lost(trial: Any, optuna: Any) -> bool:
+def _lost(trial: FrozenTrial, optuna: ModuleType) -> bool:
     """A trial failed because its worker was gone (not because it failed)."""
     return trial.state == optuna.trial.TrialState.FAIL and LOST in trial.system_attrs
 
 
-def _proposal_sampler(optuna: Any, value: Callable[[int, str], Any]) -> Any:
+def _proposal_sampler(value: Callable[[int, str], object]) -> BaseSampler:
     """An Optuna sampler that gives each parameter the value ``value(trial number, name)``:
     how grid and random proposals, chosen by position, reach the study."""
 
-    class ProposalSampler(optuna.samplers.BaseSampler):
-        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+    from optuna.samplers import BaseSampler  # imported by the caller already: optuna_module()
+
+    class ProposalSampler(BaseSampler):
+        def infer_relative_search_space(self, study: Study, trial: FrozenTrial
+                                        ) -> dict[str, BaseDistribution]:
             return {}
 
-        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        def sample_relative(self, study: Study, trial: FrozenTrial,
+                            search_space: dict[str, BaseDistribution]) -> dict[str, object]:
             return {}
 
-        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        def sample_independent(self, study: Study, trial: FrozenTrial, name: str,
+                               distribution: BaseDistribution) -> object:
             return value(trial.number, name)
 
-    return ProposalSampler()
+    sampler: BaseSampler = ProposalSampler()
+    return sampler

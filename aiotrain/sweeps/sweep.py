@@ -66,15 +66,15 @@ class Sweep:
     id: str
     method: str
     metric: dict[str, str]
-    parameters: dict[str, Any]
+    parameters: dict[str, object]  # a Distribution, or a fixed value, by (dotted) key
     project: str = "sweeps"
     seed: int = 0
-    early_terminate: dict[str, Any] | None = None
+    early_terminate: dict[str, object] | None = None
 
     @classmethod
-    def define(cls, method: str, metric: Mapping[str, str], parameters: Mapping[str, Any],
+    def define(cls, method: str, metric: Mapping[str, str], parameters: Mapping[str, object],
                project: str = "sweeps", seed: int = 0,
-               early_terminate: Mapping[str, Any] | None = None, id: str | None = None) -> Sweep:
+               early_terminate: Mapping[str, object] | None = None, id: str | None = None) -> Sweep:
         """Check and record a sweep (nothing runs yet). ``early_terminate``:
         ``{"type": "median" | "hyperband", ...options}`` (see ``search.make_pruner``)."""
         if method not in METHODS:
@@ -138,7 +138,7 @@ class Sweep:
                            **fields)
 
     @staticmethod
-    def agent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepRecord:
+    def agent(sweep: Sweep, function: Callable[..., object], count: int | None = None) -> SweepRecord:
         """Run the trials one after another; async trial functions get an event loop of their own
         (inside a running loop, ``await Sweep.aagent(...)`` instead)."""
         if inspect.iscoroutinefunction(function):
@@ -165,7 +165,7 @@ class Sweep:
         return _checked(record, errors)
 
     @staticmethod
-    async def aagent(sweep: Sweep, function: Callable[..., Any], count: int | None = None) -> SweepRecord:
+    async def aagent(sweep: Sweep, function: Callable[..., object], count: int | None = None) -> SweepRecord:
         """``agent`` from a coroutine: sync trials run inline, async ones are awaited."""
         record, search = _start(sweep, count)
         errors: list[BaseException] = []
@@ -248,7 +248,7 @@ def _trial_run(sweep: Sweep, trial: TrialRecord) -> Run:
     return Run(sweep.project, name=trial.name, config=trial.config, tags=(f"sweep:{sweep.id}",))
 
 
-def _returned(run: Run, sweep: Sweep, value: Any) -> None:
+def _returned(run: Run, sweep: Sweep, value: object) -> None:
     """A trial's return value: a number is the objective, a dict is merged into the summary."""
     if isinstance(value, Mapping):
         run.summary.update(value)
@@ -256,7 +256,7 @@ def _returned(run: Run, sweep: Sweep, value: Any) -> None:
         run.summary[sweep.metric["name"]] = value
 
 
-def _args(function: Callable[..., Any], config: dict[str, Any], run: Run) -> tuple[Any, ...]:
+def _args(function: Callable[..., object], config: dict[str, Any], run: Run) -> tuple[object, ...]:
     try:
         params = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):

@@ -39,18 +39,20 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from filelock import FileLock
 
 from ..files import make_temp_dir
-from .store import atomic_file, check_name, get_dir, jsonable, read_json, write_json
+from .store import atomic_file, check_name, jsonable, read_json, write_json
 
-__all__ = ["Artifact", "ArtifactCatalog", "ArtifactInfo", "ArtifactIntegrityError", "ArtifactRefs", "LineageGraph",
-           "RunRef", "VersionInfo", "catalog", "lineage", "log_artifact", "run_artifacts", "use_artifact"]
+if TYPE_CHECKING:
+    from .run import Run
+
+__all__ = ["Artifact", "ArtifactIntegrityError", "log_artifact", "use_artifact"]
 
 _VERSION = re.compile(r"^v(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -71,7 +73,7 @@ class Artifact:
     ``manifest`` (path -> sha256 and size) and ``download()``."""
 
     def __init__(self, name: str, type: str, description: str = "",
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: Mapping[str, object] | None = None) -> None:
         check_name("artifact", name)
         if ":" in name:
             raise ValueError(f"artifact name {name!r} must not contain ':' (it separates the version)")
@@ -85,7 +87,7 @@ class Artifact:
         self.project: str | None = None
         self.aliases: list[str] = []
         self.digest: str | None = None
-        self.manifest: dict[str, dict[str, Any]] = {}
+        self.manifest: dict[str, dict[str, object]] = {}  # member -> sha256, size
         self._sources: dict[str, Path] = {}
         self._root: Path | None = None
 
@@ -215,7 +217,7 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def _digest(type_: str, manifest: dict[str, dict[str, Any]]) -> str:
+def _digest(type_: str, manifest: dict[str, dict[str, object]]) -> str:
     h = hashlib.sha256(type_.encode())
     for member in sorted(manifest):
         h.update(f"\0{member}\0{manifest[member]['sha256']}".encode())
@@ -253,7 +255,7 @@ def _remember(path: Path, key: tuple[int, int, int, int, int], digest: str) -> N
             _hashed[key] = digest
 
 
-def _checked(ref: str, member: str, entry: Any) -> str:
+def _checked(ref: str, member: str, entry: object) -> str:
     """The recorded sha256 of ``member``, once the index entry is known to name a file inside
     the store and the version's folder (index.json is a file others may write)."""
     digest = entry.get("sha256") if isinstance(entry, dict) else None
@@ -267,7 +269,7 @@ def _checked(ref: str, member: str, entry: Any) -> str:
     return digest
 
 
-def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, Any]]) -> None:
+def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, object]]) -> None:
     """Check every stored object of a version against its recorded sha256 (see the module doc)."""
     for member, entry in manifest.items():
         digest = _checked(ref, member, entry)
@@ -282,7 +284,7 @@ def _verify(store: _Store, ref: str, manifest: dict[str, dict[str, Any]]) -> Non
                 f"(recorded {digest[:12]}..., found {actual[:12]}...): it was changed after it was logged")
 
 
-def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
+def _complete(folder: Path, manifest: dict[str, dict[str, object]]) -> bool:
     """Whether ``folder`` holds exactly the version's content (every file's sha256 checked)."""
     try:
         return folder.is_dir() and all(_hash(folder / m) == e["sha256"] for m, e in manifest.items())
@@ -290,7 +292,7 @@ def _complete(folder: Path, manifest: dict[str, dict[str, Any]]) -> bool:
         return False
 
 
-def _materialize(store: _Store, ref: str, manifest: dict[str, dict[str, Any]], target: Path) -> None:
+def _materialize(store: _Store, ref: str, manifest: dict[str, dict[str, object]], target: Path) -> None:
     """Copy the version's objects into ``target``, hashing each as it is copied: a file whose
     content does not match is not left in ``target`` and raises ``ArtifactIntegrityError``."""
     for member, entry in manifest.items():
@@ -323,7 +325,7 @@ def _check_aliases(aliases: list[str]) -> list[str]:
     return list(dict.fromkeys(aliases))
 
 
-def log_artifact(run: Any, artifact: Artifact, aliases: list[str]) -> Artifact:
+def log_artifact(run: Run, artifact: Artifact, aliases: list[str]) -> Artifact:
     """Store ``artifact``'s files as a version of ``run.project/artifact.name``, produced by ``run``."""
     if not isinstance(artifact, Artifact):
         raise TypeError(f"log_artifact expects a Track.Artifact, got {type(artifact).__name__}")
@@ -357,7 +359,7 @@ def log_artifact(run: Any, artifact: Artifact, aliases: list[str]) -> Artifact:
     return artifact
 
 
-def use_artifact(run: Any, ref: str, project: str | None = None) -> Artifact:
+def use_artifact(run: Run, ref: str, project: str | None = None) -> Artifact:
     """The version ``ref`` names (``name``, ``name:vN``, ``name:latest``, ``name:alias``), with
     ``run`` recorded as a consumer (unless the run is disabled)."""
     name, spec = _parse_ref(ref)
@@ -400,7 +402,8 @@ def _resolve(index: dict[str, Any], spec: str, ref: str) -> dict[str, Any]:
     if number is None or not 0 <= number < len(index["versions"]):
         known = [f"v{v['version']}" for v in index["versions"]] + sorted(index["aliases"])
         raise LookupError(f"artifact {ref!r} not found; known: {', '.join(known)}")
-    return index["versions"][number]
+    version: dict[str, Any] = index["versions"][number]
+    return version
 
 
 def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -412,8 +415,9 @@ def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], e
     artifact._root = root
 
 
-def _record(run: Any, filename: str, artifact: Artifact) -> None:
+def _record(run: Run, filename: str, artifact: Artifact) -> None:
     """Append a durable line to the run's artifacts/ log (the run folder is created if needed)."""
+    assert run._writer is not None  # only enabled runs record artifacts
     run._writer.open()
     line = msgspec.json.encode({"ref": artifact.ref, "project": artifact.project}) + b"\n"
     path = run.dir / "artifacts" / filename
@@ -422,183 +426,3 @@ def _record(run: Any, filename: str, artifact: Artifact) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _refs(path: Path) -> list[str]:
-    """The refs of a run's logged.jsonl / used.jsonl, in order, each once (a torn last line skipped)."""
-    try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        return []
-    refs = []
-    for line in lines:
-        with contextlib.suppress(msgspec.DecodeError, KeyError, TypeError):  # a torn last line
-            refs.append(msgspec.json.decode(line)["ref"])
-    return list(dict.fromkeys(refs))
-
-
-def _run_refs(root: Path, run: dict[str, str], filename: str) -> list[str]:
-    return _refs(root / "runs" / run["project"] / run["id"] / "artifacts" / filename)
-
-
-class ArtifactRefs(NamedTuple):
-    """What one run logged and used, as ``name:vN`` refs in order."""
-
-    logged: list[str]
-    used: list[str]
-
-
-def run_artifacts(run_dir: str | os.PathLike[str]) -> ArtifactRefs:
-    """The artifact versions the run in ``run_dir`` logged and used."""
-    folder = Path(run_dir) / "artifacts"
-    return ArtifactRefs(_refs(folder / "logged.jsonl"), _refs(folder / "used.jsonl"))
-
-
-class RunRef(TypedDict):
-    """A run named by project and id (an artifact's producer or consumer)."""
-
-    project: str
-    id: str
-
-
-class VersionInfo(TypedDict):
-    """One stored version as the catalog lists it."""
-
-    version: int
-    ref: str
-    digest: str  # the first 12 hex digits
-    created: float | None
-    aliases: list[str]
-    files: int
-    size: int
-    producer: RunRef | None
-    consumers: list[RunRef]
-
-
-class ArtifactInfo(TypedDict):
-    """One artifact name of a project with its versions; ``error`` names an unreadable index."""
-
-    project: str
-    name: str
-    type: str | None
-    versions: list[VersionInfo]
-    error: str | None
-
-
-LineageEdge = TypedDict("LineageEdge", {"from": str, "to": str})
-
-
-class LineageNode(TypedDict, total=False):
-    """A run (``kind`` "run") or an artifact version (``kind`` "artifact", with its ``type``)."""
-
-    id: str
-    kind: str
-    label: str
-    type: str | None
-
-
-class LineageGraph(TypedDict):
-    """Runs and versions as nodes; producer -> version and version -> consumer as edges."""
-
-    nodes: list[LineageNode]
-    edges: list[LineageEdge]
-
-
-class ArtifactCatalog(TypedDict):
-    """Every artifact under a tracking root and the lineage graph between them and their runs."""
-
-    artifacts: list[ArtifactInfo]
-    graph: LineageGraph
-
-
-def catalog(root: str | os.PathLike[str] | None = None) -> ArtifactCatalog:
-    """Every artifact index under ``root`` (default: the tracking root), with its versions and
-    aliases, and the lineage graph. An index that cannot be decoded is listed with its ``error``
-    (and no versions) rather than left out."""
-    base = _Store(Path(root) if root is not None else get_dir()).base / "projects"
-    artifacts: list[ArtifactInfo] = []
-    nodes: dict[str, LineageNode] = {}
-    edges: list[LineageEdge] = []
-    for index_path in sorted(base.glob("*/*/index.json")) if base.is_dir() else []:
-        project, name = index_path.parent.parent.name, index_path.parent.name
-        try:
-            index = read_json(index_path)
-        except FileNotFoundError:  # removed since the listing
-            continue
-        except (msgspec.DecodeError, ValueError) as exc:
-            artifacts.append({"project": project, "name": name, "type": None, "versions": [],
-                              "error": f"{index_path}: unreadable index ({exc})"})
-            continue
-        artifacts.append({"project": project, "name": name, "type": index.get("type"),
-                          "versions": _versions(index, project, name, nodes, edges), "error": None})
-    return {"artifacts": artifacts, "graph": {"nodes": list(nodes.values()), "edges": edges}}
-
-
-def _versions(index: dict[str, Any], project: str, name: str, nodes: dict[str, LineageNode],
-              edges: list[LineageEdge]) -> list[VersionInfo]:
-    aliases: dict[int, list[str]] = {}
-    for alias, number in index.get("aliases", {}).items():
-        aliases.setdefault(number, []).append(alias)
-    versions: list[VersionInfo] = []
-    for v in index.get("versions", []):
-        ref = f"{name}:v{v['version']}"
-        node = f"{project}/{ref}"
-        nodes[node] = {"id": node, "kind": "artifact", "label": ref, "type": index.get("type")}
-        producer = v.get("producer")
-        if producer:
-            run = f"{producer['project']}/{producer['id']}"
-            nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
-            edges.append({"from": run, "to": node})
-        for consumer in v.get("consumers", []):
-            run = f"{consumer['project']}/{consumer['id']}"
-            nodes.setdefault(run, {"id": run, "kind": "run", "label": run})
-            edges.append({"from": node, "to": run})
-        files = v.get("files", {})
-        versions.append({"version": v["version"], "ref": ref, "digest": v["digest"][:12],
-                         "created": v.get("created_at"), "aliases": sorted(aliases.get(v["version"], [])),
-                         "files": len(files), "size": sum(f.get("size", 0) for f in files.values()),
-                         "producer": producer, "consumers": v.get("consumers", [])})
-    return versions
-
-
-def lineage(ref: str, project: str | None = None, root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """``{"inputs": [...], "runs": [{"id", "role"}], "outputs": [...]}`` for one version: what its
-    producer consumed, the runs that made or used it, and what those consuming runs produced."""
-    store = _Store(Path(root) if root is not None else get_dir())
-    name, spec = _parse_ref(ref)
-    if project is None:
-        found = store.projects_with(name)
-        if not found:
-            raise LookupError(f"no artifact {name!r} under {store.root}")
-        if len(found) > 1:
-            raise ValueError(f"artifact {name!r} exists in projects {found}; pass project=")
-        project = found[0]
-    index = store.read(project, name)
-    if index is None:
-        raise LookupError(f"no artifact {name!r} in project {project!r}")
-    entry = _resolve(index, spec, ref)
-    producer = entry.get("producer")
-    runs = [{"id": producer["id"], "role": "producer"}] if producer else []
-    runs += [{"id": c["id"], "role": "consumer"} for c in entry["consumers"]]
-    inputs = _run_refs(store.root, producer, "used.jsonl") if producer else []
-    outputs: list[str] = []
-    for consumer in entry["consumers"]:
-        outputs += _run_refs(store.root, consumer, "logged.jsonl")
-    return {"inputs": list(dict.fromkeys(inputs)), "runs": runs, "outputs": list(dict.fromkeys(outputs))}
-
-
-
-def logged_artifacts(root: Path, project: str, run_id: str) -> list[Artifact]:
-    """The versions a run logged, in order, each once (what an MLflow mirror uploads)."""
-    store = _Store(root)
-    out: list[Artifact] = []
-    for ref in dict.fromkeys(_run_refs(root, {"project": project, "id": run_id}, "logged.jsonl")):
-        name, spec = _parse_ref(ref)
-        index = store.read(project, name)
-        if index is None:
-            raise LookupError(f"run {run_id} logged artifact {ref!r}, which is not in the store at {root}")
-        entry = _resolve(index, spec, ref)
-        artifact = Artifact(name, index["type"], entry["description"], entry["metadata"])
-        _fill(artifact, root, project, index, entry)
-        out.append(artifact)
-    return out

@@ -25,12 +25,15 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
 
 from .read import RunRecord, flatten, scan_history
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["export_mlflow", "export_tensorboard", "tensorboard_folder"]
 
@@ -42,7 +45,7 @@ def _histories(record: RunRecord) -> Iterator[dict[str, Any]]:
     yield from scan_history(record.dir, "system")
 
 
-def _hparam(value: Any) -> Any:
+def _hparam(value: object) -> bool | int | float | str:
     if isinstance(value, bool | int | float | str):
         return value
     return json.dumps(value, default=str)
@@ -91,7 +94,8 @@ def export_tensorboard(record: RunRecord, out_dir: Path) -> dict[str, int]:
     return counts
 
 
-def _write(writer: Any, run_dir: Path, key: str, value: Any, step: int, wall: float | None) -> str | None:
+def _write(writer: SummaryWriter, run_dir: Path, key: str, value: object, step: int,
+           wall: float | None) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):

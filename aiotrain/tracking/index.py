@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -47,14 +48,14 @@ from .reader import (
 from .series import read_new_records
 from .store import encode_nonfinite, flatten, jsonable
 
-__all__ = ["ROW_FILE", "RunIndex", "RunRow", "read_row", "write_row"]
+__all__ = ["ROW_FILE", "RunFields", "RunIndex", "RunRow", "read_row", "write_row"]
 
 ROW_FILE = "row.json"
 _ROW_VERSION = 1
 _row_encoder = msgspec.json.Encoder(enc_hook=str)  # str subclasses (torch.__version__) as text
 
 
-def write_row(run_dir: Path, metadata: dict[str, Any], summary: dict[str, Any] | None) -> None:
+def write_row(run_dir: Path, metadata: Mapping[str, object], summary: Mapping[str, object] | None) -> None:
     """Write ``run_dir/row.json`` right after metadata.sdn (and, with ``summary``, summary.sdn)
     were written from these very values, stamped with both files' current size and mtime."""
     stamps = {name: _stat(os.path.join(run_dir, name)) for name in ("metadata.sdn", "summary.sdn")}
@@ -63,7 +64,7 @@ def write_row(run_dir: Path, metadata: dict[str, Any], summary: dict[str, Any] |
     atomic_write(run_dir / ROW_FILE, _row_encoder.encode(row))
 
 
-def _storable(tree: dict[str, Any]) -> Any:
+def _storable(tree: Mapping[str, object]) -> Any:
     """What write_sdn stores of ``tree`` (a config may nest as deep as SDN allows, so the row
     around it is not walked)."""
     return encode_nonfinite(jsonable(tree))
@@ -95,6 +96,20 @@ def _stamp(value: Any) -> tuple[int, int] | None:
     return None if value is None else (int(value[0]), int(value[1]))
 
 
+class RunFields(TypedDict):
+    """The plain fields of a run that a filter or a column can name."""
+
+    id: str
+    name: str
+    project: str
+    host: str | None
+    status: str
+    tags: list[str]
+    notes: str
+    created: float
+    duration: float | None
+
+
 @dataclass
 class RunRow:
     """What the runs table shows of one run: flat config, scalar summary, timing and status."""
@@ -103,7 +118,7 @@ class RunRow:
     config: dict[str, Any]
     summary: dict[str, Any]
     last_write: float
-    _dict: dict[str, Any] | None = None
+    _dict: dict[str, object] | None = None
 
     @property
     def key(self) -> str:
@@ -118,14 +133,14 @@ class RunRow:
         end = meta.get("finished_at") or (time.time() if self.record.status == "running" else self.last_write)
         return None if start is None else max(0.0, float(end) - float(start))
 
-    def fields(self) -> dict[str, Any]:
+    def fields(self) -> RunFields:
         """The plain fields a filter or column can name (see ``aiotrain.tracking.query``)."""
         r = self.record
         return {"id": r.id, "name": r.name, "project": r.project, "host": r.host, "status": r.status,
                 "tags": r.tags, "notes": r.metadata.get("notes") or "", "created": r.created_at,
                 "duration": self.duration}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-able row (non-finite summary values as the strings "nan" / "inf" / "-inf");
         kept once the run is done (its duration and status no longer move)."""
         if self._dict is not None:
@@ -137,9 +152,13 @@ class RunRow:
         return data
 
 
+Stamp = tuple[tuple[int, int] | None, ...]
+"""(size, mtime) of a run's metadata.sdn, summary.sdn and metrics.jsonl (None: absent)."""
+
+
 @dataclass
 class _Entry:
-    stamp: tuple[Any, ...]
+    stamp: Stamp
     row: RunRow
     offset: int = 0
     folded: dict[str, Any] = field(default_factory=dict)
@@ -210,7 +229,7 @@ class RunIndex:
                                                "error": str(exc).splitlines()[0]}, {})
             return _Entry(stamp, RunRow(record, {}, {}, 0.0))
 
-    def _read(self, run_dir: str, stamp: tuple[Any, ...], entry: _Entry | None) -> _Entry | None:
+    def _read(self, run_dir: str, stamp: Stamp, entry: _Entry | None) -> _Entry | None:
         """Read a run whose files changed (``ValueError`` for a corrupt one; any other error,
         a descriptor limit reached included, is raised too: never an empty or shortened table)."""
         folder = _stat(run_dir)
@@ -253,7 +272,7 @@ def _stat(path: str) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _scalars(summary: dict[str, Any]) -> dict[str, Any]:
+def _scalars(summary: Mapping[str, object]) -> dict[str, Any]:
     """Numbers as floats ("nan" strings decoded); media records and text left out."""
     out = {}
     for key, value in summary.items():

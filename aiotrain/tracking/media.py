@@ -29,13 +29,13 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "value"
 
 
-def _to_numpy(values: Any) -> np.ndarray:
+def _to_numpy(values: object) -> np.ndarray:
     if hasattr(values, "detach"):  # torch tensor: copy off the device once
         values = values.detach().to("cpu").numpy()
     return np.asarray(values)
 
 
-def histogram_entry(values: Any, bins: int = 64) -> dict[str, Any]:
+def histogram_entry(values: object, bins: int = 64) -> dict[str, object]:
     """Histogram of the finite values in ``values`` (a tensor, array or sequence)."""
     bins = check_int("bins", bins)
     arr = _to_numpy(values).astype(np.float64, copy=False).ravel()
@@ -49,7 +49,7 @@ def histogram_entry(values: Any, bins: int = 64) -> dict[str, Any]:
             "sum": float(arr.sum()), "sum_squares": float(np.dot(arr, arr))}
 
 
-def image_array(image: Any) -> np.ndarray:
+def image_array(image: object) -> np.ndarray:
     """``image`` as a uint8 HxW, HxWx3 or HxWx4 array (a copy).
 
     Accepts CHW tensors (torchvision's layout) and HWC arrays; floats are taken to lie in
@@ -95,7 +95,7 @@ class Table:
     JSON lines: a header ``{"columns": [...]}`` then one JSON array per row.
     """
 
-    def __init__(self, columns: Sequence[str], data: Iterable[Sequence[Any]] | None = None) -> None:
+    def __init__(self, columns: Sequence[str], data: Iterable[Sequence[object]] | None = None) -> None:
         cols = [str(c) for c in columns]
         if not cols or len(set(cols)) != len(cols):
             raise ValueError(f"Table columns must be non-empty and unique, got {list(columns)!r}")
@@ -104,7 +104,7 @@ class Table:
         for row in data or ():
             self.add_row(*row)
 
-    def add_row(self, *values: Any) -> None:
+    def add_row(self, *values: object) -> None:
         """Append one row; it must have one value per column."""
         if len(values) != len(self.columns):
             raise ValueError(f"Table row has {len(values)} values for {len(self.columns)} columns")

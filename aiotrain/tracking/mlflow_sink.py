@@ -354,7 +354,7 @@ class MlflowSink:
     def _upload(self, client: Any) -> None:
         """media/ and tables/ as they are, and each artifact version the run logged as
         ``NAME/vN/...``; each once (the cursor lists what was uploaded)."""
-        from .artifacts import logged_artifacts
+        from .lineage import logged_artifacts
 
         f = self.facts
         uploads: list[tuple[str, Callable[[], Path]]] = [

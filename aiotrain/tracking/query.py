@@ -28,12 +28,12 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def column_value(row: RunRow, key: str) -> Any:
+def column_value(row: RunRow, key: str) -> object:
     """The value ``key`` names in ``row`` (None when the run has none)."""
     if key == "tag":
         key = "tags"
     if key in FIELDS:
-        return row.fields()[key]
+        return row.fields().get(key)  # (every one of FIELDS is there)
     if key.startswith("config."):
         return row.config.get(key[len("config."):])
     if key.startswith("summary."):
@@ -120,7 +120,7 @@ def apply(rows: Iterable[RunRow], filters: Iterable[str] = (), sort: str | None 
     return out
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
+def _sort_key(value: object) -> tuple[int, float | str]:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return (0, float(value) if value == value else float("-inf"))
     return (1, _text(value))
@@ -133,7 +133,7 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     if isinstance(value, bool):

@@ -36,12 +36,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict, TypeVar
 
 from . import query
-from .artifacts import ArtifactCatalog, ArtifactRefs, catalog, run_artifacts
 from .columns import build_cache
 from .index import RunIndex, RunRow
+from .lineage import ArtifactCatalog, ArtifactRefs, catalog, run_artifacts
 from .media import Table
 from .reader import RunRecord, find_run, iter_history, list_runs, load_run
 from .run import drain_open_run
@@ -51,6 +51,8 @@ from .store import check_name, encode_nonfinite, flatten, get_dir
 __all__ = ["HISTORIES", "ArtifactCatalog", "ArtifactRefs", "Column", "History", "Media", "RunReader", "RunRecord",
            "RunRow", "StepRows", "TableRows", "Tail", "check_name", "encode_nonfinite", "find_run", "flatten",
            "history_of", "list_runs", "load_run", "scan_history", "step_rows"]
+
+T = TypeVar("T")
 
 History = SeriesFile
 """A history file (metrics.jsonl or system.jsonl) as per-key columns: ``keys()``,
@@ -172,7 +174,7 @@ class RunReader:
         return query.apply(rows, filters, sort, text)
 
     @staticmethod
-    def value(row: RunRow, key: str) -> Any:
+    def value(row: RunRow, key: str) -> object:
         """The value ``key`` names in ``row``: a field (``status``, ``host``, ...),
         ``config.DOTTED.KEY`` or a summary metric; None when the run has none."""
         return query.column_value(row, key)
@@ -281,7 +283,7 @@ class RunReader:
         return run_artifacts(run_dir)
 
 
-def _thin(entries: list[Any], n: int) -> list[Any]:
+def _thin(entries: list[T], n: int) -> list[T]:
     """At most ``n`` entries spread evenly, the last one always kept."""
     if len(entries) <= n:
         return entries

@@ -19,21 +19,40 @@ exporters all use this rule.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
 from ..owner import process_alive
 from .store import decode_nonfinite, get_dir, read_sdn
 
-__all__ = ["RunRecord", "decode_tree", "find_run", "fold_summary", "iter_history", "list_runs", "load_run",
+__all__ = ["RunMetadata", "RunRecord", "decode_tree", "find_run", "fold_summary", "iter_history", "list_runs", "load_run",
            "process_alive", "read_history", "read_stored_summary", "read_summary", "summary_is_final"]
 
 _RESERVED = ("step", "timestamp")
 
 _decoder = msgspec.json.Decoder()
+
+
+class RunMetadata(TypedDict, total=False):
+    """A run's metadata.sdn (``Run`` writes it; older runs may lack keys). Config and system
+    information are the user's and the machine's: their values are arbitrary."""
+
+    id: str
+    name: str | None
+    project: str
+    tags: list[str]
+    notes: str
+    status: str
+    created_at: float
+    finished_at: float | None
+    error: str | None
+    pid: int
+    owner: dict[str, object]
+    config: dict[str, Any]
+    system: dict[str, Any]
 
 
 def iter_history(path: Path) -> Iterator[dict[str, Any]]:
@@ -63,7 +82,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return list(iter_history(path))
 
 
-def decode_tree(value: Any) -> Any:
+def decode_tree(value: object) -> Any:
     """A metadata or summary tree as stored, with "nan" / "inf" / "-inf" values read back as floats."""
     if isinstance(value, dict):
         return {k: decode_tree(v) for k, v in value.items()}
@@ -77,11 +96,11 @@ def summary_is_final(summary_mtime_ns: int | None, metrics_mtime_ns: int | None)
     return summary_mtime_ns is not None and (metrics_mtime_ns is None or summary_mtime_ns >= metrics_mtime_ns)
 
 
-def fold_summary(base: dict[str, Any], records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def fold_summary(base: Mapping[str, object], records: Iterable[Mapping[str, object]]) -> dict[str, Any]:
     """``base`` updated by each record in order (``step`` and ``timestamp`` left out, stored
     non-finite values read back as floats): the summary a run holds after logging ``records``,
     as ``Run.log`` builds it."""
-    out = dict(base)
+    out: dict[str, Any] = dict(base)
     for record in records:
         out.update(record)
     for key, value in out.items():
@@ -101,7 +120,8 @@ def _mtime_ns(path: Path) -> int | None:
 
 def read_stored_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """summary.sdn as stored (FileNotFoundError when the run has none); see ``read_summary``."""
-    return decode_tree(read_sdn(Path(run_dir) / "summary.sdn"))
+    summary: dict[str, Any] = decode_tree(read_sdn(Path(run_dir) / "summary.sdn"))
+    return summary
 
 
 def read_summary(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], bool]:
@@ -128,7 +148,7 @@ class RunRecord:
     a run that did not finish); it is read on first use, so listing runs costs no history read.
     ``summary_final`` says which: True when summary.sdn held it whole."""
 
-    def __init__(self, dir: Path, metadata: dict[str, Any], summary: dict[str, Any] | None = None,
+    def __init__(self, dir: Path, metadata: RunMetadata, summary: dict[str, Any] | None = None,
                  summary_final: bool = True) -> None:
         self.dir = dir
         self.metadata = metadata

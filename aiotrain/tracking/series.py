@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .columns import ColumnRef, StaleColumn, read_cache, split_records
 
@@ -41,7 +42,8 @@ def decode_lines(chunk: bytes, path: Path) -> list[dict[str, Any]]:
     if not lines:
         return []
     try:
-        return msgspec.json.decode(b"[" + b",".join(lines) + b"]")
+        records: list[dict[str, Any]] = msgspec.json.decode(b"[" + b",".join(lines) + b"]")
+        return records
     except msgspec.DecodeError:
         for line in lines:  # find the bad one for the message
             try:
@@ -97,7 +99,7 @@ class _Parts:
     value: list[np.ndarray] = field(default_factory=list)
     joined: Column | None = None
 
-    def add(self, step: Any, time: Any, value: Any) -> None:
+    def add(self, step: ArrayLike, time: ArrayLike, value: ArrayLike) -> None:
         self.step.append(np.asarray(step, np.int64))
         self.time.append(np.asarray(time, np.float64))
         self.value.append(np.asarray(value, np.float64))

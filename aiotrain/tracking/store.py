@@ -14,6 +14,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +48,31 @@ __all__ = [
 ]
 
 MODES = ("offline", "disabled")
-_settings: dict[str, Any] = {"dir": None, "mode": "offline", "flush_interval": None}
+
+
+@dataclass
+class _Settings:
+    """The process-wide tracking settings (``set_dir``, ``set_mode``, ``set_flush_interval``)."""
+
+    dir: Path | None = None
+    mode: str = "offline"
+    flush_interval: float | None = None
+
+
+_settings = _Settings()
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _BAD_NAME = re.compile(r"[/\\\x00]")
 
 
 def set_dir(path: str | os.PathLike[str] | None) -> None:
     """Use ``path`` as the tracking root (None: back to ``AIOTRAIN_DIR`` or ``./.aiotrain``)."""
-    _settings["dir"] = None if path is None else Path(path)
+    _settings.dir = None if path is None else Path(path)
 
 
 def get_dir() -> Path:
     """The tracking root: ``set_dir``'s value, else ``$AIOTRAIN_DIR``, else ``./.aiotrain``."""
-    if _settings["dir"] is not None:
-        return _settings["dir"]
+    if _settings.dir is not None:
+        return _settings.dir
     return Path(os.environ.get("AIOTRAIN_DIR") or ".aiotrain")
 
 
@@ -68,15 +80,15 @@ def set_mode(mode: str) -> None:
     """``"offline"`` (write locally, the default) or ``"disabled"`` (write no files at all)."""
     if mode not in MODES:
         raise ValueError(f"tracking mode must be one of {MODES}, got {mode!r}")
-    _settings["mode"] = mode
+    _settings.mode = mode
 
 
 def get_mode() -> str:
     """The current tracking mode."""
-    return _settings["mode"]
+    return _settings.mode
 
 
-def check_interval(seconds: Any) -> float:
+def check_interval(seconds: float | str) -> float:
     """A flush interval: a finite number of seconds >= 0 (0 writes every record at once)."""
     try:
         value = float(seconds)
@@ -90,13 +102,13 @@ def check_interval(seconds: Any) -> float:
 def set_flush_interval(seconds: float | None) -> None:
     """The loss window of new runs: a logged record is written within ``seconds`` (0: before
     ``log`` returns). None: back to ``$AIOTRAIN_FLUSH_INTERVAL`` or the writer's default (1 s)."""
-    _settings["flush_interval"] = None if seconds is None else check_interval(seconds)
+    _settings.flush_interval = None if seconds is None else check_interval(seconds)
 
 
 def get_flush_interval() -> float | None:
     """``set_flush_interval``'s value, else ``$AIOTRAIN_FLUSH_INTERVAL``, else None (the default)."""
-    if _settings["flush_interval"] is not None:
-        return _settings["flush_interval"]
+    if _settings.flush_interval is not None:
+        return _settings.flush_interval
     env = os.environ.get("AIOTRAIN_FLUSH_INTERVAL")
     if env:
         try:
@@ -136,7 +148,7 @@ def check_text(what: str, text: str) -> str:
     return text
 
 
-def _walk(value: Any, leaf: Callable[[Any], Any], sequence: tuple[type, ...]) -> Any:
+def _walk(value: object, leaf: Callable[[Any], object], sequence: tuple[type, ...]) -> Any:
     """A copy of ``value`` with mappings as dicts, ``sequence`` instances as lists and
     ``leaf`` applied to everything else. Iterative; deeper than ``MAX_DEPTH`` + 1 (metadata
     holds a config one level down) or self-containing is a ValueError (nothing deeper can be
@@ -163,25 +175,25 @@ def _walk(value: Any, leaf: Callable[[Any], Any], sequence: tuple[type, ...]) ->
     return root
 
 
-def _finite(value: Any) -> Any:
+def _finite(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
     return value
 
 
-def encode_nonfinite(value: Any) -> Any:
+def encode_nonfinite(value: object) -> Any:
     """A copy of ``value`` with nan / inf / -inf floats as the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
     return _walk(value, _finite, (list, tuple))
 
 
-def decode_nonfinite(value: Any) -> Any:
+def decode_nonfinite(value: object) -> Any:
     """The inverse of ``encode_nonfinite`` for a top-level value: ``"nan"`` reads back as nan."""
     if isinstance(value, str):
         return _NONFINITE.get(value, value)
     return value
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     if isinstance(value, str):
         return value if value.isascii() else check_text("the string", value)
     if value is None or isinstance(value, bool | int | float):
@@ -193,7 +205,7 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, Any]:
     """Nested mappings as one level of dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -204,14 +216,14 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def jsonable(value: Any) -> Any:
+def jsonable(value: object) -> Any:
     """``value`` as plain JSON-like data (str keys; tuples, sets and paths converted; tensors to
     numbers or lists; anything else to its ``repr``), for config and metadata files. A string
     that cannot be written as UTF-8 is a ValueError, raised now rather than by the writer."""
     return _walk(value, _plain, (list, tuple, set, frozenset))
 
 
-def write_sdn(path: Path, obj: Mapping[str, Any]) -> None:
+def write_sdn(path: Path, obj: Mapping[str, object]) -> None:
     """Write ``obj`` as SDN atomically; non-finite floats become the strings SDN can hold.
 
     One level more than ``sdn.MAX_DEPTH`` is allowed: metadata.sdn holds a config (which may
@@ -231,7 +243,7 @@ def read_sdn(path: Path) -> dict[str, Any]:
 _encoder = msgspec.json.Encoder()
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as JSON atomically (the artifact store's internal index files)."""
     atomic_write(path, _encoder.encode(obj))
 

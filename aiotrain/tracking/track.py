@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import store
-from .artifacts import Artifact, lineage
+from .artifacts import Artifact
+from .lineage import Lineage, lineage
 from .media import Table
 from .reader import RunRecord as _RunRecord
 from .reader import list_runs, load_run
@@ -65,27 +66,54 @@ class Track:
         raise TypeError("Track is a namespace: call Track.run(...), not Track()")
 
     @staticmethod
-    def run(project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
-            tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+    def run(project: str, name: str | None = None, config: Mapping[str, object] | None = None,
+            tags: Iterable[str] = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
             resume: bool | str = False, system_interval: float | None = 2.0,
             flush_interval: float | None = None, rewind: int | None = None,
             mlflow_uri: str | None = None) -> _Run:
         """A new run (use it as ``with`` / ``async with``, or call ``finish()`` yourself).
 
-        ``dir`` overrides the tracking root for this run; ``resume=True`` continues the newest
-        run of this project with this ``name`` (a new one if there is none), ``resume="<id>"``
-        continues that run (ValueError if missing): same folder, config merged, steps going on;
-        a run that a live process is still writing is refused (ValueError, one line).
-        ``rewind=N`` (with ``resume``) first cuts the history back to its first N records
-        (``run.position`` when your checkpoint was saved); the records cut are kept in
-        metrics.rewound.jsonl, so the resumed run logs each step once.
-        ``system_interval``: seconds between system metrics samples (system.jsonl) while the run
-        is open inside an event loop; None turns the sampler off.
-        ``flush_interval`` is the run's loss window on a crash, in seconds (see
-        ``set_flush_interval``). Names, tags, notes and config that could not be stored are a
+        ``run.log({...}, step=...)`` never blocks on the disk: records are written within the
+        run's ``flush_interval``; ``flush()`` (``await aflush()``) returns once everything logged
+        so far is on disk. Names, tags, notes and config that could not be stored are a
         ValueError here, not at ``finish``.
-        ``mlflow_uri`` (default: the ``MLFLOW_TRACKING_URI`` environment variable) mirrors the run
-        live to that MLflow tracking server (``tracking/mlflow_sink.py``); "" turns it off.
+
+        Args:
+            project: the project the run belongs to (a folder under ``runs/``).
+            name: a display name (default: the run's id); ``resume=True`` looks runs up by it.
+            config: the run's hyperparameters (plain values; stored in metadata.sdn).
+            tags: labels to filter runs by (``aiotrain runs ls --filter tag=...``).
+            notes: free text shown with the run.
+            dir: the tracking root for this run (default: ``Track.get_dir()``).
+            resume: True continues the newest run of this project with this ``name`` (a new
+                one if there is none); ``"<id>"`` continues that run (ValueError if missing):
+                same folder, config merged, steps going on. A run that a live process is still
+                writing is refused (ValueError, one line).
+            system_interval: seconds between system metrics samples (system.jsonl) while the
+                run is open inside an event loop; None turns the sampler off.
+            flush_interval: the run's loss window on a crash, in seconds (see
+                ``set_flush_interval``).
+            rewind: with ``resume``, first cut the history back to its first N records
+                (``run.position`` when your checkpoint was saved); the records cut are kept in
+                metrics.rewound.jsonl, so the resumed run logs each step once.
+            mlflow_uri: mirror the run live to this MLflow tracking server
+                (``tracking/mlflow_sink.py``); default: the ``MLFLOW_TRACKING_URI`` environment
+                variable; "" turns it off.
+
+        Example::
+
+            >>> import tempfile
+            >>> from aiotrain import Track
+            >>> root = tempfile.TemporaryDirectory()
+            >>> with Track.run("demo", config={"lr": 0.1}, dir=root.name, system_interval=None) as run:
+            ...     for step in range(3):
+            ...         run.log({"loss": 1.0 / (step + 1)}, step=step)
+            >>> stored = Track.load_run(run.dir)
+            >>> stored.status, stored.config, stored.summary["loss"]
+            ('finished', {'lr': 0.1}, 0.3333333333333333)
+            >>> [r["loss"] for r in stored.history(["loss"])]
+            [1.0, 0.5, 0.3333333333333333]
+            >>> root.cleanup()
         """
         return _Run(project, name=name, config=config, tags=tags, notes=notes, dir=dir, resume=resume,
                     rewind=rewind, system_interval=system_interval, flush_interval=flush_interval,
@@ -130,6 +158,6 @@ class Track:
         return load_run(run_dir)
 
     @staticmethod
-    def lineage(ref: str, project: str | None = None) -> dict[str, Any]:
+    def lineage(ref: str, project: str | None = None) -> Lineage:
         """``{"inputs", "runs", "outputs"}`` of the artifact version ``ref`` (``"name:v1"``)."""
         return lineage(ref, project)

@@ -12,12 +12,16 @@ and only enqueue records.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..values import check_int
 from .media import histogram_entry
+
+if TYPE_CHECKING:
+    from .run import Run
 
 __all__ = ["Watch"]
 
@@ -27,7 +31,7 @@ _LOG_KINDS = ("gradients", "parameters", "all")
 class Watch:
     """The hooks ``run.watch(model, log, log_freq)`` installs; ``remove()`` takes them off."""
 
-    def __init__(self, run: Any, model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
+    def __init__(self, run: Run, model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"watch expects a torch.nn.Module, got {type(model).__name__}")
         if log not in _LOG_KINDS:
@@ -45,18 +49,18 @@ class Watch:
                 if param.requires_grad:
                     self._handles.append(param.register_post_accumulate_grad_hook(self._grad_hook(name)))
 
-    def _on_forward(self, module: torch.nn.Module, args: Any) -> None:
+    def _on_forward(self, module: torch.nn.Module, args: tuple[object, ...]) -> None:
         if not module.training:
             return
         self.due = self.calls % self.log_freq == 0
         self.calls += 1
         if self.due and self._params:
-            values: dict[str, Any] = {}
+            values: dict[str, object] = {}
             for name, param in self.model.named_parameters():
                 values.update(_entries("parameters", "param_norm", name, param.detach()))
             self.run._log_side(values)
 
-    def _grad_hook(self, name: str) -> Any:
+    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
             if self.due and param.grad is not None:
                 self.run._log_side(_entries("gradients", "grad_norm", name, param.grad.detach()))
@@ -70,6 +74,6 @@ class Watch:
             handle.remove()
 
 
-def _entries(hist_prefix: str, norm_prefix: str, name: str, tensor: torch.Tensor) -> dict[str, Any]:
+def _entries(hist_prefix: str, norm_prefix: str, name: str, tensor: torch.Tensor) -> dict[str, object]:
     flat = tensor.float()
     return {f"{hist_prefix}/{name}": histogram_entry(flat), f"{norm_prefix}/{name}": float(flat.norm())}

@@ -15,7 +15,7 @@ INPUT_KEYS = ("x", "input", "inputs")
 TARGET_KEYS = ("y", "label", "labels", "target", "targets")
 
 
-def unpack_batch(batch: Any, device: torch.device | None = None) -> tuple[Any, Any]:
+def unpack_batch(batch: object, device: torch.device | None = None) -> tuple[Any, Any]:
     """``(x, y)`` from a 2-item tuple/list or a dict with an input key and a target key.
 
     The tensors are not moved: the devices check is there to report a batch that is not on the
@@ -35,7 +35,7 @@ def unpack_batch(batch: Any, device: torch.device | None = None) -> tuple[Any, A
                      "pass prepare_batch(batch, device) -> (x, y)")
 
 
-def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+def iter_tensors(obj: object) -> Iterator[torch.Tensor]:
     """Every tensor inside nested tuples, lists and dict values."""
     if isinstance(obj, torch.Tensor):
         yield obj
@@ -47,11 +47,11 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from iter_tensors(v)
 
 
-def first_tensor(obj: Any) -> torch.Tensor | None:
+def first_tensor(obj: object) -> torch.Tensor | None:
     return next(iter_tensors(obj), None)
 
 
-def describe(obj: Any, depth: int = 0) -> str:
+def describe(obj: object, depth: int = 0) -> str:
     """``float32[32, 784]``, ``tuple(float32[32, 10], int64[32])``, ``dict(x=..., y=...)``."""
     if isinstance(obj, torch.Tensor):
         dtype = str(obj.dtype).removeprefix("torch.")

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple, Unpack
 
 from ..runtime import spawn_daemon
 
 __all__ = ["CheckTimeout", "run_bounded"]
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 class CheckTimeout(TimeoutError):
     """A call did not finish within its budget; its thread was left running, unjoined."""
 
 
-async def run_bounded(fn: Callable[..., T], /, *args: Any, seconds: float) -> T:
+async def run_bounded(fn: Callable[[Unpack[Args]], T], /, *args: *Args, seconds: float) -> T:
     """Run ``fn(*args)`` on a daemon thread (runtime.spawn_daemon) and await it up to ``seconds``.
 
     On timeout the thread is abandoned (nobody joins a daemon, so neither the caller nor

@@ -10,7 +10,15 @@ import torch
 
 from .labels import check_label_range
 
-__all__ = ["CheckContext", "fmt_bytes", "model_device", "name_list", "tensor_bytes"]
+__all__ = ["Batch", "CheckContext", "LossFn", "PrepareBatch", "fmt_bytes", "model_device", "name_list",
+           "tensor_bytes"]
+
+Batch = tuple[Any, Any]
+"""A prepared batch: the model's input and the target, whatever the user's data holds."""
+LossFn = Callable[[Any, Any], Any]
+"""``loss_fn(model(x), y)``: the user's loss on the user's output and target."""
+PrepareBatch = Callable[[Any, torch.device], Batch]
+"""``prepare_batch(batch, device) -> (x, y)``: a loader's batch as the model's input and target."""
 
 _LIST_AT_MOST = 10
 
@@ -50,9 +58,9 @@ class CheckContext:
     """
 
     model: torch.nn.Module
-    optimizer: Any
-    loss_fn: Callable[[Any, Any], torch.Tensor]
-    batches: list[tuple[Any, Any]] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    batches: list[Batch] = field(default_factory=list)
     memory_budget: int | None = None
     allow_unused: tuple[str, ...] = ()
 
@@ -68,13 +76,14 @@ class CheckContext:
         for p in self.model.parameters():
             p.grad = None
 
-    def loss(self, x: Any, y: Any) -> tuple[Any, torch.Tensor]:
+    def loss(self, x: object, y: object) -> tuple[Any, torch.Tensor]:
         """``(output, loss)`` of one forward pass in the current grad mode."""
         out = self.model(x)
         check_label_range(self.loss_fn, out, y)
-        return out, self.loss_fn(out, y)
+        loss: torch.Tensor = self.loss_fn(out, y)
+        return out, loss
 
-    def train_step(self, x: Any, y: Any, probe: Callable[[str], None] | None = None) -> float:
+    def train_step(self, x: object, y: object, probe: Callable[[str], None] | None = None) -> float:
         """One plain optimizer step; ``probe(stage)`` is called after forward, backward and step."""
         self.clear_grads()
         _, loss = self.loss(x, y)

@@ -6,8 +6,6 @@ dropout active, BatchNorm on batch statistics).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .batches import iter_tensors
@@ -17,7 +15,7 @@ from .report import ValidationSection
 __all__ = ["check_numerics", "non_finite"]
 
 
-def non_finite(obj: Any) -> str | None:
+def non_finite(obj: object) -> str | None:
     """``"3 NaN and 1 Inf of 40 values"`` for the floating tensors in ``obj``, or None if all finite."""
     nan = inf = total = 0
     for t in iter_tensors(obj):

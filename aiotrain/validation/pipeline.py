@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
 from .batches import describe
 from .bounded import CheckTimeout, run_bounded
@@ -24,7 +24,7 @@ PIPELINE_BATCHES = 3
 _END = object()
 
 
-async def load_batches(loader: Any, section: ValidationSection, seconds: float) -> list[Any]:
+async def load_batches(loader: object, section: ValidationSection, seconds: float) -> list[object]:
     """Load up to PIPELINE_BATCHES batches, recording what happened in ``section``."""
     kind = type(loader)
     if hasattr(kind, "__next__") or hasattr(kind, "__anext__"):
@@ -32,11 +32,11 @@ async def load_batches(loader: Any, section: ValidationSection, seconds: float) 
                           "would consume batches that training then misses; pass a re-iterable "
                           "(a list, a torch DataLoader, an AsyncLoader)")
         return []
-    batches: list[Any] = []
+    batches: list[object] = []
     try:
-        if hasattr(kind, "__aiter__"):
+        if isinstance(loader, AsyncIterable):
             await _load_async(loader, batches, seconds)
-        elif hasattr(kind, "__iter__"):
+        elif isinstance(loader, Iterable):
             await _load_sync(loader, batches, seconds)
         else:
             section.add_error(f"the dataloader ({kind.__name__}) is neither iterable nor async iterable")
@@ -54,8 +54,9 @@ async def load_batches(loader: Any, section: ValidationSection, seconds: float) 
     return batches
 
 
-async def _load_sync(loader: Any, out: list[Any], seconds: float) -> None:
-    it = await run_bounded(iter, loader, seconds=seconds)
+async def _load_sync(loader: Iterable[object], out: list[object], seconds: float) -> None:
+    it: Iterator[object] = await run_bounded(iter, loader, seconds=seconds)
+    abandoned = False
     try:
         while len(out) < PIPELINE_BATCHES:
             batch = await run_bounded(next, it, _END, seconds=seconds)
@@ -63,23 +64,23 @@ async def _load_sync(loader: Any, out: list[Any], seconds: float) -> None:
                 return
             out.append(batch)
     except CheckTimeout:
-        it = None  # its thread may still be inside it: leave it alone
+        abandoned = True  # its thread may still be inside it: leave it alone
         raise
     finally:
-        if it is not None:
+        if not abandoned:
             with contextlib.suppress(Exception):
                 await run_bounded(_close, it, seconds=seconds)
 
 
-def _close(it: Any) -> None:
+def _close(it: Iterator[object]) -> None:
     """Release an iterator's resources now (a generator's finally, DataLoader worker processes)."""
     close = getattr(it, "close", None) or getattr(it, "_shutdown_workers", None)
     if callable(close):
         close()
 
 
-async def _load_async(loader: Any, out: list[Any], seconds: float) -> None:
-    ait = aiter(loader)
+async def _load_async(loader: AsyncIterable[object], out: list[object], seconds: float) -> None:
+    ait: AsyncIterator[object] = aiter(loader)
     try:
         while len(out) < PIPELINE_BATCHES:
             try:

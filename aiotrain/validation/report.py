@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 import textwrap
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from ..errors import require
 from .mode import ValidationMode
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.text import Text
 
 __all__ = ["EXIT_FAILED", "EXIT_PASSED", "EXIT_USAGE", "ValidationReport", "ValidationSection"]
 
@@ -57,7 +61,7 @@ class ValidationSection:
             return "not run"
         return "warning" if self.warnings else "passed"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "status": self.status, "passed": self.passed,
                 "infos": list(self.infos), "warnings": list(self.warnings),
                 "errors": list(self.errors)}
@@ -108,7 +112,7 @@ class ValidationReport:
     def exit_code(self) -> int:
         return EXIT_FAILED if self.has_errors() else EXIT_PASSED
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """A JSON-able dict: mode, skipped, passed, exit_code, elapsed seconds, sections."""
         return {"mode": self.mode.value, "skipped": self.skipped, "passed": not self.has_errors(),
                 "exit_code": self.exit_code, "elapsed": round(self.elapsed, 4),
@@ -130,7 +134,7 @@ class ValidationReport:
         self.print(buf, color=False, width=width)
         return buf.getvalue()
 
-    def _renderable(self, width: int) -> Any:
+    def _renderable(self, width: int) -> RenderableType:
         from rich.console import Group
         from rich.text import Text
 
@@ -138,7 +142,7 @@ class ValidationReport:
             return Text(f"Validation skipped ({self.mode.value} mode)", style="dim")
         title = Text("RUNTIME VALIDATION REPORT", style="bold")
         title.append(f"  mode={self.mode.value}  {self.elapsed:.2f}s", style="dim")
-        parts: list[Any] = [Text("=" * 70), title, Text("=" * 70)]
+        parts: list[RenderableType] = [Text("=" * 70), title, Text("=" * 70)]
         for s in self.sections:
             parts.extend(_section_lines(s, width))
         n_err, n_warn = len(self.errors), len(self.warnings)
@@ -149,7 +153,7 @@ class ValidationReport:
         return Group(*parts)
 
 
-def _section_lines(s: ValidationSection, width: int) -> list[Any]:
+def _section_lines(s: ValidationSection, width: int) -> list[Text]:
     """The heading, then one line per message; wrapped lines stay indented under their tag."""
     from rich.text import Text
 
@@ -157,7 +161,7 @@ def _section_lines(s: ValidationSection, width: int) -> list[Any]:
     head = Text("\n")
     head.append(f"{glyph} {s.name}", style=f"bold {style}")
     head.append(f"  [{s.status}]", style=style)
-    lines: list[Any] = [head]
+    lines: list[Text] = [head]
     indent = " " * 10  # "  [ERROR] "
     for tag, msgs, tag_style in (("INFO ", s.infos, "dim"), ("WARN ", s.warnings, "yellow"),
                                  ("ERROR", s.errors, "red")):

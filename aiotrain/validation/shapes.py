@@ -6,8 +6,6 @@ checks then stop at the loss with a short pointer to this section.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .batches import describe, first_tensor
@@ -43,7 +41,7 @@ def check_shapes(ctx: CheckContext, section: ValidationSection) -> None:
     section.add_pass("output and labels line up")
 
 
-def _batch_mismatch(section: ValidationSection, out: Any, y: Any) -> bool:
+def _batch_mismatch(section: ValidationSection, out: object, y: object) -> bool:
     o, t = first_tensor(out), first_tensor(y)
     if o is None or t is None or o.dim() == 0 or t.dim() == 0:
         return False
@@ -56,7 +54,7 @@ def _batch_mismatch(section: ValidationSection, out: Any, y: Any) -> bool:
     return False
 
 
-def _label_problem(section: ValidationSection, ctx: CheckContext, out: Any, y: Any) -> bool:
+def _label_problem(section: ValidationSection, ctx: CheckContext, out: object, y: object) -> bool:
     problem = (regression_on_indices_error(ctx.loss_fn, out, y)
                or label_layout_error(ctx.loss_fn, out, y) or label_range_error(ctx.loss_fn, out, y))
     if problem:

@@ -15,11 +15,13 @@ GPU); meta tensors carry no data and are kept as they are.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..engine.rng import RngState
 from ..engine.rng import rng_state as _rng_state
 from ..engine.rng import set_rng_state as _set_rng_state
 from ..protocols import Stateful
@@ -39,12 +41,12 @@ class _SavedTensor:
     saved: torch.Tensor
 
 
-def _copy_value(v: Any) -> Any:
+def _copy_value(v: object) -> object:
     """A tensor is kept with its saved values (restored in place); anything else deep-copied."""
     return _SavedTensor(v, _host_copy(v)) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
 
 
-def _restored_value(v: Any) -> Any:
+def _restored_value(v: object) -> object:
     if isinstance(v, _SavedTensor):
         _put_back(v.live, v.saved)
         return v.live
@@ -57,7 +59,7 @@ def _put_back(dst: torch.Tensor, saved: torch.Tensor) -> None:
             dst.copy_(saved)
 
 
-def _generators(loader: Any) -> list[torch.Generator]:
+def _generators(loader: object) -> list[torch.Generator]:
     """RNG generators a torch DataLoader, its sampler or batch sampler hold (shuffle order)."""
     owners = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
               getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
@@ -74,19 +76,20 @@ class TrainingSnapshot:
     """A restorable copy of a model, its optimizer, the RNGs and a loader's position."""
 
     model: torch.nn.Module
-    optimizer: Any
-    loader: Any = None
+    optimizer: torch.optim.Optimizer | None
+    loader: object = None
     _tensors: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     _grads: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = field(default_factory=list)
     _modes: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
-    _opt_state: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    _opt_groups: list[dict[str, Any]] = field(default_factory=list)
-    _rng: dict[str, Any] = field(default_factory=dict)
+    _opt_state: dict[torch.Tensor, dict[str, object]] = field(default_factory=dict)
+    _opt_groups: list[dict[str, object]] = field(default_factory=list)
+    _rng: RngState | None = None
     _gens: list[tuple[torch.Generator, torch.Tensor]] = field(default_factory=list)
-    _loader_state: Any = None
+    _loader_state: Mapping[str, Any] | None = None
 
     @classmethod
-    def take(cls, model: torch.nn.Module, optimizer: Any, loader: Any = None) -> TrainingSnapshot:
+    def take(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+             loader: object = None) -> TrainingSnapshot:
         """Copy everything now (compute work: call it off the event loop)."""
         snap = cls(model, optimizer, loader)
         live = list(model.parameters()) + list(model.buffers())
@@ -101,8 +104,8 @@ class TrainingSnapshot:
                                 for g in optimizer.param_groups]
         snap._rng = _rng_state()
         snap._gens = [(g, g.get_state()) for g in _generators(loader)]
-        snap._loader_state = (copy.deepcopy(loader.state_dict()) if isinstance(loader, Stateful)
-                              else None)
+        snap._loader_state = (copy.deepcopy(loader.state_dict())
+                              if isinstance(loader, Stateful) else None)
         return snap
 
     def restore(self) -> None:
@@ -116,25 +119,26 @@ class TrainingSnapshot:
         for module, training in self._modes:
             module.training = training
         if self.optimizer is not None:
-            self._restore_optimizer()
-        _set_rng_state(self._rng)
+            self._restore_optimizer(self.optimizer)
+        if self._rng is not None:
+            _set_rng_state(self._rng)
         for gen, state in self._gens:
             gen.set_state(state)
-        if self._loader_state is not None:
+        if self._loader_state is not None and isinstance(self.loader, Stateful):
             self.loader.load_state_dict(copy.deepcopy(self._loader_state))
 
-    def _restore_optimizer(self) -> None:
-        state = self.optimizer.state
+    def _restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        state = optimizer.state
         state.clear()
         for p, saved in self._opt_state.items():
             state[p] = {k: _restored_value(v) for k, v in saved.items()}
-        for group, saved in zip(self.optimizer.param_groups, self._opt_groups, strict=False):
+        for group, saved in zip(optimizer.param_groups, self._opt_groups, strict=False):
             for k in [k for k in group if k != "params" and k not in saved]:
                 del group[k]
             group.update(copy.deepcopy(saved))
 
 
-def _unique(tensors: Any) -> list[torch.Tensor]:
+def _unique(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     seen: set[int] = set()
     out = []
     for t in tensors:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from ..runtime import await_future, run, spawn_daemon
 from .batches import unpack_batch
 from .bounded import CheckTimeout, run_bounded
-from .context import CheckContext, model_device
+from .context import Batch, CheckContext, LossFn, PrepareBatch, model_device
 from .devices import check_devices
 from .gradients import check_gradients
 from .memory import check_memory
@@ -91,10 +90,9 @@ class RuntimeValidator:
             return report is not None and not report.has_errors()
         return self.should_train()
 
-    def validate_all_sync(self, model: torch.nn.Module, dataloader: Any, optimizer: Any,
-                          loss_fn: Callable[[Any, Any], Any], *,
-                          prepare_batch: Callable[[Any, torch.device], Any] | None = None
-                          ) -> ValidationReport:
+    def validate_all_sync(self, model: torch.nn.Module, dataloader: object,
+                          optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
+                          prepare_batch: PrepareBatch | None = None) -> ValidationReport:
         """``validate_all`` for plain scripts: runs it on its own event loop (``aiotrain.run``)."""
         try:
             asyncio.get_running_loop()
@@ -104,10 +102,9 @@ class RuntimeValidator:
         raise RuntimeError("validate_all_sync() called inside a running event loop: "
                            "use `await validator.validate_all(...)`")
 
-    async def validate_all(self, model: torch.nn.Module, dataloader: Any, optimizer: Any,
-                           loss_fn: Callable[[Any, Any], Any], *,
-                           prepare_batch: Callable[[Any, torch.device], Any] | None = None
-                           ) -> ValidationReport:
+    async def validate_all(self, model: torch.nn.Module, dataloader: object,
+                           optimizer: torch.optim.Optimizer, loss_fn: LossFn, *,
+                           prepare_batch: PrepareBatch | None = None) -> ValidationReport:
         """Run the eight checks (TRAIN_ONLY: none; the report is marked skipped)."""
         report = ValidationReport(mode=self.mode, skipped=not self.should_check())
         if report.skipped:
@@ -122,9 +119,9 @@ class RuntimeValidator:
         report.elapsed = time.perf_counter() - start
         return report
 
-    async def _run_checks(self, report: ValidationReport, model: torch.nn.Module, dataloader: Any,
-                          optimizer: Any, loss_fn: Callable[[Any, Any], Any],
-                          prepare: Callable[[Any, torch.device], Any], snap: TrainingSnapshot) -> None:
+    async def _run_checks(self, report: ValidationReport, model: torch.nn.Module, dataloader: object,
+                          optimizer: torch.optim.Optimizer, loss_fn: LossFn, prepare: PrepareBatch,
+                          snap: TrainingSnapshot) -> None:
         pipeline = ValidationSection(PIPELINE)
         raw = await load_batches(dataloader, pipeline, self.timeout)
         batches, hung = await self._prepare(raw, prepare, model, pipeline)
@@ -148,13 +145,12 @@ class RuntimeValidator:
             report.sections[-1].add_warning("the model was restored after the checks, but an "
                                             "abandoned check thread may still change it")
 
-    async def _prepare(self, raw: list[Any], prepare: Callable[[Any, torch.device], Any],
-                       model: torch.nn.Module, section: ValidationSection
-                       ) -> tuple[list[tuple[Any, Any]], str | None]:
+    async def _prepare(self, raw: list[object], prepare: PrepareBatch, model: torch.nn.Module,
+                       section: ValidationSection) -> tuple[list[Batch], str | None]:
         """``(x, y)`` for each loaded batch; failures are data pipeline errors."""
         device = model_device(model)
 
-        def prepare_all() -> list[tuple[Any, Any]]:
+        def prepare_all() -> list[Batch]:
             out = []
             for i, batch in enumerate(raw, 1):
                 try:

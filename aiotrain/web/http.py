@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -79,8 +79,8 @@ class Request:
         """Every query value of ``name``, in order."""
         return [v for k, v in self.query if k == name]
 
-    def json(self) -> Any:
-        """The body decoded as JSON; HTTPError 400 when it is not JSON or nests too deeply."""
+    def json(self) -> object:
+        """The body decoded as JSON (untrusted: checked by whoever reads it); HTTPError 400 when it is not JSON or nests too deeply."""
         return decode_json(self.body, "the request body")
 
 
@@ -172,7 +172,7 @@ def _to_folder(name: str) -> HTTPError:
     return HTTPError(308, f"see {name}/", {"Location": f"{name}/"})
 
 
-def json_response(data: Any, status: int = 200) -> Response:
+def json_response(data: object, status: int = 200) -> Response:
     """``data`` as a JSON answer (non-finite floats as the strings "nan", "inf", "-inf")."""
     return Response(status, msgspec.json.encode(encode_nonfinite(data)))
 
@@ -203,15 +203,16 @@ _TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gi
           ".css": "text/css; charset=utf-8", ".json": "application/json"}
 
 
-def decode_json(data: bytes | str, what: str) -> Any:
+def decode_json(data: bytes | str, what: str) -> object:
     """JSON from a client: HTTPError 400 naming ``what`` when it is malformed or nests deeper
     than the decoder's recursion limit (a deep body is a client error, not a crash)."""
     try:
-        return msgspec.json.decode(data)
+        value: object = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise HTTPError(400, f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise HTTPError(400, f"{what} nests too deeply") from None
+    return value
 
 
 async def serve(routes: Routes, guard: Guard, request: Request) -> Response:

@@ -15,10 +15,11 @@ and ``loads`` / ``load``), :mod:`.writer` (``dumps`` / ``dump``), :mod:`.documen
 """
 
 from ..errors import SdnError
-from .document import SdnDocument, split_path
-from .lexer import MAX_DEPTH
-from .parser import MAX_FILE_BYTES, load, loads, parse_value
+from .document import PathSpec, SdnDocument, split_path
+from .lexer import MAX_DEPTH, Scalar, Value
+from .parser import MAX_FILE_BYTES, Key, KeyPath, load, loads, parse_value
 from .writer import dump, dumps, value_text, write_atomic
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "SdnDocument", "SdnError", "dump", "dumps", "load", "loads",
-           "parse_value", "split_path", "value_text", "write_atomic"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "Key", "KeyPath", "PathSpec", "Scalar", "SdnDocument",
+           "SdnError", "Value", "dump", "dumps", "load", "loads", "parse_value", "split_path",
+           "value_text", "write_atomic"]

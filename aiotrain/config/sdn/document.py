@@ -3,11 +3,15 @@ formatting as written (what ``aiotrain sdn set`` edits), and the dotted paths th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import SdnError
-from .parser import _Parser, _split_lines
+from .parser import Entry, Key, KeyPath, _Parser, _split_lines
 from .writer import _entry_lines, _table_fields, value_text
+
+PathSpec = str | Sequence[Key]
+"""A path as a user writes it: dotted (``"model.layers.0"``, ``"model.layers[0]"``) or its keys."""
 
 
 class SdnDocument:
@@ -25,10 +29,10 @@ class SdnDocument:
         self._parse()
 
     def _parse(self) -> None:
-        self.entries: dict[tuple[Any, ...], tuple[int, int, tuple[int, int] | None]] = {}
+        self.entries: dict[KeyPath, Entry] = {}
         self.data = _Parser(self.entries).parse(self.lines)
 
-    def position(self, path: str | list[Any] | tuple[Any, ...]) -> tuple[int, int] | None:
+    def position(self, path: PathSpec) -> tuple[int, int] | None:
         """Line and column (1-based) of the key of the entry at ``path``, when the text has one."""
         entry = self.entries.get(tuple(split_path(path)))
         return None if entry is None else (entry[0] + 1, entry[1] + 1)
@@ -37,7 +41,7 @@ class SdnDocument:
         text = "\n".join(self.lines)
         return text.replace("\n", "\r\n") if self._crlf else text
 
-    def set(self, path: str | list[Any] | tuple[Any, ...], value: Any) -> None:
+    def set(self, path: PathSpec, value: object) -> None:
         """Set the value at ``path`` (dotted string or key list; list items by index)."""
         keys = split_path(path)
         if not keys:
@@ -53,7 +57,7 @@ class SdnDocument:
         self._replace_entry(prefix, entry_value)
         self._parse()
 
-    def _insert_or_replace(self, keys: list[Any], value: Any) -> None:
+    def _insert_or_replace(self, keys: list[Key], value: object) -> None:
         if not isinstance(keys[0], str):
             raise SdnError(f"the document's top level is a dict: {keys[0]!r} is not a key")
         new = _with_value(self.data.get(keys[0], _MISSING_VALUE), keys[1:], value)
@@ -65,7 +69,7 @@ class SdnDocument:
         self.lines[end:end] = lines
         self._parse()
 
-    def _replace_entry(self, prefix: tuple[Any, ...], value: Any) -> None:
+    def _replace_entry(self, prefix: KeyPath, value: object) -> None:
         idx, ind, span = self.entries[prefix]
         s = self.lines[idx]
         block_value = isinstance(value, dict) and value or (
@@ -75,7 +79,7 @@ class SdnDocument:
             self.lines[idx] = s[:start] + value_text(value, len(prefix)) + s[end:]
             return
         lines: list[str] = []
-        _entry_lines({prefix[-1]: value}, ind, lines, len(prefix) - 1)
+        _entry_lines({str(prefix[-1]): value}, ind, lines, len(prefix) - 1)  # a dict entry's key
         self.lines[idx:self._block_end(idx, ind)] = lines
 
     def _block_end(self, idx: int, ind: int) -> int:
@@ -96,13 +100,13 @@ class SdnDocument:
 _MISSING_VALUE = object()
 
 
-def split_path(path: str | list[Any] | tuple[Any, ...]) -> list[Any]:
+def split_path(path: PathSpec) -> list[Key]:
     """A dotted path as keys: ``"a.b.0"`` -> ``["a", "b", 0]`` (digits index lists).
 
     ``a[0]`` is read as ``a.0``; lists and tuples of keys pass through.
     """
-    if isinstance(path, list | tuple):
-        return list(path)
+    if not isinstance(path, str):
+        return list(path) if path else []
     if not path:
         return []
     parts = path.replace("[", ".").replace("]", "").split(".")
@@ -111,13 +115,13 @@ def split_path(path: str | list[Any] | tuple[Any, ...]) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-def _lookup(data: Any, keys: tuple[Any, ...] | list[Any]) -> Any:
+def _lookup(data: Any, keys: Sequence[Key]) -> Any:
     for k in keys:
         data = data[k]
     return data
 
 
-def _with_value(current: Any, keys: list[Any], value: Any) -> Any:
+def _with_value(current: object, keys: Sequence[Key], value: object) -> object:
     """A copy of ``current`` with ``value`` at ``keys`` (intermediate dicts made as needed)."""
     if not keys:
         return value

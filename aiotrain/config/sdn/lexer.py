@@ -11,9 +11,16 @@ from __future__ import annotations
 import json.decoder
 import math
 import re
-from typing import Any
+from typing import TypeAlias
 
 from ..errors import SdnError
+
+Scalar: TypeAlias = "str | int | float | bool | None"
+"""What one bare or quoted SDN value is."""
+Value: TypeAlias = "Scalar | list[Value] | dict[str, Value]"
+"""What an SDN value is: a scalar, or lists and dicts of values."""
+Cell: TypeAlias = "tuple[Value, str | None, int]"
+"""A table cell: its value, its text when written bare (``str`` columns keep ``1.50``), its column."""
 
 MAX_DEPTH = 100
 """Deepest nesting (blocks and inline values together) that reading and writing accept.
@@ -30,7 +37,7 @@ _INT = re.compile(r"-?[0-9]+(?:_[0-9]+)*\Z")
 _FLOAT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _BARE_END = re.compile(r"[,\]})]|[ \t]#")  # where a bare value ends inside {} [] () and rows
 _COMMENT = re.compile(r"[ \t]#")
-_KEYWORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "nil": None}
+_KEYWORDS: dict[str, bool | None] = {"true": True, "false": False, "null": None, "nil": None}
 _NUM_START = frozenset("-0123456789")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -51,7 +58,7 @@ def _fail(line: int, col: int, msg: str) -> SdnError:
 
 # --------------------------------------------------------------------------- scalars and strings
 
-def _scalar(text: str, ln: int, col: int) -> Any:
+def _scalar(text: str, ln: int, col: int) -> Scalar:
     """A bare value's meaning: keyword, int, float or the text itself."""
     if text in _KEYWORDS:
         return _KEYWORDS[text]
@@ -168,9 +175,21 @@ def _bare_to_eol(s: str, pos: int) -> tuple[str, int]:
 
 # --------------------------------------------------------------------------- inline values
 
-def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
+class _Open:
+    """An inline ``{`` or ``[`` not closed yet: what it holds so far, the key a dict's next value
+    goes under, and its column (for the error when it is never closed)."""
+
+    __slots__ = ("closer", "column", "container", "key")
+
+    def __init__(self, container: dict[str, Value] | list[Value], closer: str, column: int) -> None:
+        self.container, self.closer, self.column = container, closer, column
+        self.key = ""
+
+
+def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Value, int]:
     """Parse one inline value at ``s[pos]`` (``{}``, ``[]``, quoted or bare); no recursion."""
-    stack: list[list[Any]] = []  # [container, closer, key or None, opening column]
+    stack: list[_Open] = []
+    value: Value
     while True:
         pos = _skip_ws(s, pos)
         if _at_end(s, pos):
@@ -180,11 +199,11 @@ def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
             if depth + len(stack) >= MAX_DEPTH:
                 raise _fail(ln, pos + 1, f"nesting deeper than {MAX_DEPTH} levels")
             closer = "}" if c == "{" else "]"
-            frame: list[Any] = [{} if c == "{" else [], closer, None, pos + 1]
+            frame = _Open({} if c == "{" else [], closer, pos + 1)
             stack.append(frame)
             pos = _skip_ws(s, pos + 1)
             if pos < len(s) and s[pos] == closer:
-                value, pos = stack.pop()[0], pos + 1
+                value, pos = stack.pop().container, pos + 1
             else:
                 if c == "{":
                     pos = _inline_key(s, pos, ln, frame)
@@ -203,9 +222,9 @@ def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
             if not stack:
                 return value, pos
             frame = stack[-1]
-            container, closer = frame[0], frame[1]
-            if closer == "}":
-                container[frame[2]] = value
+            container, closer = frame.container, frame.closer
+            if isinstance(container, dict):
+                container[frame.key] = value
             else:
                 container.append(value)
             pos = _skip_ws(s, pos)
@@ -213,21 +232,21 @@ def _inline(s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
             if c == ",":
                 pos = _skip_ws(s, pos + 1)
                 if pos < len(s) and s[pos] == closer:  # trailing comma
-                    value, pos = stack.pop()[0], pos + 1
+                    value, pos = stack.pop().container, pos + 1
                     continue
                 if closer == "}":
                     pos = _inline_key(s, pos, ln, frame)
                 break
             if c == closer:
-                value, pos = stack.pop()[0], pos + 1
+                value, pos = stack.pop().container, pos + 1
                 continue
             if _at_end(s, pos):
                 raise _unclosed(s, ln, stack)
             raise _fail(ln, pos + 1, f"expected ',' or '{closer}', found {c!r}")
 
 
-def _inline_key(s: str, pos: int, ln: int, frame: list[Any]) -> int:
-    """Read ``key:`` of an inline dict into ``frame[2]``; returns the index after the colon."""
+def _inline_key(s: str, pos: int, ln: int, frame: _Open) -> int:
+    """Read ``key:`` of an inline dict into ``frame.key``; returns the index after the colon."""
     if _at_end(s, pos):
         raise _unclosed(s, ln, [frame])
     c = s[pos]
@@ -241,31 +260,31 @@ def _inline_key(s: str, pos: int, ln: int, frame: list[Any]) -> int:
     end = _skip_ws(s, end)
     if end >= len(s) or s[end] != ":":
         raise _fail(ln, end + 1, f"expected ':' after the key {key!r} in an inline dict")
-    if key in frame[0]:
+    if key in frame.container:
         raise _fail(ln, pos + 1, f"duplicate key {key!r}")
-    frame[2] = key
+    frame.key = key
     return end + 1
 
 
-def _unclosed(s: str, ln: int, stack: list[list[Any]]) -> SdnError:
+def _unclosed(s: str, ln: int, stack: list[_Open]) -> SdnError:
     frame = stack[-1]
-    opener = "{" if frame[1] == "}" else "["
+    opener = "{" if frame.closer == "}" else "["
     return _fail(ln, len(s.rstrip(" \t")) + 1,
-                 f"'{opener}' opened at column {frame[3]} is not closed on its line "
-                 f"(expected '{frame[1]}')")
+                 f"'{opener}' opened at column {frame.column} is not closed on its line "
+                 f"(expected '{frame.closer}')")
 
 
 # --------------------------------------------------------------------------- tables
 
 def _row(s: str, pos: int, ln: int, depth: int, width: int,
-         closer: str = "") -> tuple[list[Any], int]:
+         closer: str = "") -> tuple[list[Cell], int]:
     """Comma-separated cells from ``pos`` to the line's end (or ``closer``).
 
     Each cell is ``(value, bare_text_or_None, column)``; the bare text lets ``str`` columns keep
     ``1.50`` as written.
     """
     start = pos
-    cells: list[tuple[Any, str | None, int]] = []
+    cells: list[Cell] = []
     while True:
         pos = _skip_ws(s, pos)
         if _at_end(s, pos) or s[pos] == "," or (closer and s[pos] == closer):
@@ -303,7 +322,7 @@ def _row(s: str, pos: int, ln: int, depth: int, width: int,
     return cells, pos
 
 
-def _typed_cell(cell: tuple[Any, str | None, int], kind: str, ln: int) -> Any:
+def _typed_cell(cell: Cell, kind: str, ln: int) -> Scalar:
     """Convert one cell to its column type, or fail naming the cell."""
     value, bare, col = cell
     if value is None:
@@ -322,7 +341,7 @@ def _typed_cell(cell: tuple[Any, str | None, int], kind: str, ln: int) -> Any:
             if lo is None or hi is None or lo <= value <= hi:
                 return value
             raise _fail(ln, col, f"{value} is out of range for {kind} ({lo}..{hi})")
-    elif type(value) in (int, float):  # float columns take ints too, not rounded
+    elif type(value) is int or type(value) is float:  # float columns take ints too, not rounded
         try:
             number = float(value)
         except OverflowError:  # an int beyond any float
@@ -349,11 +368,11 @@ def _column_types(s: str, pos: int, ln: int) -> tuple[list[str], int]:
     return types, close + 1
 
 
-def _inline_typed_rows(s: str, pos: int, ln: int, depth: int, types: list[str]) -> list[Any]:
+def _inline_typed_rows(s: str, pos: int, ln: int, depth: int, types: list[str]) -> list[Value]:
     """``[(1, 2), (3, 4)]`` at ``s[pos]`` converted to lists of typed values."""
     if pos >= len(s) or s[pos] != "[":
         raise _fail(ln, pos + 1, "expected '[' and rows like (1, 2) after 'table{...} ='")
-    rows: list[list[Any]] = []
+    rows: list[Value] = []
     pos = _skip_ws(s, pos + 1)
     while True:
         if pos < len(s) and s[pos] == "]":

@@ -14,6 +14,7 @@ from ..errors import SdnError
 from .lexer import (
     _IDENT,
     MAX_DEPTH,
+    Value,
     _at_end,
     _bare_to_eol,
     _column_types,
@@ -29,6 +30,15 @@ from .lexer import (
     _typed_cell,
 )
 
+Key = str | int
+"""One step of a path into a config tree: a dict's key, or a list's index."""
+KeyPath = tuple[Key, ...]
+"""Where a value sits in a tree, from its root: ``("model", "layers", 0)``."""
+Entry = tuple[int, int, tuple[int, int] | None]
+"""Where a dict entry sits in a text: its line index, its indentation, and the span of its
+inline value on that line (None for a block)."""
+
+
 MAX_FILE_BYTES = 64 << 20
 """Largest SDN text (in UTF-8 bytes) that ``load`` and ``loads`` read: a config, not a data set."""
 
@@ -38,7 +48,7 @@ class _Frame:
 
     __slots__ = ("columns", "container", "indent", "kind", "path")
 
-    def __init__(self, kind: str, container: Any, indent: int, path: tuple[Any, ...],
+    def __init__(self, kind: str, container: Any, indent: int, path: tuple[str, ...],
                  columns: list[str] | None = None) -> None:
         self.kind, self.container, self.indent, self.path = kind, container, indent, path
         self.columns: list[str] = columns or []  # the fields or types of a table frame
@@ -93,7 +103,7 @@ def _split_lines(text: str | bytes) -> list[str]:
 class _Parser:
     """Builds the value of an SDN text line by line; optionally records entry positions."""
 
-    def __init__(self, record: dict[tuple[Any, ...], Any] | None = None, extra_depth: int = 0) -> None:
+    def __init__(self, record: dict[KeyPath, Entry] | None = None, extra_depth: int = 0) -> None:
         self.extra_depth = extra_depth  # levels allowed past MAX_DEPTH (see ``loads``)
         self.root: dict[str, Any] = {}
         self.stack = [_Frame("dict", self.root, 0, ())]
@@ -169,7 +179,7 @@ class _Parser:
             parent[key] = frame.container
         self.stack.append(frame)
 
-    def _line_value(self, s: str, pos: int, ln: int, depth: int) -> tuple[Any, int]:
+    def _line_value(self, s: str, pos: int, ln: int, depth: int) -> tuple[Value, int]:
         """A value that fills the rest of the line; returns it and where its text ends."""
         c = s[pos]
         if c == "{" or c == "[":
@@ -224,8 +234,8 @@ class _Parser:
         if self.record is not None:
             self.record[(*top.path, key)] = (idx, ind, span)
 
-    def _expect_block(self, kind: str, container: Any, top: _Frame, key: str,
-                      columns: list[str] | None) -> Any:
+    def _expect_block(self, kind: str, container: list[Value] | None, top: _Frame, key: str,
+                      columns: list[str] | None) -> list[Value] | None:
         self.pending = _Frame(kind, container, -1, (*top.path, key), columns)
         return container
 
@@ -246,7 +256,7 @@ def loads(text: str | bytes, *, extra_depth: int = 0) -> dict[str, Any]:
     return _Parser(extra_depth=extra_depth).parse(_split_lines(text))
 
 
-def load(source: str | os.PathLike[str] | IO[Any]) -> dict[str, Any]:
+def load(source: str | os.PathLike[str] | IO[str] | IO[bytes]) -> dict[str, Any]:
     """Read an SDN file (a path or an open file); errors carry the file's name in ``path``."""
     if not isinstance(source, str | os.PathLike):
         return loads(source.read(MAX_FILE_BYTES + 1))
@@ -259,7 +269,7 @@ def load(source: str | os.PathLike[str] | IO[Any]) -> dict[str, Any]:
         raise
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str) -> Value:
     """Read one SDN value as written after ``key =`` (a dotlist or ``sdn set`` argument)."""
     if "\n" in text or "\r" in text:
         raise _fail(1, 1, "a value must fit on one line")

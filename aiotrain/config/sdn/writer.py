@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from ...files import atomic_write
@@ -33,13 +33,13 @@ def _string_text(s: str) -> str:
     return s
 
 
-def _key_text(key: Any) -> str:
+def _key_text(key: object) -> str:
     if not isinstance(key, str):
         raise SdnError(f"cannot write a {type(key).__name__} key ({key!r}): keys must be strings")
     return key if _IDENT_FULL.match(key) else _quote(key)
 
 
-def _scalar_text(v: Any) -> str:
+def _scalar_text(v: object) -> str:
     if isinstance(v, str):
         return _string_text(v)
     if v is None:
@@ -57,22 +57,32 @@ def _scalar_text(v: Any) -> str:
     raise SdnError(f"cannot write a value of type {type(v).__name__}: {v!r:.60}")
 
 
-def value_text(value: Any, depth: int = 0) -> str:
+class _Inline:
+    """An inline ``{`` or ``[`` being written: its entries (``(key, value)`` pairs of a dict),
+    whether it is a dict, and whether no entry was written yet."""
+
+    __slots__ = ("first", "is_dict", "it")
+
+    def __init__(self, it: Iterator[Any], is_dict: bool) -> None:
+        self.it, self.is_dict, self.first = it, is_dict, True
+
+
+def value_text(value: object, depth: int = 0) -> str:
     """One value written inline (``[1, {a: x}]``, ``"quoted"``, ``3.5``); no recursion."""
     out: list[str] = []
-    stack: list[list[Any]] = []  # [iterator, is_dict, first]
+    stack: list[_Inline] = []
     cur = value
     while True:
         if isinstance(cur, dict) and cur:
             if depth + len(stack) >= MAX_DEPTH:
                 raise SdnError(f"cannot write nesting deeper than {MAX_DEPTH} levels")
             out.append("{")
-            stack.append([iter(cur.items()), True, True])
+            stack.append(_Inline(iter(cur.items()), True))
         elif isinstance(cur, list | tuple) and cur:
             if depth + len(stack) >= MAX_DEPTH:
                 raise SdnError(f"cannot write nesting deeper than {MAX_DEPTH} levels")
             out.append("[")
-            stack.append([iter(cur), False, True])
+            stack.append(_Inline(iter(cur), False))
         elif isinstance(cur, dict):
             out.append("{}")
         elif isinstance(cur, list | tuple):
@@ -81,15 +91,15 @@ def value_text(value: Any, depth: int = 0) -> str:
             out.append(_scalar_text(cur))
         while stack:
             frame = stack[-1]
-            nxt: Any = next(frame[0], _END)
+            nxt: Any = next(frame.it, _END)  # a (key, value) pair of a dict, an item of a list
             if nxt is _END:
-                out.append("}" if frame[1] else "]")
+                out.append("}" if frame.is_dict else "]")
                 stack.pop()
                 continue
-            if not frame[2]:
+            if not frame.first:
                 out.append(", ")
-            frame[2] = False
-            if frame[1]:
+            frame.first = False
+            if frame.is_dict:
                 out.append(_key_text(nxt[0]) + ": ")
                 cur = nxt[1]
             else:
@@ -99,7 +109,7 @@ def value_text(value: Any, depth: int = 0) -> str:
             return "".join(out)
 
 
-def _table_fields(items: list[Any] | tuple[Any, ...]) -> list[str] | None:
+def _table_fields(items: Sequence[object]) -> list[str] | None:
     """The fields when ``items`` reads best as a named table: 2+ same-keyed, non-empty dicts."""
     if len(items) < 2 or not isinstance(items[0], dict) or not items[0]:
         return None
@@ -113,9 +123,9 @@ def _table_fields(items: list[Any] | tuple[Any, ...]) -> list[str] | None:
     return fields
 
 
-def _entry_lines(mapping: dict[str, Any], indent: int, out: list[str], depth: int = 0) -> None:
+def _entry_lines(mapping: Mapping[str, object], indent: int, out: list[str], depth: int = 0) -> None:
     """Append the block lines of ``mapping``'s entries at ``indent`` spaces; no recursion."""
-    stack: list[tuple[Iterator[Any], str]] = [(iter(mapping.items()), " " * indent)]
+    stack: list[tuple[Iterator[tuple[object, Any]], str]] = [(iter(mapping.items()), " " * indent)]
     while stack:
         it, pad = stack[-1]
         item = next(it, None)
@@ -144,7 +154,7 @@ def _entry_lines(mapping: dict[str, Any], indent: int, out: list[str], depth: in
             out.append(f"{pad}{key}: {_scalar_text(v)}")
 
 
-def dumps(obj: dict[str, Any], *, extra_depth: int = 0) -> str:
+def dumps(obj: Mapping[str, object], *, extra_depth: int = 0) -> str:
     """Write a dict as SDN text: blocks for dicts, inline lists, named tables for records.
 
     ``loads(dumps(x)) == x`` for JSON-like values (floats exactly, ints stay ints). Non-finite
@@ -162,7 +172,7 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     atomic_write(path, text)
 
 
-def dump(obj: dict[str, Any], target: str | os.PathLike[str] | IO[Any]) -> None:
+def dump(obj: Mapping[str, object], target: str | os.PathLike[str] | IO[str]) -> None:
     """Write ``obj`` as SDN to an open text file, or atomically to a path."""
     text = dumps(obj)
     if isinstance(target, str | os.PathLike):

@@ -62,7 +62,7 @@ class RemoteDataset:
         self.source = ObjectSource(url, retry=retry, options=options, stats=self.stats)
         self.cache = cache if cache is not None else ShardCache()
         self.counts = [s.items for s in manifest.shards]
-        self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64).tolist()
+        self._starts: list[int] = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64).tolist()
         self._refs = [self._ref(s.name, s.bytes, s.crc32) for s in manifest.shards]
         self._offsets: dict[int, Any] = {}  # shard -> item offsets, once known
         self._offset_tasks: dict[int, asyncio.Task[Any]] = {}

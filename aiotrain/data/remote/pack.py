@@ -139,7 +139,8 @@ def _items(source: Any) -> Iterable[Any]:
         return folder_samples(source)
     if hasattr(source, "__len__") and hasattr(source, "__getitem__") and not isinstance(source, list | tuple | dict):
         return (source[i] for i in range(len(source)))
-    return source
+    items: Iterable[Any] = source
+    return items
 
 
 def pack(items: Any, out: str | os.PathLike[str], *, shard_bytes: int = 64 << 20,

@@ -23,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ...runtime import to_io
 from .retry import Retry, is_transient
 from .stats import TransferStats
+
+_T = TypeVar("_T")
 
 __all__ = ["ObjectError", "ObjectInfo", "ObjectSource", "join_url"]
 
@@ -191,7 +193,7 @@ class ObjectSource:
 
         await self._call(name, once)
 
-    async def _call(self, name: str, once: Any) -> Any:
+    async def _call(self, name: str, once: Callable[[Any, Any], Awaitable[tuple[_T, int]]]) -> _T:
         obs, store = await self._client()
         stats, policy = self.stats, self.retry
         for attempt in range(1, policy.attempts + 1):

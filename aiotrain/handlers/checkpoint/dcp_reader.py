@@ -25,11 +25,16 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata
+    from torch.distributed.checkpoint.planner import ReadItem
 
 __all__ = ["METADATA", "as_checkpoint_error", "read_metadata", "reader_and_planner"]
 
@@ -51,7 +56,7 @@ class _Refused(Exception):
 class _MetadataUnpickler(pickle.Unpickler):
     """Admits DCP's metadata classes and torch dtypes; refuses every other global."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> object:
         if (module, name) in _METADATA_CLASSES:
             return getattr(sys.modules[module], name)  # imported with DCP, before any read
         if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
@@ -59,7 +64,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise _Refused(f"{module}.{name}")
 
 
-def read_metadata(folder: Path, files: Mapping[str, int]) -> Any:
+def read_metadata(folder: Path, files: Mapping[str, int]) -> Metadata:
     """The DCP metadata of ``folder``, read without running code from it, and checked against
     ``files`` (the shard files of the verified manifest, with their sizes)."""
     from torch.distributed.checkpoint.filesystem import _StorageInfo
@@ -91,22 +96,24 @@ def read_metadata(folder: Path, files: Mapping[str, int]) -> Any:
     return metadata
 
 
-def reader_and_planner(folder: Path, files: Mapping[str, int]) -> tuple[Any, Any]:
+def reader_and_planner(folder: Path, files: Mapping[str, int]
+                       ) -> tuple[FileSystemReader, DefaultLoadPlanner]:
     """A DCP storage reader and load planner for ``folder`` that unpickle nothing unchecked."""
     from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
     from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     class Reader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        def read_metadata(self, *args: object, **kwargs: object) -> Metadata:
             metadata = read_metadata(folder, files)
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
+            meta = getattr(metadata, "storage_meta", None)  # absent in metadata of older torch
+            if meta is None:
+                meta = metadata.storage_meta = StorageMeta()
+            meta.load_id = self.load_id
             return metadata
 
     class Planner(DefaultLoadPlanner):
-        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
             fqn = read_item.dest_index.fqn
             try:
                 obj = torch.load(value, weights_only=True)

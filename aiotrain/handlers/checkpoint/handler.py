@@ -34,20 +34,23 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from ... import distributed as dist
 from ...deprecation import renamed_method
 from ...events import Events
-from ...protocols import Stateful
+from ...protocols import StateDict, Stateful
 from ...runtime import await_future, submit_io, to_io
 from ...values import check_int
 from . import sharded, single_file
 from .errors import CheckpointError
 from .retention import NAME_RE, Retention
-from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, freeze
+from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, Where, freeze
+
+if TYPE_CHECKING:
+    from ...engine import Engine
 
 __all__ = ["Checkpoint", "CheckpointError"]
 
@@ -60,30 +63,65 @@ _WHEN_BUSY = ("wait", "skip")
 _FINAL_EVENTS = {Events.COMPLETED, Events.TERMINATE, Events.EXCEPTION_RAISED}
 
 
-class _EngineLike(Protocol):
-    state: Any
-
-
 class Checkpoint:
     """Save ``to_save`` (objects with ``state_dict`` / ``load_state_dict``) into ``save_dir``.
 
     Attach it as a handler: ``trainer.add_event_handler(Events.ITERATION_COMPLETED(every=500),
-    checkpoint)``. The step in a name is ``global_step_transform(engine, event)`` or
-    ``engine.state.iteration``. With ``score_function(engine)`` (or ``score_name`` alone, which
-    reads ``engine.state.metrics[score_name]``) the ``n_saved`` best are kept, else the ``n_saved``
-    newest. The write is registered with ``engine.add_pending`` so ``run`` returns only once it is
-    durable; outside an engine, ``await checkpoint.aflush()``. The state of the optimizers in
-    ``to_save`` is copied behind the next step (their ``step()`` waits for it); ``overlap=False``
-    copies it at the event too (for code that writes optimizer state outside ``step()``).
-    ``score_sign=-1`` says the score function negated a minimised metric (higher is still better):
-    names then show the metric's own value (``loss=0.4120``, not ``loss=-0.4120``).
+    checkpoint)``. The state is snapshotted at the event (into reused staging buffers) and
+    written on the I/O executor, atomically; the write is registered with ``engine.add_pending``
+    so ``run`` returns only once it is durable (outside an engine, ``await
+    checkpoint.aflush()``). With a score the ``n_saved`` best are kept, else the ``n_saved``
+    newest. A file holds ``{key: state_dict}`` (a bare state_dict with one key), as Ignite's
+    does, so either side's ``load_objects`` reads the other's files.
+
+    Args:
+        to_save: name -> object to save: models, optimizers, schedulers, an Engine (with its
+            RNG states), an AsyncLoader (with its position), or any object of yours with
+            ``state_dict`` / ``load_state_dict``. Models with DTensor parameters are saved
+            sharded (a directory every rank writes into).
+        save_dir: the folder of the checkpoints (made when missing).
+        filename_prefix: names are ``{prefix}_{key}_{step}.pt`` (``key``: the one key of
+            ``to_save``, else ``checkpoint``; without a prefix ``{key}_{step}.pt``).
+        n_saved: how many to keep (None: all).
+        score_function: ``score(engine) -> float``, higher is better; the best are kept.
+        score_name: the metric the score is (in the names: ``..._loss=0.4120.pt``); alone, the
+            score is ``engine.state.metrics[score_name]``.
+        global_step_transform: ``(engine, event) -> int``: the step in a name (default
+            ``engine.state.iteration``).
+        backend: ``"auto"`` (sharded for DTensor models), ``"file"`` or ``"sharded"``.
+        when_busy: ``"wait"`` for the previous write, or ``"skip"`` this save (counted in
+            ``skipped``; a scored save or the final one is never skipped).
+        overlap: copy the state of the optimizers in ``to_save`` behind the next step (their
+            ``step()`` waits for it); False copies it at the event too (for code that writes
+            optimizer state outside ``step()``).
+        score_sign: -1 says ``score_function`` negated a minimised metric (higher is still
+            better): names then show the metric's own value (``loss=0.4120``).
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from aiotrain import Checkpoint, Engine, Events
+        >>> model = torch.nn.Linear(2, 1)
+        >>> trainer = Engine(lambda engine, batch: None)
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> checkpoint = Checkpoint({"model": model, "trainer": trainer}, folder.name, n_saved=2)
+        >>> _ = trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+        >>> state = trainer.run([0, 1, 2], max_epochs=3)   # returns once every write is durable
+        >>> sorted(p.name for p in Path(folder.name).iterdir())
+        ['checkpoint_6.pt', 'checkpoint_9.pt']
+        >>> fresh, resumed = torch.nn.Linear(2, 1), Engine(lambda engine, batch: None)
+        >>> Checkpoint.load_objects({"model": fresh, "trainer": resumed}, checkpoint.last_checkpoint)
+        >>> torch.equal(fresh.weight, model.weight), resumed.state.epoch
+        (True, 3)
+        >>> folder.cleanup()
     """
 
     def __init__(self, to_save: Mapping[str, Stateful], save_dir: str | os.PathLike[str],
                  filename_prefix: str = "", n_saved: int | None = 1,
-                 score_function: Callable[[Any], float] | None = None,
+                 score_function: Callable[[Engine], float] | None = None,
                  score_name: str | None = None,
-                 global_step_transform: Callable[[Any, Any], int] | None = None,
+                 global_step_transform: Callable[[Engine, object], int] | None = None,
                  *, backend: str = "auto", when_busy: str = "wait", overlap: bool = True,
                  score_sign: float = 1.0) -> None:
         _check_to_save(to_save)
@@ -139,18 +177,18 @@ class Checkpoint:
         return self._retention.last
 
     @staticmethod
-    def get_default_score_fn(metric_name: str, score_sign: float = 1.0) -> Callable[[Any], float]:
+    def get_default_score_fn(metric_name: str, score_sign: float = 1.0) -> Callable[[Engine], float]:
         """A score function reading ``engine.state.metrics[metric_name]`` (times ``score_sign``,
         -1.0 for metrics where lower is better), as Ignite's."""
         if score_sign not in (1.0, -1.0):
             raise ValueError(f"score_sign must be 1.0 or -1.0, got {score_sign!r}")
 
-        def score(engine: Any) -> float:
+        def score(engine: Engine) -> float:
             return score_sign * float(engine.state.metrics[metric_name])
 
         return score
 
-    async def __call__(self, engine: _EngineLike) -> None:
+    async def __call__(self, engine: Engine) -> None:
         """Take the snapshot now and hand the copy and the write to the I/O executor."""
         collective = self.backend == "sharded"
         if not collective and not dist.is_main():
@@ -226,7 +264,7 @@ class Checkpoint:
         return None
 
     @staticmethod
-    def load_objects(to_load: Mapping[str, Any], checkpoint: str | os.PathLike[str] | Mapping[str, Any],
+    def load_objects(to_load: Mapping[str, Stateful], checkpoint: str | os.PathLike[str] | Mapping[str, Any],
                      strict: bool = True) -> None:
         """Load each object of ``to_load`` from a checkpoint (a ``.pt`` file, read with
         ``weights_only=True``, a sharded directory, or an already loaded dict). As Ignite: with one
@@ -260,7 +298,7 @@ class Checkpoint:
         busy = self._pending is not None and not self._pending.done()
         return dist.any_rank(busy) if collective else busy
 
-    def _defers(self, where: tuple[Any, ...]) -> bool:
+    def _defers(self, where: Where) -> bool:
         """The per-parameter state of an optimizer in to_save (``state`` of its state_dict, or
         ``state.*`` keys of the flat one the sharded backend saves): only its step writes it."""
         if self._gate is None or len(where) < 2 or where[0] not in self._optimizers:
@@ -270,14 +308,14 @@ class Checkpoint:
     def _parameters(self) -> list[torch.Tensor]:
         return [p for opt in self._optimizers.values() for g in opt.param_groups for p in g["params"]]
 
-    def _global_step(self, engine: Any) -> int:
+    def _global_step(self, engine: Engine) -> int:
         if self.global_step_transform is not None:
             step = self.global_step_transform(engine, getattr(engine, "last_event_name", None))
         else:
             step = engine.state.iteration
         return check_int("global step", step, minimum=0)  # numpy / 0-d tensor integers too
 
-    async def _stage(self, frozen: dict[str, Any], through_dcp: frozenset[str], path: Path,
+    async def _stage(self, frozen: StateDict, through_dcp: frozenset[str], path: Path,
                      priority: tuple[float, ...]) -> _Save:
         """Copy into the staging buffers what must be copied at the event; hold the gate of the
         optimizers whose state is left to copy behind the step."""
@@ -337,7 +375,7 @@ class _Save:
     write hands to DCP), the copies still to make behind the step and the future that opens the
     optimizers' gate when they are done, where it goes and its retention priority."""
 
-    state: dict[str, Any]
+    state: StateDict
     through_dcp: frozenset[str]
     later: list[Deferred]
     copied: cf.Future[None] | None
@@ -346,7 +384,7 @@ class _Save:
     seq: int
 
 
-def _pick_backend(backend: str, to_save: Mapping[str, Any]) -> str:
+def _pick_backend(backend: str, to_save: Mapping[str, Stateful]) -> str:
     if backend != "auto":
         return backend
     for obj in to_save.values():
@@ -359,7 +397,7 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     return DTensor is not None and isinstance(t, DTensor)
 
 
-def _is_final(engine: Any) -> bool:
+def _is_final(engine: Engine) -> bool:
     """The engine is at its last step, or stopping: a save now is the one resume needs."""
     st = engine.state
     if getattr(engine, "should_terminate", False) or getattr(engine, "last_event_name", None) in _FINAL_EVENTS:
@@ -370,7 +408,7 @@ def _is_final(engine: Any) -> bool:
     return st.epoch >= max_epochs and getattr(st, "epoch_iteration", 0) in (0, length)
 
 
-def _check_to_save(objs: Any) -> None:
+def _check_to_save(objs: object) -> None:
     if not isinstance(objs, Mapping) or not objs:
         raise TypeError(f"expected a non-empty dict of objects with state_dict/load_state_dict, got {objs!r}")
     for key, obj in objs.items():
@@ -380,7 +418,7 @@ def _check_to_save(objs: Any) -> None:
             raise TypeError(f"{key!r}: {type(obj).__name__} has no state_dict/load_state_dict")
 
 
-def _load_one(obj: Any, state: Any, strict: bool) -> None:
+def _load_one(obj: Stateful, state: Any, strict: bool) -> None:
     if isinstance(obj, torch.nn.Module):
         obj.load_state_dict(state, strict=strict)
     else:

@@ -33,16 +33,20 @@ import shutil
 import stat
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, TypeGuard
 
 import torch
 
 from ... import distributed as dist
 from ...files import TEMP_SUFFIX, atomic_write, fsync_dir
+from ...protocols import StateDict, Stateful
 from . import dcp_reader, single_file
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 __all__ = ["MANIFEST", "ShardedWriter", "capture", "is_sharded", "load", "remove", "verify"]
 
@@ -52,12 +56,22 @@ _CHUNK = 8 << 20
 _FILE_RE = re.compile(r"^(__\d+_\d+\.distcp|rank\d+\.pt|\.metadata)$")  # what a writer puts in a folder
 
 
-def is_sharded(obj: Any) -> bool:
+class Manifest(TypedDict):
+    """``aiotrain.json``: what a complete sharded checkpoint holds (checked whole when read)."""
+
+    format: int
+    world_size: int
+    sharded: list[str]  # the keys saved through DCP
+    per_rank: list[str]  # the keys saved in each rank's own file
+    files: dict[str, list[int]]  # every file of the folder: [size, crc32]
+
+
+def is_sharded(obj: object) -> TypeGuard[torch.nn.Module | torch.optim.Optimizer]:
     """Objects whose tensors go through DCP: modules and optimizers."""
     return isinstance(obj, torch.nn.Module | torch.optim.Optimizer)
 
 
-def _pair(key: str, opt: torch.optim.Optimizer, to_save: Mapping[str, Any]) -> torch.nn.Module:
+def _pair(key: str, opt: torch.optim.Optimizer, to_save: Mapping[str, Stateful]) -> torch.nn.Module:
     """The module of ``to_save`` that holds every parameter ``opt`` updates."""
     wanted = {id(p) for g in opt.param_groups for p in g["params"]}
     for obj in to_save.values():
@@ -68,19 +82,19 @@ def _pair(key: str, opt: torch.optim.Optimizer, to_save: Mapping[str, Any]) -> t
                           "add that module")
 
 
-def _options(strict: bool = True) -> Any:
+def _options(strict: bool = True) -> StateDictOptions:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(flatten_optimizer_state_dict=True, strict=strict)
 
 
-def capture(to_save: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+def capture(to_save: Mapping[str, Stateful]) -> tuple[StateDict, frozenset[str]]:
     """Every object's state now, and the keys whose state goes through DCP: modules and optimizers
     by parameter name (DTensor shards for sharded models), the others through their own
     ``state_dict()``. An optimizer without state (before its first step, or a stateless one) is
     saved whole with the per-rank state: DCP's optimizer capture would create its state by
     stepping it, which changes the run and the state being saved."""
-    out: dict[str, Any] = {}
+    out: StateDict = {}
     through_dcp: set[str] = set()
     for key, obj in to_save.items():
         if is_sharded(obj) and not (isinstance(obj, torch.optim.Optimizer) and not obj.state):
@@ -91,7 +105,8 @@ def capture(to_save: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]
     return out, frozenset(through_dcp)
 
 
-def _dcp_state(key: str, obj: Any, to_save: Mapping[str, Any]) -> Any:
+def _dcp_state(key: str, obj: torch.nn.Module | torch.optim.Optimizer,
+               to_save: Mapping[str, Stateful]) -> StateDict:
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -117,7 +132,7 @@ class ShardedWriter:
     def temp_for(self, path: Path, seq: int) -> Path:
         return path.parent / f".{path.name}.{self.token}-{seq}{TEMP_SUFFIX}"
 
-    def write(self, snapshot: Mapping[str, Any], through_dcp: frozenset[str], path: Path, temp: Path) -> None:
+    def write(self, snapshot: StateDict, through_dcp: frozenset[str], path: Path, temp: Path) -> None:
         """On every rank, in the I/O executor: write this rank's part (``through_dcp`` keys by
         DCP, the others in its per-rank file), then rank 0 commits."""
         import torch.distributed.checkpoint as dcp
@@ -138,7 +153,7 @@ class ShardedWriter:
         mine = {p.name: _describe(p) for p in temp.iterdir()
                 if p.name.startswith(f"__{rank}_") or p.name == f"rank{rank}.pt"
                 or (rank == 0 and p.name == ".metadata")}
-        files: dict[str, Any] = {}
+        files: dict[str, list[int]] = {}
         for part in dist.all_gather_object(mine, group=self.group):
             files.update(part)
 
@@ -156,11 +171,11 @@ class ShardedWriter:
 
         self.agree(commit, "committing the checkpoint")
 
-    def _write_rank_file(self, temp: Path, rank: int, state: dict[str, Any]) -> None:
+    def _write_rank_file(self, temp: Path, rank: int, state: StateDict) -> None:
         temp.mkdir(parents=True, exist_ok=True)
         single_file.atomic_save(state, temp / f"rank{rank}.pt")
 
-    def agree(self, fn: Any, what: str) -> None:
+    def agree(self, fn: Callable[[], object], what: str) -> None:
         """Run ``fn`` on this rank, then learn whether every rank succeeded (no rank hangs in a
         later collective because another failed); raise a CheckpointError naming the failure."""
         error = None
@@ -183,7 +198,7 @@ def _describe(path: Path) -> list[int]:
     return [size, crc]
 
 
-def verify(path: Path) -> dict[str, Any]:
+def verify(path: Path) -> Manifest:
     """The manifest of a complete, intact sharded checkpoint whose DCP metadata is safe to use;
     CheckpointError naming the file that is missing, torn, corrupt or unsafe otherwise. The
     manifest proves integrity, not origin (whoever wrote the folder wrote it): nothing here is
@@ -206,9 +221,9 @@ def verify(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> Manifest:
     try:
-        manifest = json.loads((path / MANIFEST).read_text("utf-8"))
+        manifest: Manifest = json.loads((path / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a finished sharded checkpoint (its manifest {MANIFEST} is missing)") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -225,16 +240,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _names(value: Any) -> bool:
+def _names(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _shards(manifest: dict[str, Any]) -> dict[str, int]:
+def _shards(manifest: Manifest) -> dict[str, int]:
     """The DCP shard files the manifest lists, with their (verified) sizes."""
     return {name: size for name, (size, _) in manifest["files"].items() if dcp_reader.SHARD_RE.match(name)}
 
 
-def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
+def load(to_load: Mapping[str, Stateful], path: Path, strict: bool = True) -> None:
     """Load ``to_load`` from a sharded checkpoint, on any number of ranks (every rank calls it)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
@@ -248,9 +263,9 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
     if missing:
         raise CheckpointError(f"{path}: no entry for {', '.join(map(repr, missing))} "
                               f"(it holds {', '.join(map(repr, sorted(saved)))})")
-    sharded = {k: obj for k, obj in to_load.items() if k in manifest["sharded"]}
-    wrong = [k for k, obj in to_load.items() if (k in sharded) != is_sharded(obj)
+    wrong = [k for k, obj in to_load.items() if (k in manifest["sharded"]) != is_sharded(obj)
              and not (isinstance(obj, torch.optim.Optimizer) and k in manifest["per_rank"])]
+    sharded = {k: obj for k, obj in to_load.items() if k in manifest["sharded"] and is_sharded(obj)}
     if wrong:
         raise CheckpointError(f"{path}: {', '.join(map(repr, wrong))} saved as another kind of object")
     if sharded:
@@ -266,15 +281,16 @@ def load(to_load: Mapping[str, Any], path: Path, strict: bool = True) -> None:
             if isinstance(obj, torch.nn.Module):
                 set_model_state_dict(obj, targets[key], options=_options(strict))
             else:
-                set_optimizer_state_dict(_pair(key, obj, to_load), obj, targets[key], options=_options(strict))
+                set_optimizer_state_dict(_pair(key, obj, to_load), obj, targets[key],
+                                         options=_options(strict))
     others = {k: obj for k, obj in to_load.items() if k not in sharded}
     if others:
         name = f"rank{dist.rank() % manifest['world_size']}.pt"
         if name not in manifest["files"]:
             raise CheckpointError(f"{path / name}: missing from the sharded checkpoint")
         state = single_file.read(path / name)
-        for key, obj in others.items():
-            obj.load_state_dict(state[key])
+        for key, other in others.items():
+            other.load_state_dict(state[key])
 
 
 def remove(path: Path) -> None:

@@ -28,19 +28,28 @@ import concurrent.futures as cf
 import copy
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch.utils.hooks import RemovableHandle
+
+from ...protocols import StateDict
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor as _DTensor
 
 __all__ = ["DTensor", "Deferred", "OptimizerGate", "Pairs", "Staging", "TornCopy", "freeze", "map_tree"]
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
-Where = tuple[Any, ...]
+Where = tuple[Hashable, ...]
+"""A place in a state tree: the keys and indices from its root (``("optimizer", "state", 0)``)."""
+AliasKey = tuple[torch.device, int, int | torch.SymInt, tuple[int, ...], tuple[int, ...], torch.dtype]
+StorageKey = tuple[torch.device, int]
 
 
-def _dtensor_type() -> type | None:
+def _dtensor_type() -> type[_DTensor] | None:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch built without distributed support
@@ -48,7 +57,7 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
-DTensor: Any = _dtensor_type()  # None in a torch without torch.distributed
+DTensor = _dtensor_type()  # None in a torch without torch.distributed
 
 
 @dataclass(frozen=True)
@@ -72,41 +81,53 @@ class TornCopy(Exception):
         self.changed = changed
 
 
+@dataclass
+class _Seen:
+    """A tensor met while staging a tree, under its first place: whether every place it is
+    met at may defer its copy, and the tensor whose version counter proves it unchanged."""
+
+    src: torch.Tensor
+    buf: torch.Tensor
+    deferrable: bool
+    where: Where
+    owner: torch.Tensor
+
+
 class Staging:
     """Reusable CPU buffers (pinned for CUDA sources) keyed by their place in the state tree."""
 
     def __init__(self) -> None:
         self._buffers: dict[Where, torch.Tensor] = {}
-        self._shells: dict[Where, Any] = {}  # DTensor wrappers around buffers, for sharded writes
-        self._streams: dict[torch.device, Any] = {}
+        self._shells: dict[Where, _DTensor] = {}  # DTensor wrappers around buffers, for sharded writes
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
 
-    def assign(self, tree: Any, deferred: Callable[[Where], bool] = lambda where: False,
-               pinned: Iterable[torch.Tensor] = ()) -> tuple[Any, Pairs, list[Deferred]]:
+    def assign(self, tree: StateDict, deferred: Callable[[Where], bool] = lambda where: False,
+               pinned: Iterable[torch.Tensor] = ()) -> tuple[StateDict, Pairs, list[Deferred]]:
         """``tree`` with each tensor replaced by its staging buffer, and the copies still to make:
         those to make now, and those that may wait behind the step: tensors all of whose places
         ``deferred(where)`` accepts and whose storage is shared neither with a tensor copied now
         nor with one of ``pinned`` (parameters). Tensors sharing memory share one buffer (ties
         stay tied); a DTensor keeps its sharding and stages its local shard."""
-        seen: dict[tuple[Any, ...], list[Any]] = {}  # alias -> [source, buffer, deferrable, where, owner]
+        seen: dict[AliasKey, _Seen] = {}
         used: dict[Where, torch.Tensor] = {}
-        shells: dict[Where, Any] = {}
+        shells: dict[Where, _DTensor] = {}
 
         def buffer(t: torch.Tensor, where: Where, owner: torch.Tensor) -> torch.Tensor:
             alias = _alias_key(t)
             entry = seen.get(alias)
             if entry is not None:
-                entry[2] = entry[2] and deferred(where)  # any place copied now copies it now
-                return cast(torch.Tensor, entry[1])
+                entry.deferrable = entry.deferrable and deferred(where)  # a place copied now wins
+                return entry.buf
             buf = self._buffers.get(where)
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.is_pinned() != t.is_cuda:
                 buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
             used[where] = buf
-            seen[alias] = [t, buf, deferred(where), where, owner]
+            seen[alias] = _Seen(t, buf, deferred(where), where, owner)
             return buf
 
-        def stage(t: torch.Tensor, where: Where) -> Any:
+        def stage(t: torch.Tensor, where: Where) -> torch.Tensor:
             if DTensor is not None and isinstance(t, DTensor):
-                local = cast(Any, t)._local_tensor
+                local = t._local_tensor
                 if not _stageable(local):
                     return t.detach().to("cpu")
                 shell = self._shell(t, buffer(local, where, t), where)
@@ -118,27 +139,27 @@ class Staging:
 
         out = map_tree(tree, stage, lambda leaf: leaf)
         self._buffers, self._shells = used, shells  # buffers of tensors that are gone are freed
-        shared = {_storage_key(src) for src, _, ok, _, _ in seen.values() if not ok}
+        shared = {_storage_key(s.src) for s in seen.values() if not s.deferrable}
         shared.update(_storage_key(_local(p)) for p in pinned)
         now: Pairs = []
         later: list[Deferred] = []
-        for src, buf, ok, where, owner in seen.values():
-            if ok and _storage_key(src) not in shared:
-                later.append(Deferred(src, buf, where, owner, owner._version))
+        for s in seen.values():
+            if s.deferrable and _storage_key(s.src) not in shared:
+                later.append(Deferred(s.src, s.buf, s.where, s.owner, s.owner._version))
             else:
-                now.append((src, buf))
+                now.append((s.src, s.buf))
         return out, now, later
 
-    def _shell(self, t: Any, buf: torch.Tensor, where: Where) -> Any:
+    def _shell(self, t: _DTensor, buf: torch.Tensor, where: Where) -> _DTensor:
         """A DTensor with ``t``'s mesh, placements and global shape over the CPU buffer."""
         shell = self._shells.get(where)
         if (shell is None or shell.shape != t.shape or shell.placements != t.placements
                 or shell.device_mesh != t.device_mesh):
             if t.device_mesh.device_type == "cpu":
-                shell = DTensor.from_local(buf, t.device_mesh, t.placements, run_check=False,
-                                            shape=t.shape, stride=t.stride())
+                shell = type(t).from_local(buf, t.device_mesh, t.placements, run_check=False,
+                                           shape=t.shape, stride=t.stride())
             else:  # from_local would move the buffer to the mesh's device: swap it in instead
-                shell = t.detach().to("cpu")
+                shell = cast("_DTensor", t.detach().to("cpu"))  # a DTensor's methods give DTensors
         shell._local_tensor = buf
         return shell
 
@@ -194,7 +215,8 @@ class OptimizerGate:
         self._held: cf.Future[None] | None = None
         ref = weakref.ref(self)
 
-        def before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        def before_step(optimizer: torch.optim.Optimizer, args: tuple[object, ...],
+                        kwargs: dict[str, object]) -> None:
             gate = ref()
             if gate is not None:
                 gate.wait_copied()
@@ -215,7 +237,7 @@ class OptimizerGate:
             cf.wait([held])
 
 
-def _remove_hooks(handles: list[Any]) -> None:
+def _remove_hooks(handles: list[RemovableHandle]) -> None:
     for handle in handles:
         handle.remove()
 
@@ -227,20 +249,20 @@ def _stageable(t: torch.Tensor) -> bool:
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return cast(Any, t)._local_tensor if DTensor is not None and isinstance(t, DTensor) else t
+    return t._local_tensor if DTensor is not None and isinstance(t, DTensor) else t
 
 
-def _alias_key(t: torch.Tensor) -> tuple[Any, ...]:
+def _alias_key(t: torch.Tensor) -> AliasKey:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
             t.stride(), t.dtype)
 
 
-def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
+def _storage_key(t: torch.Tensor) -> StorageKey:
     return (t.device, t.untyped_storage().data_ptr())
 
 
-def map_tree(tree: Any, on_tensor: Callable[[torch.Tensor, Where], Any],
-             on_leaf: Callable[[Any], Any], where: Where = ()) -> Any:
+def map_tree(tree: object, on_tensor: Callable[[torch.Tensor, Where], object],
+             on_leaf: Callable[[object], object], where: Where = ()) -> Any:
     """Rebuild ``tree`` (dicts, lists, tuples) with ``on_tensor(tensor, path)`` at each tensor
     and ``on_leaf(value)`` at every other leaf."""
     if isinstance(tree, torch.Tensor):
@@ -258,7 +280,8 @@ def map_tree(tree: Any, on_tensor: Callable[[torch.Tensor, Where], Any],
     return on_leaf(tree)
 
 
-def freeze(tree: Any) -> Any:
+def freeze(tree: StateDict) -> StateDict:
     """Detach the tree from later mutation now: fresh containers, deep-copied scalars, live
     tensors (copied into staging before anything may change them)."""
-    return map_tree(tree, lambda t, _: t, copy.deepcopy)
+    frozen: StateDict = map_tree(tree, lambda t, _: t, copy.deepcopy)
+    return frozen
