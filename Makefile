@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# one pytest worker per core (at most 4), each taking whole test files: module fixtures (the docs
+# runner, the servers) run once, in one worker
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist loadfile
 
 demo: setup
 	$(BIN)/aiotrain train examples/digits.sdn --mode=check_and_train

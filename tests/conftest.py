@@ -1,7 +1,9 @@
-"""Shared fixtures: every test checks that it leaves no aiotrain compute thread behind."""
+"""Shared fixtures: every test checks that it leaves no aiotrain compute thread behind, and gets the
+environment the test before it started with."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -17,6 +19,18 @@ def no_compute_thread_left():
     yield
     left = [t for t in _compute_threads() if t not in before and t.is_alive()]
     assert not left, f"compute threads left running: {[t.name for t in left]}"
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Each test gets the environment the last one started with: a library that sets a variable
+    for the whole process (``mlflow.set_tracking_uri`` sets ``MLFLOW_TRACKING_URI``) must not
+    change what later tests and their child processes do."""
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture

@@ -297,6 +297,13 @@ assert _p.returncode == 130, _out
 
 # --------------------------------------------------------------------------- running
 
+def fresh_environment() -> dict[str, str]:
+    """This environment less what would make the docs' runs differ from a fresh machine's: a
+    tracking root, or an MLflow server to mirror to (``mlflow.set_tracking_uri``, which Ignite's
+    MLflowLogger calls, sets ``MLFLOW_TRACKING_URI`` for the whole process)."""
+    return {k: v for k, v in os.environ.items() if k not in ("AIOTRAIN_DIR", "MLFLOW_TRACKING_URI")}
+
+
 def prepare(sandbox: Path) -> dict[str, str]:
     """The sandbox (examples/ copied with short configs, .venv) and the environment to run in."""
     from aiotrain.config.sdn import SdnDocument
@@ -311,7 +318,7 @@ def prepare(sandbox: Path) -> dict[str, str]:
     venv = sandbox / ".venv"
     if not venv.exists():
         venv.symlink_to(Path(sys.prefix))
-    env = {k: v for k, v in os.environ.items() if k != "AIOTRAIN_DIR"}
+    env = fresh_environment()
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join([str(sandbox), str(ROOT)]), PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1")

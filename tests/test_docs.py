@@ -35,7 +35,7 @@ def run_blocks(tmp: Path, blocks: list[docs_runner.Block], docstrings: bool) -> 
     try:
         proc = subprocess.run([sys.executable, str(Path(docs_runner.__file__)), str(sandbox),
                                str(plan), str(out)], capture_output=True, text=True,
-                              timeout=TIMEOUT)
+                              timeout=TIMEOUT, env=docs_runner.fresh_environment())
         tail = (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired as exc:
         tail = f"the runner did not end within {TIMEOUT} s: {exc}"

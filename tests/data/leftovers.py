@@ -11,9 +11,16 @@ def no_children_left() -> bool:
     return child_processes() == []
 
 
+# What a data path could leave in /dev/shm: torch's shared tensors, Python's shared_memory and
+# its semaphores. Other programs' segments (PostgreSQL's, a browser's), which tests running beside
+# this one (pytest -n) create and remove, are not counted.
+_OURS = ("torch_", "psm_", "sem.mp-")
+
+
 def shm_names() -> set[str]:
-    """The named shared-memory segments now in /dev/shm."""
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """The named shared-memory segments a data path could have made, now in /dev/shm."""
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    return {name for name in names if name.startswith(_OURS)}
 
 
 def child_processes() -> list:
