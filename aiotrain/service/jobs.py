@@ -117,7 +117,7 @@ class JobService:
         self._loading = 0
         self._slots = asyncio.Semaphore(max_running)
 
-    async def warm_up(self) -> None:
+    async def astart(self) -> None:
         """Start the loop's job server now, importing the allowed tasks, so that the first job
         starts as fast as later ones (job processes fork from it; ``serve`` calls this once
         bound; an ASGI app may call it in its lifespan). Nothing to do in-process."""

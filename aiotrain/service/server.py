@@ -47,7 +47,7 @@ async def serve(service: JobService, host: str = "127.0.0.1", port: int = 8080, 
         await site.start()
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{runner.addresses[0][1]}"
-        await service.warm_up()
+        await service.astart()
         on_ready(url + f"/?token={guard.token}" if guard.token and not is_loopback(host) else url)
         await asyncio.Event().wait()
     finally:
