@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from aiotrain import distributed as dist
 from aiotrain.engine import Engine
@@ -789,6 +789,7 @@ def late_copies(monkeypatch):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=exactness.plans())
+@example(plan=exactness.DIVERGES)
 def test_every_file_holds_the_state_at_its_event_whatever_mutates_it(plan, tmp_path_factory, late_copies):
     exactness.check(plan, tmp_path_factory.mktemp("ckpt"), late_copies, "file")
 

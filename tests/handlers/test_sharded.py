@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from aiotrain.handlers.checkpoint import Checkpoint, CheckpointError, sharded
 from tests.handlers import exactness
@@ -210,6 +210,7 @@ def late_copies(monkeypatch):
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=exactness.plans())
+@example(plan=exactness.DIVERGES)
 def test_every_sharded_checkpoint_holds_the_state_at_its_event_whatever_mutates_it(plan, tmp_path_factory,
                                                                                    late_copies):
     exactness.check(plan, tmp_path_factory.mktemp("ckpt"), late_copies, "sharded")
