@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,8 @@ from tests.job.tiny_task import SDN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = "optim.lr=0.01,0.02,0.03,0.04"
-SLOW = ("data.slow=0.05", "train.max_epochs=20")  # one worker's own overrides: slow trials
+# one worker's own overrides: trials far too long to end before the test kills them
+SLOW = ("data.slow=0.05", "train.max_epochs=1000")
 
 
 def sweep(tmp_path: Path, storage: str, study: str, *args: str, worker: str = "a") -> subprocess.Popen:
@@ -52,18 +53,29 @@ def trials(storage: str, study: str) -> list:
     return optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials(deepcopy=False)
 
 
+def owned_by(proc: subprocess.Popen, storage: str, study: str, scored: bool = False) -> bool:
+    """Whether ``proc`` has taken a trial of the study (with ``scored``: one it runs now and has
+    reported a score for); ``proc`` must still be alive."""
+    with contextlib.suppress(Exception):  # the study may not exist yet
+        for t in trials(storage, study):
+            if (t.system_attrs.get("aiotrain:owner") or {}).get("pid") != proc.pid:
+                continue
+            if not scored or (t.state.name == "RUNNING" and t.intermediate_values):
+                return True
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    return False
+
+
+def wait_until(what: Callable[[], bool], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.05)
+
+
 def kill_when_training(proc: subprocess.Popen, storage: str, study: str) -> None:
     """SIGKILL ``proc`` once a trial it runs has reported a score."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):  # the study may not exist yet
-            mine = [t for t in trials(storage, study) if t.state.name == "RUNNING"
-                    and (t.system_attrs.get("aiotrain:owner") or {}).get("pid") == proc.pid
-                    and t.intermediate_values]
-            if mine:
-                break
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        time.sleep(0.05)
+    wait_until(lambda: owned_by(proc, storage, study, scored=True))
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
 
@@ -74,7 +86,9 @@ def test_two_workers_share_a_grid_and_retry_the_trial_of_one_killed(tmp_path):
     point ends finished exactly once. A process that defines another sweep is refused."""
     storage = f"sqlite:///{tmp_path / 'sweep.db'}"
     a = sweep(tmp_path, storage, "grid", GRID, "--method", "grid", *SLOW, worker="a")
+    wait_until(lambda: owned_by(a, storage, "grid", scored=True))  # a's trial never ends by itself
     b = sweep(tmp_path, storage, "grid", GRID, "--method", "grid", worker="b")
+    wait_until(lambda: owned_by(b, storage, "grid"))  # both share the grid
     kill_when_training(a, storage, "grid")
     out, _ = finish(b)
     done = trials(storage, "grid")
