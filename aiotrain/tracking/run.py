@@ -15,7 +15,7 @@ metadata.sdn gets ``finished_at`` and status ``finished``, ``interrupted`` when 
 left by a cancellation or Ctrl-C (``CancelledError``, ``KeyboardInterrupt``: normal control
 flow, as TrainJob marks them), or ``crashed`` (with the error) when it raised anything else.
 Runs still open when the interpreter exits are finished by an ``atexit`` hook (``crashed`` when
-an uncaught exception ended the program).
+an uncaught exception ended the program): ``open_runs.py`` keeps the runs this process has open.
 
 Resuming (``resume=True`` or ``resume=ID``) continues the stored run: same folder, config
 merged, steps going on. A run that a live process is still writing is refused (two writers
@@ -35,10 +35,8 @@ notes, config), so a run that starts can always finish.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures as cf
 import itertools
-import math
 import os
 import secrets
 import socket
@@ -52,12 +50,15 @@ from typing import Any
 
 from ..config import SdnError, sdn
 from ..distributed import is_main
-from ..owner import current_owner, owner_of, process_alive
+from ..owner import current_owner
 from ..runtime import submit_io, to_io
-from ..values import ScalarLike, as_number
+from . import open_runs
 from .index import write_row
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
-from .reader import RunRecord, iter_history, list_runs, load_run
+from .metric_values import PLAIN, RESERVED, check_step, convert
+from .open_runs import LiveRunError, drain_open_run
+from .reader import iter_history, list_runs, load_run
+from .status import outcome
 from .store import (
     atomic_write,
     check_interval,
@@ -75,16 +76,8 @@ from .writer import MetricsWriter, rewind_history
 
 __all__ = ["LiveRunError", "Run", "drain_open_run"]
 
-_PLAIN = frozenset((float, int, str, bool, type(None)))
-_RESERVED = ("step", "timestamp")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_open_runs: set[Run] = set()
-_open_lock = threading.Lock()
 _time = time.time
-
-
-class LiveRunError(ValueError):
-    """A resume refused because a live process is still writing that run (one line)."""
 
 
 class Run:
@@ -154,8 +147,7 @@ class Run:
         self._queue = self._writer.queue if self._writer is not None else None
         if not self.disabled:
             warm_up(sampler=system_interval is not None)  # first-use work now, not in the first drain
-            with _open_lock:
-                _open_runs.add(self)
+            open_runs.register(self)
         self._mirror = None if self.disabled else self._open_mirror(mlflow_uri)
 
     def _open_mirror(self, uri: str | None) -> Any:
@@ -179,18 +171,18 @@ class Run:
             return
         for key, value in metrics.items():  # the common case costs a few class checks
             cls = value.__class__
-            if (cls not in _PLAIN or key.__class__ is not str or not key.isascii()
+            if (cls not in PLAIN or key.__class__ is not str or not key.isascii()
                     or (cls is str and not value.isascii())):
-                metrics = _convert(metrics)
+                metrics = convert(metrics)
                 break
         if step is None:
             step = self._step
         elif step.__class__ is not int or step < 0:
-            step = _check_step(step)
+            step = check_step(step)
         now = _time()
         record = {"step": step, "timestamp": now, **metrics}
         if len(record) != len(metrics) + 2:
-            raise ValueError(f"metric names {_RESERVED} are reserved by the record itself")
+            raise ValueError(f"metric names {RESERVED} are reserved by the record itself")
         if self._finished:
             raise RuntimeError(f"run {self.id} is finished; log() after finish() is lost")
         self._step = step + 1
@@ -233,7 +225,7 @@ class Run:
             return
         require_pillow()
         arr = image_array(image)
-        step = self._step if step is None else _check_step(step)
+        step = self._step if step is None else check_step(step)
         rel = f"media/images/{safe_filename(name)}_{step}_{next(self._media_seq)}.png"
         self._background(write_png, self.dir / rel, arr)
         self.log({name: {"_type": "image", "path": rel, "caption": str(caption),
@@ -245,7 +237,7 @@ class Run:
             raise TypeError(f"log_table expects a Track.Table, got {type(table).__name__}")
         if self._queue is None:
             return
-        step = self._step if step is None else _check_step(step)
+        step = self._step if step is None else check_step(step)
         rel = f"tables/{safe_filename(name)}_{step}_{next(self._media_seq)}.jsonl"
         self._background(atomic_write, self.dir / rel, table.to_bytes())
         self.log({name: {"_type": "table", "path": rel, "columns": list(table.columns),
@@ -270,11 +262,18 @@ class Run:
         """Enqueue a record at the current step without advancing it (``watch``'s records)."""
         if self._queue is None or self._finished:
             return
-        metrics = _convert(metrics)
+        metrics = convert(metrics)
         self._logged += 1
         self._queue.append({"step": self._step, "timestamp": _time(), **metrics})
         self.summary.update(metrics)
         self._queued()
+
+    def drain_soon(self) -> None:
+        """Queue a drain of the pending metrics and system records on the I/O executor, so a
+        live reader sees them now (``drain_open_run``); never blocks."""
+        for writer in (self._writer, self._system):
+            if writer is not None and writer.queue:
+                writer.kick()
 
     def unwatch(self) -> None:
         """Remove every hook ``watch`` installed."""
@@ -345,8 +344,7 @@ class Run:
             self._finished = True
         self._stop_sampler()
         self.unwatch()
-        with _open_lock:
-            _open_runs.discard(self)
+        open_runs.unregister(self)
         return True
 
     def _complete(self, status: str, error: str | None) -> None:
@@ -421,7 +419,7 @@ class Run:
             if not found:
                 return _new_id()
         record = load_run(found[-1].dir)
-        _refuse_live(record)
+        open_runs.refuse_live(record)
         history = record.dir / "metrics.jsonl"
         cut: set[str] = set()
         if rewind is not None:
@@ -500,47 +498,9 @@ class Run:
         return f"Run(project={self.project!r}, id={self.id!r}, name={self.name!r}, status={self.status!r})"
 
 
-def drain_open_run(run_dir: Path) -> bool:
-    """Ask a run of this process that writes in ``run_dir`` to drain its queues now, so a live
-    reader of its files (the dashboard) sees new records without waiting for the periodic flush.
-    Returns whether such a run is open. Never blocks: the drain is queued on the I/O executor."""
-    with _open_lock:
-        runs = [r for r in _open_runs if r.dir == run_dir]
-    for run in runs:
-        for writer in (run._writer, run._system):
-            if writer is not None and writer.queue:
-                writer.kick()
-    return bool(runs)
-
 
 def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
-
-
-def outcome(exc: BaseException | None) -> tuple[str, str | None]:
-    """How a run that ended with ``exc`` is marked: finished, interrupted (a cancellation or
-    Ctrl-C: normal control flow) or crashed, and the error to keep."""
-    if exc is None:
-        return "finished", None
-    text = str(exc).strip()
-    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-        return "interrupted", error
-    return "crashed", error
-
-
-def _refuse_live(record: RunRecord) -> None:
-    """LiveRunError (one line) when a live process is still writing the stored run ``record``."""
-    meta = record.metadata
-    if meta.get("status") != "running":
-        return
-    with _open_lock:
-        here = any(r.dir.resolve() == record.dir.resolve() for r in _open_runs)
-    pid = owner_of(meta).get("pid")
-    if here or (pid != os.getpid() and process_alive(meta)):
-        where = "this process" if here or pid == os.getpid() else f"pid {pid}"
-        raise LiveRunError(f"resume: run {record.id} is still being written by {where}; finish or "
-                           "stop it before resuming it (or start a new run)")
 
 
 def _check_storable(config: dict[str, Any]) -> None:
@@ -549,66 +509,3 @@ def _check_storable(config: dict[str, Any]) -> None:
         sdn.dumps(encode_nonfinite(config))
     except SdnError as exc:
         raise ValueError(f"the run's config cannot be stored: {exc}") from None
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int):
-        if hasattr(step, "item"):
-            return _check_step(step.item())
-        raise TypeError(f"step must be an int, got {type(step).__name__}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return step
-
-
-def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Metrics with tensor / numpy scalars as Python numbers (``.item()``, once, on the caller)."""
-    out = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str):
-            raise TypeError(f"metric names must be strings, got {key!r}")
-        check_text("metric name", key)
-        if value.__class__ is str:
-            check_text(f"metric {key!r}", value)
-        elif value.__class__ in _PLAIN:
-            pass
-        elif isinstance(value, ScalarLike):  # torch / numpy scalar
-            value = _item(value)
-        else:
-            value = jsonable(value)
-        out[key] = value
-    return out
-
-
-def _item(value: ScalarLike) -> Any:
-    if math.prod(value.shape) != 1:
-        raise ValueError(f"only one-element tensors can be logged as metrics, got shape "
-                         f"{tuple(value.shape)}; use log_histogram for many values")
-    number = as_number(value)
-    return value.item() if number is None else number  # a one-element bool stays a bool
-
-
-@atexit.register
-def _finish_open_runs() -> None:
-    """Finish runs a script left open; crashed when an uncaught exception ended the program."""
-    crashed = getattr(sys, "last_value", None)
-    with _open_lock:
-        runs = list(_open_runs)
-    for run in runs:
-        try:
-            run.finish(*outcome(crashed))
-        except Exception as exc:  # at exit there is no caller left to raise to
-            print(f"aiotrain: could not finish run {run.id}: {exc}", file=sys.stderr)
-
-
-def set_run_status(run_dir: str | os.PathLike[str], status: str, error: str | None = None) -> None:
-    """Rewrite a stored run's status (atomically): ``pruned`` for a sweep trial stopped by its
-    pruner, ``interrupted`` for a run that a killed process left ``running``."""
-    from .store import read_sdn
-
-    path = Path(run_dir) / "metadata.sdn"
-    meta = read_sdn(path)
-    meta["status"] = status
-    if error is not None:
-        meta["error"] = error
-    write_sdn(path, meta)
