@@ -44,9 +44,10 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVarTuple
 
 from ..config import SdnError, sdn
 from ..distributed import is_main
@@ -74,8 +75,17 @@ from .store import (
 from .system import system_info, warm_up
 from .writer import MetricsWriter, rewind_history
 
+if TYPE_CHECKING:
+    import torch
+
+    from .artifacts import Artifact
+    from .live_chart import LiveChart
+    from .mlflow_sink import MlflowSink
+    from .watch import Watch
+
 __all__ = ["LiveRunError", "Run", "drain_open_run"]
 
+Args = TypeVarTuple("Args")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _time = time.time
 
@@ -94,7 +104,7 @@ class Run:
     """
 
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
-                 tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+                 tags: str | Iterable[object] = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
                  resume: bool | str = False, *, rewind: int | None = None, mode: str | None = None,
                  system_interval: float | None = 2.0, flush_interval: float | None = None,
                  mlflow_uri: str | None = None) -> None:
@@ -123,13 +133,13 @@ class Run:
         self._logged = 0  # records in the history: what ``position`` reports
         self.rewound = 0
         self._media_seq = itertools.count()
-        self._media: set[cf.Future[Any]] = set()
+        self._media: set[cf.Future[None]] = set()
         self._media_errors: list[BaseException] = []
-        self._watches: list[Any] = []
+        self._watches: list[Watch] = []
         self._sampler: asyncio.Task[None] | None = None
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._system: MetricsWriter | None = None
-        self._chart: Any = None  # a LiveChart in a notebook cell (tracking/live_chart.py)
+        self._chart: LiveChart | None = None  # in a notebook cell (tracking/live_chart.py)
         if system_interval is not None and not system_interval > 0:
             raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
         self.system_interval = system_interval
@@ -150,7 +160,7 @@ class Run:
             open_runs.register(self)
         self._mirror = None if self.disabled else self._open_mirror(mlflow_uri)
 
-    def _open_mirror(self, uri: str | None) -> Any:
+    def _open_mirror(self, uri: str | None) -> MlflowSink | None:
         """The MLflow mirror (started) when a tracking server is named, else None."""
         uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
         if not uri:
@@ -213,13 +223,13 @@ class Run:
         checkpoint, and resume with ``rewind=position`` to cut what came after it."""
         return self._logged
 
-    def log_histogram(self, name: str, values: Any, bins: int = 64, step: int | None = None) -> None:
+    def log_histogram(self, name: str, values: object, bins: int = 64, step: int | None = None) -> None:
         """Log a histogram of ``values`` (tensor, array or sequence; non-finite values dropped)."""
         if self._queue is None:
             return
         self.log({name: histogram_entry(values, bins)}, step=step)
 
-    def log_image(self, name: str, image: Any, caption: str = "", step: int | None = None) -> None:
+    def log_image(self, name: str, image: object, caption: str = "", step: int | None = None) -> None:
         """Log an image (CHW tensor or HWC array; floats in [0, 1]); stored as PNG under media/."""
         if self._queue is None:
             return
@@ -243,11 +253,11 @@ class Run:
         self.log({name: {"_type": "table", "path": rel, "columns": list(table.columns),
                          "nrows": len(table)}}, step=step)
 
-    def watch(self, model: Any, log: str = "gradients", log_freq: int = 100) -> None:
+    def watch(self, model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
         """Log parameter and/or gradient norms and histograms every ``log_freq`` forward calls."""
         from .watch import Watch
 
-        self._watches.append(Watch(self, model, log, log_freq))
+        self._watches.append(Watch(self._log_side, model, log, log_freq))
 
     def _log_system(self, sample: dict[str, float]) -> None:
         """Queue one system metrics sample for system.jsonl, at the current step."""
@@ -258,7 +268,7 @@ class Run:
         writer.queue.append({"step": self._step, "timestamp": now, **sample})
         writer.kick()
 
-    def _log_side(self, metrics: dict[str, Any]) -> None:
+    def _log_side(self, metrics: Mapping[str, object]) -> None:
         """Enqueue a record at the current step without advancing it (``watch``'s records)."""
         if self._queue is None or self._finished:
             return
@@ -281,12 +291,12 @@ class Run:
         for w in watches:
             w.remove()
 
-    def _background(self, fn: Any, *args: Any) -> None:
+    def _background(self, fn: Callable[[*Args], None], *args: *Args) -> None:
         fut = submit_io(fn, *args)
         self._media.add(fut)
         fut.add_done_callback(self._media_done)
 
-    def _media_done(self, fut: cf.Future[Any]) -> None:
+    def _media_done(self, fut: cf.Future[None]) -> None:
         if fut not in self._media:  # already seen by _wait_media or by this callback
             return
         self._media.discard(fut)
@@ -367,23 +377,23 @@ class Run:
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
-    def log_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+    def log_artifact(self, artifact: Artifact, aliases: Iterable[str] = ()) -> Artifact:
         """Store ``artifact`` as a new version (or find its identical one); returns it versioned."""
         from .artifacts import log_artifact
 
         return log_artifact(self, artifact, list(aliases))
 
-    def use_artifact(self, ref: str, project: str | None = None) -> Any:
+    def use_artifact(self, ref: str, project: str | None = None) -> Artifact:
         """Record this run as a consumer of ``name:vN`` / ``name:latest`` / ``name:alias``."""
         from .artifacts import use_artifact
 
         return use_artifact(self, ref, project)
 
-    async def alog_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+    async def alog_artifact(self, artifact: Artifact, aliases: Iterable[str] = ()) -> Artifact:
         """``log_artifact`` from a coroutine (hashing and copying run in the I/O executor)."""
         return await to_io(self.log_artifact, artifact, aliases)
 
-    async def ause_artifact(self, ref: str, project: str | None = None) -> Any:
+    async def ause_artifact(self, ref: str, project: str | None = None) -> Artifact:
         """``use_artifact`` from a coroutine."""
         return await to_io(self.use_artifact, ref, project)
 
@@ -439,13 +449,19 @@ class Run:
         self._step = last + 1
         return record.id
 
-    # context managers -------------------------------------------------------
-    def __enter__(self) -> Run:
+    def open_files(self) -> None:
+        """Create the run's folder and metadata.sdn now, if the run is enabled and they are not
+        there yet (the first drain would; ``with`` and ``log_artifact`` need them at once)."""
         if self._writer is not None:
             self._writer.open()
+
+    # context managers -------------------------------------------------------
+    def __enter__(self) -> Run:
+        self.open_files()
         return self
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.finish(*outcome(exc))
 
     async def __aenter__(self) -> Run:
@@ -462,7 +478,8 @@ class Run:
             self._chart = open_live_chart(self.dir / "metrics.jsonl", f"{self.project}/{self.name}")
         self._start_sampler()
 
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self.afinish(*outcome(exc))
 
     def _start_sampler(self) -> None:
@@ -503,7 +520,7 @@ def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
-def _check_storable(config: dict[str, Any]) -> None:
+def _check_storable(config: Mapping[str, object]) -> None:
     """Fail now, not at ``finish``, on a config that metadata.sdn cannot hold."""
     try:
         sdn.dumps(encode_nonfinite(config))
