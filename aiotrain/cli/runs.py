@@ -30,12 +30,19 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import ExitCode, UserError
 from .command import Parser, run_command
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..tracking.read import RunReader, RunRecord
+
 __all__ = ["main"]
+
+T = TypeVar("T")
 
 
 def _parser() -> Parser:
@@ -104,16 +111,16 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0] if text else "invalid argument"
 
 
-def _reader(args: argparse.Namespace) -> Any:
+def _reader(args: argparse.Namespace) -> RunReader:
     from ..tracking.read import RunReader
 
     return RunReader(args.dir or None)
 
 
-def _find_all(args: argparse.Namespace) -> list[Any]:
+def _find_all(args: argparse.Namespace) -> list[RunRecord]:
     reader = _reader(args)
     records = [reader.find(ref) for ref in args.runs]
-    seen: set[Any] = set()
+    seen: set[Path] = set()
     for r in records:
         if r.dir in seen:
             raise UserError(f"aiotrain runs: run {r.project}/{r.id} is named twice")
@@ -121,11 +128,11 @@ def _find_all(args: argparse.Namespace) -> list[Any]:
     return records
 
 
-def _when(ts: Any) -> str:
+def _when(ts: object) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "-"
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -166,7 +173,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration(seconds: Any) -> str:
+def _duration(seconds: object) -> str:
     if not isinstance(seconds, int | float):
         return "-"
     minutes, secs = divmod(int(seconds), 60)
@@ -174,7 +181,7 @@ def _duration(seconds: Any) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def _brief(value: Any) -> Any:
+def _brief(value: object) -> object:
     """Summaries hold histograms and image records; show them as one word."""
     if isinstance(value, dict) and "_type" in value:
         return f"<{value['_type']}>"
@@ -218,7 +225,7 @@ def _history_rows(text: str) -> int | None:
     raise UserError(f"aiotrain runs show: --history takes a number of rows or 'all', not {text!r}")
 
 
-def _print_history(record: Any, rows: int | None, metrics: list[str]) -> None:
+def _print_history(record: RunRecord, rows: int | None, metrics: list[str]) -> None:
     from ..tracking.read import step_rows
 
     history = step_rows(record.dir, keys=metrics or None)
@@ -239,7 +246,7 @@ def _print_history(record: Any, rows: int | None, metrics: list[str]) -> None:
         _print_table([("STEP", *keys), *((str(step), *(_cell(values.get(k)) for k in keys)) for step, values in shown)])
 
 
-def _spread(items: list[Any], n: int) -> list[Any]:
+def _spread(items: list[T], n: int) -> list[T]:
     """At most ``n`` of ``items``, evenly spread, the first and the last kept."""
     if len(items) <= n:
         return items
@@ -271,7 +278,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _points(reader: Any, record: Any, metric: str, x: str) -> tuple[Any, Any]:
+def _points(reader: RunReader, record: RunRecord, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
     from ..tracking.read import history_of
 
     series = reader.history(record.dir, history_of(metric))

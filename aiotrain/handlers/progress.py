@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from numbers import Number
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import require
 from ..events import Events
 from ..notebook import LiveOutput, in_kernel, progress_html
+from ..protocols import OutputTransform
 from ..values import as_number
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
+
+    from ..engine import Engine, State
 
 __all__ = ["ProgressBar"]
 
@@ -60,13 +63,13 @@ class ProgressBar:
         self._notebook = console is None and in_kernel()
         self._html: LiveOutput | None = None
         self._progress: Progress | None = None
-        self._task: Any = None
+        self._task: TaskID | None = None
         self._last_draw = 0.0
         self._epoch_start = 0.0
         self._start_iteration = 0
 
-    def attach(self, engine: Any, metric_names: str | Sequence[str] | None = None,
-               output_transform: Callable[[Any], Any] | None = None) -> ProgressBar:
+    def attach(self, engine: Engine, metric_names: str | Sequence[str] | None = None,
+               output_transform: OutputTransform | None = None) -> ProgressBar:
         """Draw ``engine``'s progress with the given metrics and output values."""
         if isinstance(metric_names, str) and metric_names != "all":
             raise ValueError(f"ProgressBar: metric_names must be 'all' or a list of names, "
@@ -85,7 +88,7 @@ class ProgressBar:
         return self
 
     # compute thread -------------------------------------------------------------------------
-    def _redraw_due(self, engine: Any, _count: int) -> bool:
+    def _redraw_due(self, engine: Engine, _count: int) -> bool:
         st = engine.state
         now = time.perf_counter()
         if now - self._last_draw >= self.refresh_s or st.epoch_iteration == st.epoch_length:
@@ -94,7 +97,7 @@ class ProgressBar:
         return False
 
     # loop handlers --------------------------------------------------------------------------
-    def _epoch_started(self, engine: Any) -> None:
+    def _epoch_started(self, engine: Engine) -> None:
         self.close()  # a bar left open by a run that failed mid-epoch
         st = engine.state
         self._epoch_start = self._last_draw = time.perf_counter()
@@ -123,19 +126,19 @@ class ProgressBar:
         self._progress.start()
         self._progress.refresh()
 
-    def _redraw(self, engine: Any) -> None:
+    def _redraw(self, engine: Engine) -> None:
         st = engine.state
         if self._html is not None:
             detail = f"{self._rate(st)} {_format(self._values(engine))}".strip()
             self._html.show(progress_html(_epoch_label(st), st.epoch_iteration, st.epoch_length, detail))
             return
-        if self._progress is None:
+        if self._progress is None or self._task is None:
             return
         self._progress.update(self._task, completed=st.epoch_iteration, rate=self._rate(st),
                               values=_format(self._values(engine)))
         self._progress.refresh()
 
-    def _epoch_completed(self, engine: Any) -> None:
+    def _epoch_completed(self, engine: Engine) -> None:
         if self._progress is not None or self._html is not None:
             self._redraw(engine)
             self.close()
@@ -147,7 +150,7 @@ class ProgressBar:
         values = _format(self._values(engine))
         self.console.print(f"{line} {values}".rstrip(), markup=False, highlight=False)
 
-    def _run_ended(self, engine: Any) -> None:
+    def _run_ended(self, engine: Engine) -> None:
         self.close()
 
     def close(self) -> None:
@@ -168,13 +171,13 @@ class ProgressBar:
         self.close()
 
     # values ---------------------------------------------------------------------------------
-    def _rate(self, st: Any) -> str:
+    def _rate(self, st: State) -> str:
         elapsed = time.perf_counter() - self._epoch_start
         done = st.epoch_iteration - self._start_iteration
         return f"{done / elapsed:.1f} it/s" if elapsed > 0 and done > 0 else ""
 
-    def _values(self, engine: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+    def _values(self, engine: Engine) -> dict[str, object]:
+        values: dict[str, object] = {}
         if self._output_transform is not None and engine.state.output is not None:
             out = self._output_transform(engine.state.output)
             values.update(out if isinstance(out, dict) else {"output": out})
@@ -184,11 +187,11 @@ class ProgressBar:
         return values
 
 
-def _epoch_label(st: Any) -> str:
+def _epoch_label(st: State) -> str:
     return f"Epoch [{st.epoch}/{st.max_epochs}]"
 
 
-def _format(values: dict[str, Any]) -> str:
+def _format(values: dict[str, object]) -> str:
     """``name=value`` pairs; numbers to 4 significant digits, small tensors as lists."""
     parts = []
     for name, value in values.items():

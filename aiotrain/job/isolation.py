@@ -29,18 +29,18 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ..config import Conf, Config
 from ..engine import Snapshot, State
 from ..engine.observe import Observer, plain
-from ..events import Events, EventsList, FilteredEvent, resolve_events
+from ..events import EventKey, Events, EventsList, FilteredEvent, resolve_events
 from ..runtime import JobChannel, JobProcess
 from ..validation import ValidationMode
 from .identity import RunIdentity
-from .protocol import EvaluationHook, Job, ScoreListener
+from .protocol import EngineView, EvaluationHook, Job, ScoreListener
 from .settings import TrainSettings, load_settings
 from .train_job import JobResult, TrainJob
 
@@ -68,12 +68,12 @@ class RemoteEngine:
         self.name = name
         self.state = State()
         self._send = send
-        self._observers: dict[Any, list[Observer]] = {}
-        self._counts: dict[Any, int] = {}
+        self._observers: dict[EventKey, list[Observer]] = {}
+        self._counts: dict[EventKey, int] = {}
         self._finished = False
 
     @contextlib.asynccontextmanager
-    async def observe(self, *events: Any, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
+    async def observe(self, *events: object, maxsize: int = 256) -> AsyncIterator[AsyncIterator[Snapshot]]:
         """``async with view.observe(Events.X) as stream: async for snap in stream`` (see Engine)."""
         obs = Observer(maxsize)
         allowed = set(resolve_events(_TRAINER_EVENTS if self.name == "trainer" else _EVALUATOR_EVENTS))
@@ -112,7 +112,7 @@ class RemoteEngine:
         else:
             count = self._counts[event] = self._counts.get(event, 0) + 1
         for obs in self._observers.get(event, ()):
-            if obs.wants(cast(Any, self), event, count):  # filters read only ``.state``
+            if obs.wants(self, event, count):  # filters read only ``.state``
                 obs.push(snap)
 
     def _close(self, final: bool = False) -> None:
@@ -151,8 +151,8 @@ class ProcessJob:
         self.identity: RunIdentity | None = None
         self.run_dir: str | None = None
         self.pid: int | None = None
-        self._proc: JobProcess | None = None
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._proc: JobProcess[JobResult] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> JobResult:
         """Train in a fresh worker process; the JobResult (or the job's exception) comes back."""
@@ -202,7 +202,7 @@ class ProcessJob:
         elif kind == "evaluated":
             self._spawn(self._verdict(*payload))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -251,7 +251,7 @@ async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, 
                            force: bool, progress: bool, scores: bool, evaluations: bool) -> JobResult:
     """Runs in the job worker process: the TrainJob, its forwarded events and its verdicts."""
     loop = asyncio.get_running_loop()
-    verdicts: list[asyncio.Future[Any]] = []
+    verdicts: list[asyncio.Future[tuple[str, bool | str]]] = []  # ("ok", stop) or ("error", why)
 
     def on_score(epoch: int, score: float, metrics: dict[str, float]) -> None:
         channel.send("score", (epoch, score, metrics))
@@ -284,7 +284,7 @@ async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, 
 
     channel.on_message = on_message
     runner = asyncio.create_task(job.run())
-    forwarders: list[asyncio.Task[Any]] = []
+    forwarders: list[asyncio.Task[None]] = []
     try:
         ready = asyncio.create_task(job.ready.wait())
         await asyncio.wait([ready, runner], return_when=asyncio.FIRST_COMPLETED)
@@ -306,8 +306,12 @@ async def _train_in_worker(channel: JobChannel, cfg: dict[str, Any], mode: str, 
     return _portable(result)
 
 
-async def _forward(channel: JobChannel, name: str, engine: Any, events: EventsList | FilteredEvent) -> None:
-    """Stream one engine's events to the parent, run after run (the evaluator runs every epoch)."""
+async def _forward(channel: JobChannel, name: str, engine: EngineView | None,
+                   events: EventsList | FilteredEvent) -> None:
+    """Stream one engine's events to the parent, run after run (the evaluator runs every epoch);
+    a job without that engine (no evaluator) forwards nothing."""
+    if engine is None:
+        return
     while True:
         async with engine.observe(events, maxsize=1024) as stream:
             async for snap in stream:

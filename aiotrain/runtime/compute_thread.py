@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import itertools
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from . import heap
-from .waiting import await_future, join_thread
+from .waiting import await_future, join_thread, settle
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ComputeWorker", "to_compute"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _ids = itertools.count(1)
-_Call = tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Call = Callable[[], None]  # a call and the future it settles, bound together
 
 
 class ComputeWorker:
@@ -33,10 +38,10 @@ class ComputeWorker:
     Use it as ``with`` / ``async with`` or call ``start()`` / ``stop()``; ``stop`` joins the thread.
     """
 
-    def __init__(self, name: str | None = None, device: Any = None) -> None:
+    def __init__(self, name: str | None = None, device: torch.device | str | int | None = None) -> None:
         self.name = name or f"aiotrain-compute-{next(_ids)}"
         self.device = device
-        self.stream: Any = None
+        self.stream: torch.cuda.Stream | None = None
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -92,15 +97,15 @@ class ComputeWorker:
         await self.astop()
 
     # work ----------------------------------------------------------------------------------
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> cf.Future[T]:
         """Queue ``fn(*args, **kwargs)`` on the worker; returns a concurrent future."""
         if self._thread is None:
             raise RuntimeError(f"ComputeWorker {self.name!r} is not running; call start() first")
         fut: cf.Future[T] = cf.Future()
-        self._queue.put((fut, fn, args, kwargs))
+        self._queue.put(functools.partial(settle, fut, functools.partial(fn, *args, **kwargs)))
         return fut
 
-    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the worker and await its result (see ``await_future`` for cancellation)."""
         return await await_future(self.submit(fn, *args, **kwargs))
 
@@ -110,21 +115,13 @@ class ComputeWorker:
             item = self._queue.get()
             if item is None:
                 return
-            fut, fn, args, kwargs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                with ctx():
-                    result = fn(*args, **kwargs)
-            except BaseException as exc:  # handed to the awaiting side, never swallowed
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-            del item, fut, fn, args, kwargs
+            with ctx():
+                item()  # settles its future: the result, or the error, never swallowed
+            del item
 
 
-async def to_compute(fn: Callable[..., T], /, *args: Any, worker: ComputeWorker | None = None,
-                     **kwargs: Any) -> T:
+async def to_compute(fn: Callable[..., T], /, *args: object, worker: ComputeWorker | None = None,
+                     **kwargs: object) -> T:
     """Run ``fn`` on ``worker``, or on a worker started for this one call and joined after."""
     if worker is not None:
         return await worker.call(fn, *args, **kwargs)
@@ -132,7 +129,7 @@ async def to_compute(fn: Callable[..., T], /, *args: Any, worker: ComputeWorker 
         return await own.call(fn, *args, **kwargs)
 
 
-def _cuda_stream(device: Any) -> Any:
+def _cuda_stream(device: torch.device | str | int | None) -> torch.cuda.Stream | None:
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency
@@ -143,7 +140,7 @@ def _cuda_stream(device: Any) -> Any:
     return torch.cuda.Stream(device=dev)
 
 
-def _stream_context(stream: Any) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+def _stream_context(stream: torch.cuda.Stream | None) -> Callable[[], contextlib.AbstractContextManager[object]]:
     if stream is None:
         return contextlib.nullcontext
     import torch

@@ -10,41 +10,34 @@ item). The reusable pool is created on first use.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple, Unpack
+
+from .waiting import settle
 
 __all__ = ["spawn_daemon", "submit_abandonable"]
 
 T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 _ids = itertools.count(1)
-_Item = tuple[cf.Future[Any], Callable[..., Any], tuple[Any, ...]]
+_Item = Callable[[], None]  # a call and the future it settles, bound together
 
 
-def _settle(fut: cf.Future[T], fn: Callable[..., T], args: tuple[Any, ...],
-            kwargs: dict[str, Any]) -> None:
-    """Run ``fn`` for ``fut`` unless it was cancelled; its error is handed over, never swallowed."""
-    if not fut.set_running_or_notify_cancel():
-        return
-    try:
-        fut.set_result(fn(*args, **kwargs))
-    except BaseException as exc:
-        fut.set_exception(exc)
-
-
-def spawn_daemon(fn: Callable[..., T], /, *args: Any, name: str = "aiotrain-daemon",
-                 **kwargs: Any) -> cf.Future[T]:
+def spawn_daemon(fn: Callable[..., T], /, *args: object, name: str = "aiotrain-daemon",
+                 **kwargs: object) -> cf.Future[T]:
     """Run ``fn`` on a daemon thread nobody joins; for work that may hang and be abandoned.
 
     The validator uses it to bound a check by a timeout: if the check never returns, its thread
     is left behind (daemon, so interpreter exit does not wait for it) and the caller moves on.
     """
     fut: cf.Future[T] = cf.Future()
-    threading.Thread(target=_settle, args=(fut, fn, args, kwargs), name=f"{name}-{next(_ids)}",
-                     daemon=True).start()
+    threading.Thread(target=settle, args=(fut, functools.partial(fn, *args, **kwargs)),
+                     name=f"{name}-{next(_ids)}", daemon=True).start()
     return fut
 
 
@@ -63,9 +56,9 @@ class _DaemonPool:
         self._idle = 0
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable[..., T], /, *args: Any) -> cf.Future[T]:
+    def submit(self, fn: Callable[[Unpack[Args]], T], /, *args: *Args) -> cf.Future[T]:
         fut: cf.Future[T] = cf.Future()
-        item = (fut, fn, args)
+        item = functools.partial(settle, fut, functools.partial(fn, *args))
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -77,9 +70,8 @@ class _DaemonPool:
 
     def _main(self, item: _Item) -> None:
         while True:
-            fut, fn, args = item
-            _settle(fut, fn, args, {})
-            del item, fut, fn, args
+            item()
+            del item
             with self._lock:
                 self._idle += 1
             while True:
@@ -97,7 +89,7 @@ _abandonable: _DaemonPool | None = None
 _abandonable_lock = threading.Lock()
 
 
-def submit_abandonable(fn: Callable[..., T], /, *args: Any) -> cf.Future[T]:
+def submit_abandonable(fn: Callable[[Unpack[Args]], T], /, *args: *Args) -> cf.Future[T]:
     """Run sync user code (a dataset's ``__getitem__``) on a reusable daemon thread that nobody
     joins: if it never returns, its caller may abandon it, and neither the I/O executor nor
     interpreter exit waits for it."""

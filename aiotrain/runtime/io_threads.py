@@ -11,13 +11,14 @@ import concurrent.futures as cf
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from .waiting import await_future
 
 __all__ = ["io_executor", "shutdown_io", "submit_io", "to_io"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _io_lock = threading.Lock()
 _io: cf.ThreadPoolExecutor | None = None
@@ -33,12 +34,12 @@ def io_executor() -> cf.ThreadPoolExecutor:
         return _io
 
 
-def submit_io(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> cf.Future[T]:
+def submit_io(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> cf.Future[T]:
     """Queue ``fn`` on the I/O executor from any thread; returns a concurrent future."""
     return io_executor().submit(fn, *args, **kwargs)
 
 
-async def to_io(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+async def to_io(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run blocking ``fn`` on the I/O executor and await it (cancellation waits for the call)."""
     return await await_future(submit_io(fn, *args, **kwargs))
 

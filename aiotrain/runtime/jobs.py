@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
 
 from .io_threads import submit_io
 from .loop import run
@@ -54,8 +54,11 @@ __all__ = ["JobChannel", "JobProcess", "JobProcessError"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T", covariant=True)  # what a job process's target returns
+Args = TypeVarTuple("Args")
+
 _ids = itertools.count(1)
-_live_jobs: set[JobProcess] = set()
+_live_jobs: set[JobProcess[object]] = set()
 _atexit_lock = threading.Lock()
 _atexit_registered = False
 Outcome = Result | Error | Cancelled | None  # None: the child ended without a word
@@ -108,7 +111,7 @@ class JobChannel:
             self._handler(kind, payload)
 
 
-class JobProcess:
+class JobProcess(Generic[T]):
     """Run ``await target(channel, *args)`` in a worker process of its own; the parent's handle.
 
     ``target`` is a module-level ``async def`` (it is sent by reference) and ``args`` are
@@ -123,10 +126,11 @@ class JobProcess:
     outlives its parent. Use ``async with JobProcess(...) as proc`` or ``astart()`` + ``wait()``.
     """
 
-    def __init__(self, target: Callable[..., Awaitable[Any]], *args: Any,
+    def __init__(self, target: Callable[[JobChannel, *Args], Awaitable[T]], *args: *Args,
                  on_message: Callable[[str, Any], None] | None = None, grace: float = 60.0,
                  name: str | None = None) -> None:
-        self.target, self.args = target, args
+        self.target: Callable[..., Awaitable[T]] = target
+        self.args: tuple[object, ...] = args
         self.on_message = on_message
         self.grace = grace
         self.name = name or f"aiotrain-job-{next(_ids)}"
@@ -146,7 +150,7 @@ class JobProcess:
         """How the worker ended (negative: killed by that signal); None while it runs."""
         return self._proc.returncode if self._proc is not None else None
 
-    async def astart(self) -> JobProcess:
+    async def astart(self) -> JobProcess[T]:
         """Start the worker and hand it the target; returns once the process exists."""
         if self._proc is not None:
             raise RuntimeError(f"job process {self.name} was already started")
@@ -212,7 +216,7 @@ class JobProcess:
         with contextlib.suppress(OSError):  # the child may just have exited; wait() reports it
             self._wire.send(msg)
 
-    async def wait(self) -> Any:
+    async def wait(self) -> T:
         """The target's result (see the class docstring for errors and cancellation)."""
         if self._outcome is None:
             raise RuntimeError(f"job process {self.name} was not started")
@@ -235,7 +239,8 @@ class JobProcess:
                                   f"process cannot read: {type(exc).__name__}: {exc}") from exc
         if isinstance(outcome, Error):
             raise value
-        return value
+        result: T = value  # what the target returned, pickled by the child
+        return result
 
     async def aclose(self) -> None:
         """Make sure the worker is gone: cancel it if it still runs, wait, kill after ``grace``."""
@@ -246,7 +251,7 @@ class JobProcess:
         else:
             await self._reap()
 
-    async def __aenter__(self) -> JobProcess:
+    async def __aenter__(self) -> JobProcess[T]:
         return await self.astart()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -375,7 +380,7 @@ def run_job_process(fd: int, served: bool = False) -> int:
 
 
 async def _serve_job(channel: JobChannel, wire: Wire[Start | Post | Cancel], where: str,
-                     target: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                     target: Callable[..., Awaitable[object]], args: tuple[object, ...],
                      imported: Callable[[], list[str]] | None) -> None:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()

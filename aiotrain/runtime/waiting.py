@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["await_future", "join_thread", "wait_readable"]
+__all__ = ["await_future", "join_thread", "settle", "wait_readable"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,17 @@ async def await_future(fut: cf.Future[T], on_cancel: Callable[[], None] | None =
             if not afut.cancelled():
                 afut.exception()  # mark the exception retrieved; the cancellation wins
         raise
+
+
+def settle(fut: cf.Future[T], call: Callable[[], T]) -> None:
+    """Run ``call`` for ``fut`` on the thread it was handed to, unless ``fut`` was cancelled
+    first: its result or its error (never swallowed) is what the waiter gets."""
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fut.set_result(call())
+    except BaseException as exc:  # handed to the waiting side
+        fut.set_exception(exc)
 
 
 async def join_thread(thread: threading.Thread) -> None:

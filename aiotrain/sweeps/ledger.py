@@ -25,7 +25,7 @@ from ..files import atomic_write
 from ..job.identity import ResumeError, find_run
 from ..runtime import to_io
 from ..tracking.reader import list_runs
-from ..tracking.run import set_run_status
+from ..tracking.status import set_run_status
 from .record import ENDED, SweepRecord, TrialRecord, record_path
 from .search import Search
 from .space import unflatten

@@ -39,7 +39,7 @@ from ..job.settings import RUNTIME_KEYS, load_settings
 from ..job.train_job import JobResult
 from ..owner import current_owner, owner_alive, owner_of
 from ..runtime import to_io
-from ..tracking.run import set_run_status
+from ..tracking.status import set_run_status
 from .ledger import Ledger, LocalLedger, Resume
 from .record import SweepRecord, TrialRecord, find_record, read_record
 from .space import flatten, unflatten

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..runtime import to_io
-from ..tracking.run import Run, outcome
+from ..tracking.run import Run
+from ..tracking.status import outcome
 from ..tracking.store import check_name, get_dir, get_mode
 from .record import SweepRecord, TrialRecord, record_path, write_record
 from .search import Search

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from filelock import FileLock
@@ -49,16 +49,36 @@ from filelock import FileLock
 from ..files import make_temp_dir
 from .store import atomic_file, check_name, jsonable, read_json, write_json
 
-if TYPE_CHECKING:
-    from .run import Run
-
-__all__ = ["Artifact", "ArtifactIntegrityError", "log_artifact", "use_artifact"]
+__all__ = ["Artifact", "ArtifactIntegrityError", "ArtifactRun", "log_artifact", "use_artifact"]
 
 _VERSION = re.compile(r"^v(\d+)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 _HASHED_MAX = 100_000  # remembered hashes (see _hash)
 _SETTLED_NS = 2_000_000_000  # a file's ctime must be this old for its hash to be remembered
+
+
+class ArtifactRun(Protocol):
+    """What logging and using an artifact needs of a run (``Run`` is one): where it stores,
+    who it is, and its folder created on demand."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def project(self) -> str: ...
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def dir(self) -> Path: ...
+
+    @property
+    def disabled(self) -> bool: ...
+
+    def open_files(self) -> None:
+        """Create the run's folder and metadata.sdn if they are not there yet (enabled runs)."""
 
 
 class ArtifactIntegrityError(ValueError):
@@ -325,7 +345,7 @@ def _check_aliases(aliases: list[str]) -> list[str]:
     return list(dict.fromkeys(aliases))
 
 
-def log_artifact(run: Run, artifact: Artifact, aliases: list[str]) -> Artifact:
+def log_artifact(run: ArtifactRun, artifact: Artifact, aliases: list[str]) -> Artifact:
     """Store ``artifact``'s files as a version of ``run.project/artifact.name``, produced by ``run``."""
     if not isinstance(artifact, Artifact):
         raise TypeError(f"log_artifact expects a Track.Artifact, got {type(artifact).__name__}")
@@ -359,7 +379,7 @@ def log_artifact(run: Run, artifact: Artifact, aliases: list[str]) -> Artifact:
     return artifact
 
 
-def use_artifact(run: Run, ref: str, project: str | None = None) -> Artifact:
+def use_artifact(run: ArtifactRun, ref: str, project: str | None = None) -> Artifact:
     """The version ``ref`` names (``name``, ``name:vN``, ``name:latest``, ``name:alias``), with
     ``run`` recorded as a consumer (unless the run is disabled)."""
     name, spec = _parse_ref(ref)
@@ -415,10 +435,9 @@ def _fill(artifact: Artifact, root: Path, project: str, index: dict[str, Any], e
     artifact._root = root
 
 
-def _record(run: Run, filename: str, artifact: Artifact) -> None:
+def _record(run: ArtifactRun, filename: str, artifact: Artifact) -> None:
     """Append a durable line to the run's artifacts/ log (the run folder is created if needed)."""
-    assert run._writer is not None  # only enabled runs record artifacts
-    run._writer.open()
+    run.open_files()
     line = msgspec.json.encode({"ref": artifact.ref, "project": artifact.project}) + b"\n"
     path = run.dir / "artifacts" / filename
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,8 @@ from .columns import build_cache
 from .index import RunIndex, RunRow
 from .lineage import ArtifactCatalog, ArtifactRefs, catalog, run_artifacts
 from .media import Table
+from .open_runs import drain_open_run
 from .reader import RunRecord, find_run, iter_history, list_runs, load_run
-from .run import drain_open_run
 from .series import Column, SeriesFile, read_new_records
 from .store import check_name, encode_nonfinite, flatten, get_dir
 

@@ -15,7 +15,7 @@ metadata.sdn gets ``finished_at`` and status ``finished``, ``interrupted`` when 
 left by a cancellation or Ctrl-C (``CancelledError``, ``KeyboardInterrupt``: normal control
 flow, as TrainJob marks them), or ``crashed`` (with the error) when it raised anything else.
 Runs still open when the interpreter exits are finished by an ``atexit`` hook (``crashed`` when
-an uncaught exception ended the program).
+an uncaught exception ended the program): ``open_runs.py`` keeps the runs this process has open.
 
 Resuming (``resume=True`` or ``resume=ID``) continues the stored run: same folder, config
 merged, steps going on. A run that a live process is still writing is refused (two writers
@@ -35,10 +35,8 @@ notes, config), so a run that starts can always finish.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures as cf
 import itertools
-import math
 import os
 import secrets
 import socket
@@ -46,18 +44,22 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVarTuple
 
 from ..config import SdnError, sdn
 from ..distributed import is_main
-from ..owner import current_owner, owner_of, process_alive
+from ..owner import current_owner
 from ..runtime import submit_io, to_io
-from ..values import ScalarLike, as_number
+from . import open_runs
 from .index import write_row
 from .media import Table, histogram_entry, image_array, require_pillow, safe_filename, write_png
-from .reader import RunRecord, iter_history, list_runs, load_run
+from .metric_values import PLAIN, RESERVED, check_step, convert
+from .open_runs import LiveRunError, drain_open_run
+from .reader import iter_history, list_runs, load_run
+from .status import outcome
 from .store import (
     atomic_write,
     check_interval,
@@ -73,18 +75,19 @@ from .store import (
 from .system import system_info, warm_up
 from .writer import MetricsWriter, rewind_history
 
+if TYPE_CHECKING:
+    import torch
+
+    from .artifacts import Artifact
+    from .live_chart import LiveChart
+    from .mlflow_sink import MlflowSink
+    from .watch import Watch
+
 __all__ = ["LiveRunError", "Run", "drain_open_run"]
 
-_PLAIN = frozenset((float, int, str, bool, type(None)))
-_RESERVED = ("step", "timestamp")
+Args = TypeVarTuple("Args")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_open_runs: set[Run] = set()
-_open_lock = threading.Lock()
 _time = time.time
-
-
-class LiveRunError(ValueError):
-    """A resume refused because a live process is still writing that run (one line)."""
 
 
 class Run:
@@ -101,7 +104,7 @@ class Run:
     """
 
     def __init__(self, project: str, name: str | None = None, config: Mapping[str, Any] | None = None,
-                 tags: Any = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
+                 tags: str | Iterable[object] = (), notes: str = "", dir: str | os.PathLike[str] | None = None,
                  resume: bool | str = False, *, rewind: int | None = None, mode: str | None = None,
                  system_interval: float | None = 2.0, flush_interval: float | None = None,
                  mlflow_uri: str | None = None) -> None:
@@ -130,13 +133,13 @@ class Run:
         self._logged = 0  # records in the history: what ``position`` reports
         self.rewound = 0
         self._media_seq = itertools.count()
-        self._media: set[cf.Future[Any]] = set()
+        self._media: set[cf.Future[None]] = set()
         self._media_errors: list[BaseException] = []
-        self._watches: list[Any] = []
+        self._watches: list[Watch] = []
         self._sampler: asyncio.Task[None] | None = None
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._system: MetricsWriter | None = None
-        self._chart: Any = None  # a LiveChart in a notebook cell (tracking/live_chart.py)
+        self._chart: LiveChart | None = None  # in a notebook cell (tracking/live_chart.py)
         if system_interval is not None and not system_interval > 0:
             raise ValueError(f"system_interval must be > 0 seconds (or None to turn it off), got {system_interval!r}")
         self.system_interval = system_interval
@@ -154,11 +157,10 @@ class Run:
         self._queue = self._writer.queue if self._writer is not None else None
         if not self.disabled:
             warm_up(sampler=system_interval is not None)  # first-use work now, not in the first drain
-            with _open_lock:
-                _open_runs.add(self)
+            open_runs.register(self)
         self._mirror = None if self.disabled else self._open_mirror(mlflow_uri)
 
-    def _open_mirror(self, uri: str | None) -> Any:
+    def _open_mirror(self, uri: str | None) -> MlflowSink | None:
         """The MLflow mirror (started) when a tracking server is named, else None."""
         uri = os.environ.get("MLFLOW_TRACKING_URI", "") if uri is None else uri
         if not uri:
@@ -179,18 +181,18 @@ class Run:
             return
         for key, value in metrics.items():  # the common case costs a few class checks
             cls = value.__class__
-            if (cls not in _PLAIN or key.__class__ is not str or not key.isascii()
+            if (cls not in PLAIN or key.__class__ is not str or not key.isascii()
                     or (cls is str and not value.isascii())):
-                metrics = _convert(metrics)
+                metrics = convert(metrics)
                 break
         if step is None:
             step = self._step
         elif step.__class__ is not int or step < 0:
-            step = _check_step(step)
+            step = check_step(step)
         now = _time()
         record = {"step": step, "timestamp": now, **metrics}
         if len(record) != len(metrics) + 2:
-            raise ValueError(f"metric names {_RESERVED} are reserved by the record itself")
+            raise ValueError(f"metric names {RESERVED} are reserved by the record itself")
         if self._finished:
             raise RuntimeError(f"run {self.id} is finished; log() after finish() is lost")
         self._step = step + 1
@@ -221,19 +223,19 @@ class Run:
         checkpoint, and resume with ``rewind=position`` to cut what came after it."""
         return self._logged
 
-    def log_histogram(self, name: str, values: Any, bins: int = 64, step: int | None = None) -> None:
+    def log_histogram(self, name: str, values: object, bins: int = 64, step: int | None = None) -> None:
         """Log a histogram of ``values`` (tensor, array or sequence; non-finite values dropped)."""
         if self._queue is None:
             return
         self.log({name: histogram_entry(values, bins)}, step=step)
 
-    def log_image(self, name: str, image: Any, caption: str = "", step: int | None = None) -> None:
+    def log_image(self, name: str, image: object, caption: str = "", step: int | None = None) -> None:
         """Log an image (CHW tensor or HWC array; floats in [0, 1]); stored as PNG under media/."""
         if self._queue is None:
             return
         require_pillow()
         arr = image_array(image)
-        step = self._step if step is None else _check_step(step)
+        step = self._step if step is None else check_step(step)
         rel = f"media/images/{safe_filename(name)}_{step}_{next(self._media_seq)}.png"
         self._background(write_png, self.dir / rel, arr)
         self.log({name: {"_type": "image", "path": rel, "caption": str(caption),
@@ -245,17 +247,17 @@ class Run:
             raise TypeError(f"log_table expects a Track.Table, got {type(table).__name__}")
         if self._queue is None:
             return
-        step = self._step if step is None else _check_step(step)
+        step = self._step if step is None else check_step(step)
         rel = f"tables/{safe_filename(name)}_{step}_{next(self._media_seq)}.jsonl"
         self._background(atomic_write, self.dir / rel, table.to_bytes())
         self.log({name: {"_type": "table", "path": rel, "columns": list(table.columns),
                          "nrows": len(table)}}, step=step)
 
-    def watch(self, model: Any, log: str = "gradients", log_freq: int = 100) -> None:
+    def watch(self, model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
         """Log parameter and/or gradient norms and histograms every ``log_freq`` forward calls."""
         from .watch import Watch
 
-        self._watches.append(Watch(self, model, log, log_freq))
+        self._watches.append(Watch(self._log_side, model, log, log_freq))
 
     def _log_system(self, sample: dict[str, float]) -> None:
         """Queue one system metrics sample for system.jsonl, at the current step."""
@@ -266,15 +268,22 @@ class Run:
         writer.queue.append({"step": self._step, "timestamp": now, **sample})
         writer.kick()
 
-    def _log_side(self, metrics: dict[str, Any]) -> None:
+    def _log_side(self, metrics: Mapping[str, object]) -> None:
         """Enqueue a record at the current step without advancing it (``watch``'s records)."""
         if self._queue is None or self._finished:
             return
-        metrics = _convert(metrics)
+        metrics = convert(metrics)
         self._logged += 1
         self._queue.append({"step": self._step, "timestamp": _time(), **metrics})
         self.summary.update(metrics)
         self._queued()
+
+    def drain_soon(self) -> None:
+        """Queue a drain of the pending metrics and system records on the I/O executor, so a
+        live reader sees them now (``drain_open_run``); never blocks."""
+        for writer in (self._writer, self._system):
+            if writer is not None and writer.queue:
+                writer.kick()
 
     def unwatch(self) -> None:
         """Remove every hook ``watch`` installed."""
@@ -282,12 +291,12 @@ class Run:
         for w in watches:
             w.remove()
 
-    def _background(self, fn: Any, *args: Any) -> None:
+    def _background(self, fn: Callable[[*Args], None], *args: *Args) -> None:
         fut = submit_io(fn, *args)
         self._media.add(fut)
         fut.add_done_callback(self._media_done)
 
-    def _media_done(self, fut: cf.Future[Any]) -> None:
+    def _media_done(self, fut: cf.Future[None]) -> None:
         if fut not in self._media:  # already seen by _wait_media or by this callback
             return
         self._media.discard(fut)
@@ -345,8 +354,7 @@ class Run:
             self._finished = True
         self._stop_sampler()
         self.unwatch()
-        with _open_lock:
-            _open_runs.discard(self)
+        open_runs.unregister(self)
         return True
 
     def _complete(self, status: str, error: str | None) -> None:
@@ -369,23 +377,23 @@ class Run:
         self._report()
 
     # artifacts ------------------------------------------------------------------------------------
-    def log_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+    def log_artifact(self, artifact: Artifact, aliases: Iterable[str] = ()) -> Artifact:
         """Store ``artifact`` as a new version (or find its identical one); returns it versioned."""
         from .artifacts import log_artifact
 
         return log_artifact(self, artifact, list(aliases))
 
-    def use_artifact(self, ref: str, project: str | None = None) -> Any:
+    def use_artifact(self, ref: str, project: str | None = None) -> Artifact:
         """Record this run as a consumer of ``name:vN`` / ``name:latest`` / ``name:alias``."""
         from .artifacts import use_artifact
 
         return use_artifact(self, ref, project)
 
-    async def alog_artifact(self, artifact: Any, aliases: Any = ()) -> Any:
+    async def alog_artifact(self, artifact: Artifact, aliases: Iterable[str] = ()) -> Artifact:
         """``log_artifact`` from a coroutine (hashing and copying run in the I/O executor)."""
         return await to_io(self.log_artifact, artifact, aliases)
 
-    async def ause_artifact(self, ref: str, project: str | None = None) -> Any:
+    async def ause_artifact(self, ref: str, project: str | None = None) -> Artifact:
         """``use_artifact`` from a coroutine."""
         return await to_io(self.use_artifact, ref, project)
 
@@ -421,7 +429,7 @@ class Run:
             if not found:
                 return _new_id()
         record = load_run(found[-1].dir)
-        _refuse_live(record)
+        open_runs.refuse_live(record)
         history = record.dir / "metrics.jsonl"
         cut: set[str] = set()
         if rewind is not None:
@@ -441,13 +449,19 @@ class Run:
         self._step = last + 1
         return record.id
 
-    # context managers -------------------------------------------------------
-    def __enter__(self) -> Run:
+    def open_files(self) -> None:
+        """Create the run's folder and metadata.sdn now, if the run is enabled and they are not
+        there yet (the first drain would; ``with`` and ``log_artifact`` need them at once)."""
         if self._writer is not None:
             self._writer.open()
+
+    # context managers -------------------------------------------------------
+    def __enter__(self) -> Run:
+        self.open_files()
         return self
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.finish(*outcome(exc))
 
     async def __aenter__(self) -> Run:
@@ -464,7 +478,8 @@ class Run:
             self._chart = open_live_chart(self.dir / "metrics.jsonl", f"{self.project}/{self.name}")
         self._start_sampler()
 
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self.afinish(*outcome(exc))
 
     def _start_sampler(self) -> None:
@@ -500,115 +515,14 @@ class Run:
         return f"Run(project={self.project!r}, id={self.id!r}, name={self.name!r}, status={self.status!r})"
 
 
-def drain_open_run(run_dir: Path) -> bool:
-    """Ask a run of this process that writes in ``run_dir`` to drain its queues now, so a live
-    reader of its files (the dashboard) sees new records without waiting for the periodic flush.
-    Returns whether such a run is open. Never blocks: the drain is queued on the I/O executor."""
-    with _open_lock:
-        runs = [r for r in _open_runs if r.dir == run_dir]
-    for run in runs:
-        for writer in (run._writer, run._system):
-            if writer is not None and writer.queue:
-                writer.kick()
-    return bool(runs)
-
 
 def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
-def outcome(exc: BaseException | None) -> tuple[str, str | None]:
-    """How a run that ended with ``exc`` is marked: finished, interrupted (a cancellation or
-    Ctrl-C: normal control flow) or crashed, and the error to keep."""
-    if exc is None:
-        return "finished", None
-    text = str(exc).strip()
-    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
-        return "interrupted", error
-    return "crashed", error
-
-
-def _refuse_live(record: RunRecord) -> None:
-    """LiveRunError (one line) when a live process is still writing the stored run ``record``."""
-    meta = record.metadata
-    if meta.get("status") != "running":
-        return
-    with _open_lock:
-        here = any(r.dir.resolve() == record.dir.resolve() for r in _open_runs)
-    pid = owner_of(meta).get("pid")
-    if here or (pid != os.getpid() and process_alive(meta)):
-        where = "this process" if here or pid == os.getpid() else f"pid {pid}"
-        raise LiveRunError(f"resume: run {record.id} is still being written by {where}; finish or "
-                           "stop it before resuming it (or start a new run)")
-
-
-def _check_storable(config: dict[str, Any]) -> None:
+def _check_storable(config: Mapping[str, object]) -> None:
     """Fail now, not at ``finish``, on a config that metadata.sdn cannot hold."""
     try:
         sdn.dumps(encode_nonfinite(config))
     except SdnError as exc:
         raise ValueError(f"the run's config cannot be stored: {exc}") from None
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, int):
-        if hasattr(step, "item"):
-            return _check_step(step.item())
-        raise TypeError(f"step must be an int, got {type(step).__name__}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return step
-
-
-def _convert(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Metrics with tensor / numpy scalars as Python numbers (``.item()``, once, on the caller)."""
-    out = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str):
-            raise TypeError(f"metric names must be strings, got {key!r}")
-        check_text("metric name", key)
-        if value.__class__ is str:
-            check_text(f"metric {key!r}", value)
-        elif value.__class__ in _PLAIN:
-            pass
-        elif isinstance(value, ScalarLike):  # torch / numpy scalar
-            value = _item(value)
-        else:
-            value = jsonable(value)
-        out[key] = value
-    return out
-
-
-def _item(value: ScalarLike) -> Any:
-    if math.prod(value.shape) != 1:
-        raise ValueError(f"only one-element tensors can be logged as metrics, got shape "
-                         f"{tuple(value.shape)}; use log_histogram for many values")
-    number = as_number(value)
-    return value.item() if number is None else number  # a one-element bool stays a bool
-
-
-@atexit.register
-def _finish_open_runs() -> None:
-    """Finish runs a script left open; crashed when an uncaught exception ended the program."""
-    crashed = getattr(sys, "last_value", None)
-    with _open_lock:
-        runs = list(_open_runs)
-    for run in runs:
-        try:
-            run.finish(*outcome(crashed))
-        except Exception as exc:  # at exit there is no caller left to raise to
-            print(f"aiotrain: could not finish run {run.id}: {exc}", file=sys.stderr)
-
-
-def set_run_status(run_dir: str | os.PathLike[str], status: str, error: str | None = None) -> None:
-    """Rewrite a stored run's status (atomically): ``pruned`` for a sweep trial stopped by its
-    pruner, ``interrupted`` for a run that a killed process left ``running``."""
-    from .store import read_sdn
-
-    path = Path(run_dir) / "metadata.sdn"
-    meta = read_sdn(path)
-    meta["status"] = status
-    if error is not None:
-        meta["error"] = error
-    write_sdn(path, meta)

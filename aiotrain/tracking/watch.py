@@ -12,16 +12,12 @@ and only enqueue records.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import torch
 
 from ..values import check_int
 from .media import histogram_entry
-
-if TYPE_CHECKING:
-    from .run import Run
 
 __all__ = ["Watch"]
 
@@ -29,15 +25,18 @@ _LOG_KINDS = ("gradients", "parameters", "all")
 
 
 class Watch:
-    """The hooks ``run.watch(model, log, log_freq)`` installs; ``remove()`` takes them off."""
+    """The hooks ``run.watch(model, log, log_freq)`` installs; ``remove()`` takes them off.
 
-    def __init__(self, run: Run, model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
+    ``log_side`` enqueues one record at the run's current step without advancing it.
+    """
+
+    def __init__(self, log_side: Callable[[Mapping[str, object]], None], model: torch.nn.Module, log: str = "gradients", log_freq: int = 100) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"watch expects a torch.nn.Module, got {type(model).__name__}")
         if log not in _LOG_KINDS:
             raise ValueError(f"watch log= must be one of {_LOG_KINDS}, got {log!r}")
         log_freq = check_int("log_freq", log_freq)
-        self.run = run
+        self.log_side = log_side
         self.model = model
         self.log_freq = log_freq
         self.calls = 0
@@ -58,12 +57,12 @@ class Watch:
             values: dict[str, object] = {}
             for name, param in self.model.named_parameters():
                 values.update(_entries("parameters", "param_norm", name, param.detach()))
-            self.run._log_side(values)
+            self.log_side(values)
 
     def _grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
         def hook(param: torch.Tensor) -> None:
             if self.due and param.grad is not None:
-                self.run._log_side(_entries("gradients", "grad_norm", name, param.grad.detach()))
+                self.log_side(_entries("gradients", "grad_norm", name, param.grad.detach()))
 
         return hook
 

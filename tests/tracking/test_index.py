@@ -11,7 +11,7 @@ import pytest
 
 from aiotrain.tracking import Track, index
 from aiotrain.tracking.index import ROW_FILE, RunIndex
-from aiotrain.tracking.run import set_run_status
+from aiotrain.tracking.status import set_run_status
 from aiotrain.tracking.store import read_sdn, write_sdn
 
 

@@ -44,8 +44,11 @@ def _tracking_imports(path: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("path, allowed", [
     *((p, {"aiotrain.tracking.read"}) for p in sorted((PACKAGE / "dashboard").rglob("*.py"))),
-    (PACKAGE / "cli" / "runs.py", {"aiotrain.tracking.read", "aiotrain.tracking.export", "aiotrain.tracking.media"}),
-    (PACKAGE / "tracking" / "export.py", {"aiotrain.tracking.read", "aiotrain.tracking.media"}),
+    # mlflow_sink: what sends a stored run to MLflow (`runs sync`, `runs export --mlflow`), not a reader
+    (PACKAGE / "cli" / "runs.py", {"aiotrain.tracking.read", "aiotrain.tracking.export", "aiotrain.tracking.media",
+                                   "aiotrain.tracking.mlflow_sink"}),
+    (PACKAGE / "tracking" / "export.py", {"aiotrain.tracking.read", "aiotrain.tracking.media",
+                                          "aiotrain.tracking.mlflow_sink"}),
 ], ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_readers_import_only_the_public_read_api(path, allowed):
     imports = _tracking_imports(path)
