@@ -46,7 +46,7 @@ from ..values import check_int
 from .batch import move_batch, pin_batch
 from .remote.order import ResumableOrder
 from .stage import BatchJob, CpuStage, Rng
-from .transport import Recycler, rebuild
+from .transport import FileItem, FileItemSource, Recycler, file_slots, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,9 @@ class AsyncLoader(_StreamingLoader):
     (``__getitems__`` is not used). ``workers=N`` runs the stage (sync ``__getitem__`` reads of
     datasets without ``aget``, the transform, ``collate_fn``) in N worker processes, started when
     the loader is opened (or on first use) and reused across epochs; batches come back through
-    shared memory. The workers are forked (``worker_start="fork"``), or with
+    shared memory; a dataset with ``aget_ref`` (``RemoteDataset``) gives them references to
+    items in files it holds open instead of the items, and they read the items themselves
+    (``transport.FileItem``). The workers are forked (``worker_start="fork"``), or with
     ``worker_start="spawn"`` fresh interpreters that import only what the dataset and transform
     need: a transform that works in numpy (with ``rng="numpy"``) never loads torch there, so each
     worker costs tens of MB, not the trainer's memory; the batch's arrays become tensors here
@@ -580,6 +582,8 @@ class AsyncLoader(_StreamingLoader):
         failures: list[tuple[int, BaseException]] = []
         if hasattr(ds, "aget") or self.workers == 0:
             fetched = await asyncio.gather(*(self._fetch(i, sem) for i in indices))
+            if self.workers:
+                fetched = await _within_files(fetched)
             kept = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if ok]
             failures = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if not ok]
             if failures and not tolerate:
@@ -609,8 +613,11 @@ class AsyncLoader(_StreamingLoader):
                 raise DatasetError(what, exc) from exc
         pool = self._worker_pool()
         await pool.astart()  # a worker that cannot be started is not an item's error: raised as it is
+        slots, files = file_slots(job.items or [])
+        if files:  # items the worker reads itself from these files
+            job.files, job.nfiles = slots, len(files)
         try:
-            (header, failures), fds = await pool.call(job, self._recycler.take())
+            (header, failures), fds = await pool.call(job, self._recycler.take() + files)
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc
@@ -625,6 +632,8 @@ class AsyncLoader(_StreamingLoader):
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""
         async with sem:
             try:
+                if self.workers and isinstance(self.dataset, FileItemSource):
+                    return True, await self.dataset.aget_ref(index)  # the worker reads it
                 if hasattr(self.dataset, "aget"):
                     return True, await self.dataset.aget(index)
                 return True, await _abandonable(self.dataset.__getitem__, index, what=index)
@@ -668,6 +677,28 @@ class _Turn:
     def done(self) -> None:
         if not self.mine.done():
             self.mine.set_result(None)
+
+
+MAX_JOB_FILES = 32  # distinct files whose items one worker job reads itself (fds per message)
+
+
+async def _within_files(fetched: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+    """Fetched items, with ``FileItem``s beyond ``MAX_JOB_FILES`` distinct files read here (on
+    an I/O thread), so one job never carries more descriptors than a message can."""
+    files: set[int] = set()
+    out = []
+    for ok, value in fetched:
+        if ok and isinstance(value, FileItem):
+            fd = value.fileno()
+            if fd not in files and len(files) >= MAX_JOB_FILES:
+                try:
+                    value = await to_io(value.load, fd)
+                except Exception as exc:
+                    ok, value = False, exc
+            else:
+                files.add(fd)
+        out.append((ok, value))
+    return out
 
 
 def _whole(batch: Any, indices: list[int]) -> Any:

@@ -39,6 +39,7 @@ _T = TypeVar("_T")
 __all__ = ["ObjectError", "ObjectInfo", "ObjectSource", "join_url"]
 
 EXTRA_HINT = "install the 'remote' extra: pip install 'aiotrain[remote]'"
+STREAM_PIECE = 256 << 10  # a streamed range is handed over in pieces of at least this size
 
 
 class ObjectError(OSError):
@@ -176,6 +177,38 @@ class ObjectSource:
             return data, len(data)
 
         return await self._call(name, once)
+
+    async def aget_into(self, name: str, into: memoryview, start: int = 0,
+                        on_data: Callable[[int], None] | None = None,
+                        etag: str | None = None) -> None:
+        """Read bytes ``[start, start + len(into))`` of ``name`` into ``into`` as they arrive (one
+        range request, streamed), calling ``on_data(n)`` with the count of bytes in place so far
+        after each piece, so a reader can use the front of the range before its end is here. A
+        transient failure part way is tried again from where it stopped; ``etag`` pins the
+        version as in ``aget``. A response longer or shorter than asked is an ``ObjectError``."""
+        got, end = 0, start + len(into)
+
+        async def once(obs: Any, store: Any) -> tuple[None, int]:
+            nonlocal got
+            options: dict[str, Any] = {"range": (start + got, end)}
+            if etag and self._local is None:
+                options["if_match"] = etag
+            result = await obs.get_async(store, name, options=options)
+            async for piece in result.stream(min_chunk_size=STREAM_PIECE):
+                n = len(piece)
+                if got + n > len(into):
+                    raise ValueError(f"range {start}-{end} came back longer than asked")
+                into[got:got + n] = piece
+                got += n
+                self.stats.bytes += n  # as it arrives, so bytes/s is live
+                if on_data is not None:
+                    on_data(got)
+            if got != len(into):
+                raise ValueError(f"range {start}-{end} came back with {got} bytes")
+            return None, 0
+
+        if len(into):
+            await self._call(name, once)
 
     async def ahead(self, name: str) -> ObjectInfo:
         """Size and ETag of ``name``; ``ObjectError`` at once when it is missing or refused."""
