@@ -416,7 +416,7 @@ class _Turn:
 MAX_JOB_FILES = 32  # distinct files whose items one worker job reads itself (fds per message)
 
 
-async def _within_files(fetched: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+async def _within_files(fetched: list[tuple[bool, object]]) -> list[tuple[bool, object]]:
     """Fetched items, with ``FileItem``s beyond ``MAX_JOB_FILES`` distinct files read here (on
     an I/O thread), so one job never carries more descriptors than a message can."""
     files: set[int] = set()

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,7 +78,7 @@ class FileItem(Protocol):
         """This process's descriptor of the file (borrowed: open while the reference lives)."""
         ...
 
-    def load(self, fd: int) -> Any:
+    def load(self, fd: int) -> object:
         """The item, read (and checked) from ``fd``, the same file, in whichever process."""
         ...
 
@@ -87,10 +88,10 @@ class FileItemSource(Protocol):
     """A dataset that can give an item as a ``FileItem`` (or, where it cannot, the item itself):
     AsyncLoader with worker processes asks it for ``aget_ref`` instead of ``aget``."""
 
-    async def aget_ref(self, index: int) -> Any: ...
+    async def aget_ref(self, index: int) -> object: ...
 
 
-def file_slots(items: list[Any]) -> tuple[list[int], list[int]]:
+def file_slots(items: Sequence[object]) -> tuple[list[int], list[int]]:
     """Parent side: for each item, the slot of its file among the descriptors returned (-1: the
     item is not a ``FileItem`` and travels itself), and those descriptors (duplicates, for the
     message to carry and close)."""

@@ -37,15 +37,19 @@ import os
 import time
 import weakref
 import zlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...files import atomic_file
 from ...runtime import to_io
 from .packed import ShardIntegrityError, crc32
 from .shard import Shard, ShardBuffer, ShardFile
 from .source import ObjectInfo, ObjectSource
+
+if TYPE_CHECKING:  # filelock is imported on first use, off the loop (_prepare)
+    from filelock import BaseFileLock
 
 __all__ = ["ShardCache", "ShardIntegrityError", "ShardRef", "default_cache_dir"]
 
@@ -315,7 +319,7 @@ class ShardCache:
         self._keep(key, shard)
         return shard
 
-    def _begin_download(self, ref: ShardRef, key: str, lock: Any, chunk: int) -> ShardBuffer:
+    def _begin_download(self, ref: ShardRef, key: str, lock: BaseFileLock | None, chunk: int) -> ShardBuffer:
         """Start downloading ``ref`` into a new buffer and return it at once (its bytes are
         usable as they arrive); the download holds ``lock`` until the shard is on disk."""
         shard = ShardBuffer(self._size(ref), chunk, ref.per_item)
@@ -325,7 +329,8 @@ class ShardCache:
         task.add_done_callback(lambda t: self._downloads.pop(t, None))
         return shard
 
-    async def _fill(self, ref: ShardRef, key: str, shard: ShardBuffer, lock: Any) -> None:
+    async def _fill(self, ref: ShardRef, key: str, shard: ShardBuffer,
+                    lock: BaseFileLock | None) -> None:
         """Download into ``shard``; then write it to disk in the background (still under the
         lock). A failure goes to the shard's readers (none may be waiting: read-ahead)."""
         try:
@@ -345,7 +350,7 @@ class ShardCache:
         self._writes.add(writer)
         writer.add_done_callback(self._writes.discard)
 
-    async def _store(self, ref: ShardRef, key: str, data: memoryview, lock: Any) -> None:
+    async def _store(self, ref: ShardRef, key: str, data: memoryview, lock: BaseFileLock) -> None:
         """Write a downloaded shard to the cache folder (if the disk budget allows), atomically,
         then let other processes waiting for it in. A shard whose items were checked one by one
         is checked whole first: a copy that does not match the index is not kept."""
@@ -510,7 +515,7 @@ def _file_intact(path: Path, ref: ShardRef) -> bool:
     return ref.crc32 is None or crc & 0xFFFFFFFF == ref.crc32
 
 
-async def _acquire(lock_path: Path) -> Any:
+async def _acquire(lock_path: Path) -> BaseFileLock:
     """The machine-wide lock of one shard, polled without blocking the loop."""
     from filelock import FileLock, Timeout
 
@@ -523,7 +528,7 @@ async def _acquire(lock_path: Path) -> Any:
             await asyncio.sleep(LOCK_POLL_S)
 
 
-async def _gather_all(coros: list[Any]) -> None:
+async def _gather_all(coros: list[Coroutine[object, object, None]]) -> None:
     """Run ``coros`` together; on the first failure cancel the rest and raise it."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class RemoteDataset:
 
     def __init__(self, url: str, manifest: Manifest, *, cache: ShardCache | None = None,
                  fetch: str = "shard", retry: Retry | None = None,
-                 options: dict[str, Any] | None = None, lookahead: int = 2) -> None:
+                 options: Mapping[str, object] | None = None, lookahead: int = 2) -> None:
         if fetch not in ("shard", "range"):
             raise ValueError(f"fetch must be 'shard' or 'range', got {fetch!r}")
         self.url, self.manifest, self.fetch, self.lookahead = url, manifest, fetch, lookahead
@@ -98,7 +98,7 @@ class RemoteDataset:
     @classmethod
     async def aopen(cls, url: str, *, index: str = INDEX_NAME, cache: ShardCache | None = None,
                    fetch: str = "shard", retry: Retry | None = None,
-                   options: dict[str, Any] | None = None, check: bool = True) -> RemoteDataset:
+                   options: Mapping[str, object] | None = None, check: bool = True) -> RemoteDataset:
         """Read ``url``/``index`` and check the first shard (``check``): a missing index or shard
         or a refused credential raises ``RemoteDatasetError`` in one line, at once."""
         source = ObjectSource(url, retry=retry, options=options)
@@ -138,7 +138,7 @@ class RemoteDataset:
         return (f"RemoteDataset({self.url!r}, {len(self)} items in {len(self.counts)} "
                 f"{self.manifest.format} shards)")
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[_Detached], tuple[str, int]]:
         # a CPU-stage worker process gets the dataset with its stage but never reads from it:
         # send what it is, not its clients, locks and tasks
         return (_Detached, (repr(self), len(self)))
@@ -206,7 +206,7 @@ class RemoteDataset:
                 return
 
     # reading -----------------------------------------------------------------------------------
-    async def aget(self, index: int) -> Any:
+    async def aget(self, index: int) -> object:
         """Item ``index`` as stored (see the module docstring), checked."""
         ref = await self.aget_ref(index)
         if not isinstance(ref, ItemRef):
@@ -217,7 +217,7 @@ class RemoteDataset:
             return await to_io(ref.decode, raw)
         return ref.decode(raw)
 
-    async def aget_ref(self, index: int) -> Any:
+    async def aget_ref(self, index: int) -> object:
         """Item ``index`` as a reference to its bytes in their shard, once they may be read
         (``fetch="shard"``), for a worker process to read, check and decode; with
         ``fetch="range"`` the item itself (read by its own range request)."""
@@ -242,7 +242,7 @@ class RemoteDataset:
         return ItemRef(shard, start, end, header.crc(local), self.manifest.format,
                        self.manifest.compression, ref.url)
 
-    async def _by_range(self, shard_no: int, local: int) -> Any:
+    async def _by_range(self, shard_no: int, local: int) -> object:
         ref = self._refs[shard_no]
         header = await self._header(shard_no, None)
         start, end = header.bounds(local)
@@ -321,6 +321,6 @@ class _Detached:
     def __repr__(self) -> str:
         return self.what
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> object:
         raise RuntimeError(f"{self.what} is read on the event loop (aget), not in a worker")
 

@@ -13,7 +13,7 @@ never travel pickled from the event loop, and decoding runs in parallel.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from .codec import Compression, decode_item
 from .manifest import ManifestError
@@ -39,7 +39,9 @@ class ItemRef:
         self.shard, self.start, self.end, self.crc = shard, start, end, crc
         self.kind, self.compression, self.where = kind, compression, where
 
-    def __reduce__(self) -> Any:  # to a worker: everything but the shard (its fd travels beside)
+    def __reduce__(self) -> tuple[type[ItemRef], tuple[None, int, int, int | None, Kind,
+                                                        Compression, str]]:
+        # to a worker: everything but the shard (its fd travels beside)
         return (ItemRef, (None, self.start, self.end, self.crc, self.kind, self.compression,
                           self.where))
 
@@ -51,7 +53,7 @@ class ItemRef:
         assert self.shard is not None, "a reference sent to a worker has no shard of its own"
         return self.shard.fileno()
 
-    def load(self, fd: int) -> Any:
+    def load(self, fd: int) -> object:
         """The item, read from ``fd`` (the shard's file), checked and decoded."""
         size = self.end - self.start
         raw = os.pread(fd, size, self.start)
@@ -60,7 +62,7 @@ class ItemRef:
                                       "in the shard")
         return self.decode(raw)
 
-    def decode(self, raw: bytes | memoryview) -> Any:
+    def decode(self, raw: bytes | memoryview) -> object:
         """The item from its bytes, after checking them against the item's CRC-32."""
         if self.crc is not None and crc32(raw) != self.crc:
             raise ShardIntegrityError(f"{self.where}: the item at bytes {self.start}-{self.end} "
