@@ -44,7 +44,7 @@ from .batch import pin_batch
 from .remote.order import ResumableOrder
 from .stage import BatchJob, CpuStage, Rng
 from .stream import Budget, Stream, StreamClosed, StreamingLoader, WrappedLoader, sized_len
-from .transport import FileItem, FileItemSource, Recycler, file_slots, rebuild
+from .transport import FileItemSource, Recycler, file_slots, is_file_item, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class AsyncLoader(StreamingLoader):
         # workers collate numpy arrays without torch; they become tensors here, in place
         self._arrays_as_tensors = collate_fn is None
         self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
+        # the workers read the items themselves: the loop fetches references (aget_ref)
+        self._by_ref = bool(workers) and isinstance(dataset, FileItemSource)
         self._recycler = Recycler(prefetch)  # idle batch buffers, lent back to the workers
         self._pool: DataWorkerPool | None = None
         self._pool_finalizer: weakref.finalize[..., Any] | None = None
@@ -366,7 +368,7 @@ class AsyncLoader(StreamingLoader):
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""
         async with sem:
             try:
-                if self.workers and isinstance(self.dataset, FileItemSource):
+                if self._by_ref:
                     return True, await self.dataset.aget_ref(index)  # the worker reads it
                 if hasattr(self.dataset, "aget"):
                     return True, await self.dataset.aget(index)
@@ -422,7 +424,7 @@ async def _within_files(fetched: list[tuple[bool, object]]) -> list[tuple[bool, 
     files: set[int] = set()
     out = []
     for ok, value in fetched:
-        if ok and isinstance(value, FileItem):
+        if ok and is_file_item(value):
             fd = value.fileno()
             if fd not in files and len(files) >= MAX_JOB_FILES:
                 try:
