@@ -41,13 +41,15 @@ class Budget:
         self._room = asyncio.Event()
         self.fetches = asyncio.Semaphore(concurrency)  # items in flight, across both epochs
 
-    async def take(self) -> None:
+    async def claim(self) -> None:
+        """Wait for a free slot and take it."""
         while self.used >= self.limit:
             self._room.clear()
             await self._room.wait()
         self.used += 1
 
     def give(self, n: int = 1) -> None:
+        """Free ``n`` slots (batches consumed, or dropped with their stream)."""
         self.used -= n
         self._room.set()
 
@@ -82,7 +84,7 @@ class Stream:
     # producer side (loop) -------------------------------------------------------------------
     async def wait_room(self) -> None:
         """Wait until fewer than ``prefetch`` batches are started and unconsumed; take a slot."""
-        await self.budget.take()
+        await self.budget.claim()
         self.outstanding += 1
 
     @property
