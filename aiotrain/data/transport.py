@@ -25,7 +25,6 @@ is never overwritten.
 from __future__ import annotations
 
 import collections
-import functools
 import mmap
 import os
 import sys
@@ -95,12 +94,14 @@ class FileItemSource(Protocol):
 def is_file_item(obj: object) -> TypeGuard[FileItem]:
     """``isinstance(obj, FileItem)``, decided once per class: a Protocol check costs tens of
     microseconds on Python 3.11, and the loader asks it of every item."""
-    return _is_file_item_class(type(obj))
+    cls = type(obj)
+    known = _file_item_classes.get(cls)
+    if known is None:
+        known = _file_item_classes[cls] = issubclass(cls, FileItem)
+    return known
 
 
-@functools.cache
-def _is_file_item_class(cls: type) -> bool:
-    return issubclass(cls, FileItem)
+_file_item_classes: dict[type, bool] = {}  # class -> whether its instances are FileItems
 
 
 def file_slots(items: Sequence[object]) -> tuple[list[int], list[int]]:

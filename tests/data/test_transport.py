@@ -15,6 +15,7 @@ import pytest
 from aiotrain import AsyncLoader
 from aiotrain.data import DatasetError
 from aiotrain.data.loader import MAX_JOB_FILES
+from aiotrain.data.transport import is_file_item
 from tests.data.leftovers import child_processes
 
 ITEM = 16  # bytes per item
@@ -131,3 +132,8 @@ async def test_an_item_that_fails_in_the_worker_is_named():
         await _batches(loader)
     loader.close()
     assert child_processes() == []
+
+
+def test_a_file_item_is_told_by_its_class():
+    assert is_file_item(_InFile(None, 0)) and is_file_item(_InFile(None, 16))
+    assert not is_file_item(b"bytes") and not is_file_item(np.zeros(2)) and not is_file_item(None)
