@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,13 +103,7 @@ def step() -> None:
 
 # readers (each runs in a child process) ------------------------------------------------------------
 def child(name: str, spec: dict) -> dict:
-    from _common import PeakRss
-
-    runner = READERS[name]
-    with PeakRss(pss=True) as mem:
-        out = runner(spec)
-    out.update(peak_rss_mb=mem.mb, peak_pss_mb=mem.pss_mb)
-    return out
+    return READERS[name](spec)
 
 
 def _consume(batches, n_items: int, t0: float) -> dict:
@@ -413,18 +409,29 @@ def measure(name: str, spec: dict, env: dict, notes: dict, key: str, timeout: in
     """Run reader ``name`` in a child process; None (and a note) if it cannot run."""
     if not wanted(key):
         return None
-    proc = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(spec)],
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    from _common import PeakRss
+
+    proc = subprocess.Popen([sys.executable, __file__, "--child", name, json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+    # memory is sampled from here, so the sampler takes no CPU or GIL from the reader
+    with PeakRss(pss=True, pid=proc.pid, every_s=0.05) as mem:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        errors = [ln for ln in proc.stderr.splitlines() if "Error" in ln]
-        tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
+        errors = [ln for ln in stderr.splitlines() if "Error" in ln]
+        tail = (errors or stderr.strip().splitlines() or ["no output"])[-1]
         notes[key] = f"{name} could not run: {tail[:300]}"
         return None
     out = json.loads(lines[-1])
     if "error" in out:
         notes[key] = f"{name} could not run: {out['error']}"
         return None
+    out.update(peak_rss_mb=mem.mb, peak_pss_mb=mem.pss_mb)
     return out
 
 
@@ -512,6 +519,7 @@ def main() -> None:
     notes: dict[str, str] = {}
     n, workers = a.items, a.workers
     tmp = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    atexit.register(shutil.rmtree, tmp, True)  # ~2.7 GB of shards and caches: never left behind
     with LocalS3() as s3, LoopbackProxy(s3.port, delay_s=DELAY_S, rate=RATE) as proxy:
         s3.bucket(BUCKET)
         os.environ.update(s3.env)  # the writers below talk to the server straight

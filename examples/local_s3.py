@@ -8,8 +8,9 @@ nothing global: ``env`` holds the variables a client needs (endpoint, region, te
 ``LoopbackProxy(upstream_port, ...)`` starts ``python -m examples.local_s3 proxy`` as a child
 process: a TCP proxy on 127.0.0.1 that waits ``delay_s`` before the first byte of every response,
 caps every connection at ``rate`` bytes/s, and can answer some requests with 503 or stall them
-(``fail_every``, ``fail_first``, ``stall_every``/``stall_s``), to test retries against a real
-server. It speaks bytes, not HTTP, except that it waits for a request's head before deciding its
+(``fail_every``, ``fail_first``, ``stall_every``/``stall_s``), or hold every response for
+``hold_s`` once ``hold_after`` bytes of it (headers included) have passed, to test retries and
+partial arrivals against a real server. It speaks bytes, not HTTP, except that it waits for a request's head before deciding its
 fate; the S3 server closes its connection after each response, so a connection is a request.
 """
 
@@ -109,13 +110,14 @@ class LoopbackProxy(_Child):
 
     def __init__(self, upstream_port: int, *, delay_s: float = 0.0, rate: float = 0.0,
                  fail_every: int = 0, fail_first: int = 0, stall_every: int = 0,
-                 stall_s: float = 0.0) -> None:
+                 stall_s: float = 0.0, hold_after: int = 0, hold_s: float = 0.0) -> None:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "examples.local_s3", "proxy", str(self.port),
                 str(upstream_port), f"--delay={delay_s}", f"--rate={rate}",
                 f"--fail-every={fail_every}", f"--fail-first={fail_first}",
-                f"--stall-every={stall_every}", f"--stall-s={stall_s}"]
+                f"--stall-every={stall_every}", f"--stall-s={stall_s}",
+                f"--hold-after={hold_after}", f"--hold-s={hold_s}"]
         self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         _wait_port(self.port, self.proc, "loopback proxy")
 
@@ -131,7 +133,8 @@ async def _proxy_main(port: int, upstream: int, opts: argparse.Namespace) -> Non
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
                    limited: bool) -> None:
-        sent, start = 0, time.monotonic()
+        sent, start, passed = 0, time.monotonic(), 0
+        hold = limited and opts.hold_after > 0
         data = first
         try:
             while True:
@@ -139,6 +142,13 @@ async def _proxy_main(port: int, upstream: int, opts: argparse.Namespace) -> Non
                     data = await reader.read(256 << 10)
                     if not data:
                         break
+                if hold and passed + len(data) > opts.hold_after:  # let the front through, then hold
+                    cut = opts.hold_after - passed
+                    writer.write(data[:cut])
+                    await writer.drain()
+                    data, passed, hold = data[cut:], opts.hold_after, False
+                    await asyncio.sleep(opts.hold_s)
+                passed += len(data)
                 if limited and opts.rate > 0:
                     sent += len(data)
                     ahead = sent / opts.rate - (time.monotonic() - start)
@@ -204,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     px.add_argument("--fail-first", type=int, default=0)
     px.add_argument("--stall-every", type=int, default=0)
     px.add_argument("--stall-s", type=float, default=0.0)
+    px.add_argument("--hold-after", type=int, default=0)
+    px.add_argument("--hold-s", type=float, default=0.0)
     sv = sub.add_parser("serve", help="run a local S3 server until interrupted; prints its env")
     sv.add_argument("--port", type=int, default=None)
     sv.add_argument("--bucket", action="append", default=[])

@@ -8,7 +8,8 @@ runs in N worker processes and the batch comes back through shared memory (see `
 ``transport``). At most ``prefetch`` batches are started but not yet consumed, which bounds
 memory; once every batch of an epoch is started, the next epoch's first batches start too, within
 the same bound, so an epoch boundary costs no fetch latency. The same ordered stream serves
-``async for`` on the loop and, without a loop crossing per batch, the Engine's compute thread.
+``async for`` on the loop and, without a loop crossing per batch, the Engine's compute thread
+(``stream``: the stream, its prefetch budget, the base shared with ``AsyncLoader.wrap``).
 
 Sync dataset code that never returns cannot stop a cancellation: sync reads run on abandonable
 daemon threads (``runtime.submit_abandonable``), so a cancelled stream reports the item still running,
@@ -18,15 +19,12 @@ killed.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import concurrent.futures as cf
-import contextlib
 import logging
 import math
-import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -36,17 +34,17 @@ from torch.utils.data import default_collate
 from ..protocols import EpochAware
 from ..runtime import (
     DataWorkerPool,
-    LoopPortal,
     WorkerDied,
     WorkerInitError,
     submit_abandonable,
     to_io,
 )
 from ..values import check_int
-from .batch import move_batch, pin_batch
+from .batch import pin_batch
 from .remote.order import ResumableOrder
 from .stage import BatchJob, CpuStage, Rng
-from .transport import Recycler, rebuild
+from .stream import Budget, Stream, StreamClosed, StreamingLoader, WrappedLoader, sized_len
+from .transport import FileItemSource, Recycler, file_slots, is_file_item, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -64,271 +62,7 @@ class DatasetError(RuntimeError):
         self.index = index
 
 
-class StreamClosed(RuntimeError):
-    """The stream was closed (the run was cancelled) while a consumer waited for a batch."""
-
-
-class _Budget:
-    """Batch slots shared by an epoch's stream and the next epoch's early start: ``prefetch``
-    batches at most are started and not yet consumed, across both."""
-
-    def __init__(self, limit: int, concurrency: int = 1) -> None:
-        self.limit, self.used = limit, 0
-        self._room = asyncio.Event()
-        self.fetches = asyncio.Semaphore(concurrency)  # items in flight, across both epochs
-
-    async def take(self) -> None:
-        while self.used >= self.limit:
-            self._room.clear()
-            await self._room.wait()
-        self.used += 1
-
-    def give(self, n: int = 1) -> None:
-        self.used -= n
-        self._room.set()
-
-
-class _Stream:
-    """One pass over a sequence of batches: filled on the loop, in order, bounded.
-
-    Producers ``put(seq, ...)`` in any order; consumers take ``seq`` 0, 1, 2, ... either on the
-    loop (``await anext()``) or from another thread (``next_blocking()``).
-    """
-
-    def __init__(self, portal: LoopPortal, budget: _Budget,
-                 on_consume: Callable[[], None], finalize: Callable[[Any], Any]) -> None:
-        self._portal = portal
-        self.budget = budget
-        self.on_consume = on_consume
-        self._finalize = finalize
-        self._cond = threading.Condition()
-        self._ready: dict[int, tuple[bool, Any]] = {}
-        self._next = 0
-        self._total: int | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-        # closed because nobody will read it (an early start no run takes), not by a cancelled
-        # run: its worker calls get a grace to finish, and the workers are kept
-        self.dropped = False
-        self._arrived = asyncio.Event()
-        self.outstanding = 0  # batches started and not yet consumed (loop-side count)
-        self.task: asyncio.Task[None] | None = None
-        self.on_close: Callable[[_Stream], Any] | None = None  # async hook (the loader's)
-
-    # producer side (loop) -------------------------------------------------------------------
-    async def wait_room(self) -> None:
-        """Wait until fewer than ``prefetch`` batches are started and unconsumed; take a slot."""
-        await self.budget.take()
-        self.outstanding += 1
-
-    @property
-    def complete(self) -> bool:
-        """Every batch of this stream was handed to the consumer."""
-        return self._total is not None and self._next >= self._total and self._error is None
-
-    def put(self, seq: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            self._ready[seq] = (ok, value)
-            self._cond.notify_all()
-        self._arrived.set()
-
-    def fail(self, exc: BaseException) -> None:
-        """The producer broke: consumers get ``exc`` once the batches before it are taken."""
-        with self._cond:
-            self._error = exc
-            self._cond.notify_all()
-        self._arrived.set()
-
-    def finish(self, total: int) -> None:
-        """The producer will put no more than ``total`` batches."""
-        with self._cond:
-            self._total = total
-            self._cond.notify_all()
-        self._arrived.set()
-
-    def _consumed(self) -> None:
-        if self.outstanding > 0:
-            self.outstanding -= 1
-            self.budget.give()
-        self.on_consume()
-
-    # consumer side --------------------------------------------------------------------------
-    def _take(self) -> tuple[bool, Any] | None:
-        """The next batch if it is ready (caller holds the lock); raise at the end or when closed."""
-        item = self._ready.pop(self._next, None)
-        if item is not None:
-            self._next += 1
-            return item
-        if self._error is not None:
-            raise self._error
-        if self._total is not None and self._next >= self._total:
-            raise StopIteration
-        if self._closed:
-            raise StreamClosed("the data stream was closed while waiting for a batch")
-        return None
-
-    def next_blocking(self) -> Any:
-        """Take the next batch from a thread other than the loop's; StopIteration at the end."""
-        with self._cond:
-            while (item := self._take()) is None:
-                self._cond.wait()
-        self._portal.notify(self._consumed)
-        return self._unwrap(item)
-
-    async def anext(self) -> Any:
-        """Take the next batch on the loop; StopAsyncIteration at the end."""
-        while True:
-            with self._cond:
-                try:
-                    item = self._take()
-                except StopIteration:
-                    raise StopAsyncIteration from None
-            if item is not None:
-                break
-            self._arrived.clear()
-            await self._arrived.wait()
-        self._consumed()
-        return self._unwrap(item)
-
-    def _unwrap(self, item: tuple[bool, Any]) -> Any:
-        ok, value = item
-        if not ok:
-            raise value
-        return self._finalize(value)
-
-    # shutdown -------------------------------------------------------------------------------
-    def interrupt(self) -> None:
-        """Wake any waiting consumer with StreamClosed (used at cancellation)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._arrived.set()
-
-    async def aclose(self) -> None:
-        """Stop the producer and its fetches, drop prefetched batches, wake consumers."""
-        self.interrupt()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self._ready.clear()
-        if self.outstanding:
-            self.budget.give(self.outstanding)
-            self.outstanding = 0
-        hook, self.on_close = self.on_close, None
-        if hook is not None:
-            await hook(self)
-
-
-class _StreamingLoader(abc.ABC):
-    """What AsyncLoader and wrapped iterables share: streams, epochs, position, state."""
-
-    prefetch: int
-    device: torch.device | None
-
-    def __init__(self) -> None:
-        self._epoch = 0
-        self._position = 0
-        self._early: tuple[int, _Stream] | None = None  # the next epoch, started early
-
-    @abc.abstractmethod
-    async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
-        """Fill ``stream`` with epoch ``epoch``'s batches from batch ``start``, in order."""
-
-    def _finalize(self, batch: Any) -> Any:
-        return move_batch(batch, self.device) if self.device is not None else batch
-
-    async def open_stream(self, epoch: int, start: int = 0) -> _Stream:
-        """Start filling a stream with epoch ``epoch``'s batches from batch ``start`` (loop only).
-
-        When that epoch was already started early (the previous stream was consumed to its end),
-        its stream is handed over with the batches it has prefetched."""
-        early, self._early = self._early, None
-        if early is not None:
-            if early[0] == epoch and start == 0 and early[1].task is not None \
-                    and early[1].task.get_loop() is asyncio.get_running_loop():
-                self._epoch, self._position = epoch, start
-                return early[1]
-            early[1].dropped = True
-            await early[1].aclose()
-        self._epoch, self._position = epoch, start
-        return self._start_stream(epoch, start, self._new_budget())
-
-    def _new_budget(self) -> _Budget:
-        return _Budget(self.prefetch)
-
-    def _start_stream(self, epoch: int, start: int, budget: _Budget) -> _Stream:
-        stream = _Stream(LoopPortal(), budget, self._advance, self._finalize)
-        stream.on_close = self._stream_closed
-        stream.task = asyncio.create_task(self._run_producer(stream, epoch, start))
-        return stream
-
-    def _start_early(self, current: _Stream, epoch: int) -> None:
-        """Start epoch ``epoch`` (the one after ``current``'s) within ``current``'s budget."""
-        if self._early is None:
-            self._early = (epoch, self._start_stream(epoch, 0, current.budget))
-
-    async def adrop_prefetch(self) -> None:
-        """Stop the next epoch's early start, if any (a run that ends needs no next epoch; a
-        later pass starts afresh)."""
-        early, self._early = self._early, None
-        if early is not None:
-            early[1].dropped = True
-            await early[1].aclose()
-
-    async def _stream_closed(self, stream: _Stream) -> None:
-        """A stream closed before its end takes the early-started next epoch with it."""
-        if not stream.complete and self._early is not None and self._early[1].budget is stream.budget:
-            early, self._early = self._early[1], None
-            await early.aclose()
-
-    async def _run_producer(self, stream: _Stream, epoch: int, start: int) -> None:
-        try:
-            await self._produce(stream, epoch, start)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a sampler or source that raised: the consumer sees it in order
-            stream.fail(exc)
-
-    def _advance(self) -> None:
-        self._position += 1
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        stream = await self.open_stream(self._epoch, self._position)
-        try:
-            while True:
-                try:
-                    batch = await stream.anext()
-                except StopAsyncIteration:
-                    break
-                yield batch
-            self._epoch, self._position = self._epoch + 1, 0
-        finally:
-            await stream.aclose()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next pass uses (0-based), from its first batch."""
-        self._epoch, self._position = check_int("epoch", epoch, minimum=0), 0
-
-    def state_dict(self) -> dict[str, int]:
-        """The consumer's position (epoch, batches taken), not the prefetch position."""
-        return {"epoch": self._epoch, "position": self._position}
-
-    def load_state_dict(self, sd: dict[str, int]) -> None:
-        """Resume the next pass at ``sd``'s position without fetching the skipped items."""
-        try:
-            epoch, position = int(sd["epoch"]), int(sd["position"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"loader state_dict needs integer 'epoch' and 'position': {sd!r}") from exc
-        if epoch < 0 or position < 0:
-            raise ValueError(f"loader state_dict has negative values: {sd!r}")
-        self._epoch, self._position = epoch, position
-
-
-class AsyncLoader(_StreamingLoader):
+class AsyncLoader(StreamingLoader):
     """Prefetching, order-preserving batch loader for map-style datasets (docs/data.md).
 
     ``dataset`` has ``__len__`` and ``async def aget(i)``, or ``__getitems__(indices)`` (one call
@@ -344,7 +78,9 @@ class AsyncLoader(_StreamingLoader):
     (``__getitems__`` is not used). ``workers=N`` runs the stage (sync ``__getitem__`` reads of
     datasets without ``aget``, the transform, ``collate_fn``) in N worker processes, started when
     the loader is opened (or on first use) and reused across epochs; batches come back through
-    shared memory. The workers are forked (``worker_start="fork"``), or with
+    shared memory; a dataset with ``aget_ref`` (``RemoteDataset``) gives them references to
+    items in files it holds open instead of the items, and they read the items themselves
+    (``transport.FileItem``). The workers are forked (``worker_start="fork"``), or with
     ``worker_start="spawn"`` fresh interpreters that import only what the dataset and transform
     need: a transform that works in numpy (with ``rng="numpy"``) never loads torch there, so each
     worker costs tens of MB, not the trainer's memory; the batch's arrays become tensors here
@@ -421,6 +157,8 @@ class AsyncLoader(_StreamingLoader):
         # workers collate numpy arrays without torch; they become tensors here, in place
         self._arrays_as_tensors = collate_fn is None
         self._stage = CpuStage(dataset, transform, collate_fn, seed, worker_init, rng)
+        # the workers read the items themselves: the loop fetches references (aget_ref)
+        self._by_ref = bool(workers) and isinstance(dataset, FileItemSource)
         self._recycler = Recycler(prefetch)  # idle batch buffers, lent back to the workers
         self._pool: DataWorkerPool | None = None
         self._pool_finalizer: weakref.finalize[..., Any] | None = None
@@ -509,10 +247,10 @@ class AsyncLoader(_StreamingLoader):
         await self.aclose()
 
     # producing ----------------------------------------------------------------------------------
-    def _new_budget(self) -> _Budget:
-        return _Budget(self.prefetch, self.concurrency)
+    def _new_budget(self) -> Budget:
+        return Budget(self.prefetch, self.concurrency)
 
-    async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
+    async def _produce(self, stream: Stream, epoch: int, start: int) -> None:
         order = await to_io(self.order, epoch)
         bs = self.batch_size
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
@@ -554,7 +292,7 @@ class AsyncLoader(_StreamingLoader):
             if (pending or cancelled and not stream.dropped) and self._pool is not None:
                 await self._pool.aclose()  # calls in flight may never return: stop the workers
 
-    async def _assemble(self, stream: _Stream, seq: int, epoch: int, indices: list[int],
+    async def _assemble(self, stream: Stream, seq: int, epoch: int, indices: list[int],
                         sem: asyncio.Semaphore, turn: _Turn) -> None:
         try:
             batch = await self._batch(epoch, indices, sem, turn)
@@ -580,6 +318,8 @@ class AsyncLoader(_StreamingLoader):
         failures: list[tuple[int, BaseException]] = []
         if hasattr(ds, "aget") or self.workers == 0:
             fetched = await asyncio.gather(*(self._fetch(i, sem) for i in indices))
+            if self.workers:
+                fetched = await _within_files(fetched)
             kept = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if ok]
             failures = [(i, v) for i, (ok, v) in zip(indices, fetched, strict=True) if not ok]
             if failures and not tolerate:
@@ -609,8 +349,11 @@ class AsyncLoader(_StreamingLoader):
                 raise DatasetError(what, exc) from exc
         pool = self._worker_pool()
         await pool.astart()  # a worker that cannot be started is not an item's error: raised as it is
+        slots, files = file_slots(job.items or [])
+        if files:  # items the worker reads itself from these files
+            job.files, job.nfiles = slots, len(files)
         try:
-            (header, failures), fds = await pool.call(job, self._recycler.take())
+            (header, failures), fds = await pool.call(job, self._recycler.take() + files)
         except WorkerDied as exc:
             index = exc.note if exc.note in job.indices else what
             raise DatasetError(index, exc) from exc
@@ -625,6 +368,8 @@ class AsyncLoader(_StreamingLoader):
         """``(True, item)`` or ``(False, error)``: one item, on the loop or a thread."""
         async with sem:
             try:
+                if self._by_ref:
+                    return True, await self.dataset.aget_ref(index)  # the worker reads it
                 if hasattr(self.dataset, "aget"):
                     return True, await self.dataset.aget(index)
                 return True, await _abandonable(self.dataset.__getitem__, index, what=index)
@@ -648,10 +393,10 @@ class AsyncLoader(_StreamingLoader):
                         index, epoch, used + 1, self.skip_errors, text)
 
     @staticmethod
-    def wrap(source: Any, prefetch: int = 4) -> _WrappedLoader:
+    def wrap(source: Any, prefetch: int = 4) -> WrappedLoader:
         """Adapt any iterable, async iterable or torch DataLoader into a prefetching async iterable
         with the same stream protocol (ordering, bounded prefetch, engine fast path)."""
-        return _WrappedLoader(source, prefetch)
+        return WrappedLoader(source, prefetch)
 
 
 class _Turn:
@@ -668,6 +413,28 @@ class _Turn:
     def done(self) -> None:
         if not self.mine.done():
             self.mine.set_result(None)
+
+
+MAX_JOB_FILES = 32  # distinct files whose items one worker job reads itself (fds per message)
+
+
+async def _within_files(fetched: list[tuple[bool, object]]) -> list[tuple[bool, object]]:
+    """Fetched items, with ``FileItem``s beyond ``MAX_JOB_FILES`` distinct files read here (on
+    an I/O thread), so one job never carries more descriptors than a message can."""
+    files: set[int] = set()
+    out = []
+    for ok, value in fetched:
+        if ok and is_file_item(value):
+            fd = value.fileno()
+            if fd not in files and len(files) >= MAX_JOB_FILES:
+                try:
+                    value = await to_io(value.load, fd)
+                except Exception as exc:
+                    ok, value = False, exc
+            else:
+                files.add(fd)
+        out.append((ok, value))
+    return out
 
 
 def _whole(batch: Any, indices: list[int]) -> Any:
@@ -696,54 +463,3 @@ async def _abandonable(fn: Callable[..., Any], *args: Any, what: Any) -> Any:
 def _discard(fut: cf.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()  # retrieved, so nothing is reported as never retrieved
-
-
-class _WrappedLoader(_StreamingLoader):
-    """An iterable / async iterable read ``prefetch`` items ahead (AsyncLoader.wrap).
-
-    Sync iterables are advanced in the I/O executor, so a slow ``next`` never blocks the loop.
-    Resuming at a position reads and drops the skipped items: an opaque iterable cannot seek.
-    """
-
-    def __init__(self, source: Any, prefetch: int = 4) -> None:
-        super().__init__()
-        check_int("prefetch", prefetch)
-        if not (hasattr(source, "__iter__") or hasattr(source, "__aiter__")):
-            raise TypeError(f"AsyncLoader.wrap needs an iterable or async iterable, got "
-                            f"{type(source).__name__}")
-        self.source, self.prefetch, self.device = source, prefetch, None
-        self.sampler = getattr(source, "sampler", None)
-
-    def __len__(self) -> int:
-        return len(self.source)  # TypeError for unsized sources, as len() of them would
-
-    async def _produce(self, stream: _Stream, epoch: int, start: int) -> None:
-        for target in (self.source, self.sampler):
-            if isinstance(target, EpochAware):
-                target.set_epoch(epoch)
-                break
-        n = 0
-        async for item in self._items():
-            if n >= start:
-                await stream.wait_room()
-                stream.put(n - start, True, item)
-            n += 1
-        stream.finish(max(n - start, 0))
-
-    async def _items(self) -> AsyncIterator[Any]:
-        if hasattr(self.source, "__aiter__"):
-            async for item in self.source:
-                yield item
-            return
-        end = object()
-        it = await to_io(iter, self.source)
-        while (item := await to_io(next, it, end)) is not end:
-            yield item
-
-
-def sized_len(obj: Any) -> int | None:
-    """``len(obj)``, or None when ``obj`` has no length."""
-    try:
-        return len(obj)
-    except TypeError:
-        return None

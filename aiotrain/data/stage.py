@@ -86,13 +86,17 @@ def _holds(obj: Any, kind: type) -> bool:
 class BatchJob:
     """One batch for the stage: its epoch, item indices, and the items fetched on the loop
     (``None``: read them here; ``getitems``: one ``__getitems__`` call, returned as the batch).
-    ``tolerate``: report failing items and go on, instead of stopping at the first."""
+    ``tolerate``: report failing items and go on, instead of stopping at the first. ``files``:
+    per item, the slot of its file among the job's last ``nfiles`` descriptors (the item is a
+    ``transport.FileItem``, read here), or -1."""
 
     epoch: int
     indices: list[int]
     items: list[Any] | None
     tolerate: bool = False
     getitems: bool = False
+    files: list[int] | None = None
+    nfiles: int = 0
 
 
 Failure = tuple[int, BaseException]
@@ -119,22 +123,26 @@ class CpuStage:
 
         return default_collate(samples)
 
-    def process(self, job: BatchJob, note: Callable[[int], None] | None = None
-                ) -> tuple[Any, list[Failure]]:
+    def process(self, job: BatchJob, note: Callable[[int], None] | None = None,
+                files: Sequence[int] = ()) -> tuple[Any, list[Failure]]:
         """``(batch, failures)``; batch is None when no item survived (or the first failed and
-        ``job.tolerate`` is off). A collate error propagates."""
+        ``job.tolerate`` is off). A collate error propagates. ``files``: the descriptors of the
+        job's ``FileItem``s (see ``BatchJob``)."""
         if job.getitems:
             return self.dataset.__getitems__(job.indices), []
         fetch = job.items is None
         items: Sequence[Any] = job.indices if fetch else job.items  # type: ignore[assignment]
+        slots = job.files or [-1] * len(items)
         samples: list[Any] = []
         failures: list[tuple[int, BaseException]] = []
-        for index, item in zip(job.indices, items, strict=True):
+        for index, item, slot in zip(job.indices, items, slots, strict=True):
             if note is not None:
                 note(index)
             try:
                 if fetch:
                     item = self.dataset[index]
+                elif slot >= 0:
+                    item = item.load(files[slot])
                 if self.transform is not None:
                     item = self.transform(item, item_generator(self.seed, job.epoch, index, self.rng))
             except Exception as exc:
@@ -163,10 +171,18 @@ class CpuStage:
             self.worker_init()
 
     def handle(self, job: BatchJob, ctx: WorkerContext) -> tuple[Any, list[int]]:
-        """The worker handler: process (into the buffers lent with the job, if any), then share
-        the batch's arrays (header, fds)."""
-        for fd in lend(ctx.take_received()):
+        """The worker handler: process (into the buffers lent with the job, if any, reading its
+        ``FileItem``s from the descriptors sent after them), then share the batch's arrays
+        (header, fds)."""
+        received = ctx.take_received()
+        split = len(received) - job.nfiles
+        files = received[split:]
+        for fd in lend(received[:split]):
             os.close(fd)
-        batch, failures = self.process(job, ctx.note)
+        try:
+            batch, failures = self.process(job, ctx.note, files)
+        finally:
+            for fd in files:
+                os.close(fd)
         header, fds = share(batch)
         return (header, [(i, portable_error(e)) for i, e in failures]), fds

@@ -10,6 +10,11 @@ memfds (torch's descriptor-backed shared memory for tensors), unlinked at birth,
 nothing in /dev/shm and vanish with their last user. Nothing here imports torch unless a tensor
 is involved, so a torch-free worker stays torch-free.
 
+Items can travel the other way without their bytes: a ``FileItem`` is a reference to an item
+still in a file the parent holds open (a shard in shared memory, a cache file); the job carries
+the reference pickled (a few dozen bytes) and the file's descriptor beside it, and the worker
+reads the item itself (``file_slots`` numbers the descriptors of a job).
+
 Array buffers are recycled: once the consumer has dropped every array over a mapping, the
 parent's ``Recycler`` keeps its memfd and lends it with a later job; the worker writes that batch
 into it (``lend`` then ``shared_empty``), so the pages are not allocated and zeroed afresh for
@@ -25,14 +30,16 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
 from .batch import map_leaves
 
-__all__ = ["Recycler", "lend", "rebuild", "share", "shared_empty"]
+__all__ = ["FileItem", "FileItemSource", "Recycler", "file_slots", "is_file_item", "lend", "rebuild", "share",
+           "shared_empty"]
 
 _buffer_fds: weakref.WeakKeyDictionary[mmap.mmap, int] = weakref.WeakKeyDictionary()
 _lent: list[int] = []  # worker side: memfds the parent lent with the current job
@@ -60,6 +67,55 @@ class _ArrayRef:
     shape: tuple[int, ...]
     offset: int
     nbytes: int
+
+
+@runtime_checkable
+class FileItem(Protocol):
+    """An item left in a file this process holds open: a data worker reads it itself, so only
+    this small picklable reference and the file's descriptor cross to the worker."""
+
+    def fileno(self) -> int:
+        """This process's descriptor of the file (borrowed: open while the reference lives)."""
+        ...
+
+    def load(self, fd: int) -> object:
+        """The item, read (and checked) from ``fd``, the same file, in whichever process."""
+        ...
+
+
+@runtime_checkable
+class FileItemSource(Protocol):
+    """A dataset that can give an item as a ``FileItem`` (or, where it cannot, the item itself):
+    AsyncLoader with worker processes asks it for ``aget_ref`` instead of ``aget``."""
+
+    async def aget_ref(self, index: int) -> object: ...
+
+
+def is_file_item(obj: object) -> TypeGuard[FileItem]:
+    """``isinstance(obj, FileItem)``, decided once per class: a Protocol check costs tens of
+    microseconds on Python 3.11, and the loader asks it of every item."""
+    cls = type(obj)
+    known = _file_item_classes.get(cls)
+    if known is None:
+        known = _file_item_classes[cls] = issubclass(cls, FileItem)
+    return known
+
+
+_file_item_classes: dict[type, bool] = {}  # class -> whether its instances are FileItems
+
+
+def file_slots(items: Sequence[object]) -> tuple[list[int], list[int]]:
+    """Parent side: for each item, the slot of its file among the descriptors returned (-1: the
+    item is not a ``FileItem`` and travels itself), and those descriptors (duplicates, for the
+    message to carry and close)."""
+    slots: list[int] = []
+    seen: dict[int, int] = {}
+    for item in items:
+        if is_file_item(item):
+            slots.append(seen.setdefault(item.fileno(), len(seen)))
+        else:
+            slots.append(-1)
+    return slots, [os.dup(fd) for fd in seen]
 
 
 def lend(fds: list[int]) -> list[int]:

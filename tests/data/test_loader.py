@@ -1,4 +1,5 @@
-"""AsyncLoader: order, concurrency, bounded memory, determinism, resume, wrap, errors."""
+"""AsyncLoader: order, concurrency, bounded memory, determinism, resume, errors (the stream
+itself and AsyncLoader.wrap: test_stream.py)."""
 
 from __future__ import annotations
 
@@ -187,28 +188,6 @@ def test_torch_sampler_and_distributed_sampler_epochs():
         shards.append(sum(asyncio.run(_collect(loader)), []))
     assert sorted(shards[0] + shards[1]) == list(range(16))
     assert len(AsyncLoader(ds, 4, sampler=DistributedSampler(range(16), num_replicas=2, rank=0))) == 2
-
-
-def test_wrap_iterables_async_iterables_and_dataloader():
-    async def agen():
-        for i in range(5):
-            await asyncio.sleep(0)
-            yield i
-
-    from torch.utils.data import DataLoader, TensorDataset
-
-    dl = DataLoader(TensorDataset(torch.arange(6)), batch_size=2)
-
-    async def main():
-        a = [x async for x in AsyncLoader.wrap(range(4))]
-        b = [x async for x in AsyncLoader.wrap(agen())]
-        c = [x[0].tolist() async for x in AsyncLoader.wrap(dl, prefetch=2)]
-        return a, b, c
-
-    assert asyncio.run(main()) == ([0, 1, 2, 3], [0, 1, 2, 3, 4], [[0, 1], [2, 3], [4, 5]])
-    seen = []
-    Engine(lambda e, b: seen.append(b)).run_sync(agen(), max_epochs=1)
-    assert seen == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -24,7 +24,7 @@ _EXPORTS = {
     "Manifest": "manifest", "ManifestError": "manifest", "ShardInfo": "manifest",
     "pack": "pack", "PackWriter": "pack",
     "ShardSampler": "order", "epoch_order": "order",
-    "ShardCache": "cache", "ShardIntegrityError": "cache",
+    "ShardCache": "cache", "ShardIntegrityError": "packed",
     "RemoteDataset": "dataset", "RemoteDatasetError": "dataset",
     "TransferStats": "stats", "attach_data_metrics": "stats", "DataMetrics": "stats",
 }
@@ -34,11 +34,12 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from .cache import ShardCache, ShardIntegrityError
+    from .cache import ShardCache
     from .dataset import RemoteDataset, RemoteDatasetError
     from .manifest import Manifest, ManifestError, ShardInfo
     from .order import ShardSampler, epoch_order
     from .pack import PackWriter, pack
+    from .packed import ShardIntegrityError
     from .retry import Retry
     from .source import ObjectError, ObjectSource
     from .stats import DataMetrics, TransferStats, attach_data_metrics

@@ -7,7 +7,14 @@ so a wrong URL, a missing object or a refused credential is one line at start, n
 hour in. Item ``i`` is numbered shard-major. ``aget(i)`` returns the item as stored: a packed
 item as it was packed (bytes, numbers, arrays), a tar sample as ``{"__key__": ..., ext: bytes}``;
 decoding it (JPEG to array, tokenising) is the loader's ``transform``, which runs in the CPU
-stage's worker processes with ``workers=N``.
+stage's worker processes with ``workers=N``. There the loader asks for ``aget_ref(i)`` instead: a
+reference to the item's bytes in its shard (``refs.ItemRef``), which the worker reads, checks
+and decodes itself, so the item's bytes never travel pickled from the loop.
+
+Every item is checked before it is used: a packed shard of version 2 has a CRC-32 per item (its
+header, itself checked against the index, holds them), so an item is usable as soon as its own
+bytes have arrived, before the rest of its shard; tar shards and version-1 packed shards are
+checked whole first.
 
 ``dataset.sampler(shuffle=..., seed=...)`` gives the order (see ``order``): shards dealt to ranks
 without overlap, resumable at the exact next item with any world size. The dataset plans from the
@@ -16,7 +23,7 @@ read-ahead budget (bytes) and request limit, and marks a shard done for the epoc
 items of this epoch are served, so eviction takes it first.
 
 Two ways to read a shard (``fetch``): ``"shard"`` (the default) downloads whole shards into the
-local cache (one range request per chunk, checked, shared between processes): the right choice
+local cache (parallel range requests, streamed, shared between processes): the right choice
 for shard-ordered streaming and whenever later epochs can be served from the cache;
 ``"range"`` reads each item with its own range request (the packed format's offsets, or a tar
 index's), for full random access over data far larger than the cache.
@@ -27,21 +34,25 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
+from ...runtime import to_io
 from .cache import ShardCache, ShardRef
-from .codec import decode_item
 from .manifest import INDEX_NAME, Manifest, ManifestError, parse_manifest
 from .order import ShardSampler, Shuffle
-from .packed import header_size, item_bounds, read_offsets
+from .packed import ShardHeader, ShardIntegrityError, crc32, header_size, read_header
+from .refs import ItemRef
 from .retry import Retry
+from .shard import Shard
 from .source import ObjectError, ObjectSource, join_url
 from .stats import TransferStats
-from .tar import iter_samples, sample_offsets
+from .tar import sample_offsets
 
 __all__ = ["RemoteDataset", "RemoteDatasetError"]
+
+INLINE_DECODE_BYTES = 1 << 20  # items bigger than this are checked and decoded on an I/O thread
 
 
 class RemoteDatasetError(RuntimeError):
@@ -54,7 +65,7 @@ class RemoteDataset:
 
     def __init__(self, url: str, manifest: Manifest, *, cache: ShardCache | None = None,
                  fetch: str = "shard", retry: Retry | None = None,
-                 options: dict[str, Any] | None = None, lookahead: int = 2) -> None:
+                 options: Mapping[str, object] | None = None, lookahead: int = 2) -> None:
         if fetch not in ("shard", "range"):
             raise ValueError(f"fetch must be 'shard' or 'range', got {fetch!r}")
         self.url, self.manifest, self.fetch, self.lookahead = url, manifest, fetch, lookahead
@@ -63,9 +74,10 @@ class RemoteDataset:
         self.cache = cache if cache is not None else ShardCache()
         self.counts = [s.items for s in manifest.shards]
         self._starts: list[int] = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64).tolist()
+        self.per_item = manifest.format == "packed" and manifest.version >= 2
         self._refs = [self._ref(s.name, s.bytes, s.crc32) for s in manifest.shards]
-        self._offsets: dict[int, Any] = {}  # shard -> item offsets, once known
-        self._offset_tasks: dict[int, asyncio.Task[Any]] = {}
+        self._headers: dict[int, ShardHeader] = {}  # shard -> where its items are, once known
+        self._header_tasks: dict[int, asyncio.Task[ShardHeader]] = {}
         # the plans of the epochs being read (the current one, and the next once it started)
         self._plans: list[_Plan] = []
         self._new_plans: collections.deque[_Plan] = collections.deque()  # from the sampler's thread
@@ -80,13 +92,13 @@ class RemoteDataset:
             base, _, leaf = name.rpartition("/")
             source = ObjectSource(base, retry=self.source.retry, options=self.source.options,
                                   stats=self.stats)
-            return ShardRef(source, leaf, size, crc)
-        return ShardRef(self.source, name, size, crc)
+            return ShardRef(source, leaf, size, crc, self.per_item)
+        return ShardRef(self.source, name, size, crc, self.per_item)
 
     @classmethod
     async def aopen(cls, url: str, *, index: str = INDEX_NAME, cache: ShardCache | None = None,
                    fetch: str = "shard", retry: Retry | None = None,
-                   options: dict[str, Any] | None = None, check: bool = True) -> RemoteDataset:
+                   options: Mapping[str, object] | None = None, check: bool = True) -> RemoteDataset:
         """Read ``url``/``index`` and check the first shard (``check``): a missing index or shard
         or a refused credential raises ``RemoteDatasetError`` in one line, at once."""
         source = ObjectSource(url, retry=retry, options=options)
@@ -126,7 +138,7 @@ class RemoteDataset:
         return (f"RemoteDataset({self.url!r}, {len(self)} items in {len(self.counts)} "
                 f"{self.manifest.format} shards)")
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[_Detached], tuple[str, int]]:
         # a CPU-stage worker process gets the dataset with its stage but never reads from it:
         # send what it is, not its clients, locks and tasks
         return (_Detached, (repr(self), len(self)))
@@ -194,79 +206,96 @@ class RemoteDataset:
                 return
 
     # reading -----------------------------------------------------------------------------------
-    async def aget(self, index: int) -> Any:
-        """Item ``index`` as stored (see the module docstring)."""
-        shard, local = self.locate(index)
-        ref = self._refs[shard]
+    async def aget(self, index: int) -> object:
+        """Item ``index`` as stored (see the module docstring), checked."""
+        ref = await self.aget_ref(index)
+        if not isinstance(ref, ItemRef):
+            return ref
+        assert ref.shard is not None
+        raw = await ref.shard.aread(ref.start, ref.end)
+        if ref.end - ref.start > INLINE_DECODE_BYTES:  # a big item is checked off the loop
+            return await to_io(ref.decode, raw)
+        return ref.decode(raw)
+
+    async def aget_ref(self, index: int) -> object:
+        """Item ``index`` as a reference to its bytes in their shard, once they may be read
+        (``fetch="shard"``), for a worker process to read, check and decode; with
+        ``fetch="range"`` the item itself (read by its own range request)."""
+        shard_no, local = self.locate(index)
+        ref = self._refs[shard_no]
         try:
-            if self.fetch == "shard":
-                local_now = self.cache.is_local(ref)
-                if local_now:  # the shard needed now first, then the next ones behind it
-                    self._read_ahead(shard)
-                offsets = await self._shard_offsets(shard, whole=True)
-                start, end = item_bounds(offsets, local)
-                raw = await self.cache.aread(ref, start, end)
-                if local_now:
-                    self.stats.hits += 1
-                else:
-                    self.stats.misses += 1
+            if self.fetch == "range":
+                return await self._by_range(shard_no, local)
+            local_now = self.cache.is_local(ref)
+            if local_now:  # the shard needed now first, then the next ones behind it
+                self._read_ahead(shard_no)
+            shard = await self.cache.aopen(ref)
+            header = await self._header(shard_no, shard)
+            start, end = header.bounds(local)
+            await shard.wait(start, end)
+            if local_now:
+                self.stats.hits += 1
             else:
-                offsets = await self._shard_offsets(shard, whole=False)
-                start, end = item_bounds(offsets, local)
                 self.stats.misses += 1
-                raw = await ref.source.aget(ref.name, start, end)
         finally:
-            self._served(shard)
-        return self._decode(raw, ref.url)
+            self._served(shard_no)
+        return ItemRef(shard, start, end, header.crc(local), self.manifest.format,
+                       self.manifest.compression, ref.url)
 
-    def _decode(self, raw: memoryview, where: str) -> Any:
-        if self.manifest.format == "packed":
-            return decode_item(raw, self.manifest.compression)
-        samples = list(iter_samples(raw, where))
-        if len(samples) != 1:
-            raise ManifestError(f"{where}: an indexed sample holds {len(samples)} samples "
-                                "(the index does not match the shard)")
-        return samples[0][1]
+    async def _by_range(self, shard_no: int, local: int) -> object:
+        ref = self._refs[shard_no]
+        header = await self._header(shard_no, None)
+        start, end = header.bounds(local)
+        self.stats.misses += 1
+        raw = await ref.source.aget(ref.name, start, end)
+        item = ItemRef(None, start, end, header.crc(local), self.manifest.format,
+                       self.manifest.compression, ref.url)
+        return await to_io(item.decode, raw) if end - start > INLINE_DECODE_BYTES else item.decode(raw)
 
-    async def _shard_offsets(self, shard: int, whole: bool) -> Any:
-        known = self._offsets.get(shard)
+    async def _header(self, shard_no: int, shard: Shard | None) -> ShardHeader:
+        """Where shard ``shard_no``'s items are (and their CRC-32s), read once: from ``shard``
+        (on its way into the cache), or by range request when ``shard`` is None."""
+        known = self._headers.get(shard_no)
         if known is not None:
             return known
-        task = self._offset_tasks.get(shard)
+        task = self._header_tasks.get(shard_no)
         if task is None:
-            task = asyncio.create_task(self._find_offsets(shard, whole))
-            self._offset_tasks[shard] = task
+            task = asyncio.create_task(self._find_header(shard_no, shard))
+            self._header_tasks[shard_no] = task
         try:
-            offsets = await asyncio.shield(task)
+            header = await asyncio.shield(task)
         finally:
             if task.done():
-                self._offset_tasks.pop(shard, None)
-        self._offsets[shard] = offsets
-        return offsets
+                self._header_tasks.pop(shard_no, None)
+        self._headers[shard_no] = header
+        return header
 
-    async def _find_offsets(self, shard: int, whole: bool) -> Any:
-        info, ref = self.manifest.shards[shard], self._refs[shard]
+    async def _find_header(self, shard_no: int, shard: Shard | None) -> ShardHeader:
+        info, ref = self.manifest.shards[shard_no], self._refs[shard_no]
         if info.offsets is not None:
-            return np.asarray(info.offsets, dtype=np.int64)
+            return ShardHeader(np.asarray(info.offsets, dtype=np.int64))
         if self.manifest.format == "packed":
-            head_end = header_size(info.items)
-            head = await (self.cache.aread(ref, 0, head_end) if whole
+            version = self.manifest.version
+            head_end = header_size(info.items, version)
+            head = await (shard.aread(0, head_end) if shard is not None
                           else ref.source.aget(ref.name, 0, head_end))
-            return read_offsets(head, info.items, info.bytes or head_end, ref.url)
-        if not whole:
+            if version >= 2 and crc32(head) != info.head_crc32:
+                raise ShardIntegrityError(f"{ref.url}: the shard's header does not match the "
+                                          "index's head_crc32 (corrupt, or the index is stale)")
+            return read_header(head, info.items, info.bytes or head_end, ref.url, version)
+        if shard is None:
             raise RemoteDatasetError(f"{ref.url}: reading tar samples by range needs an index "
                                      "with offsets (aiotrain data index)")
-        size = await self.cache.asize(ref)
-        data = await self.cache.aread(ref, 0, size)
+        data = await shard.aread(0, shard.size)
         offsets = sample_offsets(data, ref.url)
         if len(offsets) - 1 != info.items:
             raise RemoteDatasetError(f"{ref.url}: {len(offsets) - 1} samples in the shard, "
                                      f"{info.items} in the index")
-        return np.asarray(offsets, dtype=np.int64)
+        return ShardHeader(np.asarray(offsets, dtype=np.int64))
 
     async def aclose(self) -> None:
         """Stop read-ahead downloads and drop the shards held in memory."""
-        for task in self._offset_tasks.values():
+        for task in self._header_tasks.values():
             task.cancel()
         await self.cache.aclose()
 
@@ -292,6 +321,6 @@ class _Detached:
     def __repr__(self) -> str:
         return self.what
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int) -> object:
         raise RuntimeError(f"{self.what} is read on the event loop (aget), not in a worker")
 

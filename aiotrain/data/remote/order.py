@@ -7,8 +7,12 @@ Streaming's canonical nodes):
 
 - ``shuffle="shards"`` (the default for streaming): the shards are permuted; each shard goes to the
   partition holding the fewest items so far; each partition's items (its shards one after the
-  other) are shuffled within windows of ``buffer`` items (a bounded shuffle buffer: only about
-  ``buffer`` items, a shard or two, are in play at once); the partitions are then interleaved
+  other: the *stream*) are shuffled by a bounded buffer: item ``p`` of the stream gets the key
+  ``p + buffer * u`` (``u`` uniform in [0, 1)) and the items are read in key order, so every item
+  moves fewer than ``buffer`` places from its place in the stream. Only about ``buffer`` items, a
+  shard or two, are in play at once, and the first items read are drawn from the first items of
+  the first shard (the first batch of ``b`` needs about ``sqrt(2 * b * buffer)`` of them), so
+  reading starts before the first shard has fully arrived. The partitions are then interleaved
   item by item.
 - ``shuffle="global"``: one permutation of every item (random access; the packed format reads
   any item with one range request).
@@ -33,6 +37,7 @@ import numpy as np
 __all__ = ["ResumableOrder", "Shuffle", "ShardSampler", "epoch_order"]
 
 Shuffle = Literal["shards", "global", "none"]
+ORDER_VERSION = 2  # saved in the state: an order from another version cannot be resumed exactly
 
 
 def _rng(seed: int, epoch: int, tag: int) -> np.random.Generator:
@@ -63,11 +68,8 @@ def epoch_order(counts: Sequence[int], seed: int, epoch: int, shuffle: Shuffle =
         seq = np.concatenate([np.arange(starts[k], starts[k] + counts_arr[k]) for k in shards]) \
             if shards else np.empty(0, dtype=np.int64)
         if shuffle == "shards" and len(seq) > 1:
-            part_rng = _rng(seed, epoch, 2 + c)
-            window = max(int(buffer), 1)
-            phase = int(part_rng.integers(window))
-            blocks = (np.arange(len(seq)) + phase) // window
-            seq = seq[np.lexsort((part_rng.random(len(seq)), blocks))]
+            jitter = _rng(seed, epoch, 2 + c).random(len(seq)) * max(int(buffer), 1)
+            seq = seq[np.argsort(np.arange(len(seq)) + jitter, kind="stable")]
         seqs.append(seq)
         keys.append(np.arange(len(seq), dtype=np.int64) * partitions + c)
     if partitions == 1:
@@ -148,7 +150,7 @@ class ShardSampler:
 
     # exact, elastic resume ---------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
-        return {"seed": self.seed, "shuffle": self.shuffle, "buffer": self.buffer,
+        return {"version": ORDER_VERSION, "seed": self.seed, "shuffle": self.shuffle, "buffer": self.buffer,
                 "counts_items": self.total, "counts_shards": len(self.counts),
                 "partitions": self.partitions}
 
@@ -166,7 +168,7 @@ class ShardSampler:
         try:
             epoch, start = int(state["epoch"]), int(state["start"])
             consumed, world = int(state["consumed"]), int(state["world"])
-            saved = {k: state[k] for k in self._identity()}
+            saved = {k: state.get(k, 1) if k == "version" else state[k] for k in self._identity()}
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a ShardSampler state: {dict(state)!r}") from exc
         if int(saved["partitions"]) != self.partitions:
@@ -174,7 +176,10 @@ class ShardSampler:
         mine = self._identity()
         if saved != mine:
             diff = ", ".join(f"{k}: saved {saved[k]!r}, now {mine[k]!r}" for k in mine if saved[k] != mine[k])
-            raise ValueError(f"cannot resume this data order exactly: {diff}")
+            hint = (" (saved by an aiotrain whose shuffle differs: finish this epoch with that "
+                    "version, or start the epoch afresh)" if saved["version"] != mine["version"]
+                    else "")
+            raise ValueError(f"cannot resume this data order exactly: {diff}{hint}")
         if not 0 <= start <= consumed <= self.total:
             raise ValueError(f"inconsistent data position in the saved state: {dict(state)!r}")
         self.epoch = epoch

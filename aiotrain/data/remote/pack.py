@@ -23,7 +23,7 @@ from typing import Any, Literal
 from ...files import atomic_write
 from .codec import Compression, encode_item
 from .manifest import INDEX_NAME, Manifest, ShardInfo, manifest_json
-from .packed import build_shard, crc32
+from .packed import build_shard, crc32, header_size
 from .source import ObjectSource, _local_url
 from .tar import sample_offsets, write_tar_shard
 
@@ -80,7 +80,9 @@ class PackWriter:
         else:
             data = build_shard(self._pending, self.compression)
             name = f"{self.prefix}-{k:05d}.atp"
-            info = ShardInfo(name, len(self._pending), len(data), crc32(data))
+            head = header_size(len(self._pending))
+            info = ShardInfo(name, len(self._pending), len(data), crc32(data),
+                             head_crc32=crc32(memoryview(data)[:head]))
         self._write(name, data)
         self._shards.append(info)
         self._pending, self._pending_bytes = [], 0

@@ -27,18 +27,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ...runtime import to_io
 from .retry import Retry, is_transient
 from .stats import TransferStats
 
+if TYPE_CHECKING:  # obstore is the optional 'remote' extra, imported on first use
+    from obstore import GetOptions
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.store import ObjectStore
+
 _T = TypeVar("_T")
 
 __all__ = ["ObjectError", "ObjectInfo", "ObjectSource", "join_url"]
 
 EXTRA_HINT = "install the 'remote' extra: pip install 'aiotrain[remote]'"
+STREAM_PIECE = 256 << 10  # a streamed range is handed over in pieces of at least this size
 
 
 class ObjectError(OSError):
@@ -100,20 +106,20 @@ class ObjectSource:
     """
 
     def __init__(self, url: str, *, retry: Retry | None = None,
-                 options: Mapping[str, Any] | None = None, stats: TransferStats | None = None,
+                 options: Mapping[str, object] | None = None, stats: TransferStats | None = None,
                  seed: int | None = None) -> None:
         self.url = url.rstrip("/") if _local_url(url) is None else url
         self.retry = retry or Retry()
         self.options = dict(options or {})
         self.stats = stats if stats is not None else TransferStats()
         self._rng = random.Random(seed)
-        self._store: Any = None
+        self._store: ObjectStore | None = None
         self._local = _local_url(url)
 
     def __repr__(self) -> str:
         return f"ObjectSource({self.url!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
         state["_store"] = None  # rebuilt on first use where it is unpickled
         return state
@@ -123,7 +129,9 @@ class ObjectSource:
         return join_url(self.url, name)
 
     # the store ------------------------------------------------------------------------------------
-    async def _client(self) -> tuple[Any, Any]:
+    async def _client(self) -> ObjectStore:
+        """The store, made on first use on an I/O thread (which imports obstore: the requests'
+        own ``from obstore import ...`` then find it loaded)."""
         if self._store is None:
             try:
                 self._store = await to_io(self._make_store)
@@ -131,11 +139,9 @@ class ObjectSource:
                 raise
             except Exception as exc:  # a bad URL or option, a local folder that is not there
                 raise ObjectError(self.url, 1, exc, False) from exc
-        import obstore  # already imported by _make_store, on the I/O thread
+        return self._store
 
-        return obstore, self._store
-
-    def _make_store(self) -> Any:
+    def _make_store(self) -> ObjectStore:
         try:
             import obstore  # noqa: F401
             from obstore.store import LocalStore, from_url
@@ -165,43 +171,83 @@ class ObjectSource:
                   etag: str | None = None) -> memoryview:
         """The bytes of ``name`` (``[start, end)`` when given: one range request). With ``etag``
         the read fails unless the object still has that ETag (no mixing of two versions)."""
-        async def once(obs: Any, store: Any) -> tuple[memoryview, int]:
-            options: dict[str, Any] = {}
+        async def once(store: ObjectStore) -> tuple[memoryview, int]:
+            from obstore import get_async
+
+            options: GetOptions = {}
             if start is not None and end is not None:
                 options["range"] = (start, end)
             if etag and self._local is None:
                 options["if_match"] = etag
-            result = await obs.get_async(store, name, options=options or None)
+            result = await get_async(store, name, options=options or None)
             data = memoryview(await result.bytes_async())
             return data, len(data)
 
         return await self._call(name, once)
 
+    async def aget_into(self, name: str, into: memoryview, start: int = 0,
+                        on_data: Callable[[int], None] | None = None,
+                        etag: str | None = None) -> None:
+        """Read bytes ``[start, start + len(into))`` of ``name`` into ``into`` as they arrive (one
+        range request, streamed), calling ``on_data(n)`` with the count of bytes in place so far
+        after each piece, so a reader can use the front of the range before its end is here. A
+        transient failure part way is tried again from where it stopped; ``etag`` pins the
+        version as in ``aget``. A response longer or shorter than asked is an ``ObjectError``."""
+        got, end = 0, start + len(into)
+
+        async def once(store: ObjectStore) -> tuple[None, int]:
+            from obstore import get_async
+
+            nonlocal got
+            options: GetOptions = {"range": (start + got, end)}
+            if etag and self._local is None:
+                options["if_match"] = etag
+            result = await get_async(store, name, options=options)
+            async for piece in result.stream(min_chunk_size=STREAM_PIECE):
+                n = len(piece)
+                if got + n > len(into):
+                    raise ValueError(f"range {start}-{end} came back longer than asked")
+                into[got:got + n] = piece
+                got += n
+                self.stats.bytes += n  # as it arrives, so bytes/s is live
+                if on_data is not None:
+                    on_data(got)
+            if got != len(into):
+                raise ValueError(f"range {start}-{end} came back with {got} bytes")
+            return None, 0
+
+        if len(into):
+            await self._call(name, once)
+
     async def ahead(self, name: str) -> ObjectInfo:
         """Size and ETag of ``name``; ``ObjectError`` at once when it is missing or refused."""
-        async def once(obs: Any, store: Any) -> tuple[ObjectInfo, int]:
-            meta = await obs.head_async(store, name)
+        async def once(store: ObjectStore) -> tuple[ObjectInfo, int]:
+            from obstore import head_async
+
+            meta = await head_async(store, name)
             return ObjectInfo(int(meta["size"]), meta.get("e_tag")), 0
 
         return await self._call(name, once)
 
     async def aput(self, name: str, data: bytes | memoryview) -> None:
         """Write ``name`` (whole; the store makes it visible atomically)."""
-        async def once(obs: Any, store: Any) -> tuple[None, int]:
-            await obs.put_async(store, name, bytes(data) if isinstance(data, memoryview) else data)
+        async def once(store: ObjectStore) -> tuple[None, int]:
+            from obstore import put_async
+
+            await put_async(store, name, bytes(data) if isinstance(data, memoryview) else data)
             return None, 0
 
         await self._call(name, once)
 
-    async def _call(self, name: str, once: Callable[[Any, Any], Awaitable[tuple[_T, int]]]) -> _T:
-        obs, store = await self._client()
+    async def _call(self, name: str, once: Callable[[ObjectStore], Awaitable[tuple[_T, int]]]) -> _T:
+        store = await self._client()
         stats, policy = self.stats, self.retry
         for attempt in range(1, policy.attempts + 1):
             stats.request_started()
             received = 0
             try:
                 async with asyncio.timeout(policy.timeout_s):
-                    value, received = await once(obs, store)
+                    value, received = await once(store)
                 return value
             except asyncio.CancelledError:
                 raise
@@ -216,7 +262,7 @@ class ObjectSource:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _boto3_credentials() -> Any:
+def _boto3_credentials() -> Boto3CredentialProvider | None:
     """obstore's boto3 credential provider (AWS config files, SSO, profiles), if boto3 is here."""
     try:
         import boto3  # type: ignore[import-untyped]  # noqa: F401

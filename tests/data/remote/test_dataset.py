@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -18,7 +19,14 @@ import pytest
 
 from aiotrain import AsyncLoader
 from aiotrain.data import DatasetError
-from aiotrain.data.remote import RemoteDataset, RemoteDatasetError, ShardCache, pack
+from aiotrain.data.remote import (
+    RemoteDataset,
+    RemoteDatasetError,
+    ShardCache,
+    ShardIntegrityError,
+    pack,
+)
+from aiotrain.data.remote.packed import crc32, header_size, read_header
 from aiotrain.data.remote.source import ObjectSource
 from aiotrain.runtime import to_io
 
@@ -101,16 +109,76 @@ async def test_an_index_cannot_send_the_reader_to_local_files(s3, tmp_path):
         await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
 
 
-async def test_a_corrupt_shard_is_refused_not_served(s3, tmp_path):
+@pytest.mark.parametrize("where", ["item", "header"])
+async def test_a_corrupt_item_or_header_is_refused_not_served(s3, tmp_path, where):
     url = await _packed(s3)
     src = ObjectSource(url)
     shard = bytearray(await src.aget("shard-00001.atp"))
-    shard[-1] ^= 0xFF  # same size, different bytes
+    shard[-1 if where == "item" else 20] ^= 0xFF  # same size, different bytes
     await src.aput("shard-00001.atp", bytes(shard))
     ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
-    loader = AsyncLoader(ds, batch_size=16, sampler=ds.sampler(shuffle="none"), collate_fn=_ids)
-    with pytest.raises(DatasetError, match="CRC-32 of the download"):
-        await _epoch(loader)
+    last = sum(ds.counts[:2]) - 1  # the last item of shard 1
+    loader = AsyncLoader(ds, batch_size=16, sampler=ds.sampler(shuffle="none"), collate_fn=_ids,
+                         skip_errors=1 if where == "item" else 0)
+    if where == "item":  # that one item is refused; the rest of its shard is served
+        assert sorted(await _epoch(loader)) == [i for i in range(N) if i != last]
+        assert [(i, e.split(":")[0]) for _, i, e in loader.skipped] == [(last, "ShardIntegrityError")]
+        assert "does not match its CRC-32" in loader.skipped[0][2]
+        await ds.aclose()
+        # checked whole before it was written: the corrupt download was not cached
+        assert len(list(tmp_path.glob("*.shard"))) == len(ds.counts) - 1
+        again = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
+        index = again.stats.bytes
+        with pytest.raises(ShardIntegrityError, match="does not match its CRC-32"):
+            await again.aget(last)
+        assert again.stats.bytes - index == len(shard)
+        await again.aclose()
+    else:
+        with pytest.raises(DatasetError, match="header does not match the index's head_crc32"):
+            await _epoch(loader)
+        await ds.aclose()
+
+
+async def test_items_are_served_before_their_shard_has_arrived(s3, proxy, tmp_path):
+    """An item is used once its own bytes are here and checked, while the rest of its shard is
+    still on its way (the proxy holds every response after its first 300 kB)."""
+    url = f"{s3.url}/big"
+    items = [{"i": i, "x": np.random.default_rng(i).bytes(2000)} for i in range(600)]
+    await to_io(pack, items, url, shard_bytes=1 << 20)
+    proxy(hold_after=300_000, hold_s=60.0)
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path), check=False)
+    assert await ds.aget(3) == items[3]
+    assert not ds.cache.is_local(ds._refs[0])  # shard 0's response is still held
+    await ds.aclose()
+
+
+def _as_version_1(shard: bytes, items: int) -> bytes:
+    """A version-2 packed shard rewritten as version 1 wrote it (no item CRC-32s)."""
+    header = read_header(shard, items, len(shard), "s")
+    records = shard[int(header.offsets[0]):]
+    shift = header_size(items) - header_size(items, 1)
+    return struct.pack("<8sII", b"ATPACK01", items, 0) + \
+        (header.offsets - shift).astype("<u8").tobytes() + records
+
+
+async def test_version_1_datasets_are_read_and_checked_whole(s3, tmp_path):
+    url = await _packed(s3)
+    src = ObjectSource(url)
+    index = json.loads(bytes(await src.aget("index.json")))
+    for k, entry in enumerate(index["shards"]):
+        old = _as_version_1(bytes(await src.aget(entry["name"])), entry["items"])
+        if k == 2:
+            old = old[:-1] + bytes([old[-1] ^ 0xFF])  # corrupt, as stored
+        await src.aput(entry["name"], old)
+        entry.update(bytes=len(old), crc32=crc32(old) if k != 2 else entry["crc32"])
+        del entry["head_crc32"]
+    index["version"] = 1
+    await src.aput("index.json", json.dumps(index).encode())
+    ds = await RemoteDataset.aopen(url, cache=ShardCache(tmp_path))
+    assert ds.manifest.version == 1 and not ds.per_item
+    assert [(await ds.aget(i))["i"] for i in (0, 40, N - 1)] == [0, 40, N - 1]
+    with pytest.raises(ShardIntegrityError, match="CRC-32 of the download"):
+        await ds.aget(sum(ds.counts[:2]))  # the first item of shard 2
     await ds.aclose()
 
 

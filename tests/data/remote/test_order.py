@@ -29,14 +29,26 @@ def test_orders_differ_between_epochs_and_seeds():
     assert not np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def test_shuffle_buffer_keeps_reads_shard_local():
-    """With a one-shard buffer, a window of ``buffer`` consecutive reads touches at most 2 shards."""
+@given(counts_st, st.integers(0, 2**40), st.integers(1, 60))
+@settings(max_examples=100, deadline=None)
+def test_the_shuffle_buffer_moves_every_item_fewer_than_buffer_places(counts, seed, buffer):
+    """Shard-local, and the first reads come from the first items of the first shard: an item
+    is read within ``buffer`` places of where it is in the stream of shards (buffer 1: the
+    stream itself, same shard order)."""
+    stream = epoch_order(counts, seed, 0, "shards", buffer=1)
+    order = epoch_order(counts, seed, 0, "shards", buffer=buffer)
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))
+    assert all(abs(place[item] - p) < buffer for p, item in enumerate(stream.tolist()))
+
+
+def test_the_buffer_shuffles():
     counts = [100] * 20
     order = epoch_order(counts, seed=3, epoch=0, shuffle="shards", buffer=100)
+    assert not np.array_equal(order, epoch_order(counts, 3, 0, "shards", buffer=1))
     shards = order // 100
-    for i in range(0, len(order) - 100, 37):
+    for i in range(0, len(order) - 100, 37):  # a window of one buffer touches at most 3 shards
         assert len(set(shards[i:i + 100].tolist())) <= 3
-    assert not np.array_equal(order, np.arange(len(order)))  # and it is shuffled
 
 
 @given(counts_st, st.integers(1, 4), st.integers(0, 3))
@@ -84,6 +96,9 @@ def test_resume_refuses_another_order():
         ShardSampler([10, 10], seed=2).resume(state, 1, 4)
     with pytest.raises(ValueError, match="not a ShardSampler state"):
         s.resume({"epoch": 0}, 0, 4)
+    older = {k: v for k, v in state.items() if k != "version"}  # saved before the order changed
+    with pytest.raises(ValueError, match="version: saved 1, now 2 .*start the epoch afresh"):
+        ShardSampler([10, 10], seed=1).resume(older, 1, 4)
 
 
 def test_rank_and_world_come_from_torchrun(monkeypatch):
