@@ -279,7 +279,10 @@ class Driver:
 
     def _take_and_step(self, batch: Any) -> None:
         """GET_BATCH_COMPLETED, ITERATION_STARTED and the step; cancelled before the step
-        finished, the iteration is undone (the batch is taken again on resume)."""
+        finished, the iteration is undone (the batch is taken again on resume). So is a step
+        that failed in a cancelled run (a collective whose peer was killed, and this process
+        told to stop): the state a stop-point checkpoint saves then names the last step that
+        completed, never one that did not."""
         st = self.engine.state
         st.batch, st.output = batch, None
         counted = False
@@ -293,11 +296,12 @@ class Driver:
             if self.bridge.cancelled:
                 raise Cancelled
             st.output = self.step(st.batch)
-        except Cancelled:
-            self.feed.unget()
-            if counted:
-                st.epoch_iteration -= 1
-                st.iteration -= 1
+        except BaseException as exc:
+            if isinstance(exc, Cancelled) or self.bridge.cancelled:
+                self.feed.unget()
+                if counted:
+                    st.epoch_iteration -= 1
+                    st.iteration -= 1
             raise
 
     def step(self, batch: Any) -> Any:

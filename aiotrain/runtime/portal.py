@@ -21,7 +21,14 @@ __all__ = ["LoopPortal"]
 T = TypeVar("T")
 
 
-async def _await(awaitable: Awaitable[T]) -> T:
+async def _await(portal: LoopPortal, awaitable: Awaitable[T]) -> T:
+    """On the loop: ``awaitable``'s result, unless the portal was cancelled first. Checked here,
+    on the loop that ``cancel()`` runs on, so a crossing that starts after a cancel is refused
+    however quickly its awaitable would have finished."""
+    if portal.cancelled:
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        raise asyncio.CancelledError
     return await awaitable
 
 
@@ -49,9 +56,9 @@ class LoopPortal:
     def block_on(self, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` on the loop and block this (non-loop) thread for its result;
         ``concurrent.futures.CancelledError`` if the portal is or gets cancelled meanwhile."""
-        fut = asyncio.run_coroutine_threadsafe(_await(awaitable), self.loop)
+        fut = asyncio.run_coroutine_threadsafe(_await(self, awaitable), self.loop)
         self._crossing = fut
-        if self.cancelled:
+        if self.cancelled:  # cancelled on the loop after _await began, before _crossing was set
             fut.cancel()
         try:
             return fut.result()

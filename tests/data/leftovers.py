@@ -25,10 +25,26 @@ def shm_names() -> set[str]:
 
 def child_processes() -> list:
     """This process's live children of any kind (the runtime forks and spawns its workers
-    itself, so they are not multiprocessing's), waiting up to 5 s for them to be reaped."""
+    itself, so they are not multiprocessing's), waiting up to 5 s for them to be reaped.
+
+    Not counted: multiprocessing's resource tracker, one per interpreter that lives until the
+    interpreter exits by design; an earlier test in the same pytest worker (torch's ``mp.spawn``)
+    starts it, and it is no worker anything left behind."""
     import psutil
 
+    def kids() -> list:
+        return [p for p in psutil.Process().children() if not _is_resource_tracker(p)]
+
     deadline = time.monotonic() + 5
-    while (kids := psutil.Process().children()) and time.monotonic() < deadline:
+    while (found := kids()) and time.monotonic() < deadline:
         time.sleep(0.01)
-    return kids
+    return found
+
+
+def _is_resource_tracker(proc: object) -> bool:
+    import psutil
+
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())  # type: ignore[attr-defined]
+    except psutil.Error:
+        return False

@@ -223,3 +223,36 @@ def test_resume_after_cancel_with_sync_handlers_misses_no_iteration():
 
     asyncio.run(main())
     assert counted == [1, 2, 3, 4, 5]
+
+
+def test_a_step_that_fails_in_a_cancelled_run_is_not_counted():
+    """Cancelled while the step is in flight, and the step then fails (a collective whose peer
+    is gone): the iteration is undone, so a stop-point checkpoint names the last step that
+    completed and a resumed run takes the failed step's batch again."""
+    seen = []
+
+    async def main():
+        loop, started = asyncio.get_running_loop(), asyncio.Event()
+        cancelled = threading.Event()
+
+        def step(engine, batch):
+            if batch == 3 and not started.is_set():
+                loop.call_soon_threadsafe(started.set)
+                cancelled.wait(10)
+                raise RuntimeError("Connection closed by peer")
+            seen.append(batch)
+            return batch
+
+        engine = Engine(step)
+        task = asyncio.create_task(engine.run([1, 2, 3, 4]))
+        await started.wait()
+        task.cancel()
+        loop.call_later(0.05, cancelled.set)
+        with pytest.raises((asyncio.CancelledError, RuntimeError)):
+            await task
+        assert engine.state.iteration == 2
+        seen.append("resumed")
+        await engine.run([1, 2, 3, 4])
+
+    asyncio.run(main())
+    assert seen == [1, 2, "resumed", 3, 4]
