@@ -33,7 +33,7 @@ from .messages import (
     unpickled,
 )
 from .portable import portable_error
-from .processes import ChildProcess, child_prologue, fork, parent_end, spawn
+from .processes import ChildProcess, child_prologue, fork, fork_turn, parent_end, spawn
 from .wire import Wire, WireError
 
 __all__ = ["DataWorkerPool", "WorkerContext", "WorkerDied", "WorkerInitError"]
@@ -267,15 +267,17 @@ class DataWorkerPool:
                 self._spawn(i)
 
     async def astart(self) -> None:
-        """``start``, one worker per turn of the loop: a fork holds the GIL while the kernel
-        copies this process's page tables (tens of ms for a large one), so forking them all in
-        one go would stall the loop that long times the workers."""
+        """``start``, one worker per turn (``fork_turn``, shared by every pool on this loop): a
+        fork holds the GIL while the kernel copies this process's page tables, so forking them
+        all in one go would stall the loop that long times the workers."""
         self._loop = asyncio.get_running_loop()
         for i in range(self.workers):
             w = self._slots[i]
             if w is None or w.dead:
-                self._spawn(i)
-                await asyncio.sleep(0)
+                async with fork_turn():
+                    w = self._slots[i]
+                    if w is None or w.dead:  # another call may have started it meanwhile
+                        self._spawn(i)
 
     async def call(self, message: Any, fds: list[int] | None = None) -> tuple[Any, list[int]]:
         """Run ``message`` on the least busy worker; ``(result, fds)`` or the handler's error.

@@ -23,12 +23,19 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from .waiting import wait_readable
 
-__all__ = ["Child", "ChildProcess", "child_prologue", "fork", "parent_end", "spawn"]
+__all__ = ["Child", "ChildProcess", "child_prologue", "fork", "fork_turn", "parent_end", "spawn"]
+
+
+# a fork's pause is its own; after it, the loop runs its due timers before the next fork
+_FORK_GAP_S = 0.002
+_forks = [0]  # forks made by this process (``fork`` counts them)
+_fork_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = \
+    weakref.WeakKeyDictionary()
 
 
 class Child(Protocol):
@@ -156,6 +163,7 @@ def fork(main: Callable[[], int | None], *, exit_handlers: bool = False) -> Chil
     worker must not run its parent's (they would finish the parent's tracked runs)."""
     pid = os.fork()
     if pid:
+        _forks[0] += 1
         return ChildProcess(pid)
     code = 1
     try:
@@ -173,6 +181,25 @@ def fork(main: Callable[[], int | None], *, exit_handlers: bool = False) -> Chil
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+@contextlib.asynccontextmanager
+async def fork_turn() -> AsyncIterator[None]:
+    """Fork from the loop in turns: one fork at a time on this loop, then a pause of
+    ``_FORK_GAP_S`` in which its timers run. ``os.fork`` holds the GIL while the kernel copies
+    this process's page tables (5-15 ms with torch loaded), so two pools starting at once (two
+    jobs in a service) would otherwise stall the loop for all their forks in one go.
+
+        async with fork_turn():
+            child = fork(main)
+    """
+    loop = asyncio.get_running_loop()
+    turn = _fork_turns.setdefault(loop, asyncio.Lock())
+    async with turn:
+        before = _forks[0]
+        yield
+        if _forks[0] != before:  # a turn that did not fork needs no pause
+            await asyncio.sleep(_FORK_GAP_S)
 
 
 def spawn(entry: str, args: Sequence[int], fds: Sequence[int] = (),
