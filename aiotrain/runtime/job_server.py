@@ -381,10 +381,17 @@ async def close_job_server() -> None:
         await server.aclose()
 
 
+# Variables an import writes into os.environ itself: torch._dynamo's import sets inductor's
+# default cache folder. A command-line tool prestarts its server and then does the same imports,
+# which the server does too; the variable they add says nothing about what imports do, and
+# counting it would replace the prestarted server (its imports, seconds of CPU, thrown away).
+_SET_BY_IMPORTS = frozenset({"TORCHINDUCTOR_CACHE_DIR"})
+
+
 def _key() -> tuple[str, tuple[str, ...], str]:
     """What a server's imports depend on: working directory, ``sys.path``, environment."""
-    env = hashlib.sha256(repr(sorted(os.environ.items())).encode()).hexdigest()
-    return os.getcwd(), tuple(sys.path), env
+    env = sorted(kv for kv in os.environ.items() if kv[0] not in _SET_BY_IMPORTS)
+    return os.getcwd(), tuple(sys.path), hashlib.sha256(repr(env).encode()).hexdigest()
 
 
 # the server's side ---------------------------------------------------------------------------------

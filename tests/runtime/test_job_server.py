@@ -139,6 +139,34 @@ def test_a_server_started_before_the_loop_is_adopted_by_it():
     assert _gone(early, 10)  # closed with the loop that adopted it
 
 
+def test_a_variable_torch_sets_on_import_does_not_replace_the_early_server(monkeypatch):
+    """``aiotrain sweep`` prestarts its server, then imports torch._dynamo, which sets
+    TORCHINDUCTOR_CACHE_DIR: the server (which imports it too) is still the one adopted."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    job_server.prestart_job_server()
+    (early,) = job_server.job_server_pids()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")
+
+    async def main():
+        _, d = await _run(targets.describe)
+        return d["ppid"]
+
+    assert asyncio.run(main()) == early
+
+
+def test_a_changed_environment_replaces_the_early_server(monkeypatch):
+    job_server.prestart_job_server()
+    (early,) = job_server.job_server_pids()
+    monkeypatch.setenv("AIOTRAIN_TEST_SOMETHING_NEW", "1")
+
+    async def main():
+        _, d = await _run(targets.describe)
+        return d["ppid"]
+
+    assert asyncio.run(main()) != early
+    assert _gone(early, 10)
+
+
 _PARENT = """
 import asyncio, sys
 sys.path[:0] = [{root!r}]

@@ -47,7 +47,7 @@ from ...values import check_int
 from . import sharded, single_file
 from .errors import CheckpointError
 from .retention import NAME_RE, Retention
-from .staging import Deferred, DTensor, OptimizerGate, Staging, TornCopy, Where, freeze
+from .staging import Deferred, OptimizerGate, Staging, TornCopy, Where, freeze, is_dtensor
 
 if TYPE_CHECKING:
     from ...engine import Engine
@@ -388,13 +388,9 @@ def _pick_backend(backend: str, to_save: Mapping[str, Stateful]) -> str:
     if backend != "auto":
         return backend
     for obj in to_save.values():
-        if isinstance(obj, torch.nn.Module) and any(_is_dtensor(p) for p in obj.parameters()):
+        if isinstance(obj, torch.nn.Module) and any(is_dtensor(p) for p in obj.parameters()):
             return "sharded"
     return "file"
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
 
 
 def _is_final(engine: Engine) -> bool:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import copy
+import sys
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -40,7 +41,7 @@ from ...protocols import StateDict
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor as _DTensor
 
-__all__ = ["DTensor", "Deferred", "OptimizerGate", "Pairs", "Staging", "TornCopy", "freeze", "map_tree"]
+__all__ = ["Deferred", "OptimizerGate", "Pairs", "Staging", "TornCopy", "freeze", "is_dtensor", "map_tree"]
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 Where = tuple[Hashable, ...]
@@ -49,15 +50,12 @@ AliasKey = tuple[torch.device, int, int | torch.SymInt, tuple[int, ...], tuple[i
 StorageKey = tuple[torch.device, int]
 
 
-def _dtensor_type() -> type[_DTensor] | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed support
-        return None
-    return DTensor
-
-
-DTensor = _dtensor_type()  # None in a torch without torch.distributed
+def is_dtensor(t: object) -> TypeGuard[_DTensor]:
+    """True for a DTensor. Its module is not imported for the question (about 0.5 s: it brings
+    torch's compiler): no tensor can be a DTensor before something imported
+    ``torch.distributed.tensor``, so its absence from ``sys.modules`` answers False exactly."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,7 @@ class Staging:
             return buf
 
         def stage(t: torch.Tensor, where: Where) -> torch.Tensor:
-            if DTensor is not None and isinstance(t, DTensor):
+            if is_dtensor(t):
                 local = t._local_tensor
                 if not _stageable(local):
                     return t.detach().to("cpu")
@@ -249,7 +247,7 @@ def _stageable(t: torch.Tensor) -> bool:
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return t._local_tensor if DTensor is not None and isinstance(t, DTensor) else t
+    return t._local_tensor if is_dtensor(t) else t
 
 
 def _alias_key(t: torch.Tensor) -> AliasKey:
