@@ -75,6 +75,9 @@ def _sweep(argv: list[str]) -> int:
     from ..runtime import prestart_job_server, run
 
     if not args.in_process:  # trials fork from a warm job server: it imports while we do
+        from ..sweeps.parallel import idle_threads_yield
+
+        idle_threads_yield(args.parallel)  # before the server loads torch's OpenMP
         prestart_job_server(["aiotrain.job.isolation"])
     from ..sweeps.runner import SweepRunner
     from ..sweeps.sweep import Sweep

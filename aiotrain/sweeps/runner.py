@@ -41,6 +41,7 @@ from ..owner import current_owner, owner_alive, owner_of
 from ..runtime import to_io
 from ..tracking.status import set_run_status
 from .ledger import Ledger, LocalLedger, Resume
+from .parallel import idle_threads_yield
 from .record import SweepRecord, TrialRecord, find_record, read_record
 from .space import flatten, unflatten
 from .sweep import Sweep
@@ -74,6 +75,7 @@ class SweepRunner:
             raise ValueError(f"trials must be >= 1, got {trials}")
         if (storage is None) != (study is None):
             raise ValueError("a shared sweep needs both a storage URL and a study name")
+        idle_threads_yield(parallel)
         self.sweep = sweep
         self.config = str(Path(config).resolve())
         self.overrides = list(overrides)
@@ -259,3 +261,4 @@ def _one_line(exc: BaseException) -> str:
 
 def _quiet(line: str) -> None:
     """Trial progress lines are not shown: the sweep's table is."""
+

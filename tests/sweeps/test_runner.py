@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -56,17 +57,21 @@ async def test_median_pruning_stops_a_poor_trial_and_marks_its_run(tmp_path):
     assert saved.trials == record.trials and saved.parameters == {"optim.lr": "choice(0.003,1e-06)"}
 
 
-async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
+async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path, monkeypatch):
     """Parallel trials run in job worker processes, so dropout and shuffling draw from their own
-    RNG: a seeded trial alone and beside another ends with identical weights."""
+    RNG: a seeded trial alone and beside another ends with identical weights. The parallel
+    sweep's trials wait passively (OMP_WAIT_POLICY), the lone one as torch does by default."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     before = {p.pid for p in psutil.Process().children(recursive=True)}  # other tests' processes
     space = {"model": {"dropout": Choice([0.5, 0.3])}}
     pair = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"}, space)
     alone = Track.Sweep.define("grid", {"name": "accuracy", "goal": "maximize"},
                                {"model": {"dropout": Choice([0.5])}})
     overrides = _overrides(tmp_path, "train.max_epochs=1")
-    both = await SweepRunner(pair, "examples/digits.sdn", overrides, parallel=2).run()
     solo = await SweepRunner(alone, "examples/digits.sdn", overrides).run()
+    assert "OMP_WAIT_POLICY" not in os.environ
+    both = await SweepRunner(pair, "examples/digits.sdn", overrides, parallel=2).run()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     w_par, w_other, w_solo = _weights(both.trials[0]), _weights(both.trials[1]), _weights(solo.trials[0])
     assert all(torch.equal(w_par[k], w_solo[k]) for k in w_solo)
     assert not all(torch.equal(w_other[k], w_solo[k]) for k in w_solo)
@@ -79,6 +84,18 @@ async def test_a_trial_in_parallel_equals_the_same_trial_alone(tmp_path):
             break
         await asyncio.sleep(0.1)
     assert not left, left
+
+
+def test_parallel_trials_wait_passively_unless_told_otherwise(monkeypatch):
+    sweep = Track.Sweep.define("grid", {"name": "accuracy"}, {"optim": {"lr": Choice([1e-3])}})
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    SweepRunner(sweep, "examples/digits.sdn")
+    assert "OMP_WAIT_POLICY" not in os.environ  # one at a time: torch's default
+    SweepRunner(sweep, "examples/digits.sdn", parallel=2)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    SweepRunner(sweep, "examples/digits.sdn", parallel=2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice stands
 
 
 async def test_bad_sweeps_are_refused_before_anything_runs(tmp_path):
