@@ -261,4 +261,3 @@ def _one_line(exc: BaseException) -> str:
 
 def _quiet(line: str) -> None:
     """Trial progress lines are not shown: the sweep's table is."""
-

@@ -1,9 +1,10 @@
 """LiveChart: a run's metrics drawn in the notebook cell that opened it, redrawn while it runs.
 
 Opened by ``Run`` itself when it starts inside a Jupyter kernel with a running loop (``async
-with Track.run(...)`` in a cell): a task on the kernel's loop reads the lines the run's writer
-appended to metrics.jsonl since the last redraw (on an I/O thread), keeps every scalar, and
-replaces the cell output with small-multiple SVG charts (``aiotrain.notebook.chart_svg``). The
+with Track.run(...)`` in a cell): a task on the kernel's loop has an I/O thread read the lines
+the run's writer appended to metrics.jsonl since the last redraw, keep every scalar and draw
+small-multiple SVG charts (``aiotrain.notebook.chart_svg``, work that grows with the history),
+then replaces the cell output with them. The
 training step never sees it: it reads the file the background writer already flushes. When the
 run finishes, one last redraw shows everything that was logged.
 """
@@ -45,10 +46,10 @@ class LiveChart:
     async def _redraw_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            records, self._offset = await to_io(read_new_records, self.path, self._offset)
-            if records:
-                self._add(records)
-                self._out.show(chart_svg(self.title, self.series))
+            # reading, keeping and drawing grow with the history: on an I/O thread, not the loop
+            drawing = await to_io(self._catch_up)
+            if drawing is not None:
+                self._out.show(drawing)
 
     def close(self) -> None:
         """Stop redrawing and draw once more with everything on disk (after the run's final
@@ -57,9 +58,15 @@ class LiveChart:
         if task is not None:
             with contextlib.suppress(RuntimeError):  # its loop already closed
                 task.get_loop().call_soon_threadsafe(task.cancel)
+        self._out.show(self._catch_up() or chart_svg(self.title, self.series))
+
+    def _catch_up(self) -> str | None:
+        """Keep the records appended since the last call; the new drawing, or None if none."""
         records, self._offset = read_new_records(self.path, self._offset)
+        if not records:
+            return None
         self._add(records)
-        self._out.show(chart_svg(self.title, self.series))
+        return chart_svg(self.title, self.series)
 
     def _add(self, records: list[dict[str, Any]]) -> None:
         for record in records:
